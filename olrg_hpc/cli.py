@@ -1,0 +1,170 @@
+"""The ``olrg-hpc`` command line.
+
+Exit codes: 0 success; 1 some tasks failed (each named with its error); 2 bad input (one line naming the
+file, key, value or command at fault); 130 interrupted (finished tasks are kept: rerun to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from olrg_hpc import __version__
+from olrg_hpc.errors import UserError
+
+DESCRIPTION = """\
+olrg-hpc runs renormalization-group-inspired machine-learning studies (OLRG for spin chains, trivializing
+flows for phi^4) as Dask task graphs, on this machine or on a SLURM cluster, with results in HDF5.
+"""
+
+EPILOG = """\
+examples:
+  olrg-hpc run configs/quickstart.yaml                 run a study on a LocalCluster
+  olrg-hpc run configs/chain_sweep.yaml --cluster slurm-dev
+  olrg-hpc validate configs/chain_sweep.yaml --cluster slurm-dev
+  olrg-hpc status studies/chain-sweep                  what is done, missing, failed
+  olrg-hpc report studies/chain-sweep                  figures and summary table
+"""
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _study_dir(cfg, output: str | None) -> Path:
+    return Path(output or cfg.output or Path("studies") / cfg.study)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from olrg_hpc.config import load_profile, load_study
+    from olrg_hpc.runner import topological_order
+    from workflows import get_workflow
+
+    cfg, params = load_study(args.config)
+    tasks = topological_order(get_workflow(cfg.workflow).build(params))
+    path, profile = load_profile(args.cluster)
+    print(f"{args.config}: ok (workflow {cfg.workflow}, {len(tasks)} tasks); "
+          f"cluster profile {path}: ok (kind {profile.kind})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from olrg_hpc.cluster import open_client
+    from olrg_hpc.config import load_profile, load_study
+    from olrg_hpc.runner import run_tasks
+    from workflows import get_workflow
+
+    cfg, params = load_study(args.config)
+    _, profile = load_profile(args.cluster)
+    wf = get_workflow(cfg.workflow)
+    tasks = wf.build(params)
+    study_dir = _study_dir(cfg, args.output)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    resolved = cfg.model_dump() | {"params": params.model_dump()}
+    config_text = yaml.safe_dump(resolved, sort_keys=False)
+    (study_dir / "config.yaml").write_text(config_text)
+    _say(f"study {cfg.study}: workflow {cfg.workflow}, {len(tasks)} tasks -> {study_dir}")
+    with open_client(profile, study_dir=study_dir, echo=_say) as client:
+        summary = run_tasks(tasks, study_dir, client, study_seed=cfg.seed, retries=cfg.retries,
+                            study_attrs={"study": cfg.study, "workflow": cfg.workflow, "study_config": config_text},
+                            progress=not args.no_progress)
+    for line in summary.lines():
+        _say(line)
+    if not summary.ok:
+        _say(f"{len(summary.failed)} task(s) failed; fix and rerun to compute only what is missing")
+        return 1
+    if not args.no_report:
+        _print_report(study_dir)
+    return 0
+
+
+def _print_report(study_dir: Path) -> None:
+    from olrg_hpc.report import write_report
+
+    out_dir, lines = write_report(study_dir)
+    for line in lines:
+        print(line)
+    _say(f"report: {out_dir}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from olrg_hpc.runner import study_status
+
+    st = study_status(Path(args.study_dir))
+    total = sum(len(v) for v in st.values())
+    print(f"{args.study_dir}: {total} tasks: {len(st['done'])} done, {len(st['missing'])} missing, "
+          f"{len(st['corrupt'])} partial or corrupt, {len(st['failed'])} failed")
+    for name in st["failed"]:
+        print(f"  failed  {name}")
+    if args.verbose:
+        for state in ("missing", "corrupt"):
+            for name in st[state]:
+                print(f"  {state:7s} {name}")
+    return 0 if len(st["done"]) == total else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    _print_report(Path(args.study_dir))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="olrg-hpc", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"olrg-hpc {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="show Dask's own log messages")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run a study (resumes: tasks with a valid shard are skipped)",
+                         description="Validate CONFIG and the cluster profile, start the cluster, run the study's "
+                         "task graph with a progress bar, gather the study file and write the report. A rerun "
+                         "skips tasks whose shard is valid and recomputes missing or corrupt ones.")
+    run.add_argument("config", help="study YAML (e.g. configs/quickstart.yaml)")
+    run.add_argument("--cluster", default="local", metavar="PROFILE",
+                     help="cluster profile: a name in configs/clusters/ or a YAML path (default: local)")
+    run.add_argument("--output", metavar="DIR", help="study folder (default: the config's output, or studies/<study>)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    run.set_defaults(func=cmd_run)
+
+    val = sub.add_parser("validate", help="check a study config and a cluster profile without running anything",
+                         description="Validate CONFIG (and its workflow parameters) and the cluster profile; "
+                         "build the task graph to check it. Exit 2 with one line naming the file and key at fault.")
+    val.add_argument("config")
+    val.add_argument("--cluster", default="local", metavar="PROFILE")
+    val.set_defaults(func=cmd_validate)
+
+    st = sub.add_parser("status", help="tasks done / missing / failed in a study folder",
+                        description="Count the tasks of STUDY_DIR's manifest by state. Exit 0 when all are done.")
+    st.add_argument("study_dir")
+    st.set_defaults(func=cmd_status)
+
+    rep = sub.add_parser("report", help="figures and a summary table from a study file",
+                         description="Read STUDY_DIR/study.h5 and write figures (PNG), a summary table and an "
+                         "HTML page into STUDY_DIR/report/.")
+    rep.add_argument("study_dir")
+    rep.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.verbose:
+        for name in ("distributed", "dask_jobqueue", "bokeh", "tornado"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"olrg-hpc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("olrg-hpc: interrupted; finished tasks are kept in their shards, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Cluster profiles to Dask clients: LocalCluster, SLURMCluster (dask-jobqueue), or a running scheduler.
+
+``open_client(profile)`` is a context manager: it starts (or connects to) the cluster, prints the
+dashboard link (with an ssh tunnel hint when the scheduler is not on the machine the user sits at), and
+on exit, normal or not (Ctrl-C, errors), closes the client and releases every SLURM job it submitted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from olrg_hpc.config import AddressProfile, LocalProfile, SlurmProfile
+from olrg_hpc.errors import UserError
+
+Echo = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
+
+
+def tunnel_hint(dashboard_link: str) -> str | None:
+    """The ssh command that forwards a remote dashboard to this laptop, or None when it is local."""
+    url = urlparse(dashboard_link)
+    host, port = url.hostname or "", url.port or 8787
+    remote = bool(os.environ.get("SSH_CONNECTION") or os.environ.get("SLURM_JOB_ID"))
+    if host in ("127.0.0.1", "localhost", "::1", "") and not remote:
+        return None
+    if host in ("127.0.0.1", "localhost", "::1", ""):
+        host = socket.gethostname()
+    return (f"ssh -N -L {port}:{host}:{port} <user>@<login-node>   "
+            f"then open http://localhost:{port}{url.path or '/status'}")
+
+
+def local_cluster_kwargs(p: LocalProfile) -> dict[str, Any]:
+    cores = os.cpu_count() or 1
+    n_workers = p.n_workers or max(1, cores // p.threads_per_worker)
+    return dict(n_workers=n_workers, threads_per_worker=p.threads_per_worker, processes=p.processes,
+                memory_limit=p.memory_limit, dashboard_address=p.dashboard_address, silence_logs=logging.ERROR)
+
+
+def slurm_cluster_kwargs(p: SlurmProfile, study_dir: Path | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``dask_jobqueue.SLURMCluster`` from a validated profile."""
+    import sys
+
+    extra = list(p.job_extra_directives)
+    if p.gpus_per_job:
+        extra.append(f"--gres=gpu:{p.gpus_per_job}")
+    worker_extra: list[str] = []
+    if p.worker_lifetime:
+        worker_extra += ["--lifetime", p.worker_lifetime, "--lifetime-stagger", p.lifetime_stagger,
+                         "--lifetime-restart"]
+    log_dir = p.log_directory or (str(study_dir / "logs") if study_dir else None)
+    kw: dict[str, Any] = dict(
+        queue=p.queue, account=p.account, cores=p.cores, processes=p.processes, memory=p.memory,
+        walltime=p.walltime, job_extra_directives=extra, job_directives_skip=list(p.job_directives_skip),
+        job_script_prologue=list(p.job_script_prologue), interface=p.interface,
+        local_directory=p.local_directory, log_directory=log_dir, python=p.python or sys.executable,
+        worker_extra_args=worker_extra, scheduler_options={"dashboard_address": p.dashboard_address},
+    )
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _check_slurm_binaries() -> None:
+    for cmd in ("sbatch", "squeue", "scancel"):
+        if shutil.which(cmd) is None:
+            raise UserError(f"{cmd}: not found on PATH; the slurm profile needs a SLURM client "
+                            "(for a local test cluster: bash slurm/dev-cluster/start.sh)")
+
+
+@contextlib.contextmanager
+def open_client(profile: LocalProfile | SlurmProfile | AddressProfile, *, study_dir: Path | None = None,
+                echo: Echo = _stderr) -> Iterator[Any]:
+    """A connected ``distributed.Client`` for the profile; everything it started is stopped on exit."""
+    from distributed import Client
+
+    with contextlib.ExitStack() as stack:
+        if isinstance(profile, LocalProfile):
+            from distributed import LocalCluster
+
+            cluster = stack.enter_context(LocalCluster(**local_cluster_kwargs(profile)))
+            client = stack.enter_context(Client(cluster))
+            echo(f"LocalCluster: {len(cluster.workers)} workers x {profile.threads_per_worker} threads")
+        elif isinstance(profile, SlurmProfile):
+            _check_slurm_binaries()
+            from dask_jobqueue import SLURMCluster
+
+            kwargs = slurm_cluster_kwargs(profile, study_dir)
+            if profile.security:
+                kwargs["security"], kwargs["shared_temp_directory"] = _temporary_security(study_dir)
+            cluster = stack.enter_context(SLURMCluster(**kwargs))
+            client = stack.enter_context(Client(cluster))
+            if profile.adapt:
+                cluster.adapt(minimum_jobs=profile.adapt.minimum_jobs, maximum_jobs=profile.adapt.maximum_jobs)
+                echo(f"SLURMCluster: adapting between {profile.adapt.minimum_jobs} and "
+                     f"{profile.adapt.maximum_jobs} jobs")
+            else:
+                jobs = profile.jobs or 1
+                cluster.scale(jobs=jobs)
+                echo(f"SLURMCluster: {jobs} worker jobs submitted (squeue shows them)")
+        else:
+            try:
+                client = stack.enter_context(Client(profile.address, timeout=profile.timeout))
+            except (OSError, TimeoutError) as exc:
+                raise UserError(f"scheduler {profile.address}: unreachable ({type(exc).__name__})") from None
+            echo(f"connected to {profile.address}: {len(client.scheduler_info()['workers'])} workers")
+        link = client.dashboard_link
+        echo(f"dashboard: {link}")
+        hint = tunnel_hint(link)
+        if hint:
+            echo(f"dashboard from your laptop: {hint}")
+        yield client
+
+
+def _temporary_security(study_dir: Path | None) -> tuple[Any, str]:
+    """Per-study TLS credentials and the user-only folder where dask-jobqueue writes the workers' copy.
+
+    Scheduler, workers and client all present certificates signed by a CA made for this study, so a
+    process without them cannot connect. The files are created 0600 inside a 0700 folder.
+    """
+    import tempfile
+
+    from distributed.security import Security
+
+    base = Path(study_dir) if study_dir is not None else Path(tempfile.gettempdir())
+    cred_dir = base / ".credentials"
+    cred_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(cred_dir, 0o700)
+    return Security.temporary(), str(cred_dir)

@@ -1,0 +1,225 @@
+"""The workflow runner: a study's task graph onto a Dask client, with resume, progress and failures.
+
+``run_tasks`` (1) checks the graph (unique names, known dependencies, no cycles), (2) gives every task
+its seed and content key, (3) writes the manifest, (4) sorts tasks into *valid* shards (skipped) and
+*missing* or *corrupt* ones (recomputed), (5) submits the latter with their dependencies as Dask futures
+(``retries`` per task; a killed worker's tasks are rescheduled by Dask), (6) shows a progress bar over
+the graph, (7) names every failed task with its error (tasks downstream of a failure are reported as
+not run), and (8) gathers all shards into ``study.h5`` once every task is valid.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from olrg_hpc import store
+from olrg_hpc.errors import UserError
+from olrg_hpc.provenance import now, run_provenance
+from olrg_hpc.tasks import Task, TaskSpec, execute, task_key, task_seed
+
+
+@dataclass
+class RunSummary:
+    n_tasks: int
+    skipped: int = 0
+    missing: int = 0
+    corrupt: int = 0
+    computed: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    study_file: Path | None = None
+    seconds: float = 0.0
+    compute_seconds: float = 0.0
+    write_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def lines(self) -> list[str]:
+        out = [f"{self.n_tasks} tasks: {self.skipped} skipped (valid shard), {self.missing + self.corrupt} to run "
+               f"({self.missing} missing, {self.corrupt} partial or corrupt), {self.computed} computed, "
+               f"{len(self.failed)} failed, in {self.seconds:.1f} s"]
+        if self.computed:
+            out.append(f"shard writes: {self.write_seconds / self.computed * 1e3:.2f} ms per task "
+                       f"({self.write_seconds:.2f} s of {self.compute_seconds + self.write_seconds:.2f} s task time)")
+        out += [f"FAILED {name}: {err}" for name, err in self.failed]
+        if self.study_file:
+            out.append(f"study file: {self.study_file}")
+        return out
+
+
+def topological_order(tasks: Sequence[Task]) -> list[Task]:
+    """Tasks ordered so that each comes after its dependencies; UserError on duplicates, unknowns, cycles."""
+    by_name: dict[str, Task] = {}
+    for t in tasks:
+        if t.name in by_name:
+            raise UserError(f"task graph: duplicate task name {t.name!r}")
+        if "/" in t.name:
+            raise UserError(f"task graph: task name {t.name!r} must not contain '/'")
+        by_name[t.name] = t
+    order: list[Task] = []
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            raise UserError(f"task graph: dependency cycle {' -> '.join(path + (name,))}")
+        state[name] = 1
+        for d in by_name[name].deps:
+            if d not in by_name:
+                raise UserError(f"task graph: task {name!r} depends on unknown task {d!r}")
+            visit(d, path + (name,))
+        state[name] = 2
+        order.append(by_name[name])
+
+    for t in tasks:
+        visit(t.name, ())
+    return order
+
+
+def plan(tasks: Sequence[Task], study_dir: Path, study_seed: int) -> tuple[list[Task], list[TaskSpec]]:
+    """Order the graph and resolve each task to a TaskSpec (seed, key, shard paths)."""
+    ordered = topological_order(tasks)
+    prov = run_provenance()
+    keys: dict[str, str] = {}
+    specs = []
+    for t in ordered:
+        seed = task_seed(study_seed, t)
+        key = task_key(t, seed, [keys[d] for d in t.deps])
+        keys[t.name] = key
+        specs.append(TaskSpec(name=t.name, key=key, fn=t.fn, params=dict(t.params), seed=seed,
+                              shard=store.shard_path(study_dir, key),
+                              dep_shards={d: store.shard_path(study_dir, keys[d]) for d in t.deps},
+                              provenance=prov))
+    return ordered, specs
+
+
+def manifest_entries(ordered: Sequence[Task], specs: Sequence[TaskSpec]) -> list[dict[str, Any]]:
+    return [{"name": s.name, "key": s.key, "function": t.function, "params": s.params, "seed": s.seed,
+             "deps": list(t.deps)} for t, s in zip(ordered, specs, strict=True)]
+
+
+def run_tasks(tasks: Sequence[Task], study_dir: Path, client: Any, *, study_seed: int = 0, retries: int = 1,
+              study_attrs: Mapping[str, Any] | None = None, progress: bool = True,
+              gather_results: bool = True) -> RunSummary:
+    """Run (or resume) a study graph on ``client`` and gather its study file. See the module docstring."""
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    t_start = time.perf_counter()
+    study_dir = Path(study_dir)
+    (study_dir / store.SHARDS).mkdir(parents=True, exist_ok=True)
+    ordered, specs = plan(tasks, study_dir, study_seed)
+    entries = manifest_entries(ordered, specs)
+    store.write_json_atomic(study_dir / store.MANIFEST, {"created": now(), "seed": study_seed, "tasks": entries})
+    store.clean_temporaries(study_dir)
+
+    summary = RunSummary(n_tasks=len(specs))
+    todo: list[TaskSpec] = []
+    for spec in specs:
+        status = store.shard_status(spec.shard, spec.key)
+        if status == "valid":
+            summary.skipped += 1
+            continue
+        if status == "corrupt":
+            summary.corrupt += 1
+            spec.shard.unlink(missing_ok=True)
+        else:
+            summary.missing += 1
+        todo.append(spec)
+
+    futures: dict[str, Any] = {}
+    # Dask keys unique to this run: two studies (or two runs) with identical tasks must not share results,
+    # since each writes its shards into its own folder
+    run_token = uuid.uuid4().hex[:8]
+
+    def dask_key(s: TaskSpec) -> str:
+        return f"{s.name}-{s.key[:10]}-{run_token}"
+
+    deps_of = {t.name: t.deps for t in ordered}
+    # independent tasks go in one client.map call (one scheduler message); the rest follow their deps
+    todo_names = {s.name for s in todo}
+    first = [s for s in todo if not any(d in todo_names for d in deps_of[s.name])]
+    first_names = {s.name for s in first}
+    if first:
+        for s, fut in zip(first, client.map(execute, first, key=[dask_key(s) for s in first],
+                                            retries=retries, pure=False), strict=True):
+            futures[s.name] = fut
+    for s in todo:
+        if s.name in first_names:
+            continue
+        upstream = [futures[d] for d in deps_of[s.name] if d in futures]
+        futures[s.name] = client.submit(execute, s, *upstream, key=dask_key(s), retries=retries,
+                                        pure=False)
+
+    errors: dict[str, str] = {}
+    name_of = {f.key: n for n, f in futures.items()}
+    bar = tqdm(total=len(futures), desc="tasks", unit="task", disable=not progress or not futures,
+               file=sys.stderr, dynamic_ncols=True)
+    try:
+        # results come back in batches (with_results), not one round trip per task
+        for fut, res in as_completed(list(futures.values()), with_results=True, raise_errors=False):
+            name = name_of[fut.key]
+            if fut.status == "finished":
+                summary.computed += 1
+                summary.compute_seconds += res["compute_s"]
+                summary.write_seconds += res["write_s"]
+            else:
+                exc = fut.exception()
+                errors[name] = f"{type(exc).__name__}: {exc}".strip()
+            bar.update(1)
+    finally:
+        bar.close()
+        futures.clear()
+    failed_set = set(errors)
+    for t in ordered:  # attribute downstream failures to the first failed dependency
+        if t.name in errors:
+            bad = [d for d in t.deps if d in failed_set]
+            msg = f"not run: dependency {bad[0]!r} failed" if bad else errors[t.name]
+            summary.failed.append((t.name, msg))
+    store.write_json_atomic(study_dir / store.FAILURES, [{"name": n, "error": e} for n, e in summary.failed])
+
+    if summary.ok and gather_results:
+        attrs = dict(study_attrs or {})
+        attrs.update(run_provenance(), gathered=now())
+        summary.study_file = store.gather(study_dir, entries, attrs)
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def study_status(study_dir: Path) -> dict[str, list[str]]:
+    """Tasks of a study folder by state: done (valid shard), missing, corrupt, failed (last run)."""
+    import json
+
+    study_dir = Path(study_dir)
+    manifest = study_dir / store.MANIFEST
+    if not manifest.exists():
+        raise UserError(f"{study_dir}: not a study folder (no {store.MANIFEST}; run the study first)")
+    try:
+        entries = json.loads(manifest.read_text())["tasks"]
+    except (ValueError, KeyError):
+        raise UserError(f"{manifest}: unreadable manifest") from None
+    failed_path = study_dir / store.FAILURES
+    failed = {}
+    if failed_path.exists():
+        try:
+            failed = {f["name"]: f["error"] for f in json.loads(failed_path.read_text())}
+        except (ValueError, KeyError, TypeError):
+            failed = {}
+    out: dict[str, list[str]] = {"done": [], "missing": [], "corrupt": [], "failed": []}
+    for e in entries:
+        st = store.shard_status(store.shard_path(study_dir, e["key"]), e["key"])
+        if st == "valid":
+            out["done"].append(e["name"])
+        elif e["name"] in failed:
+            out["failed"].append(f"{e['name']}: {failed[e['name']]}")
+        else:
+            out[st].append(e["name"])
+    return out

@@ -1,0 +1,201 @@
+"""The HDF5 result store: one shard per task, written atomically, gathered into one study file.
+
+Layout of a study folder::
+
+    STUDY_DIR/
+      config.yaml        the study config as run
+      manifest.json      every task of the graph: name, key, function, params, dependencies
+      shards/KEY.h5      one finished task (only ever appears complete: temp file + fsync + rename)
+      failures.json      tasks that failed in the last run, with their errors
+      study.h5           all shards gathered (plain HDF5: readable with h5py alone)
+
+A shard holds the task's results as datasets (nested dicts become groups) and its provenance as
+attributes of the root group: ``task_name``, ``task_key``, ``function``, ``params`` (JSON), ``seed``,
+``study_config`` (YAML), ``olrg_hpc_version``, ``git_commit``, versions of numpy/jax/dask, ``host``,
+``started``/``finished`` (ISO 8601 UTC) and, written last, ``complete = True``.
+
+Shards are valid when they open, carry ``complete`` and the expected ``task_key``. Anything else
+(missing, a truncated copy, a key from other inputs) is recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+SHARDS = "shards"
+STUDY_FILE = "study.h5"
+MANIFEST = "manifest.json"
+FAILURES = "failures.json"
+
+Result = Mapping[str, Any]
+
+
+def shard_path(study_dir: Path, key: str) -> Path:
+    return Path(study_dir) / SHARDS / f"{key}.h5"
+
+
+def _write_value(group: h5py.Group, name: str, value: Any) -> None:
+    if isinstance(value, Mapping):
+        sub = group.create_group(name)
+        for k, v in value.items():
+            _write_value(sub, str(k), v)
+        return
+    if isinstance(value, str):
+        group.create_dataset(name, data=value, dtype=h5py.string_dtype())
+        return
+    arr = np.asarray(value)
+    if arr.dtype.kind in "US":
+        group.create_dataset(name, data=arr.astype(object), dtype=h5py.string_dtype())
+    elif arr.ndim >= 2 and arr.size >= 4096:
+        group.create_dataset(name, data=arr, chunks=True, compression="gzip", compression_opts=4, shuffle=True)
+    else:
+        group.create_dataset(name, data=arr)
+
+
+def _attr(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (str, int, float, bool, np.integer, np.floating)):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def atomic_h5(path: Path) -> _AtomicH5:
+    """Context manager: an h5py.File on a temporary sibling, fsync'd and renamed onto ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is untouched, so readers only ever see
+    complete files (rename is atomic on POSIX filesystems, NFS and Lustre included).
+    """
+    return _AtomicH5(Path(path))
+
+
+class _AtomicH5:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self.file: h5py.File | None = None
+
+    def __enter__(self) -> h5py.File:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = h5py.File(self.tmp, "w")
+        return self.file
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        assert self.file is not None
+        try:
+            self.file.close()
+            if exc_type is None:
+                fd = os.open(self.tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(self.tmp, self.path)
+        finally:
+            if self.tmp.exists():
+                self.tmp.unlink()
+
+
+def write_shard(path: Path, results: Result, attrs: Mapping[str, Any]) -> float:
+    """Write one task's results and provenance atomically; returns the seconds spent writing."""
+    import time
+
+    t0 = time.perf_counter()
+    with atomic_h5(path) as f:
+        for name, value in results.items():
+            _write_value(f, str(name), value)
+        for k, v in attrs.items():
+            f.attrs[k] = _attr(v)
+        f.attrs["complete"] = True
+    return time.perf_counter() - t0
+
+
+def shard_status(path: Path, key: str) -> str:
+    """'valid', 'missing', or 'corrupt' (unreadable, incomplete, or written for other inputs)."""
+    if not path.exists():
+        return "missing"
+    try:
+        with h5py.File(path, "r") as f:
+            ok = bool(f.attrs.get("complete", False)) and f.attrs.get("task_key") == key
+            if ok:
+                # touch every dataset's metadata so that a truncated file is caught here, not later
+                f.visititems(lambda _n, obj: obj.shape if isinstance(obj, h5py.Dataset) else None)
+    except Exception:  # noqa: BLE001 - any failure to read means the shard cannot be trusted
+        return "corrupt"
+    return "valid" if ok else "corrupt"
+
+
+def _read_group(group: h5py.Group) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, obj in group.items():
+        if isinstance(obj, h5py.Group):
+            out[name] = _read_group(obj)
+        elif obj.dtype.kind == "O" or h5py.check_string_dtype(obj.dtype):
+            val = obj.asstr()[()]
+            out[name] = val if isinstance(val, str) else np.asarray(val, dtype=object)
+        else:
+            out[name] = obj[()]
+    return out
+
+
+def read_shard(path: Path) -> dict[str, Any]:
+    """Results of a shard as a dict of numpy arrays / scalars (nested for groups)."""
+    with h5py.File(path, "r") as f:
+        return _read_group(f)
+
+
+def read_attrs(path: Path) -> dict[str, Any]:
+    with h5py.File(path, "r") as f:
+        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+
+
+def clean_temporaries(study_dir: Path) -> int:
+    """Remove temporary files left by killed writers; returns how many."""
+    n = 0
+    for tmp in (Path(study_dir) / SHARDS).glob(".*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def gather(study_dir: Path, tasks: Iterable[Mapping[str, Any]], study_attrs: Mapping[str, Any]) -> Path:
+    """Copy every task's shard into ``STUDY_DIR/study.h5`` under ``/tasks/<name>`` (atomic).
+
+    ``tasks`` are manifest entries (``name``, ``key``, ...). Each group keeps its shard's attributes, so
+    the study file carries the full provenance. Root attributes: ``study_attrs`` plus ``n_tasks``.
+    Readable with plain h5py: ``h5py.File(path)['tasks'][name][dataset][()]``.
+    """
+    study_dir = Path(study_dir)
+    out = study_dir / STUDY_FILE
+    tasks = sorted(tasks, key=lambda t: t["name"])
+    with atomic_h5(out) as f:
+        root = f.create_group("tasks")
+        for t in tasks:
+            src_path = shard_path(study_dir, t["key"])
+            with h5py.File(src_path, "r") as src:
+                src.copy(src["/"], root, name=t["name"])  # one H5Ocopy: datasets, groups and attributes
+        for k, v in study_attrs.items():
+            f.attrs[k] = _attr(v)
+        f.attrs["n_tasks"] = len(tasks)
+    return out
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def remove_study(study_dir: Path) -> None:
+    shutil.rmtree(study_dir, ignore_errors=True)

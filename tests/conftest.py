@@ -1,0 +1,53 @@
+"""Shared pytest set-up.
+
+Eight emulated CPU devices for JAX (must be set before jax is first imported), and skip logic for the
+`slurm` and `mpi` markers so that a machine without those components skips with a reason instead of failing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+
+def _slurm_reason() -> str | None:
+    if shutil.which("sinfo") is None:
+        return "no SLURM client on PATH (start one with: bash slurm/dev-cluster/start.sh)"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=12)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"sinfo failed: {exc}"
+    if out.returncode != 0:
+        return f"no SLURM controller reachable (sinfo: {out.stderr.strip()[:120]})"
+    if not any(s.startswith(("idle", "mix", "alloc")) for s in out.stdout.split()):
+        return f"SLURM node not usable (state: {out.stdout.strip()})"
+    return None
+
+
+def _mpi_reason() -> str | None:
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return "mpi4py not installed (pip install '.[mpi]')"
+    from olrg_hpc.mpi import find_mpiexec
+
+    if find_mpiexec() is None:
+        return "no mpiexec beside the interpreter or on PATH (pip install '.[mpi]' provides one via the mpich wheel)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reasons: dict[str, str | None] = {}
+    for item in items:
+        for marker, probe in (("slurm", _slurm_reason), ("mpi", _mpi_reason)):
+            if marker in item.keywords:
+                if marker not in reasons:
+                    reasons[marker] = probe()
+                if reasons[marker]:
+                    item.add_marker(pytest.mark.skip(reason=reasons[marker]))

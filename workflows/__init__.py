@@ -1,0 +1,26 @@
+"""Study workflows: each module turns a validated config into a Dask graph of library calls.
+
+A workflow module defines:
+
+- ``Params``: a pydantic model (unknown keys forbidden) of its ``params:`` section;
+- ``build(params) -> list[olrg_hpc.tasks.Task]``: the task graph (fan out, gather, reduce);
+- ``report(study_file, out_dir) -> list[str]``: figures written to ``out_dir`` and summary-table lines.
+
+Workflows know nothing of matrix elements: task functions live in the library.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+WORKFLOWS: dict[str, str] = {
+    "chain_sweep": "workflows.chain_sweep",
+}
+
+
+def get_workflow(name: str) -> ModuleType:
+    """The workflow module for ``name``; KeyError with the known names otherwise."""
+    if name not in WORKFLOWS:
+        raise KeyError(f"unknown workflow {name!r} (known: {', '.join(sorted(WORKFLOWS))})")
+    return importlib.import_module(WORKFLOWS[name])

@@ -1,0 +1,127 @@
+"""Spin-chain quench sweep: (model, N, couplings) as independent tasks, gathered and compared.
+
+Graph: one ``quench`` task per (model, N, couplings, method) -> one ``collect`` task per model that
+gathers the C(t) = <Z_1 Z_2>(t) curves (and, where a point was computed both by exact diagonalization
+and by free fermions, their largest difference) -> the study file -> figures of C(t) and profiles.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from olrg_hpc.config import Strict
+from olrg_hpc.report import Table, WorkflowReport
+from olrg_hpc.spins import quench
+from olrg_hpc.tasks import Task
+
+MODELS = ("tfim", "mixed_field_ising", "xxz")
+COUPLINGS = {"tfim": ("J", "h"), "mixed_field_ising": ("J", "h", "g"), "xxz": ("J", "delta", "hz")}
+ED_MAX_SITES = 20
+
+
+class Sweep(Strict):
+    model: Literal["tfim", "mixed_field_ising", "xxz"]
+    n_sites: list[int] = Field(min_length=1)
+    couplings: dict[str, list[float]] = Field(default_factory=dict, description="grid: name -> values")
+    methods: list[Literal["ed", "free_fermion"]] = Field(default_factory=lambda: ["ed"], min_length=1)
+
+    @field_validator("n_sites")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        bad = [n for n in v if n < 2]
+        if bad:
+            raise ValueError(f"chain lengths of at least 2 sites (got {bad[0]})")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> Sweep:
+        allowed = COUPLINGS[self.model]
+        for name, values in self.couplings.items():
+            if name not in allowed:
+                raise ValueError(f"coupling {name!r} is not a coupling of {self.model} (allowed: {', '.join(allowed)})")
+            if not values:
+                raise ValueError(f"coupling {name!r} needs at least one value")
+        if "free_fermion" in self.methods and self.model != "tfim":
+            raise ValueError(f"method free_fermion is exact only for tfim, not {self.model}")
+        if "ed" in self.methods and max(self.n_sites) > ED_MAX_SITES:
+            raise ValueError(f"method ed is limited to {ED_MAX_SITES} sites (got n_sites {max(self.n_sites)}); "
+                             "use free_fermion for long TFIM chains")
+        return self
+
+
+class Params(Strict):
+    sweeps: list[Sweep] = Field(min_length=1)
+    t_max: float = Field(4.0, gt=0)
+    n_times: int = Field(81, ge=2, le=100_000)
+    initial: Literal["up", "plus"] = "up"
+    profile_sites: int = Field(8, ge=1, description="bonds/sites from the left edge whose curves are stored")
+
+
+def points(params: Params) -> list[dict]:
+    """Every (model, n, couplings, method) of the sweep, in a stable order."""
+    out = []
+    for sw in params.sweeps:
+        names = list(sw.couplings)
+        for n, values, method in itertools.product(sw.n_sites, itertools.product(*sw.couplings.values()),
+                                                   sw.methods):
+            out.append({"model": sw.model, "n_sites": n, "couplings": dict(zip(names, values, strict=True)),
+                        "method": method})
+    return out
+
+
+def task_name(p: dict) -> str:
+    c = "-".join(f"{k}{v:g}" for k, v in sorted(p["couplings"].items()))
+    return f"{p['model']}-N{p['n_sites']}-{c}-{p['method']}".replace("--", "-").rstrip("-")
+
+
+def build(params: Params) -> list[Task]:
+    tasks = []
+    for p in points(params):
+        tasks.append(Task(task_name(p), quench.quench_task,
+                          {**p, "t_max": params.t_max, "n_times": params.n_times, "initial": params.initial,
+                           "profile_sites": params.profile_sites}))
+    for model in dict.fromkeys(p["model"] for p in points(params)):
+        deps = tuple(t.name for t in tasks if t.params.get("model") == model)
+        tasks.append(Task(f"collect-{model}", quench.collect_curves, {}, deps=deps))
+    return tasks
+
+
+def report(study_file: Path, out_dir: Path) -> WorkflowReport:
+    import h5py
+    import matplotlib.pyplot as plt
+
+    rep = WorkflowReport()
+    rows = []
+    with h5py.File(study_file, "r") as f:
+        for name in sorted(f["tasks"]):
+            if not name.startswith("collect-"):
+                continue
+            g = f["tasks"][name]
+            labels = [s.decode() if isinstance(s, bytes) else s for s in g["labels"][()]]
+            times, curves = g["times"][()], g["c12"][()]
+            fig, ax = plt.subplots(figsize=(7, 4))
+            for lab, c in zip(labels, curves, strict=True):
+                ax.plot(times, c / 4, label=lab, lw=1)
+            ax.set_xlabel("t")
+            ax.set_ylabel(r"$\langle S^z_1 S^z_2\rangle(t)$")
+            ax.set_title(name.removeprefix("collect-"))
+            if len(labels) <= 12:
+                ax.legend(fontsize=6)
+            fig.tight_layout()
+            path = out_dir / f"{name}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            rep.figures.append(path)
+            diffs = g["ed_vs_ff_max_diff"][()] if "ed_vs_ff_max_diff" in g else np.array([])
+            for lab, c, e0 in zip(labels, curves, g["e0"][()], strict=True):
+                rows.append([lab, float(e0), float(c[-1] / 4), float(np.min(c) / 4)])
+            if diffs.size:
+                rows.append([f"{name}: max |ED - free fermion|", float(np.max(diffs)), "", ""])
+    rep.tables.append(Table("Quench sweep: ground-state energy and <S^z_1 S^z_2>", ["point", "E0", "C(t_max)/4",
+                                                                                     "min C/4"], rows))
+    return rep
