@@ -66,7 +66,8 @@ def slurm_cluster_kwargs(p: SlurmProfile, study_dir: Path | None = None) -> dict
         walltime=p.walltime, job_extra_directives=extra, job_directives_skip=list(p.job_directives_skip),
         job_script_prologue=list(p.job_script_prologue), interface=p.interface,
         local_directory=p.local_directory, log_directory=log_dir, python=p.python or sys.executable,
-        worker_extra_args=worker_extra, scheduler_options={"dashboard_address": p.dashboard_address},
+        worker_extra_args=worker_extra, job_name=p.job_name,
+        scheduler_options={"dashboard_address": p.dashboard_address},
     )
     return {k: v for k, v in kw.items() if v is not None}
 

@@ -133,6 +133,7 @@ class SlurmProfile(Strict):
     worker_lifetime: str | None = Field(None, description="e.g. '55m': restart workers before walltime")
     lifetime_stagger: str = "2m"
     python: str | None = Field(None, description="python on compute nodes (default: this one)")
+    job_name: str = Field("olrg-worker", description="SLURM job name of the worker jobs (squeue -n)")
     security: bool = Field(True, description="TLS with per-study temporary credentials")
     dashboard_address: str = ":8787"
     submit_template: str = "slurm/driver.sbatch"

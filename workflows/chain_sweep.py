@@ -91,7 +91,14 @@ def build(params: Params) -> list[Task]:
     return tasks
 
 
+def _coupling_label(task: str) -> str:
+    """'tfim-N12-J1-h0.5-ed' -> 'J1-h0.5' (the panel a curve belongs to)."""
+    parts = task.split("-")
+    return "-".join(p for p in parts[2:-1])
+
+
 def report(study_file: Path, out_dir: Path) -> WorkflowReport:
+    """One figure per model: a panel per coupling set with C(t)/4 for every N (ED solid, free fermions dashed)."""
     import h5py
     import matplotlib.pyplot as plt
 
@@ -102,26 +109,31 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
             if not name.startswith("collect-"):
                 continue
             g = f["tasks"][name]
-            labels = [s.decode() if isinstance(s, bytes) else s for s in g["labels"][()]]
-            times, curves = g["times"][()], g["c12"][()]
-            fig, ax = plt.subplots(figsize=(7, 4))
-            for lab, c in zip(labels, curves, strict=True):
-                ax.plot(times, c / 4, label=lab, lw=1)
-            ax.set_xlabel("t")
-            ax.set_ylabel(r"$\langle S^z_1 S^z_2\rangle(t)$")
-            ax.set_title(name.removeprefix("collect-"))
-            if len(labels) <= 12:
+            labels = [s.decode() if isinstance(s, bytes) else str(s) for s in g["labels"][()]]
+            times, curves, e0 = g["times"][()], g["c12"][()], g["e0"][()]
+            panels = sorted({_coupling_label(lab) for lab in labels})
+            fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False, sharey=True)
+            for ax, panel in zip(axes[0], panels, strict=True):
+                for lab, c in zip(labels, curves, strict=True):
+                    if _coupling_label(lab) != panel:
+                        continue
+                    n = lab.split("-")[1]
+                    ff = lab.endswith("free_fermion")
+                    ax.plot(times, c / 4, ls="--" if ff else "-", lw=1.2 if ff else 2.0, alpha=0.9,
+                            label=f"{n} {'free fermions' if ff else 'ED'}")
+                ax.set_title(f"{name.removeprefix('collect-')}  {panel}", fontsize=9)
+                ax.set_xlabel("t")
                 ax.legend(fontsize=6)
+            axes[0][0].set_ylabel(r"$\langle S^z_1 S^z_2\rangle(t)$ from $|0\dots0\rangle$")
             fig.tight_layout()
             path = out_dir / f"{name}.png"
             fig.savefig(path, dpi=110)
             plt.close(fig)
             rep.figures.append(path)
-            diffs = g["ed_vs_ff_max_diff"][()] if "ed_vs_ff_max_diff" in g else np.array([])
-            for lab, c, e0 in zip(labels, curves, g["e0"][()], strict=True):
-                rows.append([lab, float(e0), float(c[-1] / 4), float(np.min(c) / 4)])
-            if diffs.size:
-                rows.append([f"{name}: max |ED - free fermion|", float(np.max(diffs)), "", ""])
-    rep.tables.append(Table("Quench sweep: ground-state energy and <S^z_1 S^z_2>", ["point", "E0", "C(t_max)/4",
-                                                                                     "min C/4"], rows))
+            for lab, c, e in zip(labels, curves, e0, strict=True):
+                rows.append([lab, float(e), float(c[-1] / 4), float(np.min(c) / 4)])
+            if "ed_vs_ff_max_diff" in g:
+                rows.append([f"{name}: max |ED - free fermion|", float(np.max(g["ed_vs_ff_max_diff"][()])), "", ""])
+    rep.tables.append(Table("Quench sweep: ground-state energy and <S^z_1 S^z_2>",
+                            ["point", "E0", "C(t_max)/4", "min C/4"], rows))
     return rep

@@ -1,0 +1,204 @@
+"""Domain-decomposed numpy + MPI HMC: decomposition independence, agreement with the JAX HMC, restart."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from olrg_hpc.lattice import mpi_hmc
+from olrg_hpc.mpi import mpi_launcher
+
+REPO = Path(__file__).resolve().parents[2]
+L = 8
+SEED = 5
+N_TRAJ = 6
+COMMON = ["--L", str(L), "--m2", "-4", "--lam", "8", "--seed", str(SEED), "--n-steps", "10"]
+
+
+def _launch(n: int, args: list[str]) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [*mpi_launcher(n, use_srun=False), sys.executable, "-m", "olrg_hpc.lattice.mpi_hmc", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=REPO)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, np.ndarray]]:
+    d = tmp_path_factory.mktemp("mpi")
+    res = {}
+    for n in (1, 2, 4):
+        f = d / f"r{n}.npz"
+        _launch(n, [*COMMON, "--n-traj", str(N_TRAJ), "--out", str(f)])
+        with np.load(f) as z:
+            res[n] = {k: z[k] for k in z.files}
+    return res
+
+
+@pytest.mark.mpi
+def test_decomposition_independent(runs: dict[int, dict[str, np.ndarray]]) -> None:
+    ref = runs[1]
+    assert ref["dH"].shape == (N_TRAJ,)
+    assert 0 < ref["accepted"].sum() < N_TRAJ + 1
+    for n in (2, 4):
+        np.testing.assert_allclose(runs[n]["phi"], ref["phi"], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(runs[n]["dH"], ref["dH"], rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(runs[n]["accepted"], ref["accepted"])
+        np.testing.assert_allclose(runs[n]["action"], ref["action"], rtol=1e-13)
+    assert list(runs[4]["dims"]) == [2, 2]
+
+
+@pytest.mark.mpi
+def test_agrees_with_jax_hmc(runs: dict[int, dict[str, np.ndarray]]) -> None:
+    """Same start field, momenta and uniforms through hmc.metropolis_step (leapfrog)."""
+    import jax
+    import jax.numpy as jnp
+
+    from olrg_hpc.lattice import hmc
+    from olrg_hpc.lattice.phi4 import Phi4Action
+
+    act = Phi4Action(-4.0, 8.0)
+    step = jax.jit(lambda phi, p, u: hmc.metropolis_step(act, phi, p, u, 1.0, 10, "leapfrog"))
+    phi = jnp.asarray(mpi_hmc.initial_field(SEED, (L, L)))
+    dhs, accs = [], []
+    for k in range(N_TRAJ):
+        p = jnp.asarray(mpi_hmc.momentum_field(SEED, k, (L, L)))
+        phi, dh, acc = step(phi, p, jnp.asarray(mpi_hmc.accept_uniform(SEED, k)))
+        dhs.append(float(dh))
+        accs.append(bool(acc))
+    ref = runs[1]
+    np.testing.assert_allclose(np.asarray(phi), ref["phi"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(dhs, ref["dH"], rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(accs, ref["accepted"])
+    np.testing.assert_allclose(ref["action"][-1], float(act.action(phi)), rtol=1e-13)
+
+
+@pytest.mark.mpi
+def test_restart_equals_straight_run(runs: dict[int, dict[str, np.ndarray]], tmp_path: Path) -> None:
+    """3 trajectories on 4 ranks + checkpoint, resumed on 2 ranks to 6 == 6 straight on 1 rank."""
+    ck = tmp_path / "ckpt.npz"
+    out = tmp_path / "restart.npz"
+    _launch(4, [*COMMON, "--n-traj", "3", "--checkpoint", str(ck)])
+    with np.load(ck) as z:
+        assert int(z["trajectory"]) == 3 and z["phi"].shape == (L, L)
+    _launch(2, [*COMMON, "--n-traj", str(N_TRAJ), "--checkpoint", str(ck), "--restart", "--out", str(out)])
+    assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temporary files
+    with np.load(out) as z:
+        np.testing.assert_allclose(z["phi"], runs[1]["phi"], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(z["dH"], runs[1]["dH"], rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(z["accepted"], runs[1]["accepted"])
+    with np.load(ck) as z:
+        assert int(z["trajectory"]) == N_TRAJ
+
+
+# ------------------------------------------------------------------ no MPI needed below
+def test_rng_is_decomposition_independent() -> None:
+    full = mpi_hmc.momentum_field(3, 7, (8, 12))
+    part = mpi_hmc.momentum_rows(3, 7, range(4, 8), 12)[:, 6:12]
+    np.testing.assert_array_equal(part, full[4:8, 6:12])
+    assert not np.allclose(mpi_hmc.momentum_field(3, 8, (8, 12)), full)
+    assert not np.allclose(mpi_hmc.momentum_field(4, 7, (8, 12)), full)
+    u = [mpi_hmc.accept_uniform(3, k) for k in range(50)]
+    assert all(0 <= x < 1 for x in u) and len(set(u)) == 50
+    assert mpi_hmc.initial_field(3, (4, 4), "cold").sum() == 0
+
+
+def test_parameter_conventions_match_phi4() -> None:
+    from olrg_hpc.lattice.phi4 import Phi4Action
+
+    m2, lam, c, conv = mpi_hmc.tutorial_parameters({"beta": 0.5, "lam": 0.5})
+    assert (m2, lam, c, conv) == (-4.0, 8.0, 2.0, "beta_lambda")
+    for beta, lb in [(0.576, 0.5), (0.634, 0.5), (0.677, 0.3)]:
+        act, scale = Phi4Action.from_beta_lambda(beta, lb)
+        assert mpi_hmc.tutorial_parameters({"beta": beta, "lam": lb})[:3] == pytest.approx((act.m2, act.lam, scale))
+        act_h, s_h = Phi4Action.from_hopping(beta / 2, lb)
+        got = mpi_hmc.tutorial_parameters({"kappa": beta / 2, "lam": lb})
+        assert got[:3] == pytest.approx((act_h.m2, act_h.lam, s_h)) and got[3] == "hopping"
+    assert mpi_hmc.tutorial_parameters({"m2": 1.0, "lam": 0.0}) == (1.0, 0.0, 1.0, "tutorial")
+    with pytest.raises(ValueError):
+        mpi_hmc.tutorial_parameters({"m2": 1.0, "beta": 0.5, "lam": 0.1})
+
+
+@pytest.mark.mpi
+def test_omelyan_beta_lambda_agrees_with_jax(tmp_path: Path) -> None:
+    """Omelyan on 2 ranks, action given in the beta/lambda convention, vs the JAX Omelyan integrator."""
+    import jax
+    import jax.numpy as jnp
+
+    from olrg_hpc.lattice import hmc
+    from olrg_hpc.lattice.phi4 import Phi4Action
+
+    out = tmp_path / "om.npz"
+    _launch(
+        2,
+        [
+            "--L",
+            "8",
+            "--beta",
+            "0.576",
+            "--lam",
+            "0.5",
+            "--seed",
+            "9",
+            "--n-steps",
+            "6",
+            "--integrator",
+            "omelyan",
+            "--n-traj",
+            "3",
+            "--out",
+            str(out),
+        ],
+    )
+    act, scale = Phi4Action.from_beta_lambda(0.576, 0.5)
+    step = jax.jit(lambda phi, p, u: hmc.metropolis_step(act, phi, p, u, 1.0, 6, "omelyan"))
+    phi = jnp.asarray(mpi_hmc.initial_field(9, (8, 8)))
+    dhs = []
+    for k in range(3):
+        p = jnp.asarray(mpi_hmc.momentum_field(9, k, (8, 8)))
+        phi, dh, _ = step(phi, p, jnp.asarray(mpi_hmc.accept_uniform(9, k)))
+        dhs.append(float(dh))
+    with np.load(out) as z:
+        np.testing.assert_allclose(z["phi"], np.asarray(phi), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(z["dH"], dhs, rtol=0, atol=1e-12)
+        assert float(z["field_scale"]) == pytest.approx(scale)
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_tutorial_point_ensemble_matches_jax(tmp_path: Path) -> None:
+    """Same physics from both implementations: 2-rank numpy HMC (beta/lambda input beta = lam = 0.5) vs
+    64 JAX chains at the tutorial point (m2, lam) = (-4, 8); <phi^2> and <|M|> agree within 4 sigma
+    (Gamma-method errors, added in quadrature)."""
+    import jax
+    import jax.numpy as jnp
+
+    from olrg_hpc.lattice import autocorr as ac
+    from olrg_hpc.lattice import hmc
+    from olrg_hpc.lattice.phi4 import Phi4Action
+
+    out = tmp_path / "long.npz"
+    _launch(2, ["--L", "8", "--beta", "0.5", "--lam", "0.5", "--seed", "4", "--n-traj", "3000", "--out", str(out)])
+    with np.load(out) as z:
+        assert float(z["field_scale"]) == 2.0
+        mpi = {"phi2": z["phi2"][100:], "absM": np.abs(z["magnetization"][100:])}
+    act = Phi4Action(-4.0, 8.0)
+    phi0 = 0.5 * jax.random.normal(jax.random.key(1, impl="rbg"), (64, L, L), dtype=jnp.float64)
+    res = hmc.run_chain(act, phi0, 500, jax.random.key(2, impl="rbg"), n_steps=10, measure=_tut_measure, n_therm=50)
+    x = np.asarray(res.measurements)
+    ref = {"phi2": x[..., 0], "absM": np.abs(x[..., 1])}
+    for k in ("phi2", "absM"):
+        m1, e1, _ = ac.mean_error(mpi[k])
+        m2, e2, _ = ac.mean_error(ref[k])
+        assert abs(m1 - m2) < 4 * np.hypot(e1, e2), (k, m1, e1, m2, e2)
+
+
+def _tut_measure(phi: Any) -> Any:
+    import jax.numpy as jnp
+
+    return jnp.stack([jnp.mean(phi**2, axis=(-2, -1)), jnp.mean(phi, axis=(-2, -1))], axis=-1)
