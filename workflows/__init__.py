@@ -16,6 +16,7 @@ from types import ModuleType
 
 WORKFLOWS: dict[str, str] = {
     "chain_sweep": "workflows.chain_sweep",
+    "phi4_ensembles": "workflows.phi4_ensembles",
 }
 
 
