@@ -38,10 +38,14 @@ def _study_dir(cfg, output: str | None) -> Path:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from olrg_hpc.config import load_profile, load_study
+    from olrg_hpc.config import load_hmc_config, load_profile, load_study, read_yaml
     from olrg_hpc.runner import topological_order
     from workflows import get_workflow
 
+    if read_yaml(args.config).get("program") == "mpi_hmc":
+        hcfg = load_hmc_config(args.config)
+        print(f"{args.config}: ok (MPI HMC program, L = {hcfg.L}, {hcfg.n_traj} trajectories)")
+        return 0
     cfg, params = load_study(args.config)
     tasks = topological_order(get_workflow(cfg.workflow).build(params))
     path, profile = load_profile(args.cluster)
@@ -107,6 +111,64 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if len(st["done"]) == total else 1
 
 
+def _rank() -> int:
+    """This process's MPI rank from the launcher's environment (0 outside MPI)."""
+    import os
+
+    for var in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def cmd_hmc(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from olrg_hpc.config import load_hmc_config
+
+    cfg = load_hmc_config(args.config)
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise UserError("mpi4py: not installed (pip install -e '.[mpi]')") from None
+    from olrg_hpc.lattice.mpi_hmc import run_mpi_hmc
+
+    comm = MPI.COMM_WORLD
+    params = cfg.model_dump(exclude_none=True, exclude={"program", "ntasks"})
+    for key in ("out", "checkpoint"):
+        if cfg.model_dump().get(key):
+            Path(params[key]).parent.mkdir(parents=True, exist_ok=True)
+    params["restart"] = bool(cfg.checkpoint)
+    res = run_mpi_hmc(params, comm)
+    if comm.Get_rank() == 0:
+        w = np.exp(-np.asarray(res["dH"]))
+        t = res["timings"]
+        w_err = w.std() / max(1, w.size) ** 0.5
+        print(f"{args.config}: {res['size']} ranks as {list(res['dims'])}, {res['trajectory']} trajectories, "
+              f"acceptance {res['acceptance']:.3f}, <exp(-dH)> = {w.mean():.4f} +- {w_err:.4f}")
+        print(f"time {t['total_s']:.2f} s (molecular dynamics {t['md_s']:.2f} s, of which halo exchange "
+              f"{t['halo_s']:.2f} s); results: {cfg.out}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from olrg_hpc.submit import prepare, sbatch
+
+    sub = prepare(args.config, args.cluster, check=not args.dry_run)
+    if args.dry_run:
+        print(sub.script, end="")
+        return 0
+    sub = sbatch(sub)
+    print(f"submitted job {sub.job_id}")
+    print(f"  script: {sub.script_path}")
+    print(f"  log:    {str(sub.log).replace('%j', sub.job_id or '%j')}")
+    if sub.study_dir:
+        print(f"  study:  {sub.study_dir}  (olrg-hpc status {sub.study_dir})")
+        print("  dashboard: printed in the log once the driver starts (an ssh -N -L tunnel command)")
+    print(f"  follow: squeue -j {sub.job_id}; cancel: scancel {sub.job_id}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     _print_report(Path(args.study_dir))
     return 0
@@ -148,6 +210,22 @@ def build_parser() -> argparse.ArgumentParser:
                          "HTML page into STUDY_DIR/report/.")
     rep.add_argument("study_dir")
     rep.set_defaults(func=cmd_report)
+    sm = sub.add_parser("submit", help="submit a study (or an MPI HMC config) as a SLURM job and walk away",
+                        description="Render a job script from slurm/driver.sbatch (study configs: the driver runs "
+                        "the Dask workflow inside the allocation, workers are jobs of the profile) or "
+                        "slurm/mpi_hmc.sbatch (configs with program: mpi_hmc) and submit it with sbatch. Prints the "
+                        "job id, the log, the study folder and how to follow it.")
+    sm.add_argument("config")
+    sm.add_argument("--cluster", required=True, metavar="PROFILE", help="a slurm cluster profile")
+    sm.add_argument("--dry-run", action="store_true", help="print the job script, submit nothing")
+    sm.set_defaults(func=cmd_submit)
+
+    hmc = sub.add_parser("hmc", help="run the MPI HMC baseline (launch with mpiexec -n N or srun)",
+                         description="Run one domain-decomposed HMC chain of 2D phi^4 described by CONFIG (see "
+                         "configs/hmc_mpi.yaml) on all ranks of MPI_COMM_WORLD: mpiexec -n 4 olrg-hpc hmc CONFIG. "
+                         "Resumes from the config's checkpoint. The chain does not depend on the number of ranks.")
+    hmc.add_argument("config")
+    hmc.set_defaults(func=cmd_hmc)
     return p
 
 
@@ -159,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as exc:
-        print(f"olrg-hpc: error: {exc}", file=sys.stderr)
+        if _rank() == 0:  # under MPI every rank fails alike: say it once
+            print(f"olrg-hpc: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("olrg-hpc: interrupted; finished tasks are kept in their shards, rerun to resume", file=sys.stderr)

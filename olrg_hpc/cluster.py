@@ -72,11 +72,23 @@ def slurm_cluster_kwargs(p: SlurmProfile, study_dir: Path | None = None) -> dict
     return {k: v for k, v in kw.items() if v is not None}
 
 
-def _check_slurm_binaries() -> None:
-    for cmd in ("sbatch", "squeue", "scancel"):
+def check_slurm(profile: SlurmProfile) -> None:
+    """Fail in one line, before any job is submitted, when SLURM or the profile's partition is missing."""
+    import subprocess
+
+    for cmd in ("sbatch", "squeue", "scancel", "sinfo"):
         if shutil.which(cmd) is None:
             raise UserError(f"{cmd}: not found on PATH; the slurm profile needs a SLURM client "
                             "(for a local test cluster: bash slurm/dev-cluster/start.sh)")
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        raise UserError("sinfo: no answer from the SLURM controller within 30 s") from None
+    if out.returncode != 0:
+        raise UserError(f"sinfo: {' '.join(out.stderr.split()) or 'failed'} (is slurmctld running?)")
+    partitions = out.stdout.split()
+    if profile.queue and profile.queue not in partitions:
+        raise UserError(f"queue: partition {profile.queue!r} does not exist (sinfo lists: {', '.join(partitions)})")
 
 
 @contextlib.contextmanager
@@ -93,7 +105,7 @@ def open_client(profile: LocalProfile | SlurmProfile | AddressProfile, *, study_
             client = stack.enter_context(Client(cluster))
             echo(f"LocalCluster: {len(cluster.workers)} workers x {profile.threads_per_worker} threads")
         elif isinstance(profile, SlurmProfile):
-            _check_slurm_binaries()
+            check_slurm(profile)
             from dask_jobqueue import SLURMCluster
 
             kwargs = slurm_cluster_kwargs(profile, study_dir)

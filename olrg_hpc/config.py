@@ -189,6 +189,52 @@ class AddressProfile(Strict):
 ClusterProfile = Annotated[LocalProfile | SlurmProfile | AddressProfile, Field(discriminator="kind")]
 _PROFILE_ADAPTER: TypeAdapter[LocalProfile | SlurmProfile | AddressProfile] = TypeAdapter(ClusterProfile)
 
+class MPIHMCConfig(Strict):
+    """An MPI HMC run (``mpiexec -n N olrg-hpc hmc CONFIG``; see olrg_hpc.lattice.mpi_hmc).
+
+    Exactly one action convention: ``m2`` (tutorial), ``beta`` (beta/lambda) or ``kappa`` (hopping),
+    each with ``lam``. ``n_traj`` is the total target: a rerun resumes from ``checkpoint``.
+    """
+
+    program: Literal["mpi_hmc"]
+    L: int | list[int] = Field(description="L, or [Ly, Lx]")
+    m2: float | None = None
+    beta: float | None = Field(None, gt=0)
+    kappa: float | None = Field(None, gt=0)
+    lam: float = Field(ge=0)
+    n_traj: int = Field(ge=1)
+    seed: int = Field(0, ge=0)
+    tau: float = Field(1.0, gt=0)
+    n_steps: int = Field(10, ge=1)
+    integrator: Literal["leapfrog", "omelyan"] = "leapfrog"
+    init: Literal["hot", "cold"] = "hot"
+    dims: list[int] | None = Field(None, min_length=2, max_length=2, description="process grid [Py, Px]")
+    checkpoint: str | None = None
+    checkpoint_every: int = Field(0, ge=0)
+    out: str = Field(description="results .npz (written by rank 0, atomically)")
+    ntasks: int = Field(4, ge=1, description="MPI ranks when submitted with olrg-hpc submit")
+
+    @model_validator(mode="after")
+    def _check(self) -> MPIHMCConfig:
+        given = [k for k in ("m2", "beta", "kappa") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of m2, beta, kappa (got {', '.join(given) or 'none'})")
+        sizes = [self.L, self.L] if isinstance(self.L, int) else self.L
+        if len(sizes) != 2 or min(sizes) < 2:
+            raise ValueError(f"L must be an extent >= 2 or [Ly, Lx] (got {self.L})")
+        if self.dims is not None and (sizes[0] % self.dims[0] or sizes[1] % self.dims[1]):
+            raise ValueError(f"dims {self.dims} must divide the lattice {sizes}")
+        return self
+
+
+def load_hmc_config(path: str | Path) -> MPIHMCConfig:
+    data = read_yaml(path)
+    try:
+        return MPIHMCConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(format_validation_error(str(path), exc, model=MPIHMCConfig)) from None
+
+
 # ------------------------------------------------------------------------------------------------ errors
 
 

@@ -1,0 +1,96 @@
+"""Submit and walk away: render a job script from a template in ``slurm/`` and hand it to ``sbatch``.
+
+``olrg-hpc submit STUDY_CONFIG --cluster PROFILE`` renders ``slurm/driver.sbatch``: a one-core job that
+runs the Dask workflow from inside the allocation, its workers being further SLURM jobs of the profile.
+``olrg-hpc submit HMC_CONFIG --cluster PROFILE`` (a config with ``program: mpi_hmc``) renders
+``slurm/mpi_hmc.sbatch``: ``srun --mpi=pmi2`` over the config's ``ntasks`` ranks. ``--dry-run`` prints
+the script instead of submitting it. Partition and account come from the profile.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from olrg_hpc.cluster import check_slurm
+from olrg_hpc.config import SlurmProfile, load_hmc_config, load_profile, load_study, read_yaml
+from olrg_hpc.errors import UserError
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "slurm"
+
+
+@dataclass
+class Submission:
+    script: str
+    script_path: Path
+    log: Path
+    study_dir: Path | None
+    job_id: str | None = None
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    path = TEMPLATES / template
+    try:
+        return Template(path.read_text()).substitute(values)
+    except FileNotFoundError:
+        raise UserError(f"{path}: job template not found") from None
+    except KeyError as exc:
+        raise UserError(f"{path}: unknown placeholder ${{{exc.args[0]}}}") from None
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+def _common(profile: SlurmProfile) -> dict[str, str]:
+    directives = []
+    if profile.queue:
+        directives.append(f"#SBATCH --partition={profile.queue}")
+    if profile.account:
+        directives.append(f"#SBATCH --account={profile.account}")
+    directives += [f"#SBATCH {d}" for d in profile.job_extra_directives]
+    return {"directives": "\n".join(directives), "prologue": "\n".join(profile.job_script_prologue),
+            "python": shlex.quote(profile.python or sys.executable), "walltime": profile.walltime,
+            "workdir": shlex.quote(str(Path.cwd()))}
+
+
+def prepare(config: str, cluster: str, check: bool = True) -> Submission:
+    """Validate the config and the profile and render the job script (nothing is submitted)."""
+    _, profile = load_profile(cluster)
+    if not isinstance(profile, SlurmProfile):
+        raise UserError(f"--cluster {cluster}: submit needs a slurm profile (this one is kind {profile.kind})")
+    values = _common(profile)
+    if check:
+        check_slurm(profile)
+    if read_yaml(config).get("program") == "mpi_hmc":
+        cfg = load_hmc_config(config)
+        out_dir = Path(cfg.out).resolve().parent
+        log = out_dir / "mpi_hmc-%j.out"
+        values.update(job_name="olrg-hmc", log=str(log), ntasks=str(cfg.ntasks),
+                      mem_per_cpu=profile.memory.replace(" ", ""), config=shlex.quote(str(Path(config).resolve())))
+        return Submission(render("mpi_hmc.sbatch", values), out_dir / "mpi_hmc.sbatch", log, None)
+    cfg, _ = load_study(config)
+    study_dir = Path(cfg.output or Path("studies") / cfg.study).resolve()
+    log = study_dir / "driver-%j.out"
+    values.update(job_name=f"olrg-{cfg.study}"[:64], log=str(log), driver_mem="2G",
+                  study_dir=shlex.quote(str(study_dir)), config=shlex.quote(str(Path(config).resolve())),
+                  profile=shlex.quote(str(load_profile(cluster)[0])))
+    return Submission(render("driver.sbatch", values), study_dir / "driver.sbatch", log, study_dir)
+
+
+def sbatch(sub: Submission) -> Submission:
+    """Write the script next to its results and submit it; the job id is parsed from sbatch's answer."""
+    sub.script_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sub.script_path.write_text(sub.script)
+    out = subprocess.run(["sbatch", "--parsable", str(sub.script_path)], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        msg = " ".join(out.stderr.split()) or f"exit code {out.returncode}"
+        raise UserError(f"sbatch {sub.script_path}: {msg}")
+    m = re.match(r"^(\d+)", out.stdout.strip())
+    if not m:
+        raise UserError(f"sbatch {sub.script_path}: unexpected answer {out.stdout.strip()!r}")
+    sub.job_id = m.group(1)
+    return sub
