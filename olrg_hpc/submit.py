@@ -94,3 +94,16 @@ def sbatch(sub: Submission) -> Submission:
         raise UserError(f"sbatch {sub.script_path}: unexpected answer {out.stdout.strip()!r}")
     sub.job_id = m.group(1)
     return sub
+
+
+def jax_job(profile: SlurmProfile, command: str, ntasks: int, log: Path, cpu_devices_per_task: int = 0) -> str:
+    """Job script for a multi-process JAX program (``slurm/jax_multinode.sbatch``).
+
+    ``cpu_devices_per_task > 0`` emulates that many CPU devices in every process (tests, CPU clusters).
+    """
+    values = _common(profile)
+    values.update(job_name="olrg-jax", log=str(log), ntasks=str(ntasks), cpus_per_task=str(profile.cores),
+                  mem_per_cpu=profile.memory.replace(" ", ""), command=command,
+                  xla_flags=f"--xla_force_host_platform_device_count={cpu_devices_per_task}"
+                  if cpu_devices_per_task else "")
+    return render("jax_multinode.sbatch", values)

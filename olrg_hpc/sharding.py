@@ -1,0 +1,92 @@
+"""Devices, meshes and multi-process JAX: the one place that decides how training sees the hardware.
+
+- ``init_distributed()``: under ``srun`` with several tasks, ``jax.distributed.initialize()`` (it reads
+  the coordinator, process count and id from SLURM), with gloo collectives on CPU; one process per GPU on
+  a GPU cluster (JAX's default ``local_device_ids`` under SLURM). A no-op for a single process.
+- ``data_mesh()``: a 1-D mesh named ``data`` over every device of every process (GPUs when present,
+  emulated CPU devices otherwise: ``XLA_FLAGS=--xla_force_host_platform_device_count=8``). Training code
+  shards its batch over ``data`` and replicates parameters.
+- ``python -m olrg_hpc.sharding --check``: a global reduction over all processes and devices, printed by
+  process 0; the multi-node template ``slurm/jax_multinode.sbatch`` runs it first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+
+def slurm_tasks() -> int:
+    """Number of tasks of the enclosing ``srun`` step (1 outside SLURM or in a bare sbatch script)."""
+    return int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
+
+
+def init_distributed() -> tuple[int, int]:
+    """Initialise multi-process JAX when running as several srun tasks; returns (process index, count)."""
+    import jax
+
+    if slurm_tasks() > 1:
+        # devices must not be touched before initialize(); gloo only concerns the CPU backend, so it is
+        # harmless on GPU nodes and required for cross-process collectives on CPU
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize()
+    return jax.process_index(), jax.process_count()
+
+
+def data_mesh(axis: str = "data") -> Any:
+    """A 1-D mesh over all global devices (Auto axis type: GSPMD-style sharding via NamedSharding)."""
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    return Mesh(np.array(jax.devices()), (axis,))
+
+
+def device_summary() -> dict[str, Any]:
+    import jax
+
+    devs = jax.devices()
+    return {"process_index": jax.process_index(), "process_count": jax.process_count(),
+            "local_devices": jax.local_device_count(), "global_devices": len(devs),
+            "platform": devs[0].platform, "device_kind": devs[0].device_kind}
+
+
+def global_sum_check() -> float:
+    """Sum of 0..n-1 over an array sharded across every device of every process (exact answer n(n-1)/2)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    mesh = data_mesh()
+    n = 64 * len(jax.devices())
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    full = np.arange(n, dtype=np.float32)
+    arr = jax.make_array_from_callback((n,), sharding, lambda idx: full[idx])
+    total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, PartitionSpec()))(arr)
+    return float(total)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m olrg_hpc.sharding", description=__doc__.split("\n")[0])
+    ap.add_argument("--check", action="store_true", help="run the global-reduction check and print it")
+    args = ap.parse_args(argv)
+    idx, count = init_distributed()
+    info = device_summary()
+    if args.check:
+        import jax
+
+        total = global_sum_check()
+        n = 64 * len(jax.devices())
+        ok = total == n * (n - 1) / 2
+        print(f"process {idx}/{count}: {info['local_devices']} local of {info['global_devices']} global "
+              f"{info['platform']} devices; global sum {total:.0f} ({'ok' if ok else 'WRONG'})", flush=True)
+        return 0 if ok else 1
+    print(info)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
