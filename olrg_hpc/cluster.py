@@ -29,14 +29,20 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def tunnel_hint(dashboard_link: str) -> str | None:
-    """The ssh command that forwards a remote dashboard to this laptop, or None when it is local."""
+def tunnel_hint(dashboard_link: str, scheduler_here: bool = True) -> str | None:
+    """The ssh command that forwards the dashboard to the user's laptop, or None when no tunnel is needed.
+
+    A tunnel is needed when the user reached this machine over ssh, when this runs inside a SLURM job
+    (the submitted driver), or when the scheduler runs elsewhere. The dashboard port is never opened to
+    the network: the user forwards it through ssh.
+    """
     url = urlparse(dashboard_link)
     host, port = url.hostname or "", url.port or 8787
-    remote = bool(os.environ.get("SSH_CONNECTION") or os.environ.get("SLURM_JOB_ID"))
-    if host in ("127.0.0.1", "localhost", "::1", "") and not remote:
+    away = bool(os.environ.get("SSH_CONNECTION") or os.environ.get("SLURM_JOB_ID"))
+    loopback = host in ("127.0.0.1", "localhost", "::1", "", "0.0.0.0")
+    if not away and (scheduler_here or loopback):
         return None
-    if host in ("127.0.0.1", "localhost", "::1", ""):
+    if loopback:
         host = socket.gethostname()
     return (f"ssh -N -L {port}:{host}:{port} <user>@<login-node>   "
             f"then open http://localhost:{port}{url.path or '/status'}")
@@ -95,6 +101,7 @@ def check_slurm(profile: SlurmProfile) -> None:
 def open_client(profile: LocalProfile | SlurmProfile | AddressProfile, *, study_dir: Path | None = None,
                 echo: Echo = _stderr) -> Iterator[Any]:
     """A connected ``distributed.Client`` for the profile; everything it started is stopped on exit."""
+    import dask
     from distributed import Client
 
     with contextlib.ExitStack() as stack:
@@ -109,18 +116,21 @@ def open_client(profile: LocalProfile | SlurmProfile | AddressProfile, *, study_
             from dask_jobqueue import SLURMCluster
 
             kwargs = slurm_cluster_kwargs(profile, study_dir)
+            # notice a lost worker job after 5 s instead of 15 s, so that Adaptive replaces it sooner
+            stack.enter_context(dask.config.set({"distributed.deploy.lost-worker-timeout": "5s"}))
             if profile.security:
                 kwargs["security"], kwargs["shared_temp_directory"] = _temporary_security(study_dir)
             cluster = stack.enter_context(SLURMCluster(**kwargs))
             client = stack.enter_context(Client(cluster))
+            # Fixed job counts also go through adapt(min = max): Adaptive re-checks the cluster every few
+            # seconds and resubmits a job that died (scancel, node failure, walltime); scale() would not.
+            lo, hi = (profile.adapt.minimum_jobs, profile.adapt.maximum_jobs) if profile.adapt else (
+                (profile.jobs or 1,) * 2)
+            cluster.adapt(minimum_jobs=lo, maximum_jobs=hi, interval="2s", wait_count=3)
             if profile.adapt:
-                cluster.adapt(minimum_jobs=profile.adapt.minimum_jobs, maximum_jobs=profile.adapt.maximum_jobs)
-                echo(f"SLURMCluster: adapting between {profile.adapt.minimum_jobs} and "
-                     f"{profile.adapt.maximum_jobs} jobs")
+                echo(f"SLURMCluster: adapting between {lo} and {hi} worker jobs")
             else:
-                jobs = profile.jobs or 1
-                cluster.scale(jobs=jobs)
-                echo(f"SLURMCluster: {jobs} worker jobs submitted (squeue shows them)")
+                echo(f"SLURMCluster: {hi} worker jobs submitted (squeue shows them; lost ones are replaced)")
         else:
             try:
                 client = stack.enter_context(Client(profile.address, timeout=profile.timeout))
@@ -129,7 +139,7 @@ def open_client(profile: LocalProfile | SlurmProfile | AddressProfile, *, study_
             echo(f"connected to {profile.address}: {len(client.scheduler_info()['workers'])} workers")
         link = client.dashboard_link
         echo(f"dashboard: {link}")
-        hint = tunnel_hint(link)
+        hint = tunnel_hint(link, scheduler_here=not isinstance(profile, AddressProfile))
         if hint:
             echo(f"dashboard from your laptop: {hint}")
         yield client

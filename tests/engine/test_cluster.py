@@ -57,7 +57,8 @@ def test_tunnel_hint(monkeypatch):
     monkeypatch.delenv("SSH_CONNECTION", raising=False)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     assert tunnel_hint("http://127.0.0.1:8787/status") is None
-    hint = tunnel_hint("http://10.1.2.3:8788/status")
+    assert tunnel_hint("http://10.1.2.3:8788/status", scheduler_here=True) is None  # LocalCluster on eth0
+    hint = tunnel_hint("http://10.1.2.3:8788/status", scheduler_here=False)
     assert hint.startswith("ssh -N -L 8788:10.1.2.3:8788 ") and "http://localhost:8788/status" in hint
     monkeypatch.setenv("SSH_CONNECTION", "1.2.3.4 5 6.7.8.9 22")
     assert tunnel_hint("http://127.0.0.1:8787/status") is not None

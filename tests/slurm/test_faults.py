@@ -1,0 +1,79 @@
+"""Faults on a real SLURM: a worker job cancelled mid-study does not fail the study; its tasks are
+rescheduled, a replacement job is submitted, and the study file equals an undisturbed LocalCluster run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slurm
+
+STUDY = """\
+study: faults
+workflow: chain_sweep
+seed: 9
+params:
+  t_max: 3.0
+  n_times: 201
+  sweeps:
+    - model: tfim
+      n_sites: [10, 11, 12]
+      couplings: {J: [1.0], h: [0.5, 1.0, 2.0]}
+      methods: [ed]
+"""
+
+
+def _jobs(name: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-n", name, "-t", "RUNNING", "-o", "%i"], capture_output=True, text=True,
+                         timeout=30)
+    return out.stdout.split()
+
+
+def _datasets(path: Path) -> dict:
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
+    return out
+
+
+def test_cancelled_worker_job_is_replaced_and_study_completes(tmp_path):
+    name = f"olrg-fault-{uuid.uuid4().hex[:6]}"
+    (tmp_path / "s.yaml").write_text(STUDY)
+    (tmp_path / "slurm.yaml").write_text(
+        f"kind: slurm\nqueue: debug\ncores: 1\nmemory: 1GB\nwalltime: '00:20:00'\njobs: 2\ninterface: lo\n"
+        f"job_name: {name}\ndashboard_address: ':0'\n")
+    exe = [sys.executable, "-m", "olrg_hpc.cli", "run", "s.yaml", "--no-report", "--no-progress"]
+    proc = subprocess.Popen([*exe, "--cluster", "slurm.yaml", "--output", "slurm"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    shards = tmp_path / "slurm" / "shards"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (len(_jobs(name)) == 2 and len(list(shards.glob("*.h5"))) >= 2):
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.3)
+    victim = _jobs(name)[0]
+    subprocess.run(["scancel", victim], check=True, timeout=30)
+    replaced = False
+    while proc.poll() is None:
+        jobs = _jobs(name)
+        replaced = replaced or (victim not in jobs and len(jobs) == 2)
+        time.sleep(0.5)
+    _, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert "10 computed, 0 failed" in err, err
+    assert replaced, "the cancelled worker job was not replaced"
+
+    (tmp_path / "local.yaml").write_text("kind: local\nn_workers: 2\ndashboard_address: ':0'\n")
+    local = subprocess.run([*exe, "--cluster", "local.yaml", "--output", "local"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300)
+    assert local.returncode == 0, local.stderr
+    a, b = _datasets(tmp_path / "slurm/study.h5"), _datasets(tmp_path / "local/study.h5")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
