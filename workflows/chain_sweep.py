@@ -3,6 +3,8 @@
 Graph: one ``quench`` task per (model, N, couplings, method) -> one ``collect`` task per model that
 gathers the C(t) = <Z_1 Z_2>(t) curves (and, where a point was computed both by exact diagonalization
 and by free fermions, their largest difference) -> the study file -> figures of C(t) and profiles.
+Optionally (``tobc:``) one task per (model, couplings, block size n) with the exact time-ordered
+boundary correlations of orders 0..K on seeded times and signs: the OLRG training targets.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pydantic import Field, field_validator, model_validator
 
 from olrg_hpc.config import Strict
 from olrg_hpc.report import Table, WorkflowReport
-from olrg_hpc.spins import quench
+from olrg_hpc.spins import quench, tobc
 from olrg_hpc.tasks import Task
 
 MODELS = ("tfim", "mixed_field_ising", "xxz")
@@ -54,8 +56,27 @@ class Sweep(Strict):
         return self
 
 
+class TobcTargets(Strict):
+    """Exact TOBCs of small blocks (OLRG training targets): one task per (model, couplings, n)."""
+
+    n_sites: list[int] = Field(min_length=1, description="block sizes (dense: at most 12 sites)")
+    max_order: int = Field(2, ge=0, le=8)
+    n_per_order: int = Field(20, ge=1)
+    T: float = Field(1.0, gt=0)
+    grid: int | None = Field(None, ge=2, description="draw times from linspace(0, T, grid)")
+
+    @field_validator("n_sites")
+    @classmethod
+    def _small(cls, v: list[int]) -> list[int]:
+        bad = [n for n in v if not 2 <= n <= 12]
+        if bad:
+            raise ValueError(f"block sizes from 2 to 12 sites (got {bad[0]})")
+        return v
+
+
 class Params(Strict):
     sweeps: list[Sweep] = Field(min_length=1)
+    tobc: TobcTargets | None = Field(None, description="exact TOBC targets for every ED sweep point's couplings")
     t_max: float = Field(4.0, gt=0)
     n_times: int = Field(81, ge=2, le=100_000)
     initial: Literal["up", "plus"] = "up"
@@ -85,8 +106,22 @@ def build(params: Params) -> list[Task]:
         tasks.append(Task(task_name(p), quench.quench_task,
                           {**p, "t_max": params.t_max, "n_times": params.n_times, "initial": params.initial,
                            "profile_sites": params.profile_sites}))
+    if params.tobc is not None:
+        tb = params.tobc
+        seen = set()
+        for p in points(params):
+            key = (p["model"], tuple(sorted(p["couplings"].items())))
+            if key in seen:
+                continue
+            seen.add(key)
+            for n in tb.n_sites:
+                c = "-".join(f"{k}{v:g}" for k, v in sorted(p["couplings"].items()))
+                tasks.append(Task(f"tobc-{p['model']}-n{n}-{c}-K{tb.max_order}", tobc.tobc_task,
+                                  {"model": p["model"], "n_sites": n, "couplings": p["couplings"],
+                                   "max_order": tb.max_order, "n_per_order": tb.n_per_order, "T": tb.T,
+                                   "grid": tb.grid}))
     for model in dict.fromkeys(p["model"] for p in points(params)):
-        deps = tuple(t.name for t in tasks if t.params.get("model") == model)
+        deps = tuple(t.name for t in tasks if t.params.get("model") == model and t.fn is quench.quench_task)
         tasks.append(Task(f"collect-{model}", quench.collect_curves, {}, deps=deps))
     return tasks
 

@@ -314,3 +314,19 @@ def exact_tobc_batch(
 ) -> np.ndarray:
     """Exact chi for every sample of ``inputs`` (one diagonalization), complex array (n_samples,)."""
     return ExactTOBC(model, boundary=boundary, observable=observable, initial=initial).batch(inputs, T)
+
+
+def tobc_task(model: str, n_sites: int, couplings: dict[str, float], max_order: int, n_per_order: int, T: float,
+              seed: int, grid: int | None = None) -> dict[str, np.ndarray]:
+    """Exact TOBC targets of one block: a seeded sample of orders 0..K, times and signs, and chi.
+
+    One (model, n, orders, times) task of a sweep; the arrays are those of :class:`TOBCInputs` plus
+    ``chi`` (complex) and ``expectation_T`` = <O(T)> (equal to chi at order 0).
+    """
+    from olrg_hpc.spins.models import make_model
+
+    m = make_model(model, n_sites, **couplings)
+    inputs = sample_tobc_inputs(max_order, n_per_order, T, seed % (2**32), grid=grid)
+    ex = ExactTOBC(m)
+    return {"orders": inputs.orders, "times": inputs.times, "signs": inputs.signs,
+            "chi": ex.batch(inputs, T), "expectation_T": np.asarray(ex.expectation(T))}
