@@ -64,8 +64,9 @@ def slurm_cluster_kwargs(p: SlurmProfile, study_dir: Path | None = None) -> dict
         extra.append(f"--gres=gpu:{p.gpus_per_job}")
     worker_extra: list[str] = []
     if p.worker_lifetime:
-        worker_extra += ["--lifetime", p.worker_lifetime, "--lifetime-stagger", p.lifetime_stagger,
-                         "--lifetime-restart"]
+        # the worker retires (its tasks move elsewhere), its job ends, and Adaptive submits a fresh job with
+        # a full walltime; --lifetime-restart would restart the worker inside the old, expiring job
+        worker_extra += ["--lifetime", p.worker_lifetime, "--lifetime-stagger", p.lifetime_stagger]
     log_dir = p.log_directory or (str(study_dir / "logs") if study_dir else None)
     kw: dict[str, Any] = dict(
         queue=p.queue, account=p.account, cores=p.cores, processes=p.processes, memory=p.memory,

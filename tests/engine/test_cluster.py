@@ -47,9 +47,10 @@ def test_job_script_carries_every_profile_keyword(tmp_path):
         script = cluster.job_script()
     for line in ("#SBATCH -p gpu", "#SBATCH -A proj", "#SBATCH -t 02:00:00", "#SBATCH --gres=gpu:1",
                  "#SBATCH --qos=low", "module load cuda", "--lifetime 100m", "--lifetime-stagger 5m",
-                 "--lifetime-restart", "--nworkers 2"):
+                 "--nworkers 2"):
         assert line in script, line
     assert "--mem=" not in script  # skipped on request
+    assert "--lifetime-restart" not in script  # retire the job, not just the process
     assert str(tmp_path / "logs") in str(kwargs["log_directory"])
 
 
