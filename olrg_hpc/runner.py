@@ -84,10 +84,11 @@ def topological_order(tasks: Sequence[Task]) -> list[Task]:
     return order
 
 
-def plan(tasks: Sequence[Task], study_dir: Path, study_seed: int) -> tuple[list[Task], list[TaskSpec]]:
-    """Order the graph and resolve each task to a TaskSpec (seed, key, shard paths)."""
+def plan(tasks: Sequence[Task], study_dir: Path, study_seed: int,
+         study_config: str = "") -> tuple[list[Task], list[TaskSpec]]:
+    """Order the graph and resolve each task to a TaskSpec (seed, key, shard paths, run provenance)."""
     ordered = topological_order(tasks)
-    prov = run_provenance()
+    prov = {**run_provenance(), "study_config": study_config}
     keys: dict[str, str] = {}
     specs = []
     for t in ordered:
@@ -116,7 +117,7 @@ def run_tasks(tasks: Sequence[Task], study_dir: Path, client: Any, *, study_seed
     t_start = time.perf_counter()
     study_dir = Path(study_dir)
     (study_dir / store.SHARDS).mkdir(parents=True, exist_ok=True)
-    ordered, specs = plan(tasks, study_dir, study_seed)
+    ordered, specs = plan(tasks, study_dir, study_seed, str((study_attrs or {}).get("study_config", "")))
     entries = manifest_entries(ordered, specs)
     store.write_json_atomic(study_dir / store.MANIFEST, {"created": now(), "seed": study_seed, "tasks": entries})
     store.clean_temporaries(study_dir)

@@ -11,8 +11,9 @@ Layout of a study folder::
 
 A shard holds the task's results as datasets (nested dicts become groups) and its provenance as
 attributes of the root group: ``task_name``, ``task_key``, ``function``, ``params`` (JSON), ``seed``,
-``study_config`` (YAML), ``olrg_hpc_version``, ``git_commit``, versions of numpy/jax/dask, ``host``,
-``started``/``finished`` (ISO 8601 UTC) and, written last, ``complete = True``.
+``host``, ``started``/``finished`` (ISO 8601 UTC), ``compute_seconds``, ``provenance`` (JSON: the run's
+``olrg_hpc_version``, ``git_commit``, ``version_numpy``/``jax``/``dask``/..., ``study_config`` YAML) and,
+written last, ``complete = True``.
 
 Shards are valid when they open, carry ``complete`` and the expected ``task_key``. Anything else
 (missing, a truncated copy, a key from other inputs) is recomputed.

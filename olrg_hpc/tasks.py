@@ -93,10 +93,11 @@ def execute(spec: TaskSpec, *_upstream: Any) -> dict[str, Any]:
     if not isinstance(result, Mapping):
         raise TypeError(f"task {spec.name}: {spec.fn.__qualname__} returned {type(result).__name__}, not a mapping")
     compute_s = time.perf_counter() - t0
-    attrs = dict(spec.provenance)
-    attrs.update(task_name=spec.name, task_key=spec.key, function=f"{spec.fn.__module__}:{spec.fn.__qualname__}",
+    # per-task facts as separate attributes; the run's provenance (package version, git commit, library
+    # versions, study config) as one JSON attribute: a shard write costs ~0.15 ms per attribute
+    attrs = dict(task_name=spec.name, task_key=spec.key, function=f"{spec.fn.__module__}:{spec.fn.__qualname__}",
                  params=dict(spec.params), seed=spec.seed, host=host(), started=started, finished=now(),
-                 compute_seconds=compute_s)
+                 compute_seconds=compute_s, provenance=dict(spec.provenance))
     write_s = write_shard(spec.shard, result, attrs)
     return {"name": spec.name, "key": spec.key, "compute_s": compute_s, "write_s": write_s}
 

@@ -100,12 +100,16 @@ def test_seeds_are_stable_and_distinct(tmp_path, client):
 
 
 def test_shard_provenance(tmp_path, client):
-    s = run_tasks(graph(2), tmp_path, client, study_seed=3, study_attrs={"study": "prov"}, progress=False)
+    s = run_tasks(graph(2), tmp_path, client, study_seed=3, study_attrs={"study": "prov", "study_config": "seed: 3\n"},
+                  progress=False)
     with h5py.File(s.study_file, "r") as f:
         a = f["tasks/sq-1"].attrs
-        for key in ("olrg_hpc_version", "git_commit", "version_numpy", "version_jax", "version_dask", "host",
-                    "seed", "started", "finished", "params", "task_key"):
+        for key in ("host", "seed", "started", "finished", "params", "task_key", "function", "compute_seconds"):
             assert key in a, key
+        prov = json.loads(a["provenance"])
+        for key in ("olrg_hpc_version", "git_commit", "version_numpy", "version_jax", "version_dask", "study_config"):
+            assert key in prov, key
+        assert prov["study_config"] == "seed: 3\n"
         assert a["started"] <= a["finished"]
         assert f.attrs["study"] == "prov"
 
