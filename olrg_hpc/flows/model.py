@@ -1,0 +1,195 @@
+"""Flow models (compositions of :mod:`olrg_hpc.flows.layers`), the Gaussian prior, and sampling helpers.
+
+Conventions (science.md section 2; Albergo et al. arXiv:2101.08176; Albandea et al. arXiv:2310.03381):
+
+* The flow ``F`` maps prior samples ``z ~ r`` to fields ``phi = F(z)``; ``flow.apply(params, z)`` returns
+  ``(phi, log_det)`` with ``log_det = log |det dF/dz|``. The model density is
+  ``log q(phi) = log r(z) - log_det``. ``flow.apply(params, phi, method="inverse")`` returns
+  ``(z, -log_det)``.
+* Priors implement ``sample(key, n) -> z`` (shape ``(n, L1, L2)``) and ``log_prob(z) -> (n,)``; they are
+  JAX pytrees, so they can be passed to jitted functions.
+* Fields are in the *tutorial* convention of the target :class:`~olrg_hpc.lattice.phi4.Phi4Action`.
+* Framework: ``flax.linen``; parameters are plain pytrees (nested dicts of arrays).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from olrg_hpc.flows.layers import AffineCoupling, GlobalRescaling
+
+__all__ = [
+    "Prior",
+    "GaussianPrior",
+    "Flow",
+    "tutorial_flow",
+    "z2_flow",
+    "albandea_flow",
+    "init_flow",
+    "count_params",
+    "cast_params",
+    "sample_flow",
+    "flow_log_prob",
+]
+
+Params = Any
+
+
+class Prior(Protocol):
+    """What a prior offers: ``shape`` (lattice), ``sample(key, n)``, ``log_prob(z)``."""
+
+    shape: tuple[int, int]
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array: ...
+
+    def log_prob(self, z: jax.Array) -> jax.Array: ...
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=[], meta_fields=["shape", "dtype"])
+@dataclass(frozen=True)
+class GaussianPrior:
+    """Standard normal prior on an ``L1 x L2`` lattice: ``log r(z) = -sum z^2 / 2 - (V/2) log(2 pi)``."""
+
+    shape: tuple[int, int]
+    dtype: str = "float32"
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        return jax.random.normal(key, (n, *self.shape), dtype=jnp.dtype(self.dtype))
+
+    def log_prob(self, z: jax.Array) -> jax.Array:
+        vol = math.prod(z.shape[-2:])
+        return -0.5 * jnp.sum(z * z, axis=(-2, -1)) - 0.5 * vol * math.log(2.0 * math.pi)
+
+
+class Flow(nn.Module):
+    """Composition ``F = f_n o ... o f_1`` of invertible layers; ``log_det`` adds up."""
+
+    layers: Sequence[nn.Module] = ()
+
+    def __call__(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
+        log_det = jnp.zeros(z.shape[:-2], z.dtype)
+        for layer in self.layers:
+            z, ld = layer(z)
+            log_det = log_det + ld
+        return z, log_det
+
+    def inverse(self, phi: jax.Array) -> tuple[jax.Array, jax.Array]:
+        log_det = jnp.zeros(phi.shape[:-2], phi.dtype)
+        for layer in reversed(self.layers):
+            phi, ld = layer.inverse(phi)
+            log_det = log_det + ld
+        return phi, log_det
+
+
+def tutorial_flow(
+    n_layers: int = 16,
+    hidden: Sequence[int] = (8, 8),
+    kernel_size: int = 3,
+    activation: str = "leaky_relu",
+    final_tanh: bool = True,
+) -> Flow:
+    """Real-NVP flow of arXiv:2101.08176: ``n_layers`` affine couplings with alternating parity."""
+    return Flow(
+        tuple(
+            AffineCoupling(
+                parity=i % 2,
+                hidden=tuple(hidden),
+                kernel_size=kernel_size,
+                activation=activation,
+                final_tanh=final_tanh,
+            )
+            for i in range(n_layers)
+        )
+    )
+
+
+def z2_flow(
+    n_layers: int = 2, hidden: Sequence[int] = (), kernel_size: int = 3, rescale: bool = True
+) -> Flow:
+    """Z2-equivariant flow: ``n_layers`` couplings ``y = x e^{-|s|} + t`` (odd nets, tanh), alternating
+    parity, optionally followed by a :class:`GlobalRescaling`."""
+    layers: list[nn.Module] = [
+        AffineCoupling(parity=i % 2, hidden=tuple(hidden), kernel_size=kernel_size, activation="tanh", z2=True)
+        for i in range(n_layers)
+    ]
+    if rescale:
+        layers.append(GlobalRescaling())
+    return Flow(tuple(layers))
+
+
+def albandea_flow(kernel_size: int = 3) -> Flow:
+    """The coarse-to-fine model of arXiv:2310.03381: one coupling layer (both checkerboard halves, each net a
+    single ``Conv2d(1 -> 2, k x k)`` without bias + tanh, ``y = x e^{-|s|} + t``) and one global rescaling.
+
+    Parameter count ``2 * 2 k^2 + 1`` (37 at ``k = 3``). The "upsampling" (interleaving of four coarse
+    configurations) is the prior, :class:`olrg_hpc.flows.coarse.CoarsePrior`.
+    """
+    return z2_flow(n_layers=2, hidden=(), kernel_size=kernel_size, rescale=True)
+
+
+def cast_params(params: Params, dtype: Any) -> Params:
+    """All floating leaves cast to ``dtype``."""
+    return jax.tree.map(lambda p: jnp.asarray(p).astype(dtype), params)
+
+
+def init_flow(flow: Flow, key: Any, shape: tuple[int, int], dtype: Any = jnp.float32) -> Params:
+    """Initial parameters (any ``L`` works later: the nets are convolutional).
+
+    Same tree as ``flow.init`` (found with ``jax.eval_shape``), filled on the host with PyTorch's default
+    ``Conv2d`` initialisation (as in the reference implementations of arXiv:2101.08176 and arXiv:2310.03381):
+    kernels and biases ``~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, ``fan_in = k^2 C_in``; log-scales 0.
+    ``key`` is a JAX key or an int seed. (Host filling avoids compiling flax's initialisers, which takes
+    seconds per model on CPU.)
+    """
+    tree = jax.eval_shape(flow.init, jax.random.key(0), jax.ShapeDtypeStruct((1, *shape), jnp.dtype(dtype)))
+    if isinstance(key, int):
+        seed: Any = key
+    else:
+        seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+    rng = np.random.default_rng(seed)
+    paths, tdef = jax.tree_util.tree_flatten_with_path(tree)
+    leaves = []
+    for path, leaf in paths:
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name in ("kernel", "bias"):
+            bound = 1.0 / math.sqrt(math.prod(_kernel_shape(paths, path)[:-1]))
+            val = rng.uniform(-bound, bound, size=leaf.shape)
+        else:
+            val = np.zeros(leaf.shape)
+        leaves.append(jnp.asarray(val, dtype=dtype))
+    return jax.tree_util.tree_unflatten(tdef, leaves)
+
+
+def _kernel_shape(paths: list[Any], bias_path: tuple[Any, ...]) -> tuple[int, ...]:
+    """Shape of the kernel next to ``bias_path`` (same module)."""
+    for path, leaf in paths:
+        if path[:-1] == bias_path[:-1] and str(getattr(path[-1], "key", path[-1])) == "kernel":
+            return tuple(leaf.shape)
+    raise KeyError(f"no kernel beside {bias_path}")
+
+
+def count_params(params: Params) -> int:
+    """Number of scalar parameters."""
+    return int(sum(math.prod(jnp.shape(p)) for p in jax.tree.leaves(params)))
+
+
+def sample_flow(flow: Flow, params: Params, prior: Prior, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+    """``n`` samples ``phi = F(z)``, ``z ~ prior``, with their model log-density ``log q(phi)``."""
+    z = prior.sample(key, n)
+    phi, log_det = flow.apply(params, z)
+    return phi, prior.log_prob(z) - log_det
+
+
+def flow_log_prob(flow: Flow, params: Params, prior: Prior, phi: jax.Array) -> jax.Array:
+    """``log q(phi) = log r(F^{-1}(phi)) + log |det dF^{-1}/dphi|``."""
+    z, log_det_inv = flow.apply(params, phi, method="inverse")
+    return prior.log_prob(z) + log_det_inv

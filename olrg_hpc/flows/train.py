@@ -1,0 +1,400 @@
+"""Reverse-KL training of flows (optax Adam), data-parallel over all JAX devices, with HDF5 checkpoints.
+
+Conventions (science.md section 2; Albergo et al. arXiv:2101.08176 eq. (20); Albandea et al. arXiv:2310.03381):
+
+* Loss: ``L = (1/N) sum_i [log q(phi_i) + S(phi_i)]`` with ``phi_i = F(z_i)``, ``z_i ~ prior``; it equals
+  ``KL(q || p) - log Z`` (``log Z`` unknown, so ``L`` is bounded below by ``-log Z``, not by 0).
+* Reweighting factors ``log w = -S(phi) - log q(phi)``; effective sample size per sample
+  ``ESS = (sum w)^2 / (N sum w^2)`` in ``(0, 1]``; independent Metropolis-Hastings (IMH) acceptance of a
+  chain whose proposals are the flow samples (accept ``phi'`` with probability ``min(1, w'/w)``).
+* Random numbers: step ``k`` (counted from 0 over the whole run, across resumes) uses
+  ``fold_in(key, k)``; the prior draws with that key. Since ``jax_threefry_partitionable`` is on, the
+  samples do not depend on the number of devices, so 1 and 8 devices give the same trajectory up to the
+  order of floating-point reductions.
+* Data parallelism: a 1-D mesh ``Mesh(devices, ("data",))``; the batch axis is sharded with
+  ``NamedSharding(mesh, P("data"))`` (batch size must be a multiple of the device count), params and
+  optimizer state are replicated; XLA inserts the gradient all-reduce.
+* Divergence: a step whose loss or updated parameters are not finite raises :class:`TrainingDivergedError`
+  naming the step (checked on the host at every synchronisation, i.e. every ``sync_every`` steps).
+* Checkpoints: HDF5 (params, optimizer state, step, key, loss history), written to a temporary file in the
+  same directory and moved into place with ``os.replace`` (atomic on POSIX).
+* dtype: training runs in the dtype of the parameters and of the prior (float32 recommended for speed;
+  float64 for exactness tests).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, NamedTuple
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from olrg_hpc.flows.model import Flow, Prior
+
+__all__ = [
+    "TrainState",
+    "TrainResult",
+    "TrainingDivergedError",
+    "make_optimizer",
+    "make_mesh",
+    "log_weights",
+    "reverse_kl_loss",
+    "effective_sample_size",
+    "imh_acceptance",
+    "evaluate",
+    "init_state",
+    "train",
+    "save_checkpoint",
+    "load_checkpoint",
+]
+
+Params = Any
+
+
+class TrainingDivergedError(FloatingPointError):
+    """Loss or parameters became NaN/inf; ``step`` is the first bad step (0-based)."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(f"training diverged at step {step}: loss = {loss}, or non-finite parameters")
+        self.step = step
+        self.loss = loss
+
+
+class TrainState(NamedTuple):
+    """Everything needed to continue training: ``step`` = number of completed steps; ``key`` = base key."""
+
+    params: Params
+    opt_state: Any
+    step: int
+    key: jax.Array
+
+
+@dataclass
+class TrainResult:
+    """``state`` after training; ``losses``: per step of this call (steps ``start .. n_steps - 1``);
+    ``metrics``: list of dicts ``{step, ess, acceptance, loss, wall_s, train_wall_s}`` (``train_wall_s``
+    excludes the time spent in metrics and checkpoints; both include compilation); ``wall_s``: loop time."""
+
+    state: TrainState
+    losses: np.ndarray
+    metrics: list[dict[str, float]] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def make_optimizer(
+    lr: float = 1e-3, *, cosine: bool = False, total_steps: int | None = None
+) -> optax.GradientTransformation:
+    """Adam with constant ``lr`` or, with ``cosine=True``, ``lr`` cosine-annealed to 0 over ``total_steps``."""
+    if cosine:
+        if not total_steps:
+            raise ValueError("cosine schedule needs total_steps")
+        return optax.adam(optax.cosine_decay_schedule(lr, total_steps))
+    return optax.adam(lr)
+
+
+def make_mesh(devices: Sequence[Any] | int | None = None) -> Mesh:
+    """1-D mesh with axis ``"data"`` over ``devices`` (a list, the first ``n`` devices, or all)."""
+    if devices is None:
+        devs = jax.devices()
+    elif isinstance(devices, int):
+        devs = jax.devices()[:devices]
+    else:
+        devs = list(devices)
+    return Mesh(np.asarray(devs), ("data",))
+
+
+def _as_key(key: Any) -> jax.Array:
+    if isinstance(key, int):
+        return jax.random.key(key)
+    if jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+        return key
+    return jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
+
+
+def log_weights(
+    flow: Flow, params: Params, prior: Prior, action: Any, key: jax.Array, n: int, sharding: Any = None
+) -> tuple[jax.Array, jax.Array]:
+    """``(phi, log w)`` for ``n`` flow samples, ``log w = -S(phi) - log q(phi)``."""
+    z = prior.sample(key, n)
+    if sharding is not None:
+        z = jax.lax.with_sharding_constraint(z, sharding)
+    phi, log_det = flow.apply(params, z)
+    log_q = prior.log_prob(z) - log_det
+    return phi, -action.action(phi) - log_q
+
+
+def reverse_kl_loss(
+    params: Params, flow: Flow, prior: Prior, action: Any, key: jax.Array, batch_size: int, sharding: Any = None
+) -> jax.Array:
+    """``mean_i [log q(phi_i) + S(phi_i)]`` over ``batch_size`` flow samples (module docstring)."""
+    _, logw = log_weights(flow, params, prior, action, key, batch_size, sharding)
+    return -jnp.mean(logw)
+
+
+def effective_sample_size(logw: jax.Array) -> jax.Array:
+    """``(sum w)^2 / (N sum w^2)`` computed stably from ``log w``."""
+    lw = logw - jnp.max(logw)
+    w = jnp.exp(lw)
+    return jnp.sum(w) ** 2 / (logw.shape[0] * jnp.sum(w * w))
+
+
+def imh_acceptance(logw: jax.Array, key: jax.Array) -> jax.Array:
+    """Acceptance rate of independent MH run through the proposals in order (first one accepted as start)."""
+    log_u = jnp.log(jax.random.uniform(key, logw.shape[:1], dtype=logw.dtype))
+
+    def body(cur: jax.Array, xs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        lw, lu = xs
+        acc = lu < lw - cur
+        return jnp.where(acc, lw, cur), acc
+
+    _, acc = jax.lax.scan(body, logw[0], (logw[1:], log_u[1:]))
+    return jnp.mean(acc.astype(logw.dtype))
+
+
+def evaluate(
+    flow: Flow, params: Params, prior: Prior, action: Any, key: jax.Array, n: int, mesh: Mesh | None = None
+) -> dict[str, float]:
+    """ESS, IMH acceptance and the loss estimate on ``n`` fresh samples (sharded over ``mesh`` if given and
+    ``n`` is a multiple of its size)."""
+    sharding = None
+    if mesh is not None and n % mesh.devices.size == 0:
+        sharding = NamedSharding(mesh, P("data"))
+    ess, acc, loss = _evaluate(flow, params, prior, action, key, n, sharding)
+    return {"ess": float(ess), "acceptance": float(acc), "loss": float(loss)}
+
+
+@partial(jax.jit, static_argnums=(0, 5, 6))
+def _evaluate(
+    flow: Flow, params: Params, prior: Prior, action: Any, key: jax.Array, n: int, sharding: Any
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    k1, k2 = jax.random.split(key)
+    _, logw = log_weights(flow, params, prior, action, k1, n, sharding)
+    if sharding is not None:
+        logw = jax.lax.with_sharding_constraint(logw, NamedSharding(sharding.mesh, P()))
+    return effective_sample_size(logw), imh_acceptance(logw, k2), -jnp.mean(logw)
+
+
+def init_state(params: Params, optimizer: optax.GradientTransformation, key: Any) -> TrainState:
+    """Fresh :class:`TrainState` at step 0."""
+    return TrainState(params, optimizer.init(params), 0, _as_key(key))
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+#: jitted steps for the default optimizer, keyed by (flow, lr, cosine, total, batch, device ids)
+_STEP_CACHE: dict[tuple[Any, ...], Callable[..., Any]] = {}
+
+
+def _make_step(
+    flow: Flow, optimizer: optax.GradientTransformation, batch_size: int, mesh: Mesh
+) -> Callable[..., Any]:
+    data = NamedSharding(mesh, P("data"))
+    repl = NamedSharding(mesh, P())
+
+    def step(
+        params: Params, opt_state: Any, prior: Prior, action: Any, key: jax.Array, k: jax.Array
+    ) -> tuple[Params, Any, jax.Array, jax.Array]:
+        kk = jax.random.fold_in(key, k)
+        loss, grads = jax.value_and_grad(reverse_kl_loss)(params, flow, prior, action, kk, batch_size, data)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        ok = jnp.isfinite(loss) & _all_finite(params)
+        return params, opt_state, loss, ok
+
+    return jax.jit(step, out_shardings=(repl, repl, repl, repl))
+
+
+def train(
+    flow: Flow,
+    prior: Prior,
+    action: Any,
+    *,
+    n_steps: int,
+    batch_size: int,
+    key: Any = 0,
+    params: Params | None = None,
+    state: TrainState | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    lr: float = 1e-3,
+    cosine: bool = False,
+    devices: Sequence[Any] | int | None = None,
+    sync_every: int = 10,
+    metrics_every: int = 0,
+    metrics_batch: int = 1024,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 0,
+    callback: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train until ``state.step == n_steps`` (``n_steps`` is the *total*, so a resumed run continues).
+
+    Give either ``params`` (fresh start with ``key``) or ``state`` (e.g. from :func:`load_checkpoint`).
+    ``optimizer`` defaults to :func:`make_optimizer` (``lr``, ``cosine`` over ``n_steps``); a resumed run must
+    use the same optimizer. ``devices``: mesh devices (list, count, or all). Every ``sync_every`` steps the
+    host waits for the device (``block_until_ready``) and checks for divergence; every ``metrics_every``
+    steps (0 = never) :func:`evaluate` runs on ``metrics_batch`` samples; every ``checkpoint_every`` steps
+    and at the end a checkpoint is written to ``checkpoint_path`` if given. ``callback(step, loss)`` runs at
+    every synchronisation for the last step.
+    """
+    cache_key: tuple[Any, ...] | None = None
+    if optimizer is None:
+        optimizer = make_optimizer(lr, cosine=cosine, total_steps=n_steps)
+        cache_key = (flow, float(lr), bool(cosine), n_steps if cosine else None, batch_size)
+    if state is None:
+        if params is None:
+            raise ValueError("give params or state")
+        state = init_state(params, optimizer, key)
+    mesh = make_mesh(devices)
+    n_dev = mesh.devices.size
+    if batch_size % n_dev:
+        raise ValueError(f"batch_size={batch_size} must be a multiple of the device count {n_dev}")
+    repl = NamedSharding(mesh, P())
+    params_d = jax.device_put(state.params, repl)
+    opt_d = jax.device_put(state.opt_state, repl)
+    prior_d = jax.device_put(prior, repl)
+    action_d = jax.device_put(action, repl)
+    key_d = jax.device_put(state.key, repl)
+    if cache_key is not None:
+        cache_key = (*cache_key, tuple(d.id for d in mesh.devices.flat))
+        if cache_key not in _STEP_CACHE:
+            if len(_STEP_CACHE) >= 16:
+                _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
+            _STEP_CACHE[cache_key] = _make_step(flow, optimizer, batch_size, mesh)
+        step_fn = _STEP_CACHE[cache_key]
+    else:
+        step_fn = _make_step(flow, optimizer, batch_size, mesh)
+
+    losses: list[float] = []
+    pending: list[tuple[int, jax.Array, jax.Array]] = []
+    metrics: list[dict[str, float]] = []
+    eval_key = jax.random.fold_in(state.key, 0x7FFFFFFF)
+    start = state.step
+    t0 = time.perf_counter()
+    t_aside = 0.0  # seconds spent in metrics and checkpoints
+
+    def flush() -> None:
+        if not pending:
+            return
+        jax.block_until_ready(pending[-1][1])
+        for k, loss, ok in pending:
+            lv = float(loss)
+            if not bool(ok):
+                raise TrainingDivergedError(k, lv)
+            losses.append(lv)
+        if callback is not None:
+            callback(pending[-1][0], losses[-1])
+        pending.clear()
+
+    k = start
+    for k in range(start, n_steps):
+        params_d, opt_d, loss, ok = step_fn(params_d, opt_d, prior_d, action_d, key_d, jnp.asarray(k, jnp.int32))
+        pending.append((k, loss, ok))
+        done = k + 1
+        if done % sync_every == 0 or done == n_steps:
+            flush()
+        if metrics_every and done % metrics_every == 0:
+            flush()
+            ta = time.perf_counter()
+            m = evaluate(flow, params_d, prior_d, action_d, jax.random.fold_in(eval_key, done), metrics_batch, mesh)
+            t_aside += time.perf_counter() - ta
+            m.update(step=done, wall_s=time.perf_counter() - t0, train_wall_s=time.perf_counter() - t0 - t_aside)
+            metrics.append(m)
+        if checkpoint_path is not None and checkpoint_every and done % checkpoint_every == 0 and done < n_steps:
+            flush()
+            ta = time.perf_counter()
+            save_checkpoint(checkpoint_path, TrainState(params_d, opt_d, done, state.key), losses=losses, offset=start)
+            t_aside += time.perf_counter() - ta
+    flush()
+    wall = time.perf_counter() - t0
+    final = TrainState(params_d, opt_d, max(n_steps, start), state.key)
+    if checkpoint_path is not None:
+        save_checkpoint(checkpoint_path, final, losses=losses, offset=start)
+    return TrainResult(final, np.asarray(losses), metrics, wall)
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def _write_tree(group: h5py.Group, tree: Any) -> None:
+    leaves = jax.tree.leaves(tree)
+    group.attrs["treedef"] = str(jax.tree.structure(tree))
+    group.attrs["n_leaves"] = len(leaves)
+    for i, leaf in enumerate(leaves):
+        group.create_dataset(f"leaf_{i:05d}", data=np.asarray(leaf))
+
+
+def _read_tree(group: h5py.Group, template: Any) -> Any:
+    leaves, treedef = jax.tree.flatten(template)
+    if int(group.attrs["n_leaves"]) != len(leaves):
+        raise ValueError(f"checkpoint has {group.attrs['n_leaves']} leaves, template {len(leaves)}")
+    new = []
+    for i, tmpl in enumerate(leaves):
+        arr = np.asarray(group[f"leaf_{i:05d}"])
+        if arr.shape != np.shape(tmpl):
+            raise ValueError(f"leaf {i}: checkpoint shape {arr.shape} != template {np.shape(tmpl)}")
+        new.append(jnp.asarray(arr, dtype=jnp.asarray(tmpl).dtype))
+    return jax.tree.unflatten(treedef, new)
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str], state: TrainState, *, losses: Sequence[float] | None = None, offset: int = 0
+) -> None:
+    """Write ``state`` (and optionally the losses of steps ``offset ...``) to HDF5 atomically.
+
+    If ``path`` already holds losses for steps before ``offset`` (an earlier segment of the run), they are
+    kept, so the file always has the loss history of steps ``0 .. state.step - 1`` when every segment passed
+    its losses.
+    """
+    path = os.fspath(path)
+    old: np.ndarray | None = None
+    if losses is not None and offset > 0 and os.path.exists(path):
+        with h5py.File(path, "r") as f:
+            if "losses" in f:
+                old = np.asarray(f["losses"])[:offset]
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".h5.tmp", dir=directory)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            _write_tree(f.create_group("params"), jax.device_get(state.params))
+            _write_tree(f.create_group("opt_state"), jax.device_get(state.opt_state))
+            f.attrs["step"] = int(state.step)
+            f.attrs["key_impl"] = str(jax.random.key_impl(state.key))
+            f.create_dataset("key", data=np.asarray(jax.random.key_data(state.key)))
+            if losses is not None:
+                arr = np.asarray(losses, dtype=np.float64)
+                if old is not None:
+                    arr = np.concatenate([old, arr])
+                f.create_dataset("losses", data=arr)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], params_template: Params, optimizer: optax.GradientTransformation
+) -> tuple[TrainState, np.ndarray | None]:
+    """Read a checkpoint written by :func:`save_checkpoint`; the templates give tree structure and dtypes.
+
+    Returns ``(state, losses)`` (``losses`` is ``None`` when the file has none).
+    """
+    with h5py.File(os.fspath(path), "r") as f:
+        params = _read_tree(f["params"], params_template)
+        opt_state = _read_tree(f["opt_state"], optimizer.init(params_template))
+        step = int(f.attrs["step"])
+        key = jax.random.wrap_key_data(jnp.asarray(np.asarray(f["key"])), impl=str(f.attrs["key_impl"]))
+        losses = np.asarray(f["losses"]) if "losses" in f else None
+    return TrainState(params, opt_state, step, key), losses

@@ -1,0 +1,185 @@
+"""Quench dynamics of the final compressed block and its error against exact results (science.md section 1).
+
+After growing from the exact ``n0``-site block to ``N`` sites with an operator map (one compression per added
+site, :func:`grow_and_map`), the final ``D x D`` set gives
+
+    <O(t)> = Tr[ rho e^{iHt} O e^{-iHt} ]   (D x D, exact eigendecomposition of H),
+
+the OLRG estimate of ``C(t) = <Z_1 Z_2>(t)`` after the quench from ``|0...0>`` (science.md "Convention";
+the paper's Fig. 2 plots ``<S^z_1 S^z_2> = C/4``). Exact references: free fermions for the TFIM
+(:func:`olrg_hpc.spins.freefermion.tfim_quench`, any ``N``), exact diagonalization otherwise (``N <= 14``,
+sparse ``expm_multiply``; dense below 11 sites).
+
+Generative maps (OMM) are averaged over ``omap.n_noise`` independent noise realizations of the whole chain of maps
+(the expectation value is averaged, science.md "expectations are averaged over samples").
+
+Known behaviour (tested): NRG keeps the lowest ``D`` levels of every block, but the quench from ``|0...0>`` at
+``h = J = 1`` populates high-energy states of the block, so NRG's ``C(t)`` is wrong already at short times.
+Measured (TFIM h = J = 1, D = 8 from n0 = 3, N = 10, t = 0.1 .. 2): NRG relative error ~1.0 at every t (its
+``C(t)`` is ~0); DMRG-style (time-averaged, T = 1) 5e-4 at t = 0.1, 0.36 at t = 0.5, max 0.86 (at N = 128: max
+1.2); identity map: 2e-15. A learned linear isometry (2000 AdamW steps, order 2, T = 2 with sampled final times
+and the exact-target term, 40 samples per order) reached max 2.7e-2, typically 1e-2 (benchmarks/bench_olrg.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from olrg_hpc.jaxsetup import enable_x64
+from olrg_hpc.spins import ed, freefermion
+from olrg_hpc.spins.models import ChainModel
+from olrg_hpc.spins.tobc import parse_operator
+
+from .maps import OperatorMap
+from .relevant import RelevantSet, grow_site, hamiltonian, initial_set, to_jax
+
+enable_x64()
+
+__all__ = ["fixed_map_isometries", "grow_and_map", "block_expectation", "exact_curve", "olrg_curve", "error_curve"]
+
+
+def grow_and_map(
+    model: ChainModel,
+    N: int,
+    omap: OperatorMap,
+    params: Any = None,
+    n0: int = 3,
+    key: Any = None,
+    observable: str = "Z0Z1",
+) -> RelevantSet:
+    """Exact ``n0``-site block, then ``N - n0`` times grow + map (scale index ``s = n - n0 - 1``).
+
+    Maps without parameters (identity, NRG, DMRG) run in numpy; learned maps run one jitted step per scale
+    (compiled once: the shapes are the same at every scale).
+    """
+    params = {} if params is None else params
+    S = initial_set(model, n0, observable)
+    D = S.dim
+    if not jax.tree_util.tree_leaves(params):
+        for s in range(N - n0):
+            S = omap(params, grow_site(S, model), s, None, dim_keep=D if omap.compresses else None)
+        return S
+    key = jax.random.PRNGKey(0) if key is None else key
+    step = _map_step(omap, model, D)
+    S = to_jax(S)
+    keys = jax.random.split(key, max(1, N - n0))
+    for s in range(N - n0):
+        S = step(params, S, jnp.asarray(s), keys[s])
+    return jax.tree_util.tree_map(np.asarray, S).replace(n=N)
+
+
+def fixed_map_isometries(model: ChainModel, N: int, omap: OperatorMap, n0: int = 3) -> list[np.ndarray]:
+    """The isometries ``V_s`` a parameter-free linear map (NRG, DMRG) uses along its own flow to ``N`` sites.
+
+    Useful as a warm start: ``LinearIsometryMap().init(key, 2D, D, n_scales, warm=fixed_map_isometries(...))``
+    reproduces that map exactly.
+    """
+    S = initial_set(model, n0)
+    D = S.dim
+    out = []
+    for s in range(N - n0):
+        G = grow_site(S, model)
+        V = np.asarray(omap.isometry({}, G, s, None, D))
+        out.append(V)
+        S = omap({}, G, s, None, dim_keep=D)
+    return out
+
+
+_STEPS: dict[tuple[Any, ...], Any] = {}
+
+
+def _map_step(omap: OperatorMap, model: ChainModel, D: int) -> Any:
+    """Jitted ``(params, S, scale, key) -> map(grow(S))`` (cached: one compilation per map, model and D)."""
+    ck = (omap, model, D)
+    if ck not in _STEPS:
+
+        def step(p: Any, S: RelevantSet, s: Any, k: Any) -> RelevantSet:
+            return omap(p, grow_site(S, model), s, k, dim_keep=D).replace(n=S.n)
+
+        _STEPS[ck] = jax.jit(step)
+    return _STEPS[ck]
+
+
+def block_expectation(S: RelevantSet, times: Any) -> np.ndarray:
+    """``Tr[rho e^{iHt} O e^{-iHt}]`` (real part) on the block ``S`` for every time (numpy, exact eigh)."""
+    H = np.asarray(hamiltonian(S))
+    H = 0.5 * (H + H.conj().T)
+    E, W = np.linalg.eigh(H)
+    Oe = W.conj().T @ np.asarray(S.O) @ W
+    re = W.conj().T @ np.asarray(S.rho) @ W
+    t = np.asarray(times, dtype=float)
+    ph = np.exp(1j * np.outer(t, E))  # (m, D): e^{iE_m t}
+    # sum_{mn} rho_nm O_mn e^{i(E_m - E_n) t}
+    M = re.T * Oe
+    return np.real(np.einsum("tm,mn,tn->t", ph, M, ph.conj()))
+
+
+def exact_curve(model: ChainModel, N: int, times: Any) -> np.ndarray:
+    """Exact ``<Z_0 Z_1>(t)`` from ``|0...0>`` on ``N`` sites: free fermions (TFIM) or ED (``N <= 14``)."""
+    times = np.asarray(times, dtype=float)
+    if model.name == "tfim":
+        p = model.params
+        return freefermion.tfim_quench(N, p["J"], p["h"], times, initial="up", observables=("zz",), sites=[0])["zz"][
+            :, 0
+        ]
+    if N > 14:
+        raise ValueError("exact reference for non-TFIM models needs N <= 14 (ED)")
+    mN = model.with_n(N)
+    H = ed.dense_hamiltonian(mN) if N <= 10 else ed.sparse_hamiltonian(mN)
+    O = np.diag(parse_operator("Z0Z1", N)).real.copy() if N <= 12 else _zz_diag(N)
+    order = np.argsort(times)
+    out = np.empty_like(times)
+    out[order] = ed.evolve_expectations(H, ed.zero_state(N), {"zz": O}, times[order])["zz"]
+    return out
+
+
+def _zz_diag(N: int) -> np.ndarray:
+    idx = np.arange(1 << N)
+    z0 = 1 - 2 * ((idx >> (N - 1)) & 1)
+    z1 = 1 - 2 * ((idx >> (N - 2)) & 1)
+    return (z0 * z1).astype(float)
+
+
+def olrg_curve(
+    model: ChainModel,
+    N: int,
+    omap: OperatorMap,
+    times: Any,
+    params: Any = None,
+    n0: int = 3,
+    key: Any = None,
+) -> np.ndarray:
+    """``<O(t)>`` of the final block, averaged over ``omap.n_noise`` noise realizations (one for fixed maps)."""
+    key = jax.random.PRNGKey(0) if key is None else key
+    n_noise = max(1, int(omap.n_noise)) if jax.tree_util.tree_leaves(params or {}) else 1
+    curves = [
+        block_expectation(grow_and_map(model, N, omap, params, n0, k), times) for k in jax.random.split(key, n_noise)
+    ]
+    return np.mean(curves, axis=0)
+
+
+def error_curve(
+    model: ChainModel,
+    N: int,
+    omap: OperatorMap,
+    times: Any,
+    params: Any = None,
+    n0: int = 3,
+    key: Any = None,
+) -> dict[str, np.ndarray]:
+    """OLRG vs exact ``C(t)``: ``{"times", "approx", "exact", "abs_err", "rel_err"}`` (``rel = abs / |exact|``)."""
+    times = np.asarray(times, dtype=float)
+    approx = olrg_curve(model, N, omap, times, params, n0, key)
+    exact = exact_curve(model, N, times)
+    err = np.abs(approx - exact)
+    return {
+        "times": times,
+        "approx": approx,
+        "exact": exact,
+        "abs_err": err,
+        "rel_err": err / np.maximum(np.abs(exact), 1e-300),
+    }

@@ -1,0 +1,296 @@
+"""The OLRG loss on time-ordered boundary correlations (science.md section 1, "Loss: TOBCs").
+
+Conventions are those of :mod:`olrg_hpc.spins.tobc` (so exact targets and the learned loss agree):
+
+    chi = Tr[ rho  ad_{B(t_k),c_k} ... ad_{B(t_1),c_1} ( O(T) ) ],   ad_{A,c}(X) = A X + c X A,
+    A(t) = e^{iHt} A e^{-iHt}   (Heisenberg picture of the block's own Hamiltonian),
+
+``times[:, 0]`` is ``t_1`` (innermost; Dyson ordering ``T >= t_1 >= ... >= t_k >= 0`` as drawn by
+:func:`olrg_hpc.spins.tobc.sample_tobc_inputs`), order 0 is ``<O(T)>``. Evaluated through the adjoint action on
+``rho``: ``sigma <- sigma A + c A sigma`` from level ``k`` down to 1, then ``chi = Tr[sigma O(T)]``.
+
+Evolution. ``U(t) = e^{-iHt}`` from one ``eigh`` of the Hermitian block Hamiltonian per scale
+(:func:`expm_herm`), with a custom JVP (Daleckii-Krein divided differences written as
+``f_j (-it) phi(-i (E_i - E_j) t)``, ``phi(z) = (e^z - 1)/z``), so derivatives are finite and exact even for
+degenerate spectra (plain autodiff through ``eigh`` divides by ``E_i - E_j``).
+
+Loss (science.md): ``L = sum_scales sum_k sum_samples w_k |chi_grown - chi_mapped|^2`` (chi is complex: real for
+an even number of commutators, imaginary otherwise, so ``|.|^2`` is the square of the non-zero part). At each
+scale the grown set ``S_{n+1} = grow(S_n)`` (``2D``) and its compression ``map(S_{n+1})`` (``D``) are compared; the
+compressed set is grown at the next scale (end to end: gradients flow through all earlier maps). Weights
+``w_k``: ``"one"`` (1), ``"inv_factorial"`` (``1/k!``) or ``"delta"`` (``delta^k / (2^k k!)``). By default every
+sample's weight is divided by the number of samples of its order (``normalize=True``: a mean within each order),
+which keeps the learning rate independent of the batch size; ``normalize=False`` gives the plain sum.
+Exact-target term (optional, ``exact_weight > 0``): for scales with ``n <= exact_max_n`` also
+``exact_weight * w_k |chi_exact(n) - chi_mapped|^2`` with ``chi_exact`` from :class:`olrg_hpc.spins.tobc.ExactTOBC`.
+Generative maps (OMM): chi is averaged over ``n_noise`` noise realizations of the whole chain of maps before the
+difference is squared.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from olrg_hpc.jaxsetup import enable_x64
+from olrg_hpc.spins.models import ChainModel
+from olrg_hpc.spins.tobc import ExactTOBC, sample_tobc_inputs
+
+from .maps import OperatorMap
+from .relevant import RelevantSet, grow_site, hamiltonian, initial_set, to_jax
+
+enable_x64()
+
+__all__ = [
+    "expm_herm",
+    "tobc_chi",
+    "order_weights",
+    "TOBCBatch",
+    "make_batch",
+    "LossConfig",
+    "olrg_loss",
+    "scale_chis",
+]
+
+
+def _phi(z: Any) -> Any:
+    """``(e^z - 1)/z`` with the series near 0."""
+    small = jnp.abs(z) < 1e-6
+    zs = jnp.where(small, 1.0, z)
+    return jnp.where(small, 1.0 + z / 2.0 + z * z / 6.0, jnp.expm1(zs) / zs)
+
+
+@jax.custom_jvp
+def expm_herm(H: Any, ts: Any) -> Any:
+    """``U(t) = exp(-i H t)`` for Hermitian ``H`` (D x D) and times ``ts`` (shape (m,)): (m, D, D) complex128."""
+    E, W = jnp.linalg.eigh(H)
+    f = jnp.exp(-1j * ts[:, None] * E[None, :])
+    return jnp.einsum("ij,mj,kj->mik", W, f, W.conj())
+
+
+@expm_herm.defjvp
+def _expm_herm_jvp(primals: tuple[Any, Any], tangents: tuple[Any, Any]) -> tuple[Any, Any]:
+    H, ts = primals
+    dH, dts = tangents
+    E, W = jnp.linalg.eigh(H)
+    f = jnp.exp(-1j * ts[:, None] * E[None, :])  # (m, D)
+    U = jnp.einsum("ij,mj,kj->mik", W, f, W.conj())
+    Ht = W.conj().T @ dH @ W
+    w = E[:, None] - E[None, :]
+    L = f[:, None, :] * (-1j * ts[:, None, None]) * _phi(-1j * w[None] * ts[:, None, None])  # (m, D, D)
+    dU = jnp.einsum("ij,mjk,lk->mil", W, Ht[None] * L, W.conj())
+    dU = dU + (-1j) * dts[:, None, None] * jnp.einsum("ij,mjk->mik", H, U)
+    return U, dU
+
+
+def tobc_chi(S: RelevantSet, times: Any, signs: Any, T: Any, mask: Any = None, bidx: Any = None) -> Any:
+    """Batched TOBCs of the block ``S``: complex array (n_samples,).
+
+    ``T``: the final time, a scalar or one per sample (shape (n_samples,)).
+    ``times``, ``signs``: (n_samples, K) (``times[:, 0] = t_1``, innermost); ``mask`` (n_samples, K) bool marks the
+    levels that exist (padding levels ``mask = False`` are skipped; default all); ``bidx`` (n_samples, K) int picks
+    the boundary operator ``S.B[bidx]`` of each level (default 0). Jittable and differentiable.
+    """
+    S = to_jax(S)
+    times = jnp.asarray(times, dtype=jnp.float64)
+    nS, K = times.shape
+    signs = jnp.asarray(signs, dtype=jnp.float64)
+    mask = jnp.ones((nS, K), bool) if mask is None else jnp.asarray(mask, bool)
+    bidx = jnp.zeros((nS, K), jnp.int32) if bidx is None else jnp.asarray(bidx, jnp.int32)
+    H = hamiltonian(S)
+    H = 0.5 * (H + H.conj().T)
+    Tarr = jnp.reshape(jnp.asarray(T, jnp.float64), (-1,))
+    all_t = jnp.concatenate([jnp.nan_to_num(times).ravel(), Tarr])
+    U = expm_herm(H, all_t)
+    UT = U[nS * K :]
+    Us = U[: nS * K].reshape(nS, K, *H.shape)
+    OT = jnp.einsum("tji,jl,tlm->tim", UT.conj(), S.O, UT)  # (1 or nS, D, D)
+    nB = S.B.shape[0]
+    if nB == 1:
+        A = jnp.einsum("skji,jl,sklm->skim", Us.conj(), S.B[0], Us)
+    else:  # one-hot selection (no gather: cheaper to differentiate and to compile)
+        onehot = jax.nn.one_hot(bidx, nB, dtype=Us.dtype)
+        Bsel = jnp.einsum("skb,bjl->skjl", onehot, S.B)
+        A = jnp.einsum("skji,skjl,sklm->skim", Us.conj(), Bsel, Us)
+    sigma = jnp.broadcast_to(S.rho.astype(jnp.complex128), (nS, *H.shape))
+    for j in range(K - 1, -1, -1):
+        Aj = A[:, j]
+        new = sigma @ Aj + signs[:, j, None, None] * (Aj @ sigma)
+        sigma = jnp.where(mask[:, j, None, None], new, sigma)
+    return jnp.einsum("sij,sji->s", sigma, jnp.broadcast_to(OT, sigma.shape))
+
+
+def order_weights(K: int, kind: str = "inv_factorial", delta: float = 1.0) -> np.ndarray:
+    """``w_k`` for ``k = 0..K``: ``"one"``, ``"inv_factorial"`` (``1/k!``) or ``"delta"`` (``delta^k/(2^k k!)``)."""
+    ks = np.arange(K + 1)
+    fact = np.array([math.factorial(int(k)) for k in ks], dtype=float)
+    if kind == "one":
+        return np.ones(K + 1)
+    if kind == "inv_factorial":
+        return 1.0 / fact
+    if kind == "delta":
+        return float(delta) ** ks / (2.0**ks * fact)
+    raise ValueError(f"unknown weight kind {kind!r}; use 'one', 'inv_factorial' or 'delta'")
+
+
+class TOBCBatch(NamedTuple):
+    """A batch of TOBC samples (leading axis = samples; sharded over the "data" mesh axis in training).
+
+    ``weight`` already contains ``w_k`` (and the ``1/n_k`` normalization); padded samples have ``weight = 0``.
+    ``exact`` is (n_exact_scales, n_samples) complex: exact chi of the ``n``-site chain for the scales that carry an
+    exact-target term (zeros when there is none).
+    """
+
+    times: Any  # (S, K) float64, 0 on padded levels
+    signs: Any  # (S, K) float64
+    mask: Any  # (S, K) bool
+    bidx: Any  # (S, K) int32
+    weight: Any  # (S,) float64
+    exact: Any  # (n_exact, S) complex128
+    Tf: Any  # (S,) float64: final time of each sample
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Static description of one OLRG loss (science.md section 1).
+
+    ``n0``: exact initial block (``D = 2^n0``); scales are the blocks ``n = n0+1 .. n_final`` (one compression each).
+    ``sample_T`` (our extension, off by default): every sample gets its own final time ``T_s = u T``,
+    ``u ~ U(0, 1)``, and its times are scaled to ``[0, T_s]`` (still Dyson-ordered), with ``n_per_order``
+    order-0 samples. Matching chi at one ``T`` only constrains ``<O(T)>`` at that time; sampling ``T_s``
+    trains the map for the whole curve ``C(t)``, ``0 < t <= T`` (what the error curve measures).
+    """
+
+    model: ChainModel
+    n0: int = 3
+    n_final: int = 10
+    T: float = 1.0
+    K: int = 2
+    n_per_order: int = 20
+    weights: str = "inv_factorial"
+    delta: float = 1.0
+    normalize: bool = True
+    exact_weight: float = 0.0
+    exact_max_n: int = 10
+    observable: str = "Z0Z1"
+    grid: int | None = None
+    sample_T: bool = False
+
+    @property
+    def n_scales(self) -> int:
+        return self.n_final - self.n0
+
+    @property
+    def dim(self) -> int:
+        return 2**self.n0
+
+    @property
+    def exact_scales(self) -> list[int]:
+        """Scale indices ``s`` (block ``n = n0 + 1 + s``) with an exact-target term."""
+        if self.exact_weight <= 0:
+            return []
+        return [s for s in range(self.n_scales) if self.n0 + 1 + s <= min(self.exact_max_n, 12)]
+
+
+def make_batch(cfg: LossConfig, seed: int, pad_to: int = 1) -> TOBCBatch:
+    """Draw samples with :func:`sample_tobc_inputs` (seeded) and build the numpy batch.
+
+    The number of samples is padded with zero-weight copies to a multiple of ``pad_to`` (the device count).
+    Boundary indices are uniform over the model's boundary operators (always 0 for the Ising chains).
+    """
+    n0 = cfg.n_per_order if cfg.sample_T else 1
+    inp = sample_tobc_inputs(cfg.K, cfg.n_per_order, cfg.T, seed, grid=cfg.grid, n_order0=n0)
+    nS = len(inp)
+    Kd = inp.times.shape[1]
+    u = np.random.default_rng([seed, 11]).uniform(0.0, 1.0, nS) if cfg.sample_T else np.ones(nS)
+    Tf = cfg.T * u
+    w = order_weights(cfg.K, cfg.weights, cfg.delta)
+    counts = np.bincount(inp.orders, minlength=cfg.K + 1)
+    weight = w[inp.orders] / (counts[inp.orders] if cfg.normalize else 1.0)
+    mask = np.arange(Kd)[None, :] < inp.orders[:, None]
+    nb = len(cfg.model.boundary_ops())
+    rng = np.random.default_rng([seed, 7])
+    bidx = rng.integers(0, nb, size=(nS, Kd)).astype(np.int32) * mask
+    times = np.where(mask, np.nan_to_num(inp.times) * u[:, None], 0.0)
+    signs = np.where(mask, inp.signs, 0).astype(float)
+    exact = np.zeros((len(cfg.exact_scales), nS), complex)
+    bnames = cfg.model.boundary_ops()
+    for i, s in enumerate(cfg.exact_scales):
+        ev = ExactTOBC(cfg.model.with_n(cfg.n0 + 1 + s), boundary=bnames[0], observable=cfg.observable)
+        for j in range(nS):
+            k = int(inp.orders[j])
+            exact[i, j] = ev.chi(times[j, :k], signs[j, :k], Tf[j], boundaries=[bnames[b] for b in bidx[j, :k]])
+    pad = (-nS) % max(1, pad_to)
+    if pad:
+        times = np.concatenate([times, np.zeros((pad, Kd))])
+        signs = np.concatenate([signs, np.zeros((pad, Kd))])
+        mask = np.concatenate([mask, np.zeros((pad, Kd), bool)])
+        bidx = np.concatenate([bidx, np.zeros((pad, Kd), np.int32)])
+        weight = np.concatenate([weight, np.zeros(pad)])
+        exact = np.concatenate([exact, np.zeros((exact.shape[0], pad), complex)], axis=1)
+        Tf = np.concatenate([Tf, np.full(pad, cfg.T)])
+    return TOBCBatch(times, signs, mask, bidx, weight, exact, Tf)
+
+
+def scale_chis(
+    params: Any,
+    omap: OperatorMap,
+    cfg: LossConfig,
+    batch: TOBCBatch,
+    key: Any,
+    S0: RelevantSet | None = None,
+    scan: bool = True,
+) -> tuple[Any, Any]:
+    """chi of the grown and of the mapped set at every scale for one noise key: two (n_scales, n_samples) arrays.
+
+    Compressing maps run the scales in a ``lax.scan`` (``scan=True``; the scale index is then traced, and the
+    static ``RelevantSet.n`` inside the body is that of the initial block); the identity map uses a Python loop.
+    """
+    S = initial_set(cfg.model, cfg.n0, cfg.observable) if S0 is None else S0
+    keys = jax.random.split(key, cfg.n_scales)
+
+    def one_scale(S: RelevantSet, s: Any, k: Any) -> tuple[RelevantSet, Any, Any]:
+        G = grow_site(S, cfg.model)
+        Sm = omap(params, G, s, k, dim_keep=cfg.dim if omap.compresses else None)
+        cg = tobc_chi(G, batch.times, batch.signs, batch.Tf, batch.mask, batch.bidx)
+        cm = tobc_chi(Sm, batch.times, batch.signs, batch.Tf, batch.mask, batch.bidx)
+        return Sm, cg, cm
+
+    if not omap.compresses or not scan or cfg.n_scales < 2:
+        cg, cm = [], []
+        for s in range(cfg.n_scales):
+            S, a, b = one_scale(S, s, keys[s])
+            cg.append(a)
+            cm.append(b)
+        return jnp.stack(cg), jnp.stack(cm)
+    # compressing maps keep D fixed: one lax.scan over the scales (one compiled body; short compile times)
+    S = to_jax(S)
+
+    def body(S: RelevantSet, xs: tuple[Any, Any]) -> tuple[RelevantSet, tuple[Any, Any]]:
+        Sm, a, b = one_scale(S, xs[0], xs[1])
+        return Sm.replace(n=S.n), (a, b)
+
+    _, (cg, cm) = jax.lax.scan(body, S, (jnp.arange(cfg.n_scales), keys))
+    return cg, cm
+
+
+def olrg_loss(
+    params: Any, omap: OperatorMap, cfg: LossConfig, batch: TOBCBatch, key: Any = None, S0: RelevantSet | None = None
+) -> Any:
+    """The OLRG loss (module docstring): a float64 scalar, differentiable in ``params``."""
+    key = jax.random.PRNGKey(0) if key is None else key
+    nn_ = max(1, int(omap.n_noise))
+    cg, cm = jax.vmap(lambda k: scale_chis(params, omap, cfg, batch, k, S0))(jax.random.split(key, nn_))
+    cg, cm = cg.mean(0), cm.mean(0)
+    w = jnp.asarray(batch.weight)
+    loss = jnp.sum(w[None, :] * jnp.abs(cg - cm) ** 2)
+    if cfg.exact_scales:
+        ex = jnp.asarray(batch.exact)
+        idx = jnp.asarray(cfg.exact_scales)
+        loss = loss + cfg.exact_weight * jnp.sum(w[None, :] * jnp.abs(ex - cm[idx]) ** 2)
+    return loss

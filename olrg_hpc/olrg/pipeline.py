@@ -1,0 +1,102 @@
+"""OLRG study steps as self-contained computations: train one map, evaluate one map, compare them.
+
+These are the library calls the ``olrg_study`` workflow fans out (no Dask here):
+
+- :func:`train_map_task`: train a learned map (``linear`` or ``omm``) on the TOBC loss of one
+  (model, couplings, n0 -> n_final, T, K) with optax; returns the loss history, timings and the trained
+  parameters as flat leaves (``params/00000`` ... in ``jax.tree_util`` order; the map's own ``init``
+  gives the structure back, see :func:`params_from_leaves`).
+- :func:`evaluate_map_task`: grow the exact ``n0``-site block to ``N`` sites with a map (trained, or a
+  fixed one: ``identity``, ``nrg``, ``dmrg``) and compare ``C(t) = <Z_1 Z_2>(t)`` with the exact curve
+  (free fermions for the TFIM, ED otherwise).
+- :func:`compare_maps`: one table of max |error| and max relative error per (map, D) on the time window.
+
+``D = 2^n0`` (the exact initial block fixes the kept dimension).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from olrg_hpc.olrg.evaluate import error_curve
+from olrg_hpc.olrg.loss import LossConfig
+from olrg_hpc.olrg.maps import make_map
+from olrg_hpc.olrg.train import TrainConfig, Trainer
+from olrg_hpc.spins.models import make_model
+
+LEARNED = ("linear", "omm")
+
+
+def _leaves(tree: Any) -> dict[str, np.ndarray]:
+    return {f"{i:05d}": np.asarray(leaf) for i, leaf in enumerate(jax.tree_util.tree_leaves(tree))}
+
+
+def params_from_leaves(map_name: str, map_options: Mapping[str, Any], n0: int, n_final: int,
+                       leaves: Mapping[str, np.ndarray]) -> Any:
+    """Rebuild a trained map's parameters from stored leaves, using the map's own ``init`` as template."""
+    omap = make_map(map_name, **map_options)
+    template = omap.init(jax.random.PRNGKey(0), 2 * 2**n0, 2**n0, n_final - n0)
+    treedef = jax.tree_util.tree_structure(template)
+    stored = [np.asarray(leaves[k]) for k in sorted(leaves)]
+    if len(stored) != treedef.num_leaves:
+        raise ValueError(f"{map_name}: stored parameters have {len(stored)} leaves, the map has {treedef.num_leaves}")
+    return jax.tree_util.tree_unflatten(treedef, stored)
+
+
+def train_map_task(model: str, couplings: Mapping[str, float], map_name: str, map_options: Mapping[str, Any],
+                   n0: int, n_final: int, T: float, K: int, n_per_order: int, steps: int, lr: float,
+                   schedule: str, seed: int, exact_weight: float = 1.0, sample_T: bool = True) -> dict[str, Any]:
+    """Train one learned map end to end on the TOBC loss (all devices of this process, data parallel)."""
+    m = make_model(model, n_final, **couplings)
+    cfg = LossConfig(model=m, n0=n0, n_final=n_final, T=T, K=K, n_per_order=n_per_order,
+                     exact_weight=exact_weight, sample_T=sample_T)
+    tc = TrainConfig(steps=steps, optimizer="adamw", lr=lr, lr_schedule="cosine", schedule=schedule,
+                     seed=seed % (2**31), resample=True)
+    omap = make_map(map_name, **map_options)
+    t0 = time.perf_counter()
+    state = Trainer(omap, cfg, tc).run()
+    seconds = time.perf_counter() - t0
+    return {"loss": np.asarray(state.history), "train_seconds": seconds, "steps": steps,
+            "devices": len(jax.devices()), "params": _leaves(state.params)}
+
+
+def evaluate_map_task(model: str, couplings: Mapping[str, float], map_name: str, map_options: Mapping[str, Any],
+                      n0: int, n_final: int, N: int, t_max: float, n_times: int,
+                      deps: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Error curve of C(t) on ``n_times`` times in ``[0, t_max]`` for one map grown to ``N`` sites."""
+    m = make_model(model, N, **couplings)
+    omap = make_map(map_name, **map_options)
+    params = None
+    train_seconds = 0.0
+    if map_name in LEARNED:
+        (trained,) = (deps or {}).values()
+        params = params_from_leaves(map_name, map_options, n0, n_final, trained["params"])
+        train_seconds = float(trained["train_seconds"])
+    times = np.linspace(0.0, t_max, n_times)
+    t0 = time.perf_counter()
+    res = error_curve(m, N, omap, times, params=params, n0=n0)
+    return {**res, "D": 2**n0, "N": N, "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - t0}
+
+
+def compare_maps(deps: Mapping[str, Mapping[str, Any]], windows: tuple[float, ...] = (2.0, 4.0)) -> dict[str, Any]:
+    """Max |error| of C(t) per evaluated (map, D) on [0, w] for each window w, and max relative error on
+    [0.1, 2] (the paper's Fig. 2 measure)."""
+    names = sorted(deps)
+
+    def worst(n: str, key: str, lo: float, hi: float) -> float:
+        t = deps[n]["times"]
+        sel = (t >= lo - 1e-12) & (t <= hi + 1e-12)
+        return float(np.max(deps[n][key][sel])) if np.any(sel) else float("nan")
+
+    out: dict[str, Any] = {"labels": np.array(names), "D": np.array([int(deps[n]["D"]) for n in names]),
+                           "train_seconds": np.array([float(deps[n]["train_seconds"]) for n in names])}
+    t_end = min(float(deps[n]["times"][-1]) for n in names)
+    for w in [w for w in windows if w <= t_end + 1e-12] or [t_end]:
+        out[f"max_abs_err_t{w:g}"] = np.array([worst(n, "abs_err", 0.0, w) for n in names])
+    out["max_rel_err_0.1_2"] = np.array([worst(n, "rel_err", 0.1, 2.0) for n in names])
+    return out

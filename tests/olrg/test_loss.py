@@ -1,0 +1,120 @@
+"""TOBC evaluation in JAX against olrg_hpc.spins.tobc, and the OLRG loss."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from olrg_hpc.olrg import loss as L
+from olrg_hpc.olrg import maps as M
+from olrg_hpc.olrg import relevant as R
+from olrg_hpc.spins import ed, models, tobc
+
+FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def _jit(f, **kw):  # noqa: ANN001, ANN202, ANN003
+    return jax.jit(f, compiler_options=FAST, **kw)
+
+
+@functools.lru_cache(maxsize=4)
+def _chi_fn(K: int):  # noqa: ANN202
+    return _jit(L.tobc_chi, static_argnums=(3,))
+
+
+def test_expm_herm_and_its_derivative() -> None:
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((6, 6)) + 1j * rng.standard_normal((6, 6))
+    H = A + A.conj().T
+    ts = jnp.asarray([0.0, 0.3, 1.7])
+    U = np.asarray(L.expm_herm(jnp.asarray(H), ts))
+    import scipy.linalg as sla
+
+    for i, t in enumerate(np.asarray(ts)):
+        np.testing.assert_allclose(U[i], sla.expm(-1j * H * t), atol=1e-12)
+    # JVP vs finite differences, including a degenerate H (identity block)
+    for Hc in (H, np.diag([1.0, 1.0, 1.0, 2.0, 3.0, 3.0]).astype(complex)):
+        dH = rng.standard_normal((6, 6))
+        dH = dH + dH.T
+        _, jv = jax.jvp(lambda h: L.expm_herm(h, ts), (jnp.asarray(Hc),), (jnp.asarray(dH, complex),))
+        eps = 1e-6
+        fd = (sla.expm(-1j * (Hc + eps * dH) * 1.7) - sla.expm(-1j * (Hc - eps * dH) * 1.7)) / (2 * eps)
+        np.testing.assert_allclose(np.asarray(jv)[2], fd, atol=1e-7)
+        assert np.all(np.isfinite(np.asarray(jv)))
+
+
+@pytest.mark.parametrize("name,kw,n", [("tfim", {"J": 1.0, "h": 1.0}, 5), ("xxz", {"delta": 0.6, "hz": 0.2}, 4)])
+def test_chi_matches_exact_tobc(name: str, kw: dict, n: int) -> None:
+    m = models.make_model(name, n, **kw)
+    S = R.grow_exact(m, n)
+    rng = np.random.default_rng(1)
+    nS, K, T = 12, 3, 1.3
+    times = np.sort(rng.uniform(0, T, (nS, K)), axis=1)[:, ::-1].copy()
+    signs = rng.choice([-1.0, 1.0], (nS, K))
+    orders = rng.integers(0, K + 1, nS)
+    mask = np.arange(K)[None, :] < orders[:, None]
+    nb = len(m.boundary_ops())
+    bidx = rng.integers(0, nb, (nS, K)) * mask
+    chi = np.asarray(_chi_fn(K)(R.to_jax(S), times, signs, T, mask, bidx))
+    ev = tobc.ExactTOBC(m, boundary=m.boundary_ops()[0])
+    bn = m.boundary_ops()
+    ex = [
+        ev.chi(times[i, : orders[i]], signs[i, : orders[i]], T, [bn[b] for b in bidx[i, : orders[i]]])
+        for i in range(nS)
+    ]
+    np.testing.assert_allclose(chi, np.asarray(ex), atol=1e-10)
+
+
+def test_order0_is_quench_expectation() -> None:
+    m = models.tfim(6)
+    S = R.grow_exact(m, 6)
+    for T in (0.0, 0.5, 1.5):
+        chi = L.tobc_chi(R.to_jax(S), np.zeros((1, 1)), np.zeros((1, 1)), T, np.zeros((1, 1), bool))
+        ref = ed.evolve_expectations(
+            ed.dense_hamiltonian(m), ed.zero_state(6), {"zz": tobc.parse_operator("Z0Z1", 6)}, [T]
+        )["zz"][0]
+        np.testing.assert_allclose(complex(chi[0]), ref, atol=1e-12)
+
+
+def test_order_weights() -> None:
+    np.testing.assert_allclose(L.order_weights(3, "one"), 1.0)
+    np.testing.assert_allclose(L.order_weights(3, "inv_factorial"), [1, 1, 0.5, 1 / 6])
+    np.testing.assert_allclose(L.order_weights(2, "delta", 0.5), [1, 0.25, 0.5**2 / 8])
+    with pytest.raises(ValueError):
+        L.order_weights(2, "bad")
+
+
+def _cfg(**kw) -> L.LossConfig:  # noqa: ANN003
+    base = dict(model=models.tfim(8), n0=3, n_final=6, T=1.0, K=2, n_per_order=4)
+    base.update(kw)
+    return L.LossConfig(**base)
+
+
+def test_identity_map_loss_is_zero_and_exact_term() -> None:
+    cfg = _cfg(n_final=5, exact_weight=1.0, exact_max_n=5, sample_T=True)
+    batch = L.make_batch(cfg, seed=0, pad_to=8)
+    assert batch.times.shape[0] % 8 == 0 and batch.weight[-1] == 0.0
+    # per-sample final times; Dyson ordering T_s >= t_1 >= t_2 >= 0 on the existing levels
+    real = batch.weight > 0
+    assert len(np.unique(batch.Tf[real])) > 1
+    t = np.where(batch.mask, batch.times, -1.0)
+    assert np.all(t[real, 0] <= batch.Tf[real]) and np.all(t[real, 1] <= np.where(batch.mask[real, 1], t[real, 0], 9))
+    assert batch.exact.shape == (2, batch.times.shape[0]) and np.abs(batch.exact[:, real]).max() > 0.1
+    loss = _jit(lambda b: L.olrg_loss({}, M.IdentityMap(), cfg, b))(batch)
+    assert float(loss) == 0.0 or abs(float(loss)) < 1e-24
+
+
+def test_loss_positive_for_nrg_and_gradient_finite() -> None:
+    cfg = _cfg(n0=2, n_final=4)
+    batch = L.make_batch(cfg, seed=0)
+    lf = _jit(lambda b: L.olrg_loss({}, M.NRGMap(), cfg, b))
+    assert float(lf(batch)) > 1e-6
+    lin = M.LinearIsometryMap()
+    p = lin.init(jax.random.PRNGKey(0), 8, 4, cfg.n_scales)
+    val, g = _jit(jax.value_and_grad(lambda p, b: L.olrg_loss(p, lin, cfg, b)))(p, batch)
+    assert np.isfinite(float(val)) and float(val) > 0
+    assert np.all(np.isfinite(np.asarray(g["M"]))) and np.abs(np.asarray(g["M"])).max() > 0
