@@ -17,6 +17,7 @@ from types import ModuleType
 WORKFLOWS: dict[str, str] = {
     "chain_sweep": "workflows.chain_sweep",
     "phi4_ensembles": "workflows.phi4_ensembles",
+    "olrg_study": "workflows.olrg_study",
 }
 
 
