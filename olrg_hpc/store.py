@@ -200,3 +200,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def remove_study(study_dir: Path) -> None:
     shutil.rmtree(study_dir, ignore_errors=True)
+
+
+def datasets(path: Path) -> dict[str, Any]:
+    """Every dataset of an HDF5 file by its path inside the file: compare two study files with it."""
+    out: dict[str, Any] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out

@@ -15,9 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
+
+from olrg_hpc import store
 
 EXE = [sys.executable, "-m", "olrg_hpc.cli"]
 
@@ -40,12 +41,6 @@ def _run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Complet
     return subprocess.run([*EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def _datasets(path: Path) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
-    return out
-
 
 def _profile(tmp_path: Path) -> Path:
     p = tmp_path / "local.yaml"
@@ -63,7 +58,7 @@ def test_run_rerun_status_report(tmp_path):
     assert "max |ED - free fermion|" in out.stdout
     study = tmp_path / "st"
     assert (study / "study.h5").exists() and (study / "report" / "index.html").exists()
-    diff = _datasets(study / "study.h5")["tasks/collect-tfim/ed_vs_ff_max_diff"]
+    diff = store.datasets(study / "study.h5")["tasks/collect-tfim/ed_vs_ff_max_diff"]
     assert np.max(diff) < 1e-10  # ED and free fermions are both exact: only rounding separates them
 
     again = _run(["run", str(cfg), "--cluster", str(_profile(tmp_path)), "--output", "st", "--no-report"], tmp_path)
@@ -109,7 +104,7 @@ def test_killed_driver_resumes_with_only_missing_tasks(tmp_path):
 
     clean = _run(["run", str(cfg), "--cluster", str(prof), "--output", "clean", "--no-report"], tmp_path)
     assert clean.returncode == 0, clean.stderr
-    resumed, undisturbed = _datasets(tmp_path / "killed/study.h5"), _datasets(tmp_path / "clean/study.h5")
+    resumed, undisturbed = store.datasets(tmp_path / "killed/study.h5"), store.datasets(tmp_path / "clean/study.h5")
     assert resumed.keys() == undisturbed.keys()
     for k in undisturbed:
         np.testing.assert_array_equal(resumed[k], undisturbed[k], err_msg=k)

@@ -57,17 +57,11 @@ def client():
         yield cl
 
 
-def _datasets(path: Path) -> dict:
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
-    return out
-
 
 def test_fan_out_reduce_and_resume(tmp_path, client):
     s1 = run_tasks(graph(), tmp_path, client, study_seed=5, progress=False)
     assert s1.ok and s1.computed == 9 and s1.skipped == 0
-    first = _datasets(s1.study_file)
+    first = store.datasets(s1.study_file)
     assert first["tasks/total/sum"] == sum(i * i for i in range(8))  # 140: exact
 
     s2 = run_tasks(graph(), tmp_path, client, study_seed=5, progress=False)
@@ -83,7 +77,7 @@ def test_fan_out_reduce_and_resume(tmp_path, client):
     assert len(study_status(tmp_path)["missing"]) == 3 and len(study_status(tmp_path)["corrupt"]) == 2
     s3 = run_tasks(graph(), tmp_path, client, study_seed=5, progress=False)
     assert (s3.skipped, s3.missing, s3.corrupt, s3.computed) == (4, 3, 2, 5)
-    again = _datasets(s3.study_file)
+    again = store.datasets(s3.study_file)
     assert again.keys() == first.keys()
     for k in first:
         np.testing.assert_array_equal(again[k], first[k])
@@ -91,11 +85,11 @@ def test_fan_out_reduce_and_resume(tmp_path, client):
 
 def test_seeds_are_stable_and_distinct(tmp_path, client):
     s = run_tasks(graph(4), tmp_path, client, study_seed=1, progress=False)
-    seeds = _datasets(s.study_file)
+    seeds = store.datasets(s.study_file)
     used = [int(seeds[f"tasks/sq-{i}/seed_used"]) for i in range(4)]
     assert len(set(used)) == 4
     s_other = run_tasks(graph(4), tmp_path / "other", client, study_seed=2, progress=False)
-    other = _datasets(s_other.study_file)
+    other = store.datasets(s_other.study_file)
     assert all(int(other[f"tasks/sq-{i}/seed_used"]) != used[i] for i in range(4))
 
 

@@ -8,12 +8,12 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
+from olrg_hpc import store
 from olrg_hpc.cluster import open_client
 from olrg_hpc.config import SlurmProfile
 
@@ -38,12 +38,6 @@ def _squeue(name: str) -> list[str]:
     out = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True, timeout=30)
     return out.stdout.split()
 
-
-def _datasets(path: Path) -> dict:
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
-    return out
 
 
 def test_study_on_slurm_matches_local_and_releases_jobs(tmp_path):
@@ -70,7 +64,7 @@ def test_study_on_slurm_matches_local_and_releases_jobs(tmp_path):
     local = subprocess.run([*exe, "--cluster", "local.yaml", "--output", "local"], cwd=tmp_path,
                            capture_output=True, text=True, timeout=240)
     assert local.returncode == 0, local.stderr
-    a, b = _datasets(tmp_path / "on-slurm/study.h5"), _datasets(tmp_path / "local/study.h5")
+    a, b = store.datasets(tmp_path / "on-slurm/study.h5"), store.datasets(tmp_path / "local/study.h5")
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
