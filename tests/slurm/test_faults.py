@@ -21,7 +21,7 @@ workflow: chain_sweep
 seed: 9
 params:
   t_max: 3.0
-  n_times: 201
+  n_times: 401
   sweeps:
     - model: tfim
       n_sites: [10, 11, 12]
