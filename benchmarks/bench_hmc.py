@@ -9,21 +9,46 @@ Measured in one run, each next to its baseline:
   L = 64 ... 1024; site updates per second = L^2 n / t (best of ``--repeat``, compile excluded). Bandwidth
   model: a fully fused leapfrog step reads phi and p and writes phi and p once, 4 x 8 = 32 bytes per site
   (neighbours from cache); the bandwidth-bound rate is ``bandwidth / 32 B`` and the achieved fraction is
-  the measured rate over it. (XLA's un-fused drift + force/kick pair moves ~48 B/site; fields up to
-  L = 1024, 8 MiB, fit in a 32 MiB L3, so fractions > 1 are possible there.)
+  the measured rate over it. (XLA on CPU runs a step as two loop fusions, drift and force + kick, ~48 B/site;
+  for L >= ``hmc.PAD_SHIFT_MIN_EXTENT`` the neighbour shifts are pad/select so that they fuse, before they
+  were ``jnp.roll`` whose minor-axis concatenates were materialised, ~80 B/site. Fields up to L = 1024,
+  8 MiB, fit in a 32 MiB L3, so fractions > 1 are possible there.)
 * MPI weak scaling: ``mpiexec -n r python -m olrg_hpc.lattice.mpi_hmc`` with a ``--mpi-local`` ^2 block
   per rank (global 256x256, 512x256, 512x512 for r = 1, 2, 4), leapfrog, ``--mpi-n-traj`` trajectories
   of 10 steps; time per MD step (slowest rank), halo-exchange share of MD time (time inside Sendrecv,
   including waiting for a slower neighbour), efficiency t(1)/t(r).
   Ranks beyond the physical cores are oversubscribed (MPICH busy-polls), which the table flags.
+* HMC cost per effectively independent sample of chi2 versus L at fixed physics (``--cost-*`` flags):
+  the jitted batched HMC (:func:`olrg_hpc.lattice.hmc.run_chain`, ``--cost-chains`` independent chains)
+  along the Albandea line lam = 0.5 (beta/lambda convention): L = 8, beta = 0.576 and L = 16,
+  beta = 0.634 (the authors' coarse and fine points, science.md section 2), L = 32, beta = 0.660 (matched
+  here to the xi_2nd/L = 0.247 of L = 16; the naive ``beta_c - a / L`` line through the first two points
+  gives 0.663, where xi/L = 0.271(7)), other L extrapolated (:func:`line_beta`) or given with
+  ``--cost-betas``. xi_2nd/L and the Binder cumulant are printed to check how fixed the physics
+  is. Per L: the leapfrog (or Omelyan) step count at trajectory length 1 is tuned on the
+  thermalised chains to the smallest one with acceptance >= ``--cost-acc-min`` (0.8; doubling, then
+  bisection, one block of all chains per trial); then
+  ``--cost-traj`` trajectories per chain are run in blocks of ``--cost-block`` (one compile per L,
+  excluded from the timings) measuring every trajectory. tau_int of chi2 (the history of V M^2, M in the
+  field of the point) by the Gamma method (pyerrors, chains as replicas, S = 1.5); seconds per
+  trajectory = the best block wall time / block length (all chains; the spread median - best is its
+  uncertainty, large on a shared machine), and per chain trajectory
+  (divided by the number of chains: the machine time one chain's trajectory costs in the batch);
+  cost per effectively independent chi2 sample = ``2 tau_int x seconds per chain trajectory``, with
+  the errors of tau_int and of the block timings in quadrature. With >= 2 L a weighted fit
+  ``tau_int ~ L^z`` (and ``cost ~ L^z_cost``).
 
-Usage: ``python benchmarks/bench_hmc.py [--sizes 64 128 256 512 1024] [--out benchmarks/results/hmc.json]``.
+Usage: ``python benchmarks/bench_hmc.py [--sizes 64 128 256 512 1024] [--out benchmarks/results/hmc.json]``;
+a section is skipped when its list is empty (``--sizes``, ``--mpi-ranks``, ``--cost-sizes`` with no values),
+e.g. only the cost study: ``python benchmarks/bench_hmc.py --sizes --mpi-ranks``, at larger L:
+``--cost-sizes 8 16 32 64 --cost-traj 4000``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -193,9 +218,180 @@ def bench_mpi(ranks: list[int], local: int, n_traj: int, n_steps: int) -> list[d
     return rows
 
 
+# ------------------------------------------------------------------------------------------ cost vs L
+#: the constant-xi/L line at lam = 0.5: Albandea et al.'s coarse/fine points (L = 8, 16) and L = 32 matched to
+#: xi_2nd/L = 0.247(3) of L = 16 by a scan here (beta = 0.655, 0.658, 0.661, 0.663 -> xi/L = 0.222, 0.219,
+#: 0.255, 0.271, each +- 0.007; 64 chains x 1000-2000 trajectories)
+LINE_BETAS = {8: 0.576, 16: 0.634, 32: 0.660}
+_LINE_Y = math.log2((LINE_BETAS[16] - LINE_BETAS[8]) / (LINE_BETAS[32] - LINE_BETAS[16]))  # ~1/nu
+_LINE_A = (LINE_BETAS[16] - LINE_BETAS[8]) / (8.0**-_LINE_Y - 16.0**-_LINE_Y)
+LINE_BETA_C = LINE_BETAS[16] + _LINE_A * 16.0**-_LINE_Y  # ~0.681
+
+
+def line_beta(L: int) -> float:
+    """beta on the constant-xi/L line at lam = 0.5: the tabulated points, else the extrapolation
+    ``beta_c - A L^-y`` through them (y ~ 1.16, beta_c ~ 0.681; L = 80 -> 0.674, cf. the authors' HMC point
+    0.677), rounded to 3 decimals. Unverified beyond L = 32: check the printed xi/L."""
+    return LINE_BETAS.get(L, round(LINE_BETA_C - _LINE_A * float(L) ** -_LINE_Y, 3))
+
+
+def _cost_measure(phi: Any) -> Any:
+    """Per configuration (tutorial field): M and G~(p_min) = |sum_x phi_x e^{-i p.x}|^2 / V averaged over
+    the two directions, p_min = 2 pi / L (for xi_2nd)."""
+    import jax.numpy as jnp
+
+    L = phi.shape[-1]
+    V = phi.shape[-1] * phi.shape[-2]
+    ph = jnp.exp(-2j * jnp.pi * jnp.arange(L) / L)
+    gp = 0.0
+    for ax in (-1, -2):
+        proj = jnp.sum(phi, axis=ax)  # sums over one direction: a function of the other coordinate
+        gp = gp + 0.5 * jnp.abs(proj @ ph) ** 2 / V
+    return jnp.mean(phi, axis=(-2, -1)), gp
+
+
+def _fit_power(L: np.ndarray, y: np.ndarray, dy: np.ndarray) -> dict[str, float]:
+    """Weighted least squares ``ln y = z ln L + c`` (weights from ``dy / y``): z, its error, chi2/dof."""
+    x, t, s = np.log(L), np.log(y), np.maximum(dy / y, 1e-12)
+    w = 1.0 / s**2
+    A = np.stack([x, np.ones_like(x)], axis=1)
+    cov = np.linalg.inv(A.T @ (A * w[:, None]))
+    z, c = cov @ (A.T @ (w * t))
+    dof = len(L) - 2
+    chi2 = float(np.sum(w * (t - (z * x + c)) ** 2))
+    return {"z": float(z), "z_err": float(np.sqrt(cov[0, 0])), "chi2_per_dof": chi2 / dof if dof > 0 else None,
+            "n_points": int(len(L))}
+
+
+def _cost_point(L: int, beta: float, lam: float, n_chains: int, n_therm: int, n_traj: int, block: int,
+                integrator: str, acc_min: float, seed: int) -> dict[str, Any]:
+    """One L of :func:`bench_cost`: thermalise, tune n_steps, run, time, analyse."""
+    import jax
+    import jax.numpy as jnp
+
+    from olrg_hpc.lattice import autocorr, hmc
+    from olrg_hpc.lattice.observables import xi2_from_propagators
+    from olrg_hpc.lattice.phi4 import Phi4Action
+
+    action, c = Phi4Action.from_beta_lambda(beta, lam)
+    V = L * L
+    key = jax.random.key(seed + 1000 * L, impl="rbg")
+    phi = 0.5 * jax.random.normal(jax.random.fold_in(key, 0), (n_chains, L, L), dtype=jnp.float64)
+    calls = iter(range(1, 1 << 30))
+
+    def run(phi: jax.Array, n_steps: int) -> tuple[Any, float]:
+        t0 = time.perf_counter()
+        res = jax.block_until_ready(hmc.run_chain(action, phi, block, jax.random.fold_in(key, next(calls)),
+                                                  n_steps=n_steps, integrator=integrator, measure=_cost_measure))
+        return res, time.perf_counter() - t0
+
+    # thermalise with a safe step count (the first call compiles: one program per L, n_steps is traced)
+    t0 = time.perf_counter()
+    for _ in range(n_therm // block):
+        phi = run(phi, 4 * max(4, L // 4))[0].phi
+    therm_s = time.perf_counter() - t0
+    # tune: smallest step count with acceptance >= acc_min (doubling to a bracket, then bisection; every
+    # pilot block also thermalises further)
+    tuning: list[tuple[int, float]] = []
+
+    def passes(n: int, phi: jax.Array) -> tuple[bool, jax.Array]:
+        res, _dt = run(phi, n)
+        tuning.append((n, float(res.acceptance)))
+        return float(res.acceptance) >= acc_min, res.phi
+
+    lo, hi, n = 1, 0, 2
+    while not hi:
+        ok, phi = passes(n, phi)
+        lo, hi, n = (lo, n, n) if ok or n >= 256 else (n, 0, 2 * n)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        ok, phi = passes(mid, phi)
+        lo, hi = (lo, mid) if ok else (mid, hi)
+    n_steps = hi
+    # production
+    M, G, dH, accs, times = [], [], [], [], []
+    for _ in range(n_traj // block):
+        res, dt = run(phi, n_steps)
+        phi = res.phi
+        m, g = res.measurements
+        M.append(c * np.asarray(m))
+        G.append(c * c * np.asarray(g))
+        dH.append(np.asarray(res.dH))
+        accs.append(float(res.acceptance))
+        times.append(dt)
+    M, G, dH = np.concatenate(M), np.concatenate(G), np.concatenate(dH)  # (n_traj, n_chains)
+    chi2_hist = V * M**2
+    tau, dtau = autocorr.tau_int(chi2_hist)
+    chi2, chi2_err, _ = autocorr.mean_error(chi2_hist)
+    xi2, xi2_err = autocorr.derived(lambda g0, gp: xi2_from_propagators(g0, gp, L), chi2_hist, G)
+    xi = float(np.sqrt(max(xi2, 0.0)))
+    binder, binder_err = autocorr.derived(lambda m4, m2: 1.0 - m4 / (3.0 * m2**2), M**4, M**2)
+    t = np.asarray(times)
+    s_traj = float(np.min(t)) / block  # best of the blocks: load spikes of a shared machine removed
+    s_traj_err = float(np.median(t) - np.min(t)) / block  # their spread, as the timing uncertainty
+    s_chain = s_traj / n_chains
+    cost = 2.0 * tau * s_chain
+    cost_err = cost * float(np.hypot(dtau / tau, s_traj_err / s_traj))
+    w = np.exp(-dH)
+    return {
+        "L": L, "beta": beta, "lam": lam, "m2_tutorial": float(action.m2), "lam_tutorial": float(action.lam),
+        "integrator": integrator, "tau": 1.0, "n_steps": n_steps, "tuning": tuning,
+        "acceptance": float(np.mean(accs)), "exp_minus_dH": float(np.mean(w)),
+        "exp_minus_dH_err": float(np.std(w) / np.sqrt(w.size)),
+        "n_chains": n_chains, "n_therm": n_therm, "n_traj": n_traj, "block": block,
+        "chi2": chi2, "chi2_err": chi2_err, "tau_int_chi2": tau, "tau_int_chi2_err": dtau,
+        "xi2nd": xi, "xi2nd_err": float(xi2_err / (2 * xi)) if xi > 0 else float("nan"),
+        "xi2nd_over_L": xi / L, "binder": binder, "binder_err": binder_err,
+        "seconds_per_traj": s_traj, "seconds_per_traj_err": s_traj_err,
+        "seconds_per_traj_median": float(np.median(t)) / block,
+        "seconds_per_chain_traj": s_chain, "cost_per_independent_s": cost, "cost_per_independent_err_s": cost_err,
+        "block_seconds": times, "therm_and_compile_s": therm_s,
+    }
+
+
+def bench_cost(sizes: list[int], betas: list[float] | None, lam: float, n_chains: int, n_therm: int,
+               n_traj: int, block: int, integrator: str, acc_min: float, seed: int) -> dict[str, Any]:
+    if betas is not None and len(betas) != len(sizes):
+        raise SystemExit("--cost-betas needs one beta per --cost-sizes entry")
+    if n_therm % block or n_traj % block or n_traj < 2 * block:
+        raise SystemExit("--cost-therm and --cost-traj must be multiples of --cost-block (traj >= 2 blocks)")
+    rows = []
+    for i, L in enumerate(sizes):
+        beta = float(betas[i]) if betas else line_beta(L)
+        row = _cost_point(L, beta, lam, n_chains, n_therm, n_traj, block, integrator, acc_min, seed)
+        rows.append(row)
+        print(f"  L={L:4d} beta={beta:.3f}  n_steps={row['n_steps']:3d} acc={row['acceptance']:.3f}  "
+              f"chi2={row['chi2']:8.3f}({row['chi2_err']:.3f})  "
+              f"xi/L={row['xi2nd_over_L']:.3f}({row['xi2nd_err'] / L:.3f})  "
+              f"U={row['binder']:.3f}({row['binder_err']:.3f})  "
+              f"tau_int={row['tau_int_chi2']:7.2f}({row['tau_int_chi2_err']:.2f})  "
+              f"s/traj={row['seconds_per_traj'] * 1e3:8.3f} ms ({n_chains} chains) = "
+              f"{row['seconds_per_chain_traj'] * 1e6:8.2f} us/chain  "
+              f"cost={row['cost_per_independent_s'] * 1e6:9.2f}({row['cost_per_independent_err_s'] * 1e6:.2f}) us",
+              flush=True)
+    out: dict[str, Any] = {
+        "beta_line": (f"constant xi_2nd/L at lam = 0.5: tabulated {LINE_BETAS} (8, 16: Albandea et al.; 32: matched "
+                      f"here); other L: beta = {LINE_BETA_C:.4f} - {_LINE_A:.4f} L^-{_LINE_Y:.4f}"),
+        "cost_definition": "2 tau_int(chi2) x seconds per chain trajectory (batched chains, compile excluded)",
+        "points": rows,
+    }
+    if len(rows) >= 2:
+        Ls = np.array([r["L"] for r in rows], dtype=float)
+        out["z_fit"] = _fit_power(Ls, np.array([r["tau_int_chi2"] for r in rows]),
+                                  np.array([r["tau_int_chi2_err"] for r in rows]))
+        out["cost_exponent_fit"] = _fit_power(Ls, np.array([r["cost_per_independent_s"] for r in rows]),
+                                              np.array([r["cost_per_independent_err_s"] for r in rows]))
+        zf, cf = out["z_fit"], out["cost_exponent_fit"]
+        dof = "" if zf["chi2_per_dof"] is None else f", chi2/dof {zf['chi2_per_dof']:.2f}"
+        print(f"  tau_int(chi2) ~ L^z: z = {zf['z']:.2f} +- {zf['z_err']:.2f} ({zf['n_points']} L{dof}); "
+              f"cost ~ L^{cf['z']:.2f} +- {cf['z_err']:.2f}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[64, 128, 256, 512, 1024],
+                    help="JAX leapfrog lattice sizes (none: skip)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--target-s", type=float, default=0.5, help="approximate seconds per timed JAX call")
     ap.add_argument("--bw-mib", type=int, default=256, help="array size for the bandwidth copy")
@@ -203,6 +399,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mpi-local", type=int, default=256, help="local block edge per rank (weak scaling)")
     ap.add_argument("--mpi-n-traj", type=int, default=10)
     ap.add_argument("--mpi-n-steps", type=int, default=10)
+    ap.add_argument("--cost-sizes", type=int, nargs="*", default=[8, 16, 32],
+                    help="L of the cost-per-independent-sample study (none: skip)")
+    ap.add_argument("--cost-betas", type=float, nargs="*", default=None,
+                    help="beta per --cost-sizes entry (default: the Albandea line, see above)")
+    ap.add_argument("--cost-lam", type=float, default=0.5, help="lambda (beta/lambda convention)")
+    ap.add_argument("--cost-chains", type=int, default=64, help="independent chains (batched)")
+    ap.add_argument("--cost-therm", type=int, default=200, help="thermalisation trajectories per chain")
+    ap.add_argument("--cost-traj", type=int, default=2000, help="production trajectories per chain")
+    ap.add_argument("--cost-block", type=int, default=100, help="trajectories per jitted call (timing unit)")
+    ap.add_argument("--cost-integrator", choices=["leapfrog", "omelyan"], default="leapfrog")
+    ap.add_argument("--cost-acc-min", type=float, default=0.8, help="tuning target: smallest n_steps reaching it")
+    ap.add_argument("--cost-seed", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/hmc.json")
     args = ap.parse_args(argv)
 
@@ -214,12 +422,23 @@ def main(argv: list[str] | None = None) -> None:
     print(f"host {platform.node()}, {os.cpu_count()} CPUs, JAX {jax.__version__} on {jax.devices()[0]}")
     bw = measure_bandwidth(args.bw_mib, args.repeat)
     print(f"memory bandwidth (1 thread, numpy copy of {args.bw_mib} MiB): {bw['bytes_per_s'] / 1e9:.2f} GB/s")
-    print(f"JAX leapfrog (float64, bandwidth model {BYTES_PER_SITE_STEP} B/site/step):")
-    jax_rows = bench_jax_leapfrog(args.sizes, args.repeat, args.target_s, bw["bytes_per_s"])
-    print(f"MPI weak scaling ({args.mpi_local}^2 sites per rank, numpy + mpi4py):")
-    mpi_rows = (
-        bench_mpi(args.mpi_ranks, args.mpi_local, args.mpi_n_traj, args.mpi_n_steps) if args.mpi_ranks else []
-    )
+    jax_rows: list[dict[str, Any]] = []
+    if args.sizes:
+        print(f"JAX leapfrog (float64, bandwidth model {BYTES_PER_SITE_STEP} B/site/step):")
+        jax_rows = bench_jax_leapfrog(args.sizes, args.repeat, args.target_s, bw["bytes_per_s"])
+    mpi_rows: list[dict[str, Any]] = []
+    if args.mpi_ranks:
+        print(f"MPI weak scaling ({args.mpi_local}^2 sites per rank, numpy + mpi4py):")
+        mpi_rows = bench_mpi(args.mpi_ranks, args.mpi_local, args.mpi_n_traj, args.mpi_n_steps)
+    cost: dict[str, Any] = {}
+    if args.cost_sizes:
+        print(f"HMC cost per independent chi2 sample vs L (lam = {args.cost_lam}, {args.cost_chains} chains x "
+              f"{args.cost_traj} trajectories, {args.cost_integrator}, tau = 1):")
+        t0 = time.perf_counter()
+        cost = bench_cost(args.cost_sizes, args.cost_betas, args.cost_lam, args.cost_chains, args.cost_therm,
+                          args.cost_traj, args.cost_block, args.cost_integrator, args.cost_acc_min, args.cost_seed)
+        cost["section_seconds"] = time.perf_counter() - t0
+        print(f"  (section took {cost['section_seconds']:.0f} s)")
     result = {
         "benchmark": "phi4_hmc",
         "host": platform.node(),
@@ -231,6 +450,7 @@ def main(argv: list[str] | None = None) -> None:
         "bytes_per_site_step_model": BYTES_PER_SITE_STEP,
         "jax_leapfrog": jax_rows,
         "mpi_weak_scaling": mpi_rows,
+        "cost_vs_L": cost,
         "load_average": os.getloadavg(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

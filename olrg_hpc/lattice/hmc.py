@@ -11,6 +11,9 @@ Takaishi & de Forcrand, hep-lat/0505020):
     ``p += lam eps F; phi += eps/2 p; p += (1 - 2 lam) eps F; phi += eps/2 p; p += lam eps F``
     with ``lam = 0.1931833275037836`` (Omelyan et al. eq. (31)); consecutive ``lam eps F`` kicks are
     merged (``2 n + 1`` force evaluations); also ``O(eps^2)`` but with a ~10x smaller coefficient.
+* Forces: :func:`force` (``Phi4Action.force`` with bit-identical values; on lattices with last extent
+  ``>= PAD_SHIFT_MIN_EXTENT`` the neighbour shifts are written as pad/select so that XLA fuses them into
+  the kick, ~2x faster leapfrog at L = 512-1024 on CPU); other action objects use their own ``force``.
 * Metropolis: accept when ``u < exp(-dH)``, ``dH = H_final - H_initial``, ``u ~ U[0, 1)``. A NaN ``dH``
   (diverged trajectory) is rejected.
 * Batching: the field has shape ``(*batch, L_1, ..., L_d)``; every leading index is an independent
@@ -44,6 +47,9 @@ enable_x64()
 __all__ = [
     "OMELYAN_LAMBDA",
     "ChainResult",
+    "PAD_SHIFT_MIN_EXTENT",
+    "neighbour_sum",
+    "force",
     "kinetic_energy",
     "hamiltonian",
     "leapfrog",
@@ -58,6 +64,58 @@ __all__ = [
 OMELYAN_LAMBDA = 0.1931833275037836
 
 INTEGRATORS = ("leapfrog", "omelyan")
+
+
+#: Lattice extent (of the last axis) from which :func:`force` builds the neighbour shifts with
+#: ``lax.pad`` + ``select`` instead of ``jnp.roll`` (see :func:`neighbour_sum`).
+PAD_SHIFT_MIN_EXTENT = 128
+
+
+def _shift(x: jax.Array, axis: int, forward: bool) -> jax.Array:
+    """``jnp.roll(x, -1 if forward else 1, axis)`` (``out_i = x_{i+1}`` or ``x_{i-1}``, periodic) as a
+    slice + ``lax.pad`` + ``select`` of the wrapped edge, all elementwise-fusible in XLA (no concatenate)."""
+    axis %= x.ndim
+    n = x.shape[axis]
+    cfg = [(0, 0, 0)] * x.ndim
+    if forward:
+        body, edge, at = jax.lax.slice_in_dim(x, 1, n, axis=axis), jax.lax.slice_in_dim(x, 0, 1, axis=axis), n - 1
+        cfg[axis] = (0, 1, 0)
+    else:
+        body, edge, at = jax.lax.slice_in_dim(x, 0, n - 1, axis=axis), jax.lax.slice_in_dim(x, n - 1, n, axis=axis), 0
+        cfg[axis] = (1, 0, 0)
+    shifted = jax.lax.pad(body, jnp.zeros((), x.dtype), cfg)
+    pos = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis)
+    return jnp.where(pos == at, jnp.broadcast_to(edge, x.shape), shifted)
+
+
+def neighbour_sum(phi: jax.Array, ndim: int = 2) -> jax.Array:
+    """Per-site ``sum_mu (phi_{x+mu} + phi_{x-mu})`` over the last ``ndim`` axes, bit-identical to
+    ``phi4._neighbour_sum`` (same additions in the same order; the shifts only move data).
+
+    For lattices with last extent ``>= PAD_SHIFT_MIN_EXTENT`` the shifts are :func:`_shift` (pad + select):
+    XLA on CPU materialises ``jnp.roll`` along the minor axis as a separate concatenate (two extra passes
+    over the field per force evaluation, ~2.5x slower leapfrog at L = 1024), whereas pad/select fuse into
+    the force/kick loop. For small lattices (in cache, compute-bound) ``jnp.roll`` is faster and is kept.
+    """
+    fused = phi.shape[-1] >= PAD_SHIFT_MIN_EXTENT
+    nb = jnp.zeros_like(phi)
+    for ax in range(-ndim, 0):
+        if fused:
+            nb = nb + _shift(phi, ax, True) + _shift(phi, ax, False)
+        else:
+            nb = nb + jnp.roll(phi, -1, axis=ax) + jnp.roll(phi, 1, axis=ax)
+    return nb
+
+
+def force(action: Any, phi: jax.Array) -> jax.Array:
+    """HMC force ``-dS/dphi``: ``action.force(phi)``, computed with :func:`neighbour_sum` for a
+    :class:`Phi4Action` (identical values, one fused pass per evaluation on large lattices); any other
+    action object (e.g. a flowed action) uses its own ``force``."""
+    if type(action) is not Phi4Action:
+        return action.force(phi)
+    phi = jnp.asarray(phi)
+    nb = neighbour_sum(phi, action.ndim)
+    return 2.0 * nb - 2.0 * action.mass_coefficient * phi - 4.0 * action.lam * (phi * phi * phi)
 
 
 def kinetic_energy(p: jax.Array, ndim: int = 2) -> jax.Array:
@@ -77,17 +135,17 @@ def leapfrog(
 
     ``n_steps`` may be a traced integer (then the loop is a ``while_loop``).
     """
-    p = p + 0.5 * eps * action.force(phi)
+    p = p + 0.5 * eps * force(action, phi)
 
     def body(_: Any, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         ph, pp = carry
         ph = ph + eps * pp
-        pp = pp + eps * action.force(ph)
+        pp = pp + eps * force(action, ph)
         return ph, pp
 
     phi, p = jax.lax.fori_loop(0, n_steps - 1, body, (phi, p))
     phi = phi + eps * p
-    p = p + 0.5 * eps * action.force(phi)
+    p = p + 0.5 * eps * force(action, phi)
     return phi, p
 
 
@@ -104,21 +162,21 @@ def omelyan(
     Returns ``(phi, p)``; ``n_steps`` may be traced.
     """
     half = 0.5 * eps
-    p = p + lam * eps * action.force(phi)
+    p = p + lam * eps * force(action, phi)
 
     def body(_: Any, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         ph, pp = carry
         ph = ph + half * pp
-        pp = pp + (1.0 - 2.0 * lam) * eps * action.force(ph)
+        pp = pp + (1.0 - 2.0 * lam) * eps * force(action, ph)
         ph = ph + half * pp
-        pp = pp + 2.0 * lam * eps * action.force(ph)
+        pp = pp + 2.0 * lam * eps * force(action, ph)
         return ph, pp
 
     phi, p = jax.lax.fori_loop(0, n_steps - 1, body, (phi, p))
     phi = phi + half * p
-    p = p + (1.0 - 2.0 * lam) * eps * action.force(phi)
+    p = p + (1.0 - 2.0 * lam) * eps * force(action, phi)
     phi = phi + half * p
-    p = p + lam * eps * action.force(phi)
+    p = p + lam * eps * force(action, phi)
     return phi, p
 
 

@@ -3,7 +3,7 @@
 Launch::
 
     mpiexec -n 4 python -m olrg_hpc.lattice.mpi_hmc --L 16 --beta 0.634 --lam 0.5 --n-traj 100 \\
-        --seed 1 --out run.npz [--checkpoint ckpt.npz --checkpoint-every 10 --restart]
+        --seed 1 --out run.h5 [--checkpoint ckpt.h5 --checkpoint-every 10 --restart]
 
 or call :func:`run_mpi_hmc` with a parameter dict and a communicator.
 
@@ -29,11 +29,18 @@ Design
   .standard_normal(Lx)``; each rank generates only its own rows and slices its columns. The Metropolis
   uniform of trajectory ``k`` comes from ``counter=[0, 0, k, 2]``; a hot start from ``counter=[0, y, 0,
   0]``. Hence 1, 2, 4 ranks produce the same chain (to the rounding of the global sums, ~1e-13).
-* **Checkpoint / restart.** Rank 0 gathers the global field and writes ``.npz`` atomically (temporary
-  file in the same directory + ``os.replace``) with the field, the number of completed trajectories
-  (the RNG state: the generator is a pure function of ``(seed, trajectory, row)``), the seed, the
-  parameters and all histories. ``n_traj`` is the *total* target; a restarted run continues from the
-  checkpoint to ``n_traj``, so 3 + 3 trajectories equal 6 straight ones.
+* **Checkpoint / restart.** Rank 0 gathers the global field and writes an HDF5 checkpoint atomically
+  (:func:`olrg_hpc.store.write_shard`: temporary sibling + fsync + ``os.replace``) with the field
+  (float64, bit-exact), the number of completed trajectories and the Philox key (together the whole RNG
+  state: the generator is a pure function of ``(seed, trajectory, row)``), the physics identity, the
+  run config, the process grid, provenance attributes (host, time, package version, git commit, library
+  versions) and all histories (:func:`write_checkpoint`). ``n_traj`` is the *total* target; a restarted
+  run (any number of ranks) continues from the checkpoint to ``n_traj``, bit-identically to a straight
+  run: 3 + 3 trajectories equal 6 straight ones. A checkpoint that is not a complete MPI HMC checkpoint,
+  or one written for other parameters, stops every rank with one :class:`~olrg_hpc.errors.UserError`
+  naming the file (:func:`read_checkpoint`).
+* **Results** (``out``, rank 0, atomic): HDF5 with provenance, holding the arrays ``dH``, ``accepted``,
+  ``action``, ``magnetization``, ``phi2``, ``phi``, ``acceptance``, ``field_scale``, ``dims``.
 
 Timings returned (each the maximum over ranks): ``md_s`` (molecular dynamics incl. halo exchange),
 ``halo_s`` (halo exchanges inside the MD, including waiting for slower neighbours),
@@ -47,12 +54,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from olrg_hpc.errors import UserError
 
 __all__ = [
     "OMELYAN_LAMBDA",
@@ -62,6 +70,9 @@ __all__ = [
     "momentum_field",
     "accept_uniform",
     "initial_field",
+    "CHECKPOINT_FORMAT",
+    "write_checkpoint",
+    "read_checkpoint",
     "run_mpi_hmc",
     "main",
 ]
@@ -276,29 +287,105 @@ class _Domain:
 
 
 # ---------------------------------------------------------------------------------------- checkpoint I/O
-def _atomic_savez(path: str, **arrays: Any) -> None:
-    """Write ``.npz`` to a temporary file in the target directory, fsync, then ``os.replace``."""
-    d = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
+#: ``format`` attribute of a checkpoint file; a file without it is not an MPI HMC checkpoint.
+CHECKPOINT_FORMAT = "olrg-hpc mpi_hmc checkpoint 1"
+_HISTORY = ("dH", "accepted", "action", "magnetization", "phi2")
 _PHYSICS_KEYS = ("m2", "lam", "Ly", "Lx", "seed", "tau", "n_steps", "integrator")
+_RNG = "numpy Philox4x64, key=seed, counter=[0, row, trajectory, purpose]; momenta purpose 1, accept 2, init 0"
 
 
-def _load_checkpoint(path: str) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+def _provenance() -> dict[str, Any]:
+    from olrg_hpc import provenance
+
+    return {"host": provenance.host(), "written": provenance.now(), "provenance": provenance.run_provenance()}
+
+
+def write_checkpoint(
+    path: str,
+    phi: np.ndarray,
+    trajectory: int,
+    identity: dict[str, Any],
+    history: dict[str, Any],
+    attrs: dict[str, Any] | None = None,
+) -> None:
+    """Write an HDF5 checkpoint atomically (:func:`olrg_hpc.store.write_shard`: temporary sibling, fsync,
+    ``os.replace``; ``complete = True`` is the last attribute written).
+
+    Datasets: ``phi`` (global field, tutorial normalisation, float64), the per-trajectory histories
+    ``dH``, ``accepted``, ``action``, ``magnetization``, ``phi2``. Root attributes: ``format``,
+    ``trajectory`` (completed trajectories = the next trajectory counter of the counter-based RNG),
+    ``seed`` and ``rng_key`` (the Philox key), ``rng`` (the stream layout), ``identity`` (JSON of the
+    physics/integrator parameters a restart must match), ``attrs`` (e.g. ``config``, ``dims``) and the
+    provenance (``host``, ``written``, ``provenance`` JSON: package version, git commit, library versions).
+    """
+    from olrg_hpc.store import write_shard
+
+    results: dict[str, Any] = {"phi": np.asarray(phi, dtype=np.float64)}
+    for k in _HISTORY:
+        results[k] = np.asarray(history[k], dtype=bool if k == "accepted" else np.float64)
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "trajectory": int(trajectory),
+        "seed": int(identity["seed"]),
+        "rng_key": int(identity["seed"]),
+        "rng": _RNG,
+        "identity": json.dumps(identity, sort_keys=True),
+        **(attrs or {}),
+        **_provenance(),
+    }
+    write_shard(path, results, meta)
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`write_checkpoint`.
+
+    Returns ``phi``, ``trajectory``, ``identity`` (dict) and the histories. Anything that is not a
+    complete, self-consistent checkpoint (not HDF5, truncated, written by something else, missing
+    datasets, histories of the wrong length) raises :class:`~olrg_hpc.errors.UserError` naming ``path``.
+    """
+    import h5py
+
+    def bad(why: str) -> UserError:
+        return UserError(
+            f"checkpoint {path}: {why}; delete it (or point 'checkpoint' elsewhere) to start the chain afresh"
+        )
+
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != CHECKPOINT_FORMAT:
+                raise bad("not an olrg-hpc MPI HMC checkpoint (no 'format' attribute)")
+            if not bool(f.attrs.get("complete", False)):
+                raise bad("incomplete (no 'complete' attribute)")
+            missing = [k for k in ("phi", *_HISTORY) if k not in f]
+            if missing:
+                raise bad(f"missing dataset(s) {', '.join(missing)}")
+            out: dict[str, Any] = {k: f[k][()] for k in ("phi", *_HISTORY)}
+            out["trajectory"] = int(f.attrs["trajectory"])
+            out["identity"] = json.loads(f.attrs["identity"])
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError... for damaged files
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        raise bad(f"unreadable HDF5, truncated or corrupt ({msg})") from None
+    n = out["trajectory"]
+    if n < 0 or any(np.shape(out[k]) != (n,) for k in _HISTORY):
+        raise bad(f"histories do not have {n} entries (the trajectory counter)")
+    if np.ndim(out["phi"]) != 2 or not np.all(np.isfinite(out["phi"])):
+        raise bad("the field is not a finite 2D array")
+    return out
+
+
+def _write_results(path: str, result: dict[str, Any], identity: dict[str, Any], attrs: dict[str, Any]) -> None:
+    """Results file of rank 0: one HDF5 file written atomically through the store, with provenance."""
+    from olrg_hpc.store import write_shard
+
+    data = {k: np.asarray(result[k]) for k in ("dH", "accepted", "action", "magnetization", "phi2", "phi")}
+    data["field_scale"] = np.float64(result["field_scale"])
+    data["acceptance"] = np.float64(result["acceptance"])
+    data["dims"] = np.asarray(result["dims"])
+    meta = {"format": "olrg-hpc mpi_hmc results 1", "identity": json.dumps(identity, sort_keys=True),
+            "trajectory": int(result["trajectory"]), **attrs, **_provenance()}
+    write_shard(path, data, meta)
 
 
 # ---------------------------------------------------------------------------------------- driver
@@ -310,7 +397,8 @@ def run_mpi_hmc(params: dict[str, Any], comm: Any) -> dict[str, Any]:
     ``integrator`` (``"leapfrog"``|``"omelyan"``), ``init`` (``"hot"``|``"cold"``), ``init_scale`` (0.5),
     ``phi0`` (global start field, tutorial normalisation; overrides ``init``), ``checkpoint`` (path),
     ``checkpoint_every`` (0 = only at the end), ``restart`` (resume from ``checkpoint`` if it exists),
-    ``out`` (``.npz`` results), ``dims`` (process grid).
+    ``out`` (results, HDF5), ``dims`` (process grid). A damaged or
+    mismatched checkpoint raises :class:`~olrg_hpc.errors.UserError` on every rank.
 
     Returns on every rank: ``dH``, ``accepted``, ``action``, ``magnetization``, ``phi2`` (one entry per
     trajectory, after the accept/reject step, including trajectories done before a restart),
@@ -347,15 +435,22 @@ def run_mpi_hmc(params: dict[str, Any], comm: Any) -> dict[str, Any]:
     if p["restart"] and ckpt:
         state = None
         if dom.rank == 0 and os.path.exists(ckpt):
-            state = _load_checkpoint(ckpt)
-            saved = json.loads(str(state["identity"]))
-            bad = {k: (saved.get(k), ident[k]) for k in _PHYSICS_KEYS if saved.get(k) != ident[k]}
-            if bad:
-                state = {"error": f"checkpoint {ckpt} does not match parameters: {bad}"}
-        state = cart.bcast(state, root=0)
+            try:
+                state = read_checkpoint(ckpt)
+            except UserError as exc:
+                state = {"error": str(exc)}
+            else:
+                saved = state["identity"]
+                bad = {k: (saved.get(k), ident[k]) for k in _PHYSICS_KEYS if saved.get(k) != ident[k]}
+                if bad:
+                    state = {"error": f"checkpoint {ckpt}: written for other parameters {bad} (saved, requested)"}
+                elif state["phi"].shape != shape:
+                    state = {"error": f"checkpoint {ckpt}: field of shape {state['phi'].shape}, expected {shape}"}
+        state = cart.bcast(state, root=0)  # every rank fails alike (the CLI prints rank 0's line)
         if state is not None:
             if "error" in state:
-                raise ValueError(state["error"])
+                cart.Free()
+                raise UserError(state["error"])
             global_phi = state["phi"]
             start_traj = int(state["trajectory"])
             for k in hist:
@@ -378,20 +473,27 @@ def run_mpi_hmc(params: dict[str, Any], comm: Any) -> dict[str, Any]:
     md_s = rng_s = reduce_s = ckpt_s = 0.0
     every = int(p["checkpoint_every"] or 0)
 
+    config = {k: v for k, v in p.items() if k != "phi0"}
+    ckpt_attrs = {"config": config, "dims": list(dom.dims), "n_ranks": cart.Get_size(),
+                  "field_scale": scale, "convention": convention}
+
     def checkpoint(done: int) -> None:
         loc = np.ascontiguousarray(a[1:-1, 1:-1])
         g = dom.gather(loc)
+        err: str | None = None
+        failure: BaseException | None = None
         if dom.rank == 0:
-            _atomic_savez(
-                ckpt,
-                phi=g,
-                trajectory=np.int64(done),
-                seed=np.int64(seed),
-                rng=np.array("philox4x64 key=seed counter=[0,row,trajectory,purpose]"),
-                identity=np.array(json.dumps(ident)),
-                **{k: np.asarray(v) for k, v in hist.items()},
-            )
-        cart.Barrier()
+            try:
+                write_checkpoint(ckpt, g, done, ident, hist, ckpt_attrs)
+            except Exception as exc:  # noqa: BLE001 - reported on every rank below, so none waits forever
+                failure = exc
+                err = f"checkpoint {ckpt}: cannot write ({' '.join(str(exc).split()) or type(exc).__name__})"
+        err = cart.bcast(err, root=0)
+        if err:
+            cart.Free()
+            if failure is not None and not isinstance(failure, OSError):
+                raise failure  # a bug, not the user's disk: keep the traceback (rank 0)
+            raise UserError(err)  # unwritable directory, full disk, ...
 
     for k in range(start_traj, n_traj):
         t0 = time.perf_counter()
@@ -486,17 +588,7 @@ def run_mpi_hmc(params: dict[str, Any], comm: Any) -> dict[str, Any]:
     }
     result["acceptance"] = float(np.mean(result["accepted"])) if len(result["accepted"]) else float("nan")
     if p["out"] and dom.rank == 0:
-        _atomic_savez(
-            str(p["out"]),
-            **{
-                k: np.asarray(result[k]) for k in ("dH", "accepted", "action", "magnetization", "phi2", "phi")
-            },
-            acceptance=np.float64(result["acceptance"]),
-            identity=np.array(json.dumps(ident)),
-            field_scale=np.float64(scale),
-            dims=np.asarray(dom.dims),
-            timings=np.array(json.dumps(timings)),
-        )
+        _write_results(str(p["out"]), result, ident, {**ckpt_attrs, "timings": timings})
     cart.Free()
     return result
 
@@ -519,10 +611,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--init", choices=["hot", "cold"], default="hot")
     ap.add_argument("--init-scale", type=float, default=0.5, help="width of the hot start")
     ap.add_argument("--dims", type=int, nargs=2, default=None)
-    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--checkpoint", default=None, help="HDF5 checkpoint (rank 0, atomic)")
     ap.add_argument("--checkpoint-every", type=int, default=0)
     ap.add_argument("--restart", action="store_true")
-    ap.add_argument("--out", default=None, help="results .npz (rank 0)")
+    ap.add_argument("--out", default=None, help="results file (HDF5, written atomically by rank 0)")
     return ap
 
 
@@ -532,7 +624,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mpi4py import MPI
 
     params = {k: v for k, v in vars(args).items() if v is not None}
-    res = run_mpi_hmc(params, MPI.COMM_WORLD)
+    try:
+        res = run_mpi_hmc(params, MPI.COMM_WORLD)
+    except UserError as exc:  # every rank fails alike: say it once
+        if MPI.COMM_WORLD.Get_rank() == 0:
+            print(f"mpi_hmc: error: {exc}", file=sys.stderr)
+        return 2
     if MPI.COMM_WORLD.Get_rank() == 0:
         summary = {
             "size": res["size"],

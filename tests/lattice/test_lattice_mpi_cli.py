@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -21,8 +22,8 @@ lam: 8.0
 n_traj: {n}
 seed: 4
 n_steps: 8
-checkpoint: {d}/ckpt.npz
-out: {d}/chain.npz
+checkpoint: {d}/ckpt.h5
+out: {d}/chain.h5
 """
 
 
@@ -41,10 +42,21 @@ def test_resumed_run_on_other_ranks_equals_straight_run(tmp_path):
     assert _hmc(4, tmp_path / "a.yaml").returncode == 0  # resumes from the checkpoint: 4 more
     (tmp_path / "b.yaml").write_text(CONFIG.format(n=8, d=b))
     assert _hmc(1, tmp_path / "b.yaml").returncode == 0
-    with np.load(a / "chain.npz") as ra, np.load(b / "chain.npz") as rb:
-        assert ra["dH"].shape == (8,)
-        np.testing.assert_allclose(ra["phi"], rb["phi"], atol=1e-12)  # decomposition-independent chain
-        np.testing.assert_allclose(ra["dH"], rb["dH"], atol=1e-12)
+    with h5py.File(a / "chain.h5") as ra, h5py.File(b / "chain.h5") as rb:
+        assert ra["dH"].shape == (8,) and ra.attrs["trajectory"] == 8
+        np.testing.assert_allclose(ra["phi"][()], rb["phi"][()], atol=1e-12)  # decomposition-independent chain
+        np.testing.assert_allclose(ra["dH"][()], rb["dH"][()], atol=1e-12)
+    with h5py.File(a / "ckpt.h5") as ck:
+        assert ck.attrs["trajectory"] == 8 and ck.attrs["dims"] == "[2, 2]"
+
+
+def test_corrupt_checkpoint_says_it_once_naming_the_file(tmp_path):
+    (tmp_path / "c.yaml").write_text(CONFIG.format(n=4, d=tmp_path))
+    (tmp_path / "ckpt.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))  # an HDF5 signature, then nothing
+    out = _hmc(2, tmp_path / "c.yaml")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("olrg-hpc: error:") == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"checkpoint {tmp_path / 'ckpt.h5'}:" in out.stderr and not (tmp_path / "chain.h5").exists()
 
 
 def test_bad_config_says_it_once(tmp_path):

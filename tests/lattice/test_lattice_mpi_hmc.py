@@ -13,6 +13,7 @@ import pytest
 
 from olrg_hpc.lattice import mpi_hmc
 from olrg_hpc.mpi import mpi_launcher
+from olrg_hpc.store import read_shard
 
 REPO = Path(__file__).resolve().parents[2]
 L = 8
@@ -33,10 +34,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, np.nda
     d = tmp_path_factory.mktemp("mpi")
     res = {}
     for n in (1, 2, 4):
-        f = d / f"r{n}.npz"
+        f = d / f"r{n}.h5"
         _launch(n, [*COMMON, "--n-traj", str(N_TRAJ), "--out", str(f)])
-        with np.load(f) as z:
-            res[n] = {k: z[k] for k in z.files}
+        res[n] = read_shard(f)
     return res
 
 
@@ -80,20 +80,49 @@ def test_agrees_with_jax_hmc(runs: dict[int, dict[str, np.ndarray]]) -> None:
 
 @pytest.mark.mpi
 def test_restart_equals_straight_run(runs: dict[int, dict[str, np.ndarray]], tmp_path: Path) -> None:
-    """3 trajectories on 4 ranks + checkpoint, resumed on 2 ranks to 6 == 6 straight on 1 rank."""
-    ck = tmp_path / "ckpt.npz"
-    out = tmp_path / "restart.npz"
+    """3 trajectories on 4 ranks + HDF5 checkpoint, resumed on 2 ranks to 6 == 6 straight on 1 rank, bit for bit
+    (the decomposition-independence tolerance of 1e-12 is not needed: the 1-rank chain restarted on 1 rank)."""
+    import h5py
+
+    ck = tmp_path / "ckpt.h5"
+    out = tmp_path / "restart.h5"
     _launch(4, [*COMMON, "--n-traj", "3", "--checkpoint", str(ck)])
-    with np.load(ck) as z:
-        assert int(z["trajectory"]) == 3 and z["phi"].shape == (L, L)
+    state = mpi_hmc.read_checkpoint(str(ck))
+    assert state["trajectory"] == 3 and state["phi"].shape == (L, L) and state["dH"].shape == (3,)
+    with h5py.File(ck) as f:
+        assert f.attrs["rng_key"] == SEED and f.attrs["dims"] == "[2, 2]" and f.attrs["complete"]
+        assert "git_commit" in f.attrs["provenance"] and f.attrs["host"] and f.attrs["written"]
+        assert '"n_traj": 3' in f.attrs["config"]
     _launch(2, [*COMMON, "--n-traj", str(N_TRAJ), "--checkpoint", str(ck), "--restart", "--out", str(out)])
-    assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temporary files
-    with np.load(out) as z:
-        np.testing.assert_allclose(z["phi"], runs[1]["phi"], rtol=0, atol=1e-12)
-        np.testing.assert_allclose(z["dH"], runs[1]["dH"], rtol=0, atol=1e-12)
-        np.testing.assert_array_equal(z["accepted"], runs[1]["accepted"])
-    with np.load(ck) as z:
-        assert int(z["trajectory"]) == N_TRAJ
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.h5", "restart.h5"]  # no temporary files left
+    with h5py.File(out) as z:
+        np.testing.assert_allclose(z["phi"][()], runs[1]["phi"], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(z["dH"][()], runs[1]["dH"], rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(z["accepted"][()], runs[1]["accepted"])
+        assert z.attrs["trajectory"] == N_TRAJ and "git_commit" in z.attrs["provenance"]
+    assert mpi_hmc.read_checkpoint(str(ck))["trajectory"] == N_TRAJ
+    # on one rank throughout: 3 + 3 is bit-identical to 6 straight
+    ck1, out1 = tmp_path / "one.h5", tmp_path / "one_out.h5"
+    _launch(1, [*COMMON, "--n-traj", "3", "--checkpoint", str(ck1)])
+    _launch(1, [*COMMON, "--n-traj", str(N_TRAJ), "--checkpoint", str(ck1), "--restart", "--out", str(out1)])
+    z = read_shard(out1)
+    for k in ("phi", "dH", "accepted", "action", "magnetization", "phi2"):
+        np.testing.assert_array_equal(z[k], runs[1][k], err_msg=k)
+
+
+@pytest.mark.mpi
+def test_corrupt_checkpoint_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    ck = tmp_path / "ckpt.h5"
+    _launch(1, [*COMMON, "--n-traj", "2", "--checkpoint", str(ck)])
+    data = ck.read_bytes()
+    ck.write_bytes(data[: len(data) // 2])  # a partial copy
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [*mpi_launcher(2, use_srun=False), sys.executable, "-m", "olrg_hpc.lattice.mpi_hmc", *COMMON,
+           "--n-traj", "4", "--checkpoint", str(ck), "--restart"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=REPO)
+    assert out.returncode != 0
+    lines = [ln for ln in out.stderr.splitlines() if "error" in ln.lower()]
+    assert len(lines) == 1 and str(ck) in lines[0] and "Traceback" not in out.stderr, out.stderr
 
 
 # ------------------------------------------------------------------ no MPI needed below
@@ -106,6 +135,53 @@ def test_rng_is_decomposition_independent() -> None:
     u = [mpi_hmc.accept_uniform(3, k) for k in range(50)]
     assert all(0 <= x < 1 for x in u) and len(set(u)) == 50
     assert mpi_hmc.initial_field(3, (4, 4), "cold").sum() == 0
+
+
+def _history(n: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(n)
+    return {"dH": rng.normal(size=n), "accepted": rng.random(n) < 0.8, "action": rng.normal(size=n),
+            "magnetization": rng.normal(size=n), "phi2": rng.random(n)}
+
+
+IDENT = {"m2": -4.0, "lam": 8.0, "Ly": 4, "Lx": 6, "seed": 3, "tau": 1.0, "n_steps": 10, "integrator": "leapfrog"}
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path: Path) -> None:
+    phi = np.random.default_rng(1).normal(size=(4, 6))
+    path = tmp_path / "sub" / "c.h5"
+    mpi_hmc.write_checkpoint(str(path), phi, 5, IDENT, _history(5), {"config": {"L": [4, 6]}, "dims": [2, 1]})
+    st = mpi_hmc.read_checkpoint(str(path))
+    np.testing.assert_array_equal(st["phi"], phi)
+    assert st["phi"].dtype == np.float64 and st["trajectory"] == 5 and st["identity"] == IDENT
+    for k, v in _history(5).items():
+        np.testing.assert_array_equal(st[k], v)
+    assert [p.name for p in path.parent.iterdir()] == ["c.h5"]
+
+
+def test_damaged_checkpoints_raise_one_line_user_error(tmp_path: Path) -> None:
+    import h5py
+
+    from olrg_hpc.errors import UserError
+
+    good = tmp_path / "good.h5"
+    mpi_hmc.write_checkpoint(str(good), np.zeros((4, 6)), 3, IDENT, _history(3))
+    data = good.read_bytes()
+    cases = {"truncated.h5": data[: len(data) // 2], "empty.h5": b"", "text.h5": b"not hdf5 at all\n"}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+    with h5py.File(tmp_path / "other.h5", "w") as f:  # valid HDF5, but not a checkpoint
+        f["phi"] = np.zeros((4, 6))
+    with h5py.File(tmp_path / "short.h5", "w") as f:  # complete-looking but inconsistent
+        f.attrs.update({"format": mpi_hmc.CHECKPOINT_FORMAT, "complete": True, "trajectory": 4,
+                        "identity": "{}"})
+        f["phi"] = np.zeros((4, 6))
+        for k, v in _history(3).items():
+            f[k] = v
+    for name in [*cases, "other.h5", "short.h5"]:
+        with pytest.raises(UserError) as exc:
+            mpi_hmc.read_checkpoint(str(tmp_path / name))
+        msg = str(exc.value)
+        assert str(tmp_path / name) in msg and "\n" not in msg, msg
 
 
 def test_parameter_conventions_match_phi4() -> None:
@@ -133,7 +209,7 @@ def test_omelyan_beta_lambda_agrees_with_jax(tmp_path: Path) -> None:
     from olrg_hpc.lattice import hmc
     from olrg_hpc.lattice.phi4 import Phi4Action
 
-    out = tmp_path / "om.npz"
+    out = tmp_path / "om.h5"
     _launch(
         2,
         [
@@ -163,10 +239,10 @@ def test_omelyan_beta_lambda_agrees_with_jax(tmp_path: Path) -> None:
         p = jnp.asarray(mpi_hmc.momentum_field(9, k, (8, 8)))
         phi, dh, _ = step(phi, p, jnp.asarray(mpi_hmc.accept_uniform(9, k)))
         dhs.append(float(dh))
-    with np.load(out) as z:
-        np.testing.assert_allclose(z["phi"], np.asarray(phi), rtol=0, atol=1e-12)
-        np.testing.assert_allclose(z["dH"], dhs, rtol=0, atol=1e-12)
-        assert float(z["field_scale"]) == pytest.approx(scale)
+    z = read_shard(out)
+    np.testing.assert_allclose(z["phi"], np.asarray(phi), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(z["dH"], dhs, rtol=0, atol=1e-12)
+    assert float(z["field_scale"]) == pytest.approx(scale)
 
 
 @pytest.mark.slow
@@ -182,11 +258,11 @@ def test_tutorial_point_ensemble_matches_jax(tmp_path: Path) -> None:
     from olrg_hpc.lattice import hmc
     from olrg_hpc.lattice.phi4 import Phi4Action
 
-    out = tmp_path / "long.npz"
+    out = tmp_path / "long.h5"
     _launch(2, ["--L", "8", "--beta", "0.5", "--lam", "0.5", "--seed", "4", "--n-traj", "3000", "--out", str(out)])
-    with np.load(out) as z:
-        assert float(z["field_scale"]) == 2.0
-        mpi = {"phi2": z["phi2"][100:], "absM": np.abs(z["magnetization"][100:])}
+    z = read_shard(out)
+    assert float(z["field_scale"]) == 2.0
+    mpi = {"phi2": z["phi2"][100:], "absM": np.abs(z["magnetization"][100:])}
     act = Phi4Action(-4.0, 8.0)
     phi0 = 0.5 * jax.random.normal(jax.random.key(1, impl="rbg"), (64, L, L), dtype=jnp.float64)
     res = hmc.run_chain(act, phi0, 500, jax.random.key(2, impl="rbg"), n_steps=10, measure=_tut_measure, n_therm=50)

@@ -70,7 +70,7 @@ def test_submit_study_runs_driver_in_allocation(tmp_path):
 @pytest.mark.mpi
 def test_submit_mpi_hmc_with_srun(tmp_path):
     (tmp_path / "h.yaml").write_text(f"program: mpi_hmc\nL: 8\nm2: -4.0\nlam: 8.0\nn_traj: 5\nseed: 2\nntasks: 4\n"
-                                     f"out: {tmp_path}/hmc/chain.npz\n")
+                                     f"out: {tmp_path}/hmc/chain.h5\n")
     (tmp_path / "p.yaml").write_text(PROFILE.format(name="olrg-submit-hmc"))
     out = _submit(["h.yaml", "--cluster", "p.yaml"], tmp_path)
     assert out.returncode == 0, out.stderr
@@ -78,8 +78,8 @@ def test_submit_mpi_hmc_with_srun(tmp_path):
     _wait_job(job)
     log = (tmp_path / "hmc" / f"mpi_hmc-{job}.out").read_text()
     assert "4 ranks as [2, 2], 5 trajectories" in log, log
-    with np.load(tmp_path / "hmc" / "chain.npz") as z:
-        assert z["dH"].shape == (5,)
+    with h5py.File(tmp_path / "hmc" / "chain.h5") as f:
+        assert f["dH"].shape == (5,) and f.attrs["complete"]
 
 
 def test_missing_partition_is_one_line_and_submits_nothing(tmp_path):
