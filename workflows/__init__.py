@@ -18,6 +18,7 @@ WORKFLOWS: dict[str, str] = {
     "chain_sweep": "workflows.chain_sweep",
     "phi4_ensembles": "workflows.phi4_ensembles",
     "olrg_study": "workflows.olrg_study",
+    "scaling_study": "workflows.scaling_study",
 }
 
 
