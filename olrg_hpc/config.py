@@ -211,7 +211,7 @@ class MPIHMCConfig(Strict):
     dims: list[int] | None = Field(None, min_length=2, max_length=2, description="process grid [Py, Px]")
     checkpoint: str | None = None
     checkpoint_every: int = Field(0, ge=0)
-    out: str = Field(description="results .npz (written by rank 0, atomically)")
+    out: str = Field(description="results file, HDF5 with provenance (written by rank 0, atomically)")
     ntasks: int = Field(4, ge=1, description="MPI ranks when submitted with olrg-hpc submit")
 
     @model_validator(mode="after")
@@ -261,17 +261,19 @@ def format_validation_error(source: str, exc: ValidationError, prefix: str = "",
             close = difflib.get_close_matches(str(err["loc"][-1]), fields, n=1)
             hint = f"did you mean {close[0]}? " if close else ""
             allowed = f" ({hint}allowed: {', '.join(fields)})"
-        return f"{source}: {key}: unknown key{allowed}"
+        return f"{source}: {key}: unknown key{allowed}".removeprefix(": ")
     if etype == "missing":
-        return f"{source}: {key}: required key is missing"
+        return f"{source}: {key}: required key is missing".removeprefix(": ")
     if etype == "union_tag_invalid" or etype == "union_tag_not_found":
         return f"{source}: kind: expected one of local, slurm, address (got {err.get('input', {}).get('kind')!r})"
     msg = err["msg"].removeprefix("Value error, ")
+    if msg.startswith("."):  # a nested config validated by its own model (see workflows.suite): key path continues
+        return f"{source}: {key}{msg}"
     got = err.get("input")
     shown = f" (got {got!r})" if got is not None and "got" not in msg and not isinstance(got, dict) else ""
     more = len(errors) - 1
     tail = f" [+{more} more]" if more else ""
-    return f"{source}: {key}: {msg}{shown}{tail}"
+    return f"{source}: {key}: {msg}{shown}{tail}".removeprefix(": ")
 
 
 def _model_in(annotation: Any) -> Any:

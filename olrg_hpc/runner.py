@@ -21,7 +21,7 @@ from typing import Any
 from olrg_hpc import store
 from olrg_hpc.errors import UserError
 from olrg_hpc.provenance import now, run_provenance
-from olrg_hpc.tasks import Task, TaskSpec, execute, task_key, task_seed
+from olrg_hpc.tasks import Task, TaskSpec, dep_label, execute, task_key, task_seed
 
 
 @dataclass
@@ -97,7 +97,7 @@ def plan(tasks: Sequence[Task], study_dir: Path, study_seed: int,
         keys[t.name] = key
         specs.append(TaskSpec(name=t.name, key=key, fn=t.fn, params=dict(t.params), seed=seed,
                               shard=store.shard_path(study_dir, key),
-                              dep_shards={d: store.shard_path(study_dir, keys[d]) for d in t.deps},
+                              dep_shards={dep_label(t.name, d): store.shard_path(study_dir, keys[d]) for d in t.deps},
                               provenance=prov))
     return ordered, specs
 

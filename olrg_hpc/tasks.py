@@ -43,6 +43,17 @@ class Task:
         return f"{self.fn.__module__}:{self.fn.__qualname__}"
 
 
+def dep_label(task_name: str, dep_name: str) -> str:
+    """The name under which a task receives a dependency's results in ``deps``.
+
+    Tasks of a suite part are named ``part:name``; a dependency in the same part is handed over under its
+    own name (``eval-nrg-D8``, not ``olrg:eval-nrg-D8``), so a workflow's task functions work unchanged
+    inside a suite.
+    """
+    part, sep, _ = task_name.partition(":")
+    return dep_name.removeprefix(part + sep) if sep else dep_name
+
+
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace: the same inputs always hash the same."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

@@ -19,6 +19,7 @@ WORKFLOWS: dict[str, str] = {
     "phi4_ensembles": "workflows.phi4_ensembles",
     "olrg_study": "workflows.olrg_study",
     "scaling_study": "workflows.scaling_study",
+    "suite": "workflows.suite",
 }
 
 
