@@ -4,8 +4,8 @@
   the coordinator, process count and id from SLURM), with gloo collectives on CPU; one process per GPU on
   a GPU cluster (JAX's default ``local_device_ids`` under SLURM). A no-op for a single process.
 - ``data_mesh()``: a 1-D mesh named ``data`` over every device of every process (GPUs when present,
-  emulated CPU devices otherwise: ``XLA_FLAGS=--xla_force_host_platform_device_count=8``). Training code
-  shards its batch over ``data`` and replicates parameters.
+  emulated CPU devices otherwise: ``XLA_FLAGS=--xla_force_host_platform_device_count=8``), or over a
+  chosen subset. Training code shards its batch over ``data`` and replicates parameters.
 - ``python -m olrg_hpc.sharding --check``: a global reduction over all processes and devices, printed by
   process 0; the multi-node template ``slurm/jax_multinode.sbatch`` runs it first.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -35,13 +36,20 @@ def init_distributed() -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
-def data_mesh(axis: str = "data") -> Any:
-    """A 1-D mesh over all global devices (Auto axis type: GSPMD-style sharding via NamedSharding)."""
+def data_mesh(axis: str = "data", devices: Sequence[Any] | int | None = None) -> Any:
+    """A 1-D mesh (Auto axis type: GSPMD-style sharding via NamedSharding) over ``devices``: all global
+    devices (default), the first ``n`` of them (an int), or the given list."""
     import jax
     import numpy as np
     from jax.sharding import Mesh
 
-    return Mesh(np.array(jax.devices()), (axis,))
+    if devices is None:
+        devs = jax.devices()
+    elif isinstance(devices, int):
+        devs = jax.devices()[:devices]
+    else:
+        devs = list(devices)
+    return Mesh(np.array(devs), (axis,))
 
 
 def device_summary() -> dict[str, Any]:

@@ -4,7 +4,8 @@ A workflow module defines:
 
 - ``Params``: a pydantic model (unknown keys forbidden) of its ``params:`` section;
 - ``build(params) -> list[olrg_hpc.tasks.Task]``: the task graph (fan out, gather, reduce);
-- ``report(study_file, out_dir) -> list[str]``: figures written to ``out_dir`` and summary-table lines.
+- ``report(study_file, out_dir) -> olrg_hpc.report.WorkflowReport``: the figures it wrote to ``out_dir`` and
+  its summary tables.
 
 Workflows know nothing of matrix elements: task functions live in the library.
 """
@@ -18,6 +19,7 @@ WORKFLOWS: dict[str, str] = {
     "chain_sweep": "workflows.chain_sweep",
     "phi4_ensembles": "workflows.phi4_ensembles",
     "olrg_study": "workflows.olrg_study",
+    "flow_study": "workflows.flow_study",
     "scaling_study": "workflows.scaling_study",
     "suite": "workflows.suite",
 }

@@ -4,7 +4,8 @@ References: Albandea et al., "Learning Trivializing Flows in a phi^4 theory from
 arXiv:2310.03381, and "Learning Trivializing Flows", arXiv:2302.08408; Albergo et al., "Introduction to
 normalizing flows for lattice field theory", arXiv:2101.08176. Conventions: science.md section 2 and the
 module docstrings (layers: invertible layers; model: compositions and priors; coarse: coarse-lattice priors;
-train: reverse-KL training, sharding, checkpoints; mcmc: independent MH and flow-HMC).
+train: reverse-KL training, sharding, checkpoints; mcmc: independent MH and flow-HMC; pipeline: the flow
+study's task functions, imported on their own).
 """
 
 from olrg_hpc.flows.coarse import CoarsePrior, EnsemblePrior, deinterleave, interleave, transfer_params

@@ -16,8 +16,8 @@ Conventions (science.md section 2; Albergo et al. arXiv:2101.08176 eq. (20); Alb
   optimizer state are replicated; XLA inserts the gradient all-reduce.
 * Divergence: a step whose loss or updated parameters are not finite raises :class:`TrainingDivergedError`
   naming the step (checked on the host at every synchronisation, i.e. every ``sync_every`` steps).
-* Checkpoints: HDF5 (params, optimizer state, step, key, loss history), written to a temporary file in the
-  same directory and moved into place with ``os.replace`` (atomic on POSIX).
+* Checkpoints: HDF5 through :mod:`olrg_hpc.checkpoint` (pytrees params, optimizer state and key; attribute
+  step; array loss history), written to a temporary sibling and renamed into place (atomic on POSIX).
 * dtype: training runs in the dtype of the parameters and of the prior (float32 recommended for speed;
   float64 for exactness tests).
 """
@@ -25,7 +25,6 @@ Conventions (science.md section 2; Albergo et al. arXiv:2101.08176 eq. (20); Alb
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +39,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from olrg_hpc import checkpoint
 from olrg_hpc.flows.model import Flow, Prior
+from olrg_hpc.sharding import data_mesh
 
 __all__ = [
     "TrainState",
@@ -104,14 +105,9 @@ def make_optimizer(
 
 
 def make_mesh(devices: Sequence[Any] | int | None = None) -> Mesh:
-    """1-D mesh with axis ``"data"`` over ``devices`` (a list, the first ``n`` devices, or all)."""
-    if devices is None:
-        devs = jax.devices()
-    elif isinstance(devices, int):
-        devs = jax.devices()[:devices]
-    else:
-        devs = list(devices)
-    return Mesh(np.asarray(devs), ("data",))
+    """1-D mesh with axis ``"data"`` over ``devices`` (a list, the first ``n`` devices, or all):
+    :func:`olrg_hpc.sharding.data_mesh`."""
+    return data_mesh("data", devices)
 
 
 def _as_key(key: Any) -> jax.Array:
@@ -326,62 +322,27 @@ def train(
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
-def _write_tree(group: h5py.Group, tree: Any) -> None:
-    leaves = jax.tree.leaves(tree)
-    group.attrs["treedef"] = str(jax.tree.structure(tree))
-    group.attrs["n_leaves"] = len(leaves)
-    for i, leaf in enumerate(leaves):
-        group.create_dataset(f"leaf_{i:05d}", data=np.asarray(leaf))
-
-
-def _read_tree(group: h5py.Group, template: Any) -> Any:
-    leaves, treedef = jax.tree.flatten(template)
-    if int(group.attrs["n_leaves"]) != len(leaves):
-        raise ValueError(f"checkpoint has {group.attrs['n_leaves']} leaves, template {len(leaves)}")
-    new = []
-    for i, tmpl in enumerate(leaves):
-        arr = np.asarray(group[f"leaf_{i:05d}"])
-        if arr.shape != np.shape(tmpl):
-            raise ValueError(f"leaf {i}: checkpoint shape {arr.shape} != template {np.shape(tmpl)}")
-        new.append(jnp.asarray(arr, dtype=jnp.asarray(tmpl).dtype))
-    return jax.tree.unflatten(treedef, new)
-
-
 def save_checkpoint(
     path: str | os.PathLike[str], state: TrainState, *, losses: Sequence[float] | None = None, offset: int = 0
 ) -> None:
-    """Write ``state`` (and optionally the losses of steps ``offset ...``) to HDF5 atomically.
+    """Write ``state`` (and optionally the losses of steps ``offset ...``) atomically with
+    :func:`olrg_hpc.checkpoint.save`: pytrees ``params``, ``opt_state``, ``key``; attribute ``step``;
+    array ``losses``.
 
     If ``path`` already holds losses for steps before ``offset`` (an earlier segment of the run), they are
     kept, so the file always has the loss history of steps ``0 .. state.step - 1`` when every segment passed
     its losses.
     """
-    path = os.fspath(path)
-    old: np.ndarray | None = None
-    if losses is not None and offset > 0 and os.path.exists(path):
-        with h5py.File(path, "r") as f:
-            if "losses" in f:
-                old = np.asarray(f["losses"])[:offset]
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".h5.tmp", dir=directory)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            _write_tree(f.create_group("params"), jax.device_get(state.params))
-            _write_tree(f.create_group("opt_state"), jax.device_get(state.opt_state))
-            f.attrs["step"] = int(state.step)
-            f.attrs["key_impl"] = str(jax.random.key_impl(state.key))
-            f.create_dataset("key", data=np.asarray(jax.random.key_data(state.key)))
-            if losses is not None:
-                arr = np.asarray(losses, dtype=np.float64)
-                if old is not None:
-                    arr = np.concatenate([old, arr])
-                f.create_dataset("losses", data=arr)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    arrays: dict[str, np.ndarray] = {}
+    if losses is not None:
+        arr = np.asarray(losses, dtype=np.float64)
+        if offset > 0 and os.path.exists(path):
+            with h5py.File(os.fspath(path), "r") as f:
+                if "losses" in f:
+                    arr = np.concatenate([np.asarray(f["losses"])[:offset], arr])
+        arrays["losses"] = arr
+    trees = {"params": jax.device_get(state.params), "opt_state": jax.device_get(state.opt_state), "key": state.key}
+    checkpoint.save(path, trees, attrs={"step": int(state.step)}, arrays=arrays)
 
 
 def load_checkpoint(
@@ -391,10 +352,9 @@ def load_checkpoint(
 
     Returns ``(state, losses)`` (``losses`` is ``None`` when the file has none).
     """
-    with h5py.File(os.fspath(path), "r") as f:
-        params = _read_tree(f["params"], params_template)
-        opt_state = _read_tree(f["opt_state"], optimizer.init(params_template))
-        step = int(f.attrs["step"])
-        key = jax.random.wrap_key_data(jnp.asarray(np.asarray(f["key"])), impl=str(f.attrs["key_impl"]))
-        losses = np.asarray(f["losses"]) if "losses" in f else None
-    return TrainState(params, opt_state, step, key), losses
+    like = {"params": params_template, "opt_state": optimizer.init(params_template), "key": jax.random.key(0)}
+    trees, attrs, arrays = checkpoint.load(path, like)
+    params = jax.tree.map(jnp.asarray, trees["params"])
+    opt_state = jax.tree.map(jnp.asarray, trees["opt_state"])
+    losses = np.asarray(arrays["losses"]) if "losses" in arrays else None
+    return TrainState(params, opt_state, int(attrs["step"]), trees["key"]), losses

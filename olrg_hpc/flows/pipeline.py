@@ -1,0 +1,369 @@
+"""Flow study steps as self-contained computations (the tasks the ``flow_study`` workflow fans out; no Dask).
+
+Conventions (science.md section 2; Albandea et al. arXiv:2310.03381, arXiv:2302.08408):
+
+* A *point* is ``{"L": 8, "beta": 0.634, "lam": 0.5}`` in the beta/lambda convention; every stored field
+  and observable is in that convention (``chi = c phi_tut``, ``c = sqrt(2 / beta)``), as in
+  :mod:`olrg_hpc.lattice.ensemble`. Flows act on tutorial-convention fields of the target action.
+* Prior variants of the fine flow (same architecture, same ``steps x batch``):
+  ``gaussian`` (N(0, 1) prior, fresh parameters), ``coarse`` (:class:`~olrg_hpc.flows.coarse.CoarsePrior`:
+  four configurations of a coarse ``L/2`` HMC ensemble at ``beta_coarse``, interleaved), ``warm``
+  (Gaussian prior; parameters of a flow first trained at the coarse point ``(L/2, beta_coarse)``, moved to
+  ``L`` by :func:`~olrg_hpc.flows.coarse.transfer_params`; its step and seconds axes continue those of the
+  coarse training).
+* Timings: ``compile_s`` is the time JAX spent tracing, lowering and compiling (from ``jax.monitoring``
+  events); ``run_s = wall_s - compile_s``. Training curves use training seconds without compilation and
+  without the time spent measuring. Sampling cost: ``seconds_per_sample = run_s / (n_chains x steps)``
+  (thermalisation included in the steps), and the cost of one independent chi2 estimate
+  ``cost_per_independent = seconds_per_sample x 2 tau_int(M^2)`` (tau_int = 0.5 for uncorrelated data,
+  so an uncorrelated sampler pays ``seconds_per_sample``).
+* Observables (:func:`olrg_hpc.lattice.ensemble.summarize`): ``<|M|>``, ``chi2 = V <M^2>``, connected chi2,
+  Binder ``U = 1 - <M^4> / (3 <M^2>^2)``, ``<phi^2>`` with Gamma-method errors (chains as replicas, S = 1.5)
+  and tau_int of ``M^2`` and ``|M|`` in units of stored samples.
+
+Task functions (each returns a mapping of arrays; trained parameters travel inside the result as a nested
+group, the flax parameter tree itself):
+
+- :func:`gather_coarse_ensemble`: pool the replicas of a coarse ensemble (configurations + observables);
+- :func:`train_flow_task`: reverse-KL training of one variant, acceptance and ESS versus step and seconds;
+- :func:`flow_imh_task`, :func:`flow_hmc_task`, :func:`hmc_task`: flow independent Metropolis-Hastings,
+  flow-HMC and plain HMC chains with observables, tau_int and cost;
+- :func:`compare_samplers`: one table over all samplers, with pulls against HMC at the same ``L``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from olrg_hpc.flows.coarse import CoarsePrior, transfer_params
+from olrg_hpc.flows.mcmc import flow_hmc, flow_imh
+from olrg_hpc.flows.model import Flow, GaussianPrior, count_params, init_flow, tutorial_flow, z2_flow
+from olrg_hpc.flows.train import evaluate, make_mesh, train
+from olrg_hpc.jaxsetup import enable_x64
+from olrg_hpc.lattice import ensemble, hmc
+
+enable_x64()
+
+__all__ = [
+    "VARIANTS",
+    "compile_clock",
+    "make_flow",
+    "params_from_tree",
+    "gather_coarse_ensemble",
+    "train_flow_task",
+    "flow_imh_task",
+    "flow_hmc_task",
+    "hmc_task",
+    "compare_samplers",
+]
+
+VARIANTS = ("gaussian", "coarse", "warm")
+
+# ------------------------------------------------------------------------------------------------ timing
+_COMPILE_EVENTS = frozenset({"/jax/core/compile/jaxpr_trace_duration",
+                             "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                             "/jax/core/compile/backend_compile_duration"})
+_compile_total = [0.0]
+_listening = [False]
+
+
+def _on_duration(event: str, duration: float, **_: Any) -> None:
+    if event in _COMPILE_EVENTS:
+        _compile_total[0] += duration
+
+
+def compile_seconds() -> float:
+    """Seconds JAX has spent compiling in this process since the first call (monotone counter)."""
+    if not _listening[0]:
+        jax.monitoring.register_event_duration_secs_listener(_on_duration)
+        _listening[0] = True
+    return _compile_total[0]
+
+
+@contextmanager
+def compile_clock() -> Iterator[dict[str, float]]:
+    """``with compile_clock() as t: ...`` fills ``t`` with ``wall_s``, ``compile_s``, ``run_s`` of the block
+    (the block must wait for its results, e.g. ``jax.block_until_ready``)."""
+    out: dict[str, float] = {}
+    c0 = compile_seconds()
+    t0 = time.perf_counter()
+    try:
+        yield out
+    finally:
+        wall = time.perf_counter() - t0
+        comp = compile_seconds() - c0
+        out.update(wall_s=wall, compile_s=comp, run_s=max(wall - comp, 0.0))
+
+
+# ------------------------------------------------------------------------------------------------ models
+def make_flow(spec: Mapping[str, Any]) -> Flow:
+    """Flow from a settings mapping: ``kind`` ``"z2"`` (Z2-equivariant couplings + global rescaling; with
+    ``n_layers = 2, hidden = []`` the 37-parameter model of arXiv:2310.03381) or ``"tutorial"`` (Real-NVP of
+    arXiv:2101.08176); ``n_layers``, ``hidden``, ``kernel_size``."""
+    kind = spec.get("kind", "z2")
+    hidden = tuple(int(h) for h in spec.get("hidden", ()))
+    n_layers, k = int(spec.get("n_layers", 2)), int(spec.get("kernel_size", 3))
+    if kind == "z2":
+        return z2_flow(n_layers=n_layers, hidden=hidden, kernel_size=k, rescale=True)
+    if kind == "tutorial":
+        return tutorial_flow(n_layers=n_layers, hidden=hidden, kernel_size=k)
+    raise ValueError(f"unknown flow kind {kind!r} (z2, tutorial)")
+
+
+def params_from_tree(flow: Flow, shape: tuple[int, int], stored: Mapping[str, Any], dtype: Any = jnp.float32) -> Any:
+    """Flow parameters from a stored nested mapping (a task result's ``params`` group), checked against the
+    flow's own parameter tree (same names and shapes) and cast to ``dtype``."""
+    template = init_flow(flow, 0, shape, dtype)
+    try:
+        return jax.tree.map(lambda t, s: jnp.asarray(np.asarray(s), t.dtype).reshape(t.shape), template, dict(stored))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"stored flow parameters do not fit the flow ({exc})") from None
+
+
+def _devices_for(batch: int) -> int:
+    """The largest device count that divides the batch (training shards the batch over devices)."""
+    n = len(jax.devices())
+    return max(d for d in range(1, n + 1) if batch % d == 0)
+
+
+def _int_seed(seed: int) -> jax.Array:
+    return jax.random.key(int(seed) % (2**63))
+
+
+def _point_action(point: Mapping[str, float]) -> tuple[Any, float]:
+    return ensemble.action_for(point)
+
+
+def _dep_with(deps: Mapping[str, Mapping[str, Any]] | None, key: str) -> Mapping[str, Any]:
+    found = [d for d in (deps or {}).values() if key in d]
+    if len(found) != 1:
+        raise ValueError(f"expected exactly one dependency with {key!r}, got {len(found)}")
+    return found[0]
+
+
+def _prior(variant: str, point: Mapping[str, float], coarse_point: Mapping[str, float] | None,
+           deps: Mapping[str, Mapping[str, Any]] | None) -> Any:
+    L = int(point["L"])
+    if variant in ("gaussian", "warm"):
+        return GaussianPrior((L, L), "float32")
+    if variant == "coarse":
+        if coarse_point is None:
+            raise ValueError("the coarse variant needs coarse_point")
+        act_c, c_c = _point_action(coarse_point)
+        _, c_f = _point_action(point)
+        configs = np.asarray(_dep_with(deps, "configs")["configs"], np.float64)
+        if configs.shape[-2:] != (L // 2, L // 2):
+            raise ValueError(f"coarse configurations are {configs.shape[-2:]}, need {(L // 2, L // 2)}")
+        # stored in the coarse point's convention (chi = c_c phi_tut,c); the flow acts on fine tutorial fields
+        return CoarsePrior(act_c, jnp.asarray(configs / c_c, jnp.float32), c_c / c_f)
+    raise ValueError(f"unknown prior variant {variant!r} ({', '.join(VARIANTS)})")
+
+
+# ------------------------------------------------------------------------------------------------ ensembles
+def gather_coarse_ensemble(deps: Mapping[str, Mapping[str, Any]], thin: int = 1) -> dict[str, Any]:
+    """Pool independent coarse ensembles of one point: configurations ``(N, l, l)`` (every ``thin``-th
+    measurement of every chain, float32, the point's convention) and their observables
+    (:func:`olrg_hpc.lattice.ensemble.combine_replicas`)."""
+    names = sorted(deps)
+    configs = np.concatenate([np.asarray(deps[n]["configs"])[::thin].reshape((-1, *np.shape(deps[n]["configs"])[-2:]))
+                              for n in names])
+    if configs.shape[0] < 4:
+        raise ValueError(f"a coarse prior needs at least 4 configurations, the ensembles hold {configs.shape[0]}")
+    return {**ensemble.combine_replicas(deps), "configs": configs.astype(np.float32), "n_configs": configs.shape[0]}
+
+
+# ------------------------------------------------------------------------------------------------ training
+def train_flow_task(point: Mapping[str, float], variant: str, flow: Mapping[str, Any], steps: int, batch_size: int,
+                    lr: float, cosine: bool, metrics_every: int, metrics_batch: int, seed: int,
+                    coarse_point: Mapping[str, float] | None = None,
+                    deps: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Train the flow of one prior variant at ``point`` (module docstring) with reverse KL (Adam, optionally
+    cosine-annealed), data parallel over the devices that divide ``batch_size``.
+
+    Returns the trained ``params`` (nested group), the per-step ``loss``, and metrics on ``metrics_batch``
+    fresh samples at step 0 and every ``metrics_every`` steps: ``metric_step``, ``acceptance`` (independent
+    MH), ``ess`` (per sample), ``metric_loss``, ``metric_seconds`` (training seconds without compilation and
+    measurement); for ``warm`` both axes continue from the coarse training (``step_offset``,
+    ``seconds_offset``). ``train_seconds``, ``compile_seconds``, ``wall_seconds`` of this task, and
+    ``total_train_seconds`` (with the coarse training's, for ``warm``).
+    """
+    L = int(point["L"])
+    action, _ = _point_action(point)
+    model = make_flow(flow)
+    prior = _prior(variant, point, coarse_point, deps)
+    k_init, k_train, k_eval = jax.random.split(_int_seed(seed), 3)
+    step_offset, seconds_offset = 0, 0.0
+    if variant == "warm":
+        pre = _dep_with(deps, "params")
+        params = transfer_params(params_from_tree(model, (L, L), pre["params"]), jnp.float32)
+        step_offset = int(pre["step_offset"]) + int(pre["steps"])
+        seconds_offset = float(pre["seconds_offset"]) + float(pre["train_seconds"])
+    else:
+        params = init_flow(model, k_init, (L, L), jnp.float32)
+    n_dev = _devices_for(batch_size)
+
+    t_start = time.perf_counter()
+    c_start = compile_seconds()
+    # step-0 metrics placed as train() places its metrics, so that both share one compiled program
+    mesh = make_mesh(n_dev)
+    repl = NamedSharding(mesh, PartitionSpec())
+    first = evaluate(model, jax.device_put(params, repl), jax.device_put(prior, repl), jax.device_put(action, repl),
+                     k_eval, metrics_batch, mesh)
+    step_compile: list[float] = []
+
+    def on_sync(_step: int, _loss: float) -> None:  # first synchronisation: the step function is compiled
+        if not step_compile:
+            step_compile.append(compile_seconds() - c_train)
+
+    c_train = compile_seconds()
+    res = train(model, prior, action, n_steps=steps, batch_size=batch_size, key=k_train, params=params, lr=lr,
+                cosine=cosine, devices=n_dev, sync_every=min(10, steps), metrics_every=metrics_every,
+                metrics_batch=metrics_batch, callback=on_sync)
+    compile_s = compile_seconds() - c_start
+    step_c = step_compile[0] if step_compile else 0.0
+    ms = [{"step": 0, "acceptance": first["acceptance"], "ess": first["ess"], "loss": first["loss"],
+           "train_wall_s": step_c}, *res.metrics]
+    # time spent measuring is not training: with a metric at the last step, take its training clock
+    last = res.metrics[-1] if res.metrics and int(res.metrics[-1]["step"]) == steps else None
+    train_seconds = max((float(last["train_wall_s"]) if last else res.wall_s) - step_c, 0.0)
+    return {
+        "variant": variant, "L": L, "params": jax.device_get(res.state.params), "loss": res.losses,
+        "metric_step": np.array([m["step"] for m in ms]) + step_offset,
+        "acceptance": np.array([m["acceptance"] for m in ms]), "ess": np.array([m["ess"] for m in ms]),
+        "metric_loss": np.array([m["loss"] for m in ms]),
+        "metric_seconds": np.array([max(float(m["train_wall_s"]) - step_c, 0.0) for m in ms]) + seconds_offset,
+        "steps": steps, "batch_size": batch_size, "step_offset": step_offset, "seconds_offset": seconds_offset,
+        "train_seconds": train_seconds, "total_train_seconds": seconds_offset + train_seconds,
+        "compile_seconds": compile_s, "wall_seconds": time.perf_counter() - t_start,
+        "devices": n_dev, "n_params": count_params(res.state.params),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+def _m_phi2(phi: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.mean(phi, axis=(-2, -1)), jnp.mean(phi * phi, axis=(-2, -1))
+
+
+def _chain_result(M: np.ndarray, phi2: np.ndarray, volume: int, clock: Mapping[str, float], n_total: int,
+                  n_chains: int, acceptance: float, dH: np.ndarray | None = None,
+                  per_sample: int = 1) -> dict[str, Any]:
+    """Histories ``(n, n_chains)`` -> observables, tau_int and cost (module docstring)."""
+    summary = ensemble.summarize(M, phi2, volume, dH if dH is not None else np.zeros(1))
+    if dH is None:
+        summary = {k: v for k, v in summary.items() if not k.startswith("exp_minus_dH")}
+    seconds_per_sample = clock["run_s"] / (n_total * n_chains) * per_sample
+    return {"M": M, "abs_M": np.abs(M), "phi2": phi2, "acceptance": float(acceptance), "summary": summary,
+            "run_seconds": clock["run_s"], "compile_seconds": clock["compile_s"], "wall_seconds": clock["wall_s"],
+            "seconds_per_sample": seconds_per_sample,
+            "cost_per_independent": seconds_per_sample * 2.0 * float(summary["tau_int_M2"]),
+            "n_chains": n_chains, "L": int(round(volume**0.5))}
+
+
+def flow_imh_task(point: Mapping[str, float], variant: str, flow: Mapping[str, Any], n_chains: int, n_steps: int,
+                  n_therm: int, seed: int, coarse_point: Mapping[str, float] | None = None,
+                  deps: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """``n_chains`` independent Metropolis-Hastings chains with the trained flow of ``variant`` as proposal
+    (:func:`~olrg_hpc.flows.mcmc.flow_imh`); the first ``n_therm`` steps are dropped."""
+    L = int(point["L"])
+    action, c = _point_action(point)
+    model = make_flow(flow)
+    trained = _dep_with(deps, "params")
+    params = params_from_tree(model, (L, L), trained["params"])
+    prior = _prior(variant, point, coarse_point, deps)
+    with compile_clock() as clock:
+        res = jax.block_until_ready(flow_imh(model, params, prior, action, _int_seed(seed), n_therm + n_steps,
+                                             n_chains, measure=_m_phi2))
+    M, phi2 = (np.asarray(a, np.float64)[n_therm:] for a in res.measurements)
+    acc = float(np.mean(np.asarray(res.accepted)[n_therm:]))
+    out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm + n_steps, n_chains, acc)
+    out.update(method="flow-MH", variant=variant, train_seconds=float(trained["total_train_seconds"]),
+               accepted=np.asarray(res.accepted)[n_therm:].astype(np.int8))
+    return out
+
+
+def flow_hmc_task(point: Mapping[str, float], variant: str, flow: Mapping[str, Any], n_chains: int, n_traj: int,
+                  n_therm: int, tau: float, n_steps: int, integrator: str, seed: int,
+                  coarse_point: Mapping[str, float] | None = None,
+                  deps: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """HMC in the flowed variables of the trained flow of ``variant``
+    (:func:`~olrg_hpc.flows.mcmc.flow_hmc`, float64), started from prior draws."""
+    L = int(point["L"])
+    action, c = _point_action(point)
+    model = make_flow(flow)
+    trained = _dep_with(deps, "params")
+    params = params_from_tree(model, (L, L), trained["params"], jnp.float64)
+    prior = _prior(variant, point, coarse_point, deps)
+    k0, krun = jax.random.split(jax.random.key(int(seed) % (2**63), impl="rbg"))
+    z0 = jnp.asarray(prior.sample(k0, n_chains), jnp.float64)
+    with compile_clock() as clock:
+        res = jax.block_until_ready(flow_hmc(model, params, action, z0, n_traj, krun, tau=tau, n_steps=n_steps,
+                                             integrator=integrator, n_therm=n_therm))
+    M, phi2 = (np.asarray(a, np.float64) for a in _m_phi2(res.phi))
+    out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm + n_traj, n_chains, float(res.acceptance),
+                        dH=np.asarray(res.dH))
+    out.update(method="flow-HMC", variant=variant, train_seconds=float(trained["total_train_seconds"]),
+               dH=np.asarray(res.dH))
+    return out
+
+
+def hmc_task(point: Mapping[str, float], n_chains: int, n_therm: int, n_traj: int, meas_every: int, tau: float,
+             n_steps: int, integrator: str, seed: int, tau_jitter: float = 0.0) -> dict[str, Any]:
+    """Plain HMC baseline on the fine lattice (:func:`olrg_hpc.lattice.hmc.run_chain`, the chains of
+    :func:`olrg_hpc.lattice.ensemble.hmc_ensemble`, measured inside the scan), timed like the flow samplers."""
+    L = int(point["L"])
+    action, c = _point_action(point)
+    k0, krun = jax.random.split(jax.random.key(int(seed) % (2**63), impl="rbg"))
+    phi0 = 0.5 * jax.random.normal(k0, (n_chains, L, L))
+    with compile_clock() as clock:
+        res = jax.block_until_ready(hmc.run_chain(action, phi0, n_traj, krun, tau=tau, n_steps=n_steps,
+                                                  integrator=integrator, tau_jitter=tau_jitter,
+                                                  meas_every=meas_every, n_therm=n_therm, measure=_m_phi2))
+    M, phi2 = (np.asarray(a, np.float64) for a in res.measurements)
+    out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm + n_traj, n_chains, float(res.acceptance),
+                        dH=np.asarray(res.dH), per_sample=meas_every)
+    out.update(method="HMC", variant="", train_seconds=0.0, dH=np.asarray(res.dH))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ analysis
+OBSERVABLES = ("abs_M", "chi2", "binder", "phi2")
+
+
+def compare_samplers(deps: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """All samplers side by side: acceptance, tau_int(M^2), seconds per sample, cost per independent chi2
+    sample, training seconds, observables with errors, and each observable's pull
+    ``(x - x_HMC) / sqrt(err^2 + err_HMC^2)`` against the HMC run at the same ``L`` (NaN without one)."""
+    names = sorted(deps)
+
+    def col(key: str) -> np.ndarray:
+        return np.array([float(deps[n][key]) for n in names])
+
+    def summ(key: str) -> np.ndarray:
+        return np.array([float(deps[n]["summary"][key]) for n in names])
+
+    L = np.array([int(deps[n]["L"]) for n in names])
+    method = [str(deps[n]["method"]) for n in names]
+    out: dict[str, Any] = {
+        "labels": np.array(names), "method": np.array(method),
+        "variant": np.array([str(deps[n]["variant"]) for n in names]), "L": L,
+        "acceptance": col("acceptance"), "tau_int_M2": summ("tau_int_M2"), "tau_int_M2_err": summ("tau_int_M2_err"),
+        "seconds_per_sample": col("seconds_per_sample"), "cost_per_independent": col("cost_per_independent"),
+        "train_seconds": col("train_seconds"), "run_seconds": col("run_seconds"),
+    }
+    hmc_of = {int(deps[n]["L"]): i for i, n in enumerate(names) if method[i] == "HMC"}
+    for obs in OBSERVABLES:
+        val, err = summ(obs), summ(f"{obs}_err")
+        out[obs], out[f"{obs}_err"] = val, err
+        ref = np.array([hmc_of.get(int(ell), -1) for ell in L])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pull = np.where(ref >= 0, (val - val[ref]) / np.hypot(err, err[ref]), np.nan)
+        out[f"pull_{obs}"] = pull
+    return out

@@ -1,0 +1,224 @@
+"""flow_study: the graph, one-line rejection of bad parameters, the library steps at toy size, and a reduced study
+through the command line on a LocalCluster, checked against plain HMC (slow)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from olrg_hpc import store
+from olrg_hpc.config import load_study
+from olrg_hpc.errors import UserError
+from olrg_hpc.flows import pipeline
+from olrg_hpc.lattice.ensemble import hmc_ensemble
+from workflows import flow_study
+
+EXE = [sys.executable, "-m", "olrg_hpc.cli"]
+
+STUDY = """\
+study: flow-test
+workflow: flow_study
+seed: 3
+params:
+{params}
+"""
+
+
+def _params(**extra: object) -> flow_study.Params:
+    return flow_study.Params.model_validate(
+        {"points": [{"L": 8, "beta": 0.5, "beta_coarse": 0.45}, {"L": 12, "beta": 0.55}], **extra})
+
+
+class TestGraph:
+    def test_shape_and_dependencies(self) -> None:
+        by = {t.name: t for t in flow_study.build(_params())}
+        # per L: 2 ensembles, gather, pretrain, 3 trainings, 3 flow-MH, 1 flow-HMC, 1 HMC; one compare
+        assert len(by) == 2 * 12 + 1
+        assert by["train-coarse-L8"].deps == ("gather-L4-beta0.45",)
+        assert by["gather-L4-beta0.45"].deps == ("ens-L4-beta0.45-r0", "ens-L4-beta0.45-r1")
+        assert by["train-warm-L8"].deps == ("pretrain-L4-beta0.45",)
+        assert by["pretrain-L6-beta0.55"].params["point"] == {"L": 6, "beta": 0.55, "lam": 0.5}
+        assert set(by["imh-coarse-L12"].deps) == {"train-coarse-L12", "gather-L6-beta0.55"}
+        assert by["fhmc-gaussian-L8"].deps == ("train-gaussian-L8",)
+        assert len(by["compare"].deps) == 2 * 5 and "hmc-L12" in by["compare"].deps
+
+    def test_equal_training_compute(self) -> None:
+        by = {t.name: t for t in flow_study.build(_params())}
+        steps = by["train-gaussian-L8"].params["steps"]
+        assert by["train-coarse-L8"].params["steps"] == steps
+        assert by["pretrain-L4-beta0.45"].params["steps"] + by["train-warm-L8"].params["steps"] == steps
+        assert len({by[n].params["batch_size"] for n in by if "train" in n}) == 1
+
+    def test_gaussian_only_needs_no_ensembles(self) -> None:
+        names = [t.name for t in flow_study.build(_params(variants=["gaussian"]))]
+        assert not any(n.startswith(("ens-", "gather-", "pretrain-")) for n in names)
+        assert {"imh-gaussian-L8", "fhmc-gaussian-L12", "hmc-L8", "compare"} <= set(names)
+
+
+@pytest.mark.parametrize(("params", "where"), [
+    ("  points: [{L: 7, beta: 0.5}]", "params.points.0: Value error, L must be even"),
+    ("  points: [{L: 8, beta: 0.5}, {L: 8, beta: 0.6}]", "params.points: each L at most once"),
+    ("  points: [{L: 8, beta: 0.5}]\n  variants: [coarse]", "params.flow_hmc: variants: 'gaussian' is not trained"),
+    ("  points: [{L: 8, beta: 0.5}]\n  training: {steps: 1001, metrics_every: 100}",
+     "params.training: steps (1001) must be a multiple of metrics_every"),
+    ("  points: [{L: 8, beta: 0.5}]\n  flow: {n_layer: 4}", "params.flow.n_layer: unknown key (did you mean n_layers?"),
+    ("  points: [{L: 8, beta: -1}]", "params.points.0.beta"),
+])
+def test_bad_params_are_one_line(tmp_path: Path, params: str, where: str) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(STUDY.format(params=params))
+    with pytest.raises(UserError) as err:
+        load_study(cfg)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{cfg}: ")
+    assert where.replace("Value error, ", "") in msg, msg
+
+
+def test_bad_params_through_the_cli(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(STUDY.format(params="  points: [{L: 7, beta: 0.5}]"))
+    out = subprocess.run([*EXE, "validate", str(cfg)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "bad.yaml: params.points.0: L must be even" in out.stderr
+
+
+# ------------------------------------------------------------------------------------------------ library steps
+TINY_FLOW = {"kind": "z2", "n_layers": 2, "hidden": [], "kernel_size": 3}  # the 37-parameter model
+FINE = {"L": 4, "beta": 0.5, "lam": 0.5}
+COARSE = {"L": 2, "beta": 0.45, "lam": 0.5}
+TRAIN = {"flow": TINY_FLOW, "batch_size": 16, "lr": 1e-2, "cosine": False, "metrics_every": 2, "metrics_batch": 64}
+
+
+def _through_shard(tmp_path: Path, name: str, result: dict) -> dict:
+    """What a dependent task receives: the result written to a shard and read back."""
+    path = tmp_path / f"{name}.h5"
+    store.write_shard(path, result, {})
+    return store.read_shard(path)
+
+
+def test_compile_clock_separates_compilation() -> None:
+    f = jax.jit(lambda x: jnp.sin(x) @ jnp.cos(x).T)
+    x = jnp.ones((3, 3)) * 0.4321
+    with pipeline.compile_clock() as first:
+        jax.block_until_ready(f(x))
+    with pipeline.compile_clock() as second:
+        jax.block_until_ready(f(x))
+    assert first["compile_s"] > 0 and second["compile_s"] == 0
+    assert first["run_s"] == pytest.approx(first["wall_s"] - first["compile_s"])
+
+
+def test_library_steps_at_toy_size(tmp_path: Path) -> None:
+    ens = {f"ens-r{r}": _through_shard(tmp_path, f"ens{r}", hmc_ensemble(
+        COARSE, n_chains=2, n_therm=5, n_traj=10, meas_every=1, tau=1.0, n_steps=4, integrator="leapfrog",
+        seed=r + 1, replica=r)) for r in range(2)}
+    gather = _through_shard(tmp_path, "gather", pipeline.gather_coarse_ensemble(ens))
+    assert gather["configs"].shape == (40, 2, 2) and gather["configs"].dtype == np.float32
+
+    pre = _through_shard(tmp_path, "pre", pipeline.train_flow_task(COARSE, "gaussian", steps=4, seed=1, **TRAIN))
+    assert pre["params"]["params"]["layers_2"]["log_scale"].shape == ()  # the flax tree itself, as a group
+    np.testing.assert_array_equal(pre["metric_step"], [0, 2, 4])
+    warm = pipeline.train_flow_task(FINE, "warm", steps=2, seed=2, deps={"pretrain": pre}, **TRAIN)
+    np.testing.assert_array_equal(warm["metric_step"], [4, 6])  # continues the coarse training's axes
+    assert warm["metric_seconds"][0] >= pre["metric_seconds"][-1] - 1e-9
+    assert warm["total_train_seconds"] == pytest.approx(pre["train_seconds"] + warm["train_seconds"])
+
+    trained = _through_shard(tmp_path, "coarse", pipeline.train_flow_task(
+        FINE, "coarse", steps=2, seed=3, coarse_point=COARSE, deps={"gather": gather}, **TRAIN))
+    assert trained["n_params"] == 37 and np.all(np.isfinite(trained["loss"]))
+    imh = pipeline.flow_imh_task(FINE, "coarse", TINY_FLOW, n_chains=4, n_steps=30, n_therm=5, seed=4,
+                                 coarse_point=COARSE, deps={"train": trained, "gather": gather})
+    assert imh["M"].shape == imh["accepted"].shape == (30, 4) and 0 < imh["acceptance"] < 1
+    assert imh["cost_per_independent"] == pytest.approx(
+        imh["seconds_per_sample"] * 2 * imh["summary"]["tau_int_M2"])
+    hmc = pipeline.hmc_task(FINE, n_chains=2, n_therm=5, n_traj=20, meas_every=1, tau=1.0, n_steps=5,
+                            integrator="leapfrog", seed=5)
+    table = pipeline.compare_samplers({"imh-coarse-L4": imh, "hmc-L4": hmc})
+    assert list(table["method"]) == ["HMC", "flow-MH"]
+    assert table["pull_chi2"][0] == 0.0 and np.isfinite(table["pull_chi2"][1])
+
+    with pytest.raises(ValueError, match="do not fit the flow"):  # parameters of another architecture
+        pipeline.params_from_tree(pipeline.make_flow({"kind": "z2", "n_layers": 4, "hidden": []}), (4, 4),
+                                  trained["params"])
+
+
+# ------------------------------------------------------------------------------------------------ reduced study
+REDUCED = """\
+  lam: 0.5
+  points: [{L: 6, beta: 0.5, beta_coarse: 0.45}]
+  flow: {kind: z2, n_layers: 4, hidden: [8]}
+  ensembles: {replicas: 2, n_chains: 8, n_therm: 50, n_traj: 200, meas_every: 2}
+  training: {steps: 800, batch_size: 64, lr: 0.005, metrics_every: 200, metrics_batch: 512}
+  imh: {n_chains: 16, n_steps: 1500, n_therm: 50}
+  flow_hmc: {variants: [gaussian], n_chains: 8, n_traj: 200, n_therm: 20}
+  hmc: {n_chains: 8, n_traj: 1500, n_therm: 100}"""
+
+
+@pytest.mark.slow
+def test_reduced_study_through_the_cli(tmp_path: Path) -> None:
+    cfg = tmp_path / "flow.yaml"
+    cfg.write_text(STUDY.format(params=REDUCED))
+    prof = tmp_path / "local.yaml"
+    prof.write_text("kind: local\nn_workers: 2\nthreads_per_worker: 1\ndashboard_address: ':0'\n")
+    out = subprocess.run([*EXE, "run", str(cfg), "--cluster", str(prof), "--output", "st", "--no-progress"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr
+    assert "13 computed, 0 failed" in out.stderr
+    assert "Samplers" in out.stdout and "Flow training" in out.stdout
+    report = tmp_path / "st" / "report"
+    for fig in ("flow_training.png", "observables.png"):
+        assert (report / fig).stat().st_size > 0
+
+    with h5py.File(tmp_path / "st" / "study.h5", "r") as f:
+        t = f["tasks"]
+        for v in ("gaussian", "coarse", "warm"):
+            g = t[f"train-{v}-L6"]
+            assert "params" in g and g["acceptance"].shape == g["ess"].shape == g["metric_seconds"].shape
+            assert np.all(np.diff(g["metric_seconds"][()]) > 0)
+        assert t["train-gaussian-L6"]["metric_step"][()].tolist() == [0, 200, 400, 600, 800]
+        assert t["train-warm-L6"]["metric_step"][()].tolist() == [400, 600, 800]  # after 400 steps at L = 3
+        gauss = t["train-gaussian-L6"]
+        assert gauss["acceptance"][-1] > gauss["acceptance"][0]  # it learns
+        hmc = t["hmc-L6/summary"]
+        assert abs(hmc["exp_minus_dH"][()] - 1) < 4 * hmc["exp_minus_dH_err"][()]
+        c = t["compare"]
+        methods = [m.decode() for m in c["method"][()]]
+        assert sorted(methods) == ["HMC", "flow-HMC", "flow-MH", "flow-MH", "flow-MH"]
+        assert np.all(c["acceptance"][()] > 0.03)
+        # every sampler is exact: |M|, chi2 and the Binder cumulant agree with HMC within combined errors
+        for obs in ("abs_M", "chi2", "binder"):
+            pulls = c[f"pull_{obs}"][()]
+            assert np.all(np.abs(pulls) < 4), (obs, methods, pulls)
+
+
+def _fake_sampler(method: str, variant: str, L: int, tau: float, rng: np.random.Generator) -> dict:
+    summary = {k: float(rng.uniform(0.1, 1)) for k in ("abs_M", "chi2", "binder", "phi2")}
+    summary.update({f"{k}_err": 0.01 for k in ("abs_M", "chi2", "binder", "phi2")}, tau_int_M2=tau, tau_int_M2_err=0.1)
+    return {"method": method, "variant": variant, "L": L, "acceptance": 0.5, "seconds_per_sample": 1e-4 * L,
+            "cost_per_independent": 2e-4 * L * tau, "train_seconds": 1.0, "run_seconds": 1.0, "summary": summary}
+
+
+def test_report_with_several_L(tmp_path: Path) -> None:
+    """The report draws tau_int and cost versus L when the study has several L (fabricated study file)."""
+    rng = np.random.default_rng(0)
+    samplers = {f"{m}-{v}-L{ell}": _fake_sampler(m, v, ell, 0.5 * ell, rng)
+                for ell in (8, 16) for m, v in (("HMC", ""), ("flow-MH", "coarse"), ("flow-HMC", "gaussian"))}
+    study = tmp_path / "study.h5"
+    with h5py.File(study, "w") as f:
+        t = f.create_group("tasks")
+        store._write_value(t, "compare", pipeline.compare_samplers(samplers))
+        for ell in (8, 16):
+            store._write_value(t, f"train-coarse-L{ell}", {
+                "variant": "coarse", "L": ell, "n_params": 37, "batch_size": 64, "compile_seconds": 1.0,
+                "metric_step": np.array([0, 10]), "metric_seconds": np.array([0.0, 1.0]),
+                "acceptance": np.array([0.1, 0.5]), "ess": np.array([0.05, 0.3])})
+    rep = flow_study.report(study, tmp_path)
+    assert sorted(p.name for p in rep.figures) == ["cost_vs_L.png", "flow_training.png", "observables.png"]
+    samplers_table = rep.tables[-1]
+    assert len(samplers_table.rows) == 6 and samplers_table.rows[0][0] == "HMC" and samplers_table.rows[0][1] == 8

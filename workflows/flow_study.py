@@ -1,0 +1,371 @@
+"""Flow study: trivializing flows for 2D phi^4 from Gaussian and coarse-lattice priors, against plain HMC.
+
+Graph, per fine point ``(L, beta, lam)`` (beta/lambda convention of arXiv:2310.03381):
+
+1. ``ens-Ll-*-rR``: ``ensembles.replicas`` coarse HMC ensembles at ``(L/2, beta_coarse)`` in parallel
+   (:func:`olrg_hpc.lattice.ensemble.hmc_ensemble`) -> ``gather-Ll-*``: configurations pooled, observables;
+2. training, one task per prior variant at equal ``steps x batch``: ``train-gaussian-L`` (N(0, 1) prior),
+   ``train-coarse-L`` (interleaved coarse configurations), ``train-warm-L`` (Gaussian prior, parameters
+   of ``pretrain-Ll``, a flow trained at the coarse point for ``warm_fraction`` of the steps); each records
+   acceptance and ESS versus training step and seconds and holds its trained parameters;
+3. sampling in parallel: ``imh-<variant>-L`` (flow independent Metropolis-Hastings), ``fhmc-<variant>-L``
+   (flow-HMC, for ``flow_hmc.variants``), ``hmc-L`` (plain HMC on the fine lattice);
+4. ``compare``: observables (|M|, chi2, Binder) with Gamma-method errors, tau_int(M^2), cost per
+   independent chi2 sample (seconds per sample x 2 tau_int), pulls against HMC.
+
+Report: acceptance and ESS versus training step and seconds per variant; tau_int and cost versus L per
+sampler (with several L); observables with error bars per sampler; tables. Task functions live in
+:mod:`olrg_hpc.flows.pipeline`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from olrg_hpc.config import Strict
+from olrg_hpc.flows import pipeline
+from olrg_hpc.lattice import ensemble
+from olrg_hpc.report import Table, WorkflowReport
+from olrg_hpc.tasks import Task
+from workflows.phi4_ensembles import HMCSettings
+
+Variant = Literal["gaussian", "coarse", "warm"]
+
+
+class Point(Strict):
+    L: int = Field(ge=4, description="fine lattice extent (L x L, periodic, even)")
+    beta: float = Field(gt=0, description="fine hopping coupling (beta/lambda convention)")
+    beta_coarse: float | None = Field(None, gt=0, description="coupling of the L/2 prior lattice (default: beta)")
+
+    @model_validator(mode="after")
+    def _even(self) -> Point:
+        if self.L % 2:
+            raise ValueError(f"L must be even: the coarse lattice is L/2 (got {self.L})")
+        return self
+
+    def fine(self, lam: float) -> dict[str, float]:
+        return {"L": self.L, "beta": self.beta, "lam": lam}
+
+    def coarse(self, lam: float) -> dict[str, float]:
+        return {"L": self.L // 2, "beta": self.beta if self.beta_coarse is None else self.beta_coarse, "lam": lam}
+
+
+class FlowSettings(Strict):
+    kind: Literal["z2", "tutorial"] = Field("z2", description="z2: Z2-equivariant couplings + global rescaling")
+    n_layers: int = Field(4, ge=1, description="coupling layers (alternating checkerboard parity)")
+    hidden: list[int] = Field(default_factory=lambda: [8], description="hidden channels of each coupling's net")
+    kernel_size: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _odd_kernel(self) -> FlowSettings:
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (got {self.kernel_size})")
+        return self
+
+
+class Ensembles(Strict):
+    replicas: int = Field(2, ge=1, description="independent coarse HMC tasks per point")
+    n_chains: int = Field(8, ge=1)
+    n_therm: int = Field(100, ge=0)
+    n_traj: int = Field(400, ge=1)
+    meas_every: int = Field(2, ge=1)
+    hmc: HMCSettings = HMCSettings()
+
+    @model_validator(mode="after")
+    def _divisible(self) -> Ensembles:
+        if self.n_traj % self.meas_every:
+            raise ValueError(f"n_traj ({self.n_traj}) must be a multiple of meas_every ({self.meas_every})")
+        if self.replicas * self.n_chains * (self.n_traj // self.meas_every) < 4:
+            raise ValueError("the coarse prior draws 4 distinct configurations: store at least 4")
+        return self
+
+
+class Training(Strict):
+    steps: int = Field(1000, ge=2, description="optimizer steps per variant (warm: coarse + fine together)")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(5e-3, gt=0)
+    cosine: bool = Field(True, description="cosine-anneal the learning rate to 0")
+    metrics_every: int = Field(100, ge=1, description="steps between acceptance/ESS measurements")
+    metrics_batch: int = Field(1024, ge=16, description="fresh flow samples per measurement")
+    warm_fraction: float = Field(0.5, gt=0, lt=1, description="share of the warm variant's steps spent at L/2")
+
+    @model_validator(mode="after")
+    def _split(self) -> Training:
+        if self.steps % self.metrics_every:
+            raise ValueError(f"steps ({self.steps}) must be a multiple of metrics_every ({self.metrics_every})")
+        return self
+
+    def warm_split(self) -> tuple[int, int]:
+        """(coarse steps, fine steps) of the warm variant, each a multiple of ``metrics_every``."""
+        n = self.steps // self.metrics_every
+        k = min(max(round(self.warm_fraction * n), 1), n - 1)
+        return k * self.metrics_every, (n - k) * self.metrics_every
+
+
+class IMH(Strict):
+    n_chains: int = Field(16, ge=1)
+    n_steps: int = Field(2000, ge=10, description="Metropolis steps per chain after thermalisation")
+    n_therm: int = Field(50, ge=0)
+
+
+class FlowHMC(Strict):
+    variants: list[Variant] = Field(default_factory=lambda: ["gaussian"], description="flows to run flow-HMC with")
+    n_chains: int = Field(8, ge=1)
+    n_traj: int = Field(300, ge=10)
+    n_therm: int = Field(30, ge=0)
+    tau: float = Field(1.0, gt=0)
+    n_steps: int = Field(10, ge=1)
+    integrator: Literal["leapfrog", "omelyan"] = "leapfrog"
+
+
+class HMCBaseline(Strict):
+    n_chains: int = Field(8, ge=1)
+    n_traj: int = Field(2000, ge=10)
+    n_therm: int = Field(200, ge=0)
+    meas_every: int = Field(1, ge=1)
+    hmc: HMCSettings = HMCSettings()
+
+    @model_validator(mode="after")
+    def _divisible(self) -> HMCBaseline:
+        if self.n_traj % self.meas_every:
+            raise ValueError(f"n_traj ({self.n_traj}) must be a multiple of meas_every ({self.meas_every})")
+        return self
+
+
+class Params(Strict):
+    lam: float = Field(0.5, ge=0, description="quartic coupling (beta/lambda convention)")
+    points: list[Point] = Field(min_length=1)
+    variants: list[Variant] = Field(default_factory=lambda: ["gaussian", "coarse", "warm"], min_length=1)
+    flow: FlowSettings = FlowSettings()
+    ensembles: Ensembles = Ensembles()
+    training: Training = Training()
+    imh: IMH = IMH()
+    flow_hmc: FlowHMC = Field(default_factory=FlowHMC, validate_default=True)
+    hmc: HMCBaseline = HMCBaseline()
+
+    @field_validator("points")
+    @classmethod
+    def _distinct_L(cls, v: list[Point]) -> list[Point]:
+        Ls = [p.L for p in v]
+        if len(set(Ls)) != len(Ls):
+            raise ValueError(f"each L at most once (got {Ls})")
+        return v
+
+    @field_validator("variants")
+    @classmethod
+    def _distinct_variants(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each variant at most once (got {v})")
+        return v
+
+    @field_validator("flow_hmc")
+    @classmethod
+    def _trained(cls, v: FlowHMC, info: ValidationInfo) -> FlowHMC:
+        variants = info.data.get("variants", [])
+        missing = [x for x in v.variants if x not in variants]
+        if missing:
+            raise ValueError(f"variants: {missing[0]!r} is not trained (params.variants: {variants})")
+        return v
+
+
+def _flow_params(params: Params) -> dict[str, Any]:
+    return params.flow.model_dump()
+
+
+def build(params: Params) -> list[Task]:
+    tr = params.training
+    lam = params.lam
+    flow = _flow_params(params)
+    train_kw = {"flow": flow, "batch_size": tr.batch_size, "lr": tr.lr, "cosine": tr.cosine,
+                "metrics_every": tr.metrics_every, "metrics_batch": tr.metrics_batch}
+    tasks: list[Task] = []
+    samplers: list[str] = []
+    for p in params.points:
+        fine, coarse = p.fine(lam), p.coarse(lam)
+        tag = f"L{p.L}"
+        ctag = f"L{coarse['L']}-beta{coarse['beta']:g}"
+        gather = None
+        if "coarse" in params.variants:
+            ens = params.ensembles
+            reps = []
+            for r in range(ens.replicas):
+                t = Task(f"ens-{ctag}-r{r}", ensemble.hmc_ensemble,
+                         {"point": coarse, "n_chains": ens.n_chains, "n_therm": ens.n_therm, "n_traj": ens.n_traj,
+                          "meas_every": ens.meas_every, "store_configs": True, "replica": r, **ens.hmc.model_dump()})
+                tasks.append(t)
+                reps.append(t.name)
+            gather = Task(f"gather-{ctag}", pipeline.gather_coarse_ensemble, {}, deps=tuple(reps))
+            tasks.append(gather)
+        trained: dict[str, Task] = {}
+        for v in params.variants:
+            if v == "warm":
+                n_coarse, n_fine = tr.warm_split()
+                pre = Task(f"pretrain-{ctag}", pipeline.train_flow_task,
+                           {"point": coarse, "variant": "gaussian", "steps": n_coarse, **train_kw})
+                tasks.append(pre)
+                t = Task(f"train-warm-{tag}", pipeline.train_flow_task,
+                         {"point": fine, "variant": "warm", "steps": n_fine, **train_kw}, deps=(pre.name,))
+            elif v == "coarse":
+                assert gather is not None
+                t = Task(f"train-coarse-{tag}", pipeline.train_flow_task,
+                         {"point": fine, "variant": "coarse", "coarse_point": coarse, "steps": tr.steps, **train_kw},
+                         deps=(gather.name,))
+            else:
+                t = Task(f"train-{v}-{tag}", pipeline.train_flow_task,
+                         {"point": fine, "variant": v, "steps": tr.steps, **train_kw})
+            tasks.append(t)
+            trained[v] = t
+        for v, t in trained.items():
+            deps = (t.name, gather.name) if v == "coarse" and gather is not None else (t.name,)
+            extra = {"coarse_point": coarse} if v == "coarse" else {}
+            s = Task(f"imh-{v}-{tag}", pipeline.flow_imh_task,
+                     {"point": fine, "variant": v, "flow": flow, **params.imh.model_dump(), **extra}, deps=deps)
+            tasks.append(s)
+            samplers.append(s.name)
+            if v in params.flow_hmc.variants:
+                fh = params.flow_hmc.model_dump(exclude={"variants"})
+                s = Task(f"fhmc-{v}-{tag}", pipeline.flow_hmc_task,
+                         {"point": fine, "variant": v, "flow": flow, **fh, **extra}, deps=deps)
+                tasks.append(s)
+                samplers.append(s.name)
+        h = params.hmc
+        s = Task(f"hmc-{tag}", pipeline.hmc_task,
+                 {"point": fine, "n_chains": h.n_chains, "n_therm": h.n_therm, "n_traj": h.n_traj,
+                  "meas_every": h.meas_every, **h.hmc.model_dump()})
+        tasks.append(s)
+        samplers.append(s.name)
+    tasks.append(Task("compare", pipeline.compare_samplers, {}, deps=tuple(samplers)))
+    return tasks
+
+
+# ------------------------------------------------------------------------------------------------ report
+def _sampler_label(method: str, variant: str) -> str:
+    return f"{method} ({variant})" if variant else method
+
+
+def report(study_file: Path, out_dir: Path) -> WorkflowReport:
+    import h5py
+    import matplotlib.pyplot as plt
+
+    def s(x: Any) -> str:
+        return x.decode() if isinstance(x, bytes) else str(x)
+
+    rep = WorkflowReport()
+    with h5py.File(study_file, "r") as f:
+        tasks = f["tasks"]
+        train_names = sorted(n for n in tasks if n.startswith("train-"))
+        Ls = sorted({int(tasks[n]["L"][()]) for n in train_names})
+
+        # 1. acceptance and ESS versus training step and seconds, one row of panels per L
+        if train_names:
+            fig, axes = plt.subplots(len(Ls), 4, figsize=(15, 3.2 * len(Ls)), squeeze=False)
+            for row, ell in enumerate(Ls):
+                curves = []
+                for n in train_names:
+                    g = tasks[n]
+                    if int(g["L"][()]) != ell:
+                        continue
+                    v = s(g["variant"][()])
+                    curves.append((g, v, "o-"))
+                    pre = [tasks[m] for m in tasks if m.startswith(f"pretrain-L{ell // 2}-")]
+                    if v == "warm" and pre:
+                        curves.append((pre[0], f"warm: pretraining at L = {ell // 2}", "o--"))
+                for g, v, style in curves:
+                    for col, (x, y) in enumerate([("metric_step", "acceptance"), ("metric_step", "ess"),
+                                                  ("metric_seconds", "acceptance"), ("metric_seconds", "ess")]):
+                        axes[row, col].plot(g[x][()], g[y][()], style, ms=3, label=v)
+                for col, (xl, yl) in enumerate([("training step", "MH acceptance"), ("training step", "ESS"),
+                                                ("training seconds", "MH acceptance"), ("training seconds", "ESS")]):
+                    ax = axes[row, col]
+                    ax.set_xlabel(xl)
+                    ax.set_ylabel(f"{yl} (L = {ell})")
+                    if yl == "ESS":
+                        ax.set_yscale("log")
+                    ax.legend(fontsize=7)
+            fig.tight_layout()
+            path = out_dir / "flow_training.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            rep.figures.append(path)
+
+        rows = []
+        for n in train_names:
+            g = tasks[n]
+            rows.append([n.removeprefix("train-"), int(g["L"][()]), int(g["n_params"][()]),
+                         int(g["metric_step"][()][-1]), int(g["batch_size"][()]), float(g["acceptance"][()][0]),
+                         float(g["acceptance"][()][-1]), float(g["ess"][()][-1]), float(g["metric_seconds"][()][-1]),
+                         float(g["compile_seconds"][()])])
+        if rows:
+            rep.tables.append(Table("Flow training (warm: steps and seconds include the L/2 pretraining; seconds "
+                                    "exclude compilation and measurements)",
+                                    ["flow", "L", "params", "steps", "batch", "acc. start", "acceptance", "ESS",
+                                     "train s", "compile s"], rows))
+
+        if "compare" not in tasks:
+            return rep
+        c = tasks["compare"]
+        names = [s(x) for x in c["labels"][()]]
+        method = [s(x) for x in c["method"][()]]
+        variant = [s(x) for x in c["variant"][()]]
+        L = c["L"][()]
+        labels = [_sampler_label(m, v) for m, v in zip(method, variant, strict=True)]
+        kinds = sorted(set(labels), key=lambda x: (x.startswith("HMC"), x))
+
+        # 2. observables with error bars per sampler (HMC band as reference)
+        obs = [("abs_M", "<|M|>"), ("chi2", "chi2 = V <M^2>"), ("binder", "Binder U")]
+        fig, axes = plt.subplots(len(set(L.tolist())), 3, figsize=(13, 3.2 * len(set(L.tolist()))), squeeze=False)
+        for row, ell in enumerate(sorted(set(L.tolist()))):
+            idx = sorted((i for i in range(len(names)) if L[i] == ell), key=lambda i: (method[i] != "HMC", labels[i]))
+            for col, (key, title) in enumerate(obs):
+                ax = axes[row, col]
+                val, err = c[key][()], c[f"{key}_err"][()]
+                for j, i in enumerate(idx):
+                    ax.errorbar([j], [val[i]], yerr=[err[i]], fmt="o", capsize=3)
+                    if method[i] == "HMC":
+                        ax.axhspan(val[i] - err[i], val[i] + err[i], color="0.85", zorder=0)
+                ax.set_xticks(range(len(idx)))
+                ax.set_xticklabels([labels[i] for i in idx], rotation=30, ha="right", fontsize=7)
+                ax.set_title(f"{title}, L = {ell}", fontsize=9)
+        fig.tight_layout()
+        path = out_dir / "observables.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        rep.figures.append(path)
+
+        # 3. tau_int and cost per independent sample versus L (several L only)
+        if len(set(L.tolist())) > 1:
+            fig, (ax_t, ax_c) = plt.subplots(1, 2, figsize=(11, 4))
+            for k in kinds:
+                idx = sorted((i for i in range(len(names)) if labels[i] == k), key=lambda i: L[i])
+                ax_t.errorbar(L[idx], c["tau_int_M2"][()][idx], yerr=c["tau_int_M2_err"][()][idx], fmt="o-",
+                              capsize=3, label=k)
+                ax_c.plot(L[idx], c["cost_per_independent"][()][idx], "o-", label=k)
+            for ax, yl in ((ax_t, "tau_int(M^2)"), (ax_c, "seconds per independent chi2 sample")):
+                ax.set_xlabel("L")
+                ax.set_ylabel(yl)
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                ax.legend(fontsize=7)
+            fig.tight_layout()
+            path = out_dir / "cost_vs_L.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            rep.figures.append(path)
+
+        def pm(key: str, i: int) -> str:
+            return f"{c[key][()][i]:.4g} ± {c[key + '_err'][()][i]:.2g}"
+
+        rows = []
+        for i in sorted(range(len(names)), key=lambda i: (L[i], method[i] != "HMC", labels[i])):
+            rows.append([labels[i], int(L[i]), float(c["acceptance"][()][i]), pm("tau_int_M2", i),
+                         float(c["seconds_per_sample"][()][i]), float(c["cost_per_independent"][()][i]),
+                         float(c["train_seconds"][()][i]), pm("abs_M", i), pm("chi2", i), pm("binder", i),
+                         " ".join(f"{c['pull_' + k][()][i]:+.1f}" for k, _ in obs)])
+        rep.tables.append(Table("Samplers (errors: Gamma method, S = 1.5, chains as replicas; cost = s/sample x "
+                                "2 tau_int(M^2), compilation excluded; pulls vs HMC for |M|, chi2, U)",
+                                ["sampler", "L", "acceptance", "tau_int(M^2)", "s/sample", "s/indep. sample",
+                                 "train s", "<|M|>", "chi2", "Binder U", "pulls"], rows))
+    return rep
