@@ -30,13 +30,13 @@ def shrink(cfg: dict[str, Any]) -> dict[str, Any]:
     olrg = parts["olrg"]["params"]
     olrg["training"]["steps"] = min(olrg["training"]["steps"], 20)
     olrg["n_times"] = min(olrg["n_times"], 21)
-    if "flows" in parts:
-        fl = parts["flows"]["params"]
-        fl.update(SHRINK_FLOWS)
+    fl = parts["flows"]["params"]
+    fl["ensembles"].update(n_therm=50, n_traj=100)
+    fl["training"].update(steps=200, metrics_every=50, metrics_batch=256)
+    fl["imh"].update(n_steps=300)
+    fl["flow_hmc"].update(n_traj=30, n_therm=5)
+    fl["hmc"].update(n_traj=300, n_therm=50)
     return cfg
-
-
-SHRINK_FLOWS: dict[str, Any] = {}
 
 
 def _run(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
@@ -58,11 +58,13 @@ def test_quickstart_runs_and_summarises(quickstart):
     study, out = quickstart
     assert out.returncode == 0, out.stderr[-3000:]
     assert "dashboard: http" in out.stderr and "0 failed" in out.stderr
-    assert "olrg: OLRG maps against the exact C(t)" in out.stdout + out.stderr  # the summary table
+    for title in ("olrg: OLRG maps against the exact C(t)", "flows: Samplers"):  # the summary tables
+        assert title in out.stdout + out.stderr
     with h5py.File(study / "study.h5") as f:
         names = list(f["tasks"])
-        assert any(n.startswith("olrg:eval-") for n in names)
         assert f.attrs["workflow"] == "suite"
+        assert any(n.startswith("olrg:eval-linear") for n in names) and "olrg:compare" in names
+        assert any(n.startswith("flows:train-warm") for n in names) and any(n.startswith("flows:imh-") for n in names)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium on this machine (apt install chromium)")
