@@ -333,7 +333,7 @@ def write_checkpoint(
         **(attrs or {}),
         **_provenance(),
     }
-    write_shard(path, results, meta)
+    write_shard(path, results, meta, durable=True)
 
 
 def read_checkpoint(path: str) -> dict[str, Any]:
@@ -385,7 +385,7 @@ def _write_results(path: str, result: dict[str, Any], identity: dict[str, Any], 
     data["dims"] = np.asarray(result["dims"])
     meta = {"format": "olrg-hpc mpi_hmc results 1", "identity": json.dumps(identity, sort_keys=True),
             "trajectory": int(result["trajectory"]), **attrs, **_provenance()}
-    write_shard(path, data, meta)
+    write_shard(path, data, meta, durable=True)
 
 
 # ---------------------------------------------------------------------------------------- driver

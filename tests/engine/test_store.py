@@ -73,3 +73,21 @@ def test_clean_temporaries(tmp_path):
     (tmp_path / store.SHARDS / ".x.h5.tmp-1-ab").write_bytes(b"partial")
     assert store.clean_temporaries(tmp_path) == 1
     assert not list((tmp_path / store.SHARDS).iterdir())
+
+
+@pytest.mark.parametrize("env, durable, expected", [(None, None, 0), ("1", None, 1), ("0", True, 1), (None, False, 0)])
+def test_fsync_only_where_asked(tmp_path, monkeypatch, env, durable, expected):
+    """Task shards skip the fsync by default (a crash-damaged shard fails validation and is recomputed);
+    OLRG_HPC_FSYNC=1 or durable=True (checkpoints, study files) fsync before the rename."""
+    import os
+
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd)))
+    if env is None:
+        monkeypatch.delenv("OLRG_HPC_FSYNC", raising=False)
+    else:
+        monkeypatch.setenv("OLRG_HPC_FSYNC", env)
+    store.write_shard(tmp_path / "s.h5", {"x": np.arange(3)}, {"task_key": "k"}, durable=durable)
+    assert len(calls) == expected
+    assert store.shard_status(tmp_path / "s.h5", "k") == "valid"
