@@ -116,7 +116,7 @@ def _module_cmd(kind: str, params: Mapping[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ (a) throughput
-def _quench_params(i: int, n_tasks: int, model: str, n_sites: int, t_max: float, n_times: int) -> dict[str, Any]:
+def quench_params(i: int, n_tasks: int, model: str, n_sites: int, t_max: float, n_times: int) -> dict[str, Any]:
     x = i / n_tasks  # each task its own coupling, so that no two tasks are the same computation
     couplings = {"tfim": {"J": 1.0, "h": 0.5 + x}, "mixed_field_ising": {"J": 1.0, "h": 1.0, "g": x},
                  "xxz": {"J": 1.0, "delta": 0.5 + x, "hz": 0.0}}[model]
@@ -127,7 +127,7 @@ def _quench_params(i: int, n_tasks: int, model: str, n_sites: int, t_max: float,
 def _warm_up(model: str, n_sites: int, t_max: float, n_times: int) -> None:
     from olrg_hpc.spins.quench import quench_task
 
-    quench_task(**_quench_params(0, 1, model, n_sites, t_max, n_times))
+    quench_task(**quench_params(0, 1, model, n_sites, t_max, n_times))
 
 
 def measure_throughput(n_workers: int, n_tasks: int, model: str = "tfim", n_sites: int = 10, t_max: float = 2.0,
@@ -155,7 +155,7 @@ def measure_throughput(n_workers: int, n_tasks: int, model: str = "tfim", n_site
         client.wait_for_workers(n_workers)
         client.run(_warm_up, model, n_sites, t_max, n_times)
         start_s = time.perf_counter() - t0
-        tasks = [Task(f"block-{i}", quench_task, _quench_params(i, n_tasks, model, n_sites, t_max, n_times))
+        tasks = [Task(f"block-{i}", quench_task, quench_params(i, n_tasks, model, n_sites, t_max, n_times))
                  for i in range(n_tasks)]
         runs = []
         for _ in range(repeats):
