@@ -17,8 +17,12 @@ Known behaviour (tested): NRG keeps the lowest ``D`` levels of every block, but 
 ``h = J = 1`` populates high-energy states of the block, so NRG's ``C(t)`` is wrong already at short times.
 Measured (TFIM h = J = 1, D = 8 from n0 = 3, N = 10, t = 0.1 .. 2): NRG relative error ~1.0 at every t (its
 ``C(t)`` is ~0); DMRG-style (time-averaged, T = 1) 5e-4 at t = 0.1, 0.36 at t = 0.5, max 0.86 (at N = 128: max
-1.2); identity map: 2e-15. A learned linear isometry (2000 AdamW steps, order 2, T = 2 with sampled final times
-and the exact-target term, 40 samples per order) reached max 2.7e-2, typically 1e-2 (benchmarks/bench_olrg.py).
+1.2); identity map: 2e-15. A learned linear isometry (order 2, T = 2 with sampled final times and the exact-target
+term, 40 samples per order, AdamW + cosine) reached max 2.7e-2, typically 1e-2, with order weights 1/k! (2000
+steps), and max 5.4e-3, median 1.9e-3 with the weights delta^k/(2^k k!), delta = 0.02 of
+:data:`olrg_hpc.olrg.pipeline.RECIPE` (1000 steps, seed 0; 2.7e-2 for seed 1 at 600 steps). With
+``keep_state=True``, training window [0, 2.2] and 1500 steps (configs/olrg_paper.yaml): 8.5e-3 and 6.9e-3 for
+seeds 0 and 1, 2e-4 at t = 0.1 (benchmarks/bench_olrg.py).
 """
 
 from __future__ import annotations

@@ -16,10 +16,11 @@
   ``fold_in(PRNGKey(seed), s)`` and (with ``resample=True``) the TOBC samples of step ``s`` use seed
   ``seed * 1_000_003 + s``, otherwise one fixed batch per stage (seed ``seed + stage``). Hence a resumed run
   reproduces the uninterrupted trajectory.
-* Checkpoints: params + optimizer state + step + loss history in HDF5, written to ``path + ".tmp"`` and moved into
-  place with ``os.replace`` (atomic on POSIX). Pytrees are flattened with ``jax.tree_util.tree_flatten``; leaves
-  are datasets ``params/00000`` ...; the tree structure comes from the template at load time and is checked
-  against the stored ``treedef`` string.
+* Checkpoints: params + optimizer state + step + loss history in HDF5 through the project's shared
+  :mod:`olrg_hpc.checkpoint` (pytree groups ``params`` and ``opt_state``, leaves ``00000`` ... in
+  ``jax.tree_util`` order, the tree structure checked against the template at load time; written atomically by
+  :func:`olrg_hpc.store.atomic_h5`). The mesh comes from :func:`olrg_hpc.sharding.data_mesh`, over all devices or
+  the ``devices`` given to the :class:`Trainer`.
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from olrg_hpc import checkpoint as ckpt
+from olrg_hpc import sharding
 from olrg_hpc.jaxsetup import enable_x64
 
 from .loss import LossConfig, TOBCBatch, make_batch, olrg_loss
@@ -55,7 +57,6 @@ __all__ = [
     "make_optimizer",
     "save_checkpoint",
     "load_checkpoint",
-    "data_mesh",
 ]
 
 
@@ -102,12 +103,6 @@ def make_optimizer(tc: TrainConfig, steps: int | None = None) -> optax.GradientT
     return optax.chain(optax.clip_by_global_norm(tc.clip), opt) if tc.clip > 0 else opt
 
 
-def data_mesh(devices: list[Any] | None = None) -> Mesh:
-    """1-D mesh with axis ``"data"`` over ``devices`` (default all; default axis types = Auto)."""
-    devs = list(jax.devices() if devices is None else devices)
-    return Mesh(np.array(devs), ("data",))
-
-
 @dataclass
 class TrainState:
     """Everything a resumed run needs."""
@@ -121,48 +116,27 @@ class TrainState:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _write_tree(g: h5py.Group, tree: Any) -> None:
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    g.attrs["treedef"] = str(treedef)
-    g.attrs["n_leaves"] = len(leaves)
-    for i, leaf in enumerate(leaves):
-        g.create_dataset(f"{i:05d}", data=np.asarray(jax.device_get(leaf)))
-
-
-def _read_tree(g: h5py.Group, like: Any) -> Any:
-    leaves, treedef = jax.tree_util.tree_flatten(like)
-    if int(g.attrs["n_leaves"]) != len(leaves) or str(g.attrs["treedef"]) != str(treedef):
-        raise ValueError("checkpoint tree structure does not match the template")
-    new = []
-    for i, leaf in enumerate(leaves):
-        arr = g[f"{i:05d}"][()]
-        new.append(np.asarray(arr, dtype=np.asarray(leaf).dtype).reshape(np.shape(leaf)))
-    return jax.tree_util.tree_unflatten(treedef, new)
-
-
 def save_checkpoint(path: str | os.PathLike[str], state: TrainState, meta: dict[str, Any] | None = None) -> None:
-    """Write ``state`` to HDF5 atomically (temp file + ``os.replace``)."""
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    with h5py.File(tmp, "w") as f:
-        f.attrs["step"] = int(state.step)
-        f.create_dataset("history", data=np.asarray(state.history, dtype=float))
-        _write_tree(f.create_group("params"), state.params)
-        _write_tree(f.create_group("opt_state"), state.opt_state)
-        for k, v in (meta or {}).items():
-            f.attrs[f"meta_{k}"] = str(v)
-    os.replace(tmp, path)
+    """Write ``state`` with :func:`olrg_hpc.checkpoint.save` (atomic); ``meta`` values are stored as strings."""
+    attrs: dict[str, Any] = {"step": int(state.step)}
+    attrs.update({f"meta_{k}": str(v) for k, v in (meta or {}).items()})
+    ckpt.save(
+        path,
+        {"params": state.params, "opt_state": state.opt_state},
+        attrs=attrs,
+        arrays={"history": np.asarray(state.history, dtype=float)},
+    )
 
 
 def load_checkpoint(path: str | os.PathLike[str], like: TrainState) -> TrainState:
     """Read a checkpoint written by :func:`save_checkpoint`; ``like`` supplies the pytree structures."""
-    with h5py.File(os.fspath(path), "r") as f:
-        return TrainState(
-            params=_read_tree(f["params"], like.params),
-            opt_state=_read_tree(f["opt_state"], like.opt_state),
-            step=int(f.attrs["step"]),
-            history=[float(x) for x in f["history"][()]],
-        )
+    trees, attrs, arrays = ckpt.load(path, {"params": like.params, "opt_state": like.opt_state})
+    return TrainState(
+        params=trees["params"],
+        opt_state=trees["opt_state"],
+        step=int(attrs["step"]),
+        history=[float(x) for x in arrays["history"]],
+    )
 
 
 # --------------------------------------------------------------------------- trainer
@@ -185,7 +159,7 @@ class Trainer:
         if tc.schedule not in ("together", "gradual"):
             raise ValueError("schedule must be 'together' or 'gradual'")
         self.omap, self.cfg, self.tc = omap, cfg, tc
-        self.mesh = data_mesh(devices)
+        self.mesh = sharding.data_mesh(devices=devices)
         self.n_dev = self.mesh.devices.size
         self.rep = NamedSharding(self.mesh, P())
         self.n_stages = cfg.n_scales if tc.schedule == "gradual" else 1

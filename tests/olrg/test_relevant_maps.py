@@ -153,3 +153,36 @@ def test_make_map() -> None:
     assert isinstance(M.make_map("nrg"), M.NRGMap)
     with pytest.raises(ValueError):
         M.make_map("nope")
+
+
+def test_decouple_cuts_the_chain_after_the_block() -> None:
+    m = models.tfim(6, J=1.0, h=0.7)
+    S0 = R.initial_set(m, 3)
+    D = M.decouple(R.grow_site(S0, m))
+    np.testing.assert_allclose(R.hamiltonian(D), R.hamiltonian(S0), atol=1e-14)
+    np.testing.assert_allclose(D.O, S0.O, atol=0)
+    np.testing.assert_allclose(D.rho, S0.rho, atol=0)
+    np.testing.assert_allclose(D.B, 0.0, atol=0)
+    # a linear map with beyond="decouple" keeps its learned scales and drops every site after them
+    lin = M.LinearIsometryMap(beyond="decouple")
+    p = lin.init(jax.random.PRNGKey(0), 16, 8, 2)
+    G = R.to_jax(R.grow_site(S0, m))
+    np.testing.assert_allclose(np.asarray(lin(p, G, 1).O), np.asarray(M.LinearIsometryMap()(p, G, 1).O), atol=1e-14)
+    np.testing.assert_allclose(np.asarray(lin(p, G, 2).O), S0.O, atol=1e-14)
+    with pytest.raises(ValueError):
+        M.LinearIsometryMap(beyond="nope")
+
+
+def test_keep_state_isometry_keeps_the_initial_state() -> None:
+    from olrg_hpc.olrg import evaluate as E
+
+    m = models.mixed_field_ising(7, g=0.4)
+    lin = M.LinearIsometryMap(keep_state=True, init_scale=0.5)
+    p = lin.init(jax.random.PRNGKey(2), 8, 4, 5)
+    S = E.grow_and_map(m, 7, lin, p, n0=2)
+    np.testing.assert_allclose(np.trace(S.rho).real, 1.0, atol=1e-12)  # the plain map loses weight of rho
+    np.testing.assert_allclose(E.block_expectation(S, [0.0]), [1.0], atol=1e-12)  # C(0) = <Z_1 Z_2> = 1
+    V = np.asarray(lin.isometry(p, R.to_jax(R.grow_site(R.initial_set(m, 2), m)), 0, None, 4))
+    np.testing.assert_allclose(V.T @ V, np.eye(4), atol=1e-12)
+    S2 = E.grow_and_map(m, 7, M.LinearIsometryMap(init_scale=0.5), p, n0=2)
+    assert np.trace(S2.rho).real < 1 - 1e-6

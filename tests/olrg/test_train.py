@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from olrg_hpc import checkpoint
 from olrg_hpc.olrg import loss as L
 from olrg_hpc.olrg import maps as M
 from olrg_hpc.olrg import train as T
@@ -66,8 +67,12 @@ def test_gradual_checkpoint_resume_matches_uninterrupted(tmp_path: os.PathLike) 
 
 
 def test_checkpoint_rejects_wrong_structure(tmp_path: os.PathLike) -> None:
-    st = T.TrainState(params={"M": np.zeros((2, 3))}, opt_state=(np.zeros(2),), step=1, history=[1.0])
-    T.save_checkpoint(tmp_path / "a.h5", st)
+    st = T.TrainState(params={"M": np.arange(6.0).reshape(2, 3)}, opt_state=(np.zeros(2),), step=1, history=[1.0])
+    T.save_checkpoint(tmp_path / "a.h5", st, meta={"lr": 0.1})
+    # the shared checkpoint format (olrg_hpc.checkpoint) reads it back
+    trees, attrs, arrays = checkpoint.load(tmp_path / "a.h5", {"params": st.params, "opt_state": st.opt_state})
+    np.testing.assert_array_equal(trees["params"]["M"], st.params["M"])
+    assert int(attrs["step"]) == 1 and attrs["meta_lr"] == "0.1" and list(arrays["history"]) == [1.0]
     with pytest.raises(ValueError):
         T.load_checkpoint(tmp_path / "a.h5", T.TrainState(params={"N": np.zeros((2, 3))}, opt_state=(np.zeros(2),)))
 
