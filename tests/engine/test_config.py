@@ -123,8 +123,12 @@ def test_shipped_study_configs_validate(capsys):
     import pathlib
 
     root = pathlib.Path(__file__).resolve().parents[2]
-    for cfg in sorted((root / "configs").glob("*.yaml")):
+    configs = sorted((root / "configs").glob("*.yaml")) + sorted((root / "configs" / "production").glob("*.yaml"))
+    assert len(configs) >= 12
+    for cfg in configs:
         assert main(["validate", str(cfg)]) == 0, capsys.readouterr().err
+    for profile in sorted((root / "configs" / "clusters").glob("*.yaml")):
+        assert main(["validate", str(configs[0]), "--cluster", str(profile)]) == 0, capsys.readouterr().err
 
 
 def test_help_explains_each_command(capsys):
