@@ -25,7 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from olrg_hpc.flows.layers import AffineCoupling, GlobalRescaling
+from olrg_hpc.flows.layers import (
+    AffineCoupling,
+    GlobalRescaling,
+    checkerboard_mask,
+    coupling_forward_bl,
+    coupling_inverse_bl,
+    from_batch_last,
+    to_batch_last,
+)
 
 __all__ = [
     "Prior",
@@ -71,23 +79,80 @@ class GaussianPrior:
 
 
 class Flow(nn.Module):
-    """Composition ``F = f_n o ... o f_1`` of invertible layers; ``log_det`` adds up."""
+    """Composition ``F = f_n o ... o f_1`` of invertible layers; ``log_det`` adds up.
+
+    Consecutive :class:`~olrg_hpc.flows.layers.AffineCoupling` layers with the same hyperparameters (any
+    parities) run as one ``lax.scan`` over their stacked parameters, on batch-last fields (see
+    :mod:`olrg_hpc.flows.layers`); the parameter tree is that of the individual layers (``layers_{i}``). With
+    ``scan=False`` every layer is called in turn (same results up to rounding).
+    """
 
     layers: Sequence[nn.Module] = ()
+    scan: bool = True
+
+    def _segments(self) -> list[tuple[bool, list[int]]]:
+        """Runs of layer indices: ``(True, run)`` for scannable couplings of one shape, ``(False, [i])`` else."""
+        segs: list[tuple[bool, list[int]]] = []
+        for i, layer in enumerate(self.layers):
+            if self.scan and isinstance(layer, AffineCoupling):
+                if segs and segs[-1][0] and self.layers[segs[-1][1][-1]].shape_key() == layer.shape_key():
+                    segs[-1][1].append(i)
+                    continue
+                segs.append((True, [i]))
+            else:
+                segs.append((False, [i]))
+        return segs
+
+    def _run(self, x: jax.Array, inverse: bool) -> tuple[jax.Array, jax.Array]:
+        log_det = jnp.zeros(x.shape[:-2], x.dtype)
+        segs = self._segments()
+        if inverse:
+            segs = [(scan, run[::-1]) for scan, run in reversed(segs)]
+        if self.is_initializing() or not any(scan and len(run) > 1 for scan, run in segs):
+            for _, run in segs:
+                for i in run:
+                    layer = self.layers[i]
+                    x, ld = layer.inverse(x) if inverse else layer(x)
+                    log_det = log_det + ld
+            return x, log_det
+        params = self.variables.get("params", {})
+        for scan, run in segs:
+            if not scan or len(run) == 1:
+                layer = self.layers[run[0]]
+                x, ld = layer.inverse(x) if inverse else layer(x)
+                log_det = log_det + ld
+                continue
+            x, ld = _scan_couplings(self.layers[run[0]], [params[f"layers_{i}"] for i in run],
+                                    [self.layers[i].parity for i in run], x, inverse)
+            log_det = log_det + ld
+        return x, log_det
 
     def __call__(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
-        log_det = jnp.zeros(z.shape[:-2], z.dtype)
-        for layer in self.layers:
-            z, ld = layer(z)
-            log_det = log_det + ld
-        return z, log_det
+        return self._run(z, inverse=False)
 
     def inverse(self, phi: jax.Array) -> tuple[jax.Array, jax.Array]:
-        log_det = jnp.zeros(phi.shape[:-2], phi.dtype)
-        for layer in reversed(self.layers):
-            phi, ld = layer.inverse(phi)
-            log_det = log_det + ld
-        return phi, log_det
+        return self._run(phi, inverse=True)
+
+
+def _scan_couplings(
+    cfg: AffineCoupling, params: list[Any], parities: list[int], x: jax.Array, inverse: bool
+) -> tuple[jax.Array, jax.Array]:
+    """Apply couplings of one shape (``cfg``) with ``params[k]``, ``parities[k]`` in order, as a ``lax.scan``."""
+    batch = x.shape[:-2]
+    masks = jnp.stack([checkerboard_mask(x.shape[-2:], p, x.dtype)[:, :, None] for p in parities])
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *params)
+    step = coupling_inverse_bl if inverse else coupling_forward_bl
+
+    def body(carry: tuple[jax.Array, jax.Array], xs: tuple[Any, jax.Array]) -> tuple[Any, None]:
+        h, ld = carry
+        p, active = xs
+        h, d = step(cfg, p, h, active)
+        return (h, ld + d), None
+
+    xb = to_batch_last(x)
+    # (zeros_like: the carry inherits the sharding type of x inside shard_map)
+    (xb, ld), _ = jax.lax.scan(body, (xb, jnp.zeros_like(xb[0, 0])), (stacked, masks))
+    return from_batch_last(xb, batch), ld.reshape(batch)
 
 
 def tutorial_flow(

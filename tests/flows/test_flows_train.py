@@ -127,3 +127,17 @@ def test_ess_and_imh_helpers() -> None:
     assert ess[1] == pytest.approx(1 / 64, rel=1e-6)
     assert ess[3] == pytest.approx(ess[2], rel=1e-9) and acc[3] == acc[2]
     assert 0.0 < acc[2] < 1.0
+
+
+def test_chunked_steps_do_not_change_the_trajectory(reference: object) -> None:
+    """train() runs the steps between synchronisations in one compiled loop; the chunking (sync_every) must not
+    change the losses, the metrics or the parameters."""
+    seen: list[tuple[int, float]] = []
+    res = _run(6, 1, sync_every=4, metrics_every=5, metrics_batch=64, callback=lambda s, v: seen.append((s, v)))
+    np.testing.assert_allclose(res.losses, reference.losses, rtol=1e-12)
+    assert [m["step"] for m in res.metrics] == [5]
+    assert res.metrics[0]["acceptance"] == pytest.approx(reference.metrics[0]["acceptance"], rel=1e-12)
+    assert [s for s, _ in seen] == [3, 4, 5]  # synchronisations after steps 4, 5 (metrics), 6 (end)
+    assert seen[-1][1] == res.losses[-1]
+    for a, b in zip(jax.tree.leaves(res.state.params), jax.tree.leaves(reference.state.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-14)
