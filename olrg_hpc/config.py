@@ -208,6 +208,7 @@ class MPIHMCConfig(Strict):
     n_steps: int = Field(10, ge=1)
     integrator: Literal["leapfrog", "omelyan"] = "leapfrog"
     init: Literal["hot", "cold"] = "hot"
+    init_scale: float = Field(0.5, gt=0, description="hot start: standard deviation of the field per site")
     dims: list[int] | None = Field(None, min_length=2, max_length=2, description="process grid [Py, Px]")
     checkpoint: str | None = None
     checkpoint_every: int = Field(0, ge=0)

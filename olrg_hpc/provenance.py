@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
 import socket
 import subprocess
 from datetime import datetime, timezone
@@ -47,9 +49,37 @@ def git_commit(path: str | None = None) -> str:
         return "unknown"
 
 
+def _source_roots() -> list[tuple[str, Path]]:
+    """(package name, directory) of the package's own source: ``olrg_hpc`` and, if importable, ``workflows``."""
+    roots = [("olrg_hpc", Path(__file__).resolve().parent)]
+    try:
+        spec = importlib.util.find_spec("workflows")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.origin and spec.origin.endswith("__init__.py"):  # not a stray namespace package
+        roots.append(("workflows", Path(spec.origin).resolve().parent))
+    return roots
+
+
+@functools.cache
+def code_hash() -> str:
+    """sha256 over the sorted relative paths and bytes of every ``*.py`` file of ``olrg_hpc`` and ``workflows``.
+
+    Identifies the code that ran without needing git (installed copies have none); computed once per process.
+    """
+    files = sorted((f"{name}/{f.relative_to(root).as_posix()}", f)
+                   for name, root in _source_roots() for f in root.rglob("*.py") if f.is_file())
+    h = hashlib.sha256()
+    for rel, f in files:
+        data = f.read_bytes()
+        h.update(f"{rel}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
 def run_provenance() -> dict[str, str]:
     """Fields recorded once per run by the driver and copied into every shard."""
-    prov = {"olrg_hpc_version": __version__, "git_commit": git_commit()}
+    prov = {"olrg_hpc_version": __version__, "git_commit": git_commit(), "code_hash": code_hash()}
     prov.update({f"version_{k}": v for k, v in library_versions().items()})
     return prov
 

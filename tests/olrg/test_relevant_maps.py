@@ -186,3 +186,23 @@ def test_keep_state_isometry_keeps_the_initial_state() -> None:
     np.testing.assert_allclose(V.T @ V, np.eye(4), atol=1e-12)
     S2 = E.grow_and_map(m, 7, M.LinearIsometryMap(init_scale=0.5), p, n0=2)
     assert np.trace(S2.rho).real < 1 - 1e-6
+
+
+def test_dmrg_ground_without_environment_keeps_the_nrg_space() -> None:
+    """The ground state's density matrix is rank one, so DMRGMap(mode="ground") keeps the ground state and fills
+    the rest with the next lowest eigenvectors of H: the span of NRG's D lowest eigenvectors."""
+    m = models.tfim(8, J=1.0, h=0.7)
+    S = R.initial_set(m, 3)
+    for scale in range(3):  # an exact block, then blocks compressed by NRG
+        G = R.grow_site(S, m)
+        E = np.linalg.eigvalsh(R.hamiltonian(G))
+        for D in (1, 3, 8):
+            assert E[D] - E[D - 1] > 0.1  # a gap at the cut: the kept space is well defined
+            Vn = M.NRGMap().isometry({}, G, scale, None, D)
+            for g in (G, R.to_jax(G)):  # numpy and jax paths
+                Vd = np.asarray(M.DMRGMap(mode="ground").isometry({}, g, scale, None, D))
+                # both are built from eigenvectors of the same H; they differ only by eigensolver and Gram-Schmidt
+                # rounding (measured ~2e-15). With a gap > 0.1 at the cut that rounding cannot rotate the space,
+                # 1e-8 leaves a wide margin, and any other kept vector would change the projector by O(1)
+                np.testing.assert_allclose(Vd @ Vd.conj().T, Vn @ Vn.conj().T, atol=1e-8)
+        S = M.NRGMap()({}, G, scale, dim_keep=8)
