@@ -20,9 +20,11 @@ sampler (with several L); observables with error bars per sampler; tables. Task 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from olrg_hpc.config import Strict
@@ -30,7 +32,7 @@ from olrg_hpc.flows import pipeline
 from olrg_hpc.lattice import ensemble
 from olrg_hpc.report import Table, WorkflowReport
 from olrg_hpc.tasks import Task
-from workflows.phi4_ensembles import HMCSettings
+from workflows.phi4_ensembles import HMCChains
 
 Variant = Literal["gaussian", "coarse", "warm"]
 
@@ -66,18 +68,14 @@ class FlowSettings(Strict):
         return self
 
 
-class Ensembles(Strict):
+class Ensembles(HMCChains):
     replicas: int = Field(2, ge=1, description="independent coarse HMC tasks per point")
-    n_chains: int = Field(8, ge=1)
     n_therm: int = Field(100, ge=0)
     n_traj: int = Field(400, ge=1)
     meas_every: int = Field(2, ge=1)
-    hmc: HMCSettings = HMCSettings()
 
     @model_validator(mode="after")
-    def _divisible(self) -> Ensembles:
-        if self.n_traj % self.meas_every:
-            raise ValueError(f"n_traj ({self.n_traj}) must be a multiple of meas_every ({self.meas_every})")
+    def _enough_configs(self) -> Ensembles:
         if self.replicas * self.n_chains * (self.n_traj // self.meas_every) < 4:
             raise ValueError("the coarse prior draws 4 distinct configurations: store at least 4")
         return self
@@ -121,18 +119,8 @@ class FlowHMC(Strict):
     integrator: Literal["leapfrog", "omelyan"] = "leapfrog"
 
 
-class HMCBaseline(Strict):
-    n_chains: int = Field(8, ge=1)
+class HMCBaseline(HMCChains):
     n_traj: int = Field(2000, ge=10)
-    n_therm: int = Field(200, ge=0)
-    meas_every: int = Field(1, ge=1)
-    hmc: HMCSettings = HMCSettings()
-
-    @model_validator(mode="after")
-    def _divisible(self) -> HMCBaseline:
-        if self.n_traj % self.meas_every:
-            raise ValueError(f"n_traj ({self.n_traj}) must be a multiple of meas_every ({self.meas_every})")
-        return self
 
 
 class Params(Strict):
@@ -246,6 +234,51 @@ def _sampler_label(method: str, variant: str) -> str:
     return f"{method} ({variant})" if variant else method
 
 
+#: training-task results that :func:`head_start_rows` reads
+HEAD_START_KEYS = ("variant", "L", "metric_step", "acceptance", "metric_seconds", "step_offset")
+
+
+def first_reaching(steps: np.ndarray, acceptance: np.ndarray, target: float) -> int | None:
+    """First measured training step whose MH acceptance is at least ``target`` (``None``: never reached)."""
+    hit = np.flatnonzero(np.asarray(acceptance) >= target)
+    return int(np.asarray(steps)[hit[0]]) if hit.size else None
+
+
+def head_start_rows(groups: Mapping[str, Any]) -> list[list[Any]]:
+    """Issue #6's coarse-lattice criterion, per L: steps (and seconds) a coarse-derived flow needs to reach the
+    acceptance the Gaussian-prior flow ends with, as a fraction of the Gaussian flow's steps (goal: <= 0.5).
+
+    ``groups`` maps ``train-*`` task names to their results (``variant``, ``L``, ``metric_step``, ``acceptance``,
+    ``metric_seconds``, ``step_offset``). Warm-started steps count the L/2 pretraining (each of those steps costs
+    about a quarter of a fine one), so the fraction is an upper bound on the fine-lattice share.
+    """
+    rows = []
+    by_L: dict[int, dict[str, Any]] = {}
+    for g in groups.values():
+        v = g["variant"]
+        by_L.setdefault(int(np.asarray(g["L"])), {})[v.decode() if isinstance(v, bytes) else str(v)] = g
+    for ell, variants in sorted(by_L.items()):
+        ref = variants.get("gaussian")
+        if ref is None:
+            continue
+        n_ref = int(np.asarray(ref["metric_step"])[-1])
+        target = float(np.asarray(ref["acceptance"])[-1])
+        t_ref = float(np.asarray(ref["metric_seconds"])[-1])
+        for v in ("coarse", "warm"):
+            g = variants.get(v)
+            if g is None:
+                continue
+            step = first_reaching(g["metric_step"], g["acceptance"], target)
+            if step is None:
+                rows.append([ell, v, target, n_ref, "not reached", "-", "-", "-"])
+                continue
+            i = int(np.flatnonzero(np.asarray(g["metric_step"]) == step)[0])
+            fine = step - int(np.asarray(g["step_offset"]))
+            secs = float(np.asarray(g["metric_seconds"])[i])
+            rows.append([ell, v, target, n_ref, step, fine, step / n_ref, secs / t_ref if t_ref > 0 else float("nan")])
+    return rows
+
+
 def report(study_file: Path, out_dir: Path) -> WorkflowReport:
     import h5py
     import matplotlib.pyplot as plt
@@ -303,6 +336,13 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
                                     "exclude compilation and measurements)",
                                     ["flow", "L", "params", "steps", "batch", "acc. start", "acceptance", "ESS",
                                      "train s", "compile s"], rows))
+        head = head_start_rows({n: {k: tasks[n][k][()] for k in HEAD_START_KEYS} for n in train_names})
+        if head:
+            rep.tables.append(Table("Head start from the coarse lattice: first step at which each flow reaches the "
+                                    "Gaussian-prior flow's final acceptance (goal: step fraction <= 0.5; warm steps "
+                                    "include the L/2 pretraining)",
+                                    ["L", "flow", "target acc.", "Gaussian steps", "step reached", "fine steps",
+                                     "step fraction", "seconds fraction"], head))
 
         if "compare" not in tasks:
             return rep

@@ -47,21 +47,26 @@ class HMCSettings(Strict):
     tau_jitter: float = Field(0.0, ge=0, lt=1)
 
 
-class Params(Strict):
-    points: list[Point] = Field(min_length=1)
-    replicas: int = Field(2, ge=1, description="independent tasks per point")
+class HMCChains(Strict):
+    """Batched HMC chains measured every ``meas_every`` trajectories (the phi^4 workflows share this block)."""
+
     n_chains: int = Field(8, ge=1, description="chains batched in each task")
     n_therm: int = Field(200, ge=0)
     n_traj: int = Field(1000, ge=10)
     meas_every: int = Field(1, ge=1)
-    store_configs: bool = True
     hmc: HMCSettings = HMCSettings()
 
     @model_validator(mode="after")
-    def _divisible(self) -> Params:
+    def _measured_evenly(self) -> HMCChains:
         if self.n_traj % self.meas_every:
             raise ValueError(f"n_traj ({self.n_traj}) must be a multiple of meas_every ({self.meas_every})")
         return self
+
+
+class Params(HMCChains):
+    points: list[Point] = Field(min_length=1)
+    replicas: int = Field(2, ge=1, description="independent tasks per point")
+    store_configs: bool = True
 
 
 def build(params: Params) -> list[Task]:

@@ -214,11 +214,33 @@ def test_report_with_several_L(tmp_path: Path) -> None:
         t = f.create_group("tasks")
         store._write_value(t, "compare", pipeline.compare_samplers(samplers))
         for ell in (8, 16):
-            store._write_value(t, f"train-coarse-L{ell}", {
-                "variant": "coarse", "L": ell, "n_params": 37, "batch_size": 64, "compile_seconds": 1.0,
-                "metric_step": np.array([0, 10]), "metric_seconds": np.array([0.0, 1.0]),
-                "acceptance": np.array([0.1, 0.5]), "ess": np.array([0.05, 0.3])})
+            for v, acc in (("coarse", [0.1, 0.5]), ("gaussian", [0.0, 0.3])):
+                store._write_value(t, f"train-{v}-L{ell}", {
+                    "variant": v, "L": ell, "n_params": 37, "batch_size": 64, "compile_seconds": 1.0,
+                    "metric_step": np.array([0, 10]), "metric_seconds": np.array([0.0, 1.0]), "step_offset": 0,
+                    "acceptance": np.array(acc), "ess": np.array([0.05, 0.3])})
     rep = flow_study.report(study, tmp_path)
     assert sorted(p.name for p in rep.figures) == ["cost_vs_L.png", "flow_training.png", "observables.png"]
+    head = next(t for t in rep.tables if t.title.startswith("Head start"))
+    assert [r[:5] for r in head.rows] == [[8, "coarse", 0.3, 10, 10], [16, "coarse", 0.3, 10, 10]]
     samplers_table = rep.tables[-1]
     assert len(samplers_table.rows) == 6 and samplers_table.rows[0][0] == "HMC" and samplers_table.rows[0][1] == 8
+
+
+def test_head_start_counts_steps_to_the_gaussian_acceptance() -> None:
+    """Issue #6's criterion on made-up curves: the Gaussian flow ends at acceptance 0.4 after 1000 steps; the
+    coarse-prior flow first reaches it at step 400 (fraction 0.4), the warm flow (300 pretraining steps at L/2)
+    at step 600 = 300 fine steps (fraction 0.6); a flow that never reaches it says so."""
+    steps = np.arange(0, 1001, 100)
+    gauss = {"variant": b"gaussian", "L": 16, "metric_step": steps, "acceptance": np.linspace(0, 0.4, 11),
+             "metric_seconds": steps / 10.0, "step_offset": 0}
+    coarse = dict(gauss, variant="coarse", acceptance=np.minimum(steps / 1000.0, 0.9))
+    warm = dict(gauss, variant="warm", metric_step=np.arange(300, 1001, 100), step_offset=300,
+                acceptance=np.array([0.1, 0.2, 0.3, 0.41, 0.5, 0.5, 0.5, 0.5]), metric_seconds=np.arange(8.0) + 20)
+    rows = flow_study.head_start_rows({"g": gauss, "c": coarse, "w": warm})
+    assert rows[0][:7] == [16, "coarse", pytest.approx(0.4), 1000, 400, 400, pytest.approx(0.4)]
+    assert rows[1][:7] == [16, "warm", pytest.approx(0.4), 1000, 600, 300, pytest.approx(0.6)]
+    assert rows[1][7] == pytest.approx(23.0 / 100.0)
+    slow = dict(coarse, acceptance=np.full(11, 0.2))
+    assert flow_study.head_start_rows({"g": gauss, "c": slow})[0][4] == "not reached"
+    assert flow_study.first_reaching(steps, np.zeros(11), 0.1) is None
