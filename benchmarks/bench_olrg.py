@@ -42,6 +42,8 @@ import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -91,6 +93,77 @@ def time_steps(D: int, devices: list[Any], steps: int, n_sites: int, n_per_order
         "compile_s": t_compile,
         "steps_per_s": steps / dt,
     }
+
+
+def paper_trainer(D: int, args: argparse.Namespace, devices: list[Any], steps: int) -> tuple[T.Trainer, Any]:
+    """Trainer of the paper problem (TFIM, ``N = --timing-sites``, order ``--order``, trained on ``[0, --paper-T]``)
+    with the :data:`RECIPE` at kept dimension ``D`` (exact ``log2 D`` sites at the start), and its model."""
+    n0, N = int(round(math.log2(D))), args.timing_sites
+    m = models.tfim(N)
+    cfg = L.LossConfig(model=m, n0=n0, n_final=N, T=args.paper_T, K=args.order, n_per_order=args.n_per_order,
+                       weights=RECIPE["weights"], delta=RECIPE["delta"], sample_T=True,
+                       exact_weight=args.exact_weight, exact_max_n=N)
+    tc = T.TrainConfig(steps=steps, lr=args.lr, lr_schedule=RECIPE["lr_schedule"], optimizer=RECIPE["optimizer"],
+                       warmup=RECIPE["warmup"], clip=RECIPE["clip"], sync_every=steps, seed=args.seed)
+    mp = M.LinearIsometryMap(beyond="reuse", keep_state=args.keep_state)
+    return T.Trainer(mp, cfg, tc, devices=devices), m
+
+
+def time_to_target(D: int, devices: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Training seconds and steps until the max relative error of ``C(t)`` on ``[0.1, 2]`` is at most
+    ``--target-error`` (the paper's 1e-2), checked every ``--eval-every`` steps of a cosine schedule over
+    ``--target-max-steps``; the evaluations are not counted as training time, compilation is."""
+    tr, m = paper_trainer(D, args, devices, args.target_max_steps)
+    N, n0 = args.timing_sites, int(round(math.log2(D)))
+    times = TIMES[(TIMES >= 0.1 - 1e-9) & (TIMES <= 2.0 + 1e-9)]
+    exact = E.exact_curve(m, N, times)
+    st, train_s, curve = None, 0.0, []
+    while st is None or st.step < args.target_max_steps:
+        t0 = time.perf_counter()
+        st = tr.run(steps=(0 if st is None else st.step) + args.eval_every, state=st)
+        jax.block_until_ready(st.params)
+        train_s += time.perf_counter() - t0
+        rel = float(np.max(np.abs(E.olrg_curve(m, N, tr.omap, times, st.params, n0) - exact) / np.abs(exact)))
+        curve.append((st.step, train_s, rel))
+        if rel <= args.target_error:
+            break
+    reached = curve[-1][2] <= args.target_error
+    return {"target_error": args.target_error, "reached": reached,
+            "steps_to_target": curve[-1][0] if reached else None,
+            "seconds_to_target": curve[-1][1] if reached else None,
+            "error_curve": [{"step": s, "train_s": t, "max_rel_err": e} for s, t, e in curve]}
+
+
+def measure(D: int, n_devices: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Throughput (and with ``--target-error``, time to target) of one ``D`` on the first ``n_devices`` devices,
+    with this process's peak memory: resident set (host) and, on accelerators, XLA's peak bytes in use."""
+    devices = jax.devices()[:n_devices]
+    r: dict[str, Any] = {"device_kind": devices[0].device_kind, "platform": devices[0].platform,
+                         **time_steps(D, devices, args.timing_steps, args.timing_sites, 20)}
+    if args.target_error:
+        r.update(time_to_target(D, devices, args))
+    r["peak_rss_mib"] = peak_rss_mib()
+    stats = devices[0].memory_stats() if devices[0].platform != "cpu" else None
+    r["peak_device_mib"] = stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None
+    return r
+
+
+def measure_in_subprocess(D: int, n_devices: int, args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`measure` in a fresh interpreter (its own peak memory; on CPU exactly ``n_devices`` emulated
+    devices), forwarding this run's options."""
+    env = dict(os.environ)
+    if jax.default_backend() == "cpu":
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
+    fwd = ["--timing-steps", args.timing_steps, "--timing-sites", args.timing_sites, "--order", args.order,
+           "--n-per-order", args.n_per_order, "--paper-T", args.paper_T, "--lr", args.lr, "--seed", args.seed,
+           "--exact-weight", args.exact_weight, "--target-error", args.target_error,
+           "--target-max-steps", args.target_max_steps, "--eval-every", args.eval_every,
+           "--keep-state" if args.keep_state else "--no-keep-state"]
+    cmd = [sys.executable, os.path.abspath(__file__), "--measure", str(D), str(n_devices), *map(str, fwd)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def window_errors(r: dict[str, np.ndarray]) -> dict[str, float]:
@@ -213,7 +286,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--dims", type=int, nargs="+", default=[8, 16])
     p.add_argument("--timing-steps", type=int, default=20)
     p.add_argument("--timing-sites", type=int, default=10)
+    p.add_argument("--timing-devices", type=int, nargs="+", default=None,
+                   help="device counts to time (default: 1 and every device of this backend)")
+    p.add_argument("--target-error", type=float, default=1e-2,
+                   help="with --timing: also train to this max rel. error on [0.1, 2] (0: throughput only)")
+    p.add_argument("--target-max-steps", type=int, default=1500)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--measure", type=int, nargs=2, metavar=("D", "N_DEVICES"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.measure:  # one child of --timing: a JSON line on stdout
+        print(json.dumps(measure(*args.measure, args)), flush=True)
+        return {}
 
     result: dict[str, Any] = {
         "devices": [str(d) for d in jax.devices()],
@@ -226,13 +309,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "times": TIMES.tolist(),
     }
     if args.timing:
-        devs = jax.devices()
+        counts = args.timing_devices or sorted({1, 8 if jax.default_backend() == "cpu" else len(jax.devices())})
         result["timing"] = []
         for D in args.dims:
-            for ds in ([devs[0]], devs) if len(devs) > 1 else ([devs[0]],):
-                r = time_steps(D, ds, args.timing_steps, args.timing_sites, 20)
-                print(r, flush=True)
+            for n in counts:
+                r = measure_in_subprocess(D, n, args)
+                print({k: v for k, v in r.items() if k != "error_curve"}, flush=True)
                 result["timing"].append(r)
+                _write(args.out, result)
     rows: list[dict[str, Any]] = []
     for spec in case_specs(args):
         rows.extend(run_case(spec, args))

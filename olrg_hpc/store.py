@@ -12,7 +12,7 @@ Layout of a study folder::
 A shard holds the task's results as datasets (nested dicts become groups) and its provenance as
 attributes of the root group: ``task_name``, ``task_key``, ``function``, ``params`` (JSON), ``seed``,
 ``host``, ``started``/``finished`` (ISO 8601 UTC), ``compute_seconds``, ``provenance`` (JSON: the run's
-``olrg_hpc_version``, ``git_commit``, ``version_numpy``/``jax``/``dask``/..., ``study_config`` YAML) and,
+``olrg_hpc_version``, ``git_commit``, ``code_hash``, ``version_numpy``/``jax``/``dask``/..., ``study_config`` YAML) and,
 written last, ``complete = True``.
 
 Shards are valid when they open, carry ``complete`` and the expected ``task_key``. Anything else
