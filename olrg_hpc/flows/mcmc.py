@@ -117,13 +117,19 @@ class FlowedAction:
     def __call__(self, z: jax.Array) -> jax.Array:
         return self.action(z)
 
+    def to_field(self, z: jax.Array) -> jax.Array:
+        """``phi = F(z)``: what :func:`~olrg_hpc.lattice.hmc.run_chain`'s ``measure`` is applied to."""
+        zf, batch = _flat(z)
+        return self.flow.apply(self.params, zf)[0].reshape((*batch, *z.shape[-2:]))
+
     def force(self, z: jax.Array) -> jax.Array:
         return -jax.grad(lambda v: jnp.sum(self.action(v)))(z)
 
 
 class FlowHMCResult(NamedTuple):
     """``z``: final flowed field; ``phi``: configurations ``F(z)`` every ``meas_every`` trajectories,
-    shape ``(n_meas, *batch, L1, L2)``; ``dH``, ``accepted`` ``(n_traj, *batch)``; ``acceptance``."""
+    shape ``(n_meas, *batch, L1, L2)``, or with ``measure`` its outputs on them (stacked the same way);
+    ``dH``, ``accepted`` ``(n_traj, *batch)``; ``acceptance``."""
 
     z: jax.Array
     phi: jax.Array
@@ -153,10 +159,13 @@ def flow_hmc(
     tau_jitter: float = 0.0,
     meas_every: int = 1,
     n_therm: int = 0,
+    measure: Any = None,
 ) -> FlowHMCResult:
     """HMC on ``z`` with ``S~`` (module docstring); same arguments and random numbers as ``hmc.run_chain``.
 
     ``z0``: initial flowed field ``(*batch, L1, L2)`` (e.g. ``F^{-1}`` of a configuration, or a prior draw).
+    ``measure``: optional hashable ``phi -> pytree`` applied to ``F(z)`` inside the scan, so that memory does
+    not grow with ``n_traj x volume`` (``None`` keeps every configuration).
     """
     p64 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
     eff = FlowedAction(flow, p64, action, 2)
@@ -171,6 +180,7 @@ def flow_hmc(
         tau_jitter=tau_jitter,
         meas_every=meas_every,
         n_therm=n_therm,
+        measure=measure,
     )
-    phi = map_to_target(flow, p64, res.measurements)
+    phi = res.measurements if measure is not None else map_to_target(flow, p64, res.measurements)
     return FlowHMCResult(res.phi, phi, res.dH, res.accepted, res.acceptance)

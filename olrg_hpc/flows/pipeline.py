@@ -305,8 +305,8 @@ def flow_hmc_task(point: Mapping[str, float], variant: str, flow: Mapping[str, A
     z0 = jnp.asarray(prior.sample(k0, n_chains), jnp.float64)
     with compile_clock() as clock:
         res = jax.block_until_ready(flow_hmc(model, params, action, z0, n_traj, krun, tau=tau, n_steps=n_steps,
-                                             integrator=integrator, n_therm=n_therm))
-    M, phi2 = (np.asarray(a, np.float64) for a in _m_phi2(res.phi))
+                                             integrator=integrator, n_therm=n_therm, measure=_m_phi2))
+    M, phi2 = (np.asarray(a, np.float64) for a in res.phi)
     out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm + n_traj, n_chains, float(res.acceptance),
                         dH=np.asarray(res.dH))
     out.update(method="flow-HMC", variant=variant, train_seconds=float(trained["total_train_seconds"]),

@@ -295,7 +295,8 @@ def _run_chain(
 
     def block(phi: jax.Array, kblock: jax.Array) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array]]:
         phi, (dh, acc) = jax.lax.scan(traj, phi, kblock)
-        obs = phi if measure is None else measure(phi)
+        # an action over other variables (flow-HMC's FlowedAction) maps them to the field before measuring
+        obs = phi if measure is None else measure(action.to_field(phi) if hasattr(action, "to_field") else phi)
         return phi, (obs, dh, acc)
 
     phi, (obs, dh, acc) = jax.lax.scan(block, phi0, ks)
@@ -332,7 +333,8 @@ def run_chain(
         tau_jitter: relative trajectory-length randomisation (module docstring), 0 = fixed ``tau``.
         meas_every: store/measure after every ``meas_every``-th production trajectory.
         measure: optional ``phi -> pytree`` evaluated inside the scan (saves memory); ``None`` keeps the
-            configurations. Must be hashable (a module-level function).
+            configurations. Must be hashable (a module-level function). If ``action`` has ``to_field``
+            (HMC in other variables, e.g. flowed ones), ``measure`` sees ``action.to_field(phi)``.
         n_therm: thermalisation trajectories, not recorded.
     """
     if integrator not in INTEGRATORS:

@@ -60,6 +60,24 @@ def test_identity_flow_hmc_reproduces_plain_hmc() -> None:
     np.testing.assert_array_equal(np.asarray(res.accepted), np.asarray(ref.accepted))
 
 
+def _sum_and_square(phi: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.sum(phi, axis=(-2, -1)), jnp.sum(phi**2, axis=(-2, -1))
+
+
+def test_flow_hmc_measures_the_flowed_field_inside_the_scan() -> None:
+    """``measure`` sees ``F(z)``: same numbers as measuring the stored configurations (same chain, same keys),
+    without keeping them (the memory of flow-HMC then does not grow with n_traj x volume)."""
+    flow = Flow((FreeFieldLinear(1.3),))  # a non-trivial F, so F(z) != z
+    z = jnp.asarray(np.random.default_rng(2).normal(size=(3, 4, 4)))
+    kw = {"tau": 0.5, "n_steps": 4, "meas_every": 2}
+    stored = flow_hmc(flow, {}, Phi4Action(1.0, 0.0), z, 6, jax.random.key(5), **kw)
+    measured = flow_hmc(flow, {}, Phi4Action(1.0, 0.0), z, 6, jax.random.key(5), measure=_sum_and_square, **kw)
+    assert measured.phi[0].shape == (3, 3)  # (n_traj / meas_every, chains): no configurations kept
+    for got, want in zip(measured.phi, _sum_and_square(stored.phi), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-12)
+    assert not np.allclose(np.asarray(stored.phi[-1]), np.asarray(stored.z))  # F(z) differs from z
+
+
 def test_flowed_action_of_exact_flow_is_gaussian() -> None:
     """S~(z) = S(K z) - log det K = z^2 / 2 + const for the exact free-field map."""
     flow = Flow((FreeFieldLinear(1.0),))
