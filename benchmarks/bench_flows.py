@@ -18,7 +18,9 @@ target, MH acceptance and ESS versus training steps and wall seconds.
   samples scatters by a few hundredths, and the step at which it first crosses the goal is quantised by
   ``--metrics-every``. Every target run (``--seeds``) starts with empty compilation caches.
 * ``--L 16 --goal-acceptance 0.5 --skip-throughput`` gives the time to 50% acceptance at L = 16 (the
-  reference comparison fields then refer to the L = 8 tutorial point and are left out).
+  reference comparison fields then refer to the L = 8 tutorial point and are left out). With
+  ``--pretrain-L 8 --pretrain-steps N`` the flow is first trained N steps at L = 8 and starts from those weights
+  (coarse-to-fine); steps and seconds then include the pretraining.
 
 Usage: ``python benchmarks/bench_flows.py [--out benchmarks/results/flows.json] [--skip-target]
 [--skip-throughput] [--seeds 0 1 2]``.
@@ -46,6 +48,7 @@ if str(ROOT) not in sys.path:
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from olrg_hpc.flows.coarse import transfer_params  # noqa: E402
 from olrg_hpc.flows.model import GaussianPrior, count_params, init_flow, tutorial_flow  # noqa: E402
 from olrg_hpc.flows.train import train  # noqa: E402
 from olrg_hpc.lattice.phi4 import Phi4Action  # noqa: E402
@@ -142,10 +145,22 @@ def target(args: argparse.Namespace, seed: int) -> dict[str, Any]:
             print(f"  step {step + 1} loss {loss:.3f}", flush=True)
 
     sync = 50
+    pre_steps, pre_s = 0, 0.0
+    if args.pretrain_L:  # coarse-to-fine: the same flow trained at the smaller L first, its weights carried over
+        small = argparse.Namespace(**{**vars(args), "L": args.pretrain_L})
+        _, sprior, _, sparams = _setup(small)
+        pre = train(flow, sprior, action, n_steps=args.pretrain_steps, batch_size=args.batch, key=seed + 1000,
+                    params=sparams, lr=args.lr, cosine=args.cosine, devices=args.target_devices, sync_every=sync)
+        params, pre_steps, pre_s = transfer_params(pre.state.params), args.pretrain_steps, pre.wall_s
+        print(f"  seed {seed}: pretrained {pre_steps} steps at L = {args.pretrain_L} in {pre_s:.1f} s", flush=True)
     res = train(flow, prior, action, n_steps=args.target_steps, batch_size=args.batch, key=seed,
                 params=params, lr=args.lr, cosine=args.cosine, devices=args.target_devices, sync_every=sync,
                 metrics_every=args.metrics_every, metrics_batch=args.metrics_batch, callback=on_sync)
     total = time.perf_counter() - t0
+    for m in res.metrics:  # both axes count the pretraining (its compilation included)
+        m["step"] += pre_steps
+        m["train_wall_s"] += pre_s
+        m["wall_s"] += pre_s
     for m in res.metrics:
         print(f"  seed {seed} step {m['step']:6d}  acc {m['acceptance']:.3f}  ess {m['ess']:.3f}  "
               f"loss {m['loss']:.3f}  train {m['train_wall_s']:.1f}s", flush=True)
@@ -153,6 +168,7 @@ def target(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     out: dict[str, Any] = {
         "seed": seed,
         "steps": args.target_steps,
+        "pretrain": {"L": args.pretrain_L, "steps": pre_steps, "wall_s": pre_s} if args.pretrain_L else None,
         "devices": args.target_devices,
         "lr": args.lr,
         "cosine": args.cosine,
@@ -220,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics-every", type=int, default=250)
     ap.add_argument("--metrics-batch", type=int, default=1024)
     ap.add_argument("--goal-acceptance", type=float, default=0.42)
+    ap.add_argument("--pretrain-L", type=int, default=0,
+                    help="train at this smaller L first (same couplings) and start from its weights (0: no)")
+    ap.add_argument("--pretrain-steps", type=int, default=2000)
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
 

@@ -28,7 +28,13 @@ Every case has rows for NRG, the DMRG-style time-averaged map and the learned li
 :data:`olrg_hpc.olrg.pipeline.RECIPE`, ``keep_state=True`` unless ``--no-keep-state``); each row records the max
 relative error on ``[0.1, 2]``, the max ``|error|`` on ``[0, 2]`` and ``[0, 4]``, the training wall time and
 steps. The table goes to ``--out`` (JSON) with the error curves, loss history and machine description.
-``--timing`` adds steps/s of the jitted training step on one device and on all devices for each ``D`` in ``--dims``.
+``--timing`` measures, for each ``D`` in ``--dims`` and each device count in ``--timing-devices`` (default 1 and 8
+emulated CPU devices, or 1 and all accelerators), in a fresh process each (``--measure``): steps/s of the jitted
+training step (plain order weights, 20 samples per order), the time to target (the paper problem with the
+:data:`RECIPE` at ``N = --timing-sites``, cosine schedule over ``--target-max-steps``, the max relative error on
+``[0.1, 2]`` checked every ``--eval-every`` steps until it is at most ``--target-error``; evaluation excluded,
+compilation included), and the process's peak memory (host RSS; on a GPU also XLA's peak bytes in use). The
+device kind is recorded with every row, so the same command on a GPU machine gives the GPU figures.
 """
 
 from __future__ import annotations
