@@ -403,9 +403,13 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
             rows.append([labels[i], int(L[i]), float(c["acceptance"][()][i]), pm("tau_int_M2", i),
                          float(c["seconds_per_sample"][()][i]), float(c["cost_per_independent"][()][i]),
                          float(c["train_seconds"][()][i]), pm("abs_M", i), pm("chi2", i), pm("binder", i),
-                         " ".join(f"{c['pull_' + k][()][i]:+.1f}" for k, _ in obs)])
+                         " ".join(f"{c['pull_' + k][()][i]:+.1f}" for k, _ in obs),
+                         f"{c['chain_over_tau'][()][i]:.0f} / {c['therm_over_tau'][()][i]:.1f}"
+                         + ("" if c["reliable"][()][i] else " too short")])
         rep.tables.append(Table("Samplers (errors: Gamma method, S = 1.5, chains as replicas; cost = s/sample x "
-                                "2 tau_int(M^2), compilation excluded; pulls vs HMC for |M|, chi2, U)",
+                                "2 tau_int(M^2), compilation excluded; pulls vs HMC for |M|, chi2, U; run length "
+                                f"per chain / thermalisation in tau_int(M^2), errors trustworthy from "
+                                f"{pipeline.MIN_CHAIN_TAUS:.0f} / {pipeline.MIN_THERM_TAUS:.0f})",
                                 ["sampler", "L", "acceptance", "tau_int(M^2)", "s/sample", "s/indep. sample",
-                                 "train s", "<|M|>", "chi2", "Binder U", "pulls"], rows))
+                                 "train s", "<|M|>", "chi2", "Binder U", "pulls", "run / therm. (tau)"], rows))
     return rep

@@ -20,6 +20,12 @@ Conventions (science.md section 2; Albandea et al. arXiv:2310.03381, arXiv:2302.
 * Observables (:func:`olrg_hpc.lattice.ensemble.summarize`): ``<|M|>``, ``chi2 = V <M^2>``, connected chi2,
   Binder ``U = 1 - <M^4> / (3 <M^2>^2)``, ``<phi^2>`` with Gamma-method errors (chains as replicas, S = 1.5)
   and tau_int of ``M^2`` and ``|M|`` in units of stored samples.
+* Run length: the Gamma method's errors (and tau_int itself) are trustworthy only for chains much longer than
+  tau_int (Wolff, hep-lat/0306017: N of order 100 tau_int and more) that start in equilibrium. Every sampler
+  records ``chain_over_tau`` (stored samples per chain / tau_int(M^2)) and ``therm_over_tau`` (thermalisation
+  steps / tau_int(M^2) in steps); :func:`compare_samplers` calls a run ``reliable`` when they are at least
+  :data:`MIN_CHAIN_TAUS` and :data:`MIN_THERM_TAUS`. A poorly trained flow fails this: flow-MH at ESS ~ 1e-2
+  sticks to rare configurations, tau_int reaches 100+ steps, and its error bars are too small.
 
 Task functions (each returns a mapping of arrays; trained parameters travel inside the result as a nested
 group, the flax parameter tree itself):
@@ -252,18 +258,27 @@ def _m_phi2(phi: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.mean(phi, axis=(-2, -1)), jnp.mean(phi * phi, axis=(-2, -1))
 
 
-def _chain_result(M: np.ndarray, phi2: np.ndarray, volume: int, clock: Mapping[str, float], n_total: int,
+#: a sampler's run counts as reliable with at least this many tau_int(M^2) per chain ...
+MIN_CHAIN_TAUS = 100.0
+#: ... and this many tau_int(M^2) of thermalisation (module docstring, "Run length")
+MIN_THERM_TAUS = 5.0
+
+
+def _chain_result(M: np.ndarray, phi2: np.ndarray, volume: int, clock: Mapping[str, float], n_therm: int,
                   n_chains: int, acceptance: float, dH: np.ndarray | None = None,
                   per_sample: int = 1) -> dict[str, Any]:
-    """Histories ``(n, n_chains)`` -> observables, tau_int and cost (module docstring)."""
+    """Histories ``(n, n_chains)`` stored every ``per_sample`` steps after ``n_therm`` steps -> observables,
+    tau_int, cost and run length in units of tau_int (module docstring)."""
     summary = ensemble.summarize(M, phi2, volume, dH if dH is not None else np.zeros(1))
     if dH is None:
         summary = {k: v for k, v in summary.items() if not k.startswith("exp_minus_dH")}
+    n_total = n_therm + M.shape[0] * per_sample
     seconds_per_sample = clock["run_s"] / (n_total * n_chains) * per_sample
+    tau = float(summary["tau_int_M2"])
     return {"M": M, "abs_M": np.abs(M), "phi2": phi2, "acceptance": float(acceptance), "summary": summary,
             "run_seconds": clock["run_s"], "compile_seconds": clock["compile_s"], "wall_seconds": clock["wall_s"],
-            "seconds_per_sample": seconds_per_sample,
-            "cost_per_independent": seconds_per_sample * 2.0 * float(summary["tau_int_M2"]),
+            "seconds_per_sample": seconds_per_sample, "cost_per_independent": seconds_per_sample * 2.0 * tau,
+            "chain_over_tau": M.shape[0] / tau, "therm_over_tau": n_therm / (tau * per_sample),
             "n_chains": n_chains, "L": int(round(volume**0.5))}
 
 
@@ -283,7 +298,7 @@ def flow_imh_task(point: Mapping[str, float], variant: str, flow: Mapping[str, A
                                              n_chains, measure=_m_phi2))
     M, phi2 = (np.asarray(a, np.float64)[n_therm:] for a in res.measurements)
     acc = float(np.mean(np.asarray(res.accepted)[n_therm:]))
-    out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm + n_steps, n_chains, acc)
+    out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm, n_chains, acc)
     out.update(method="flow-MH", variant=variant, train_seconds=float(trained["total_train_seconds"]),
                accepted=np.asarray(res.accepted)[n_therm:].astype(np.int8))
     return out
@@ -307,7 +322,7 @@ def flow_hmc_task(point: Mapping[str, float], variant: str, flow: Mapping[str, A
         res = jax.block_until_ready(flow_hmc(model, params, action, z0, n_traj, krun, tau=tau, n_steps=n_steps,
                                              integrator=integrator, n_therm=n_therm, measure=_m_phi2))
     M, phi2 = (np.asarray(a, np.float64) for a in res.phi)
-    out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm + n_traj, n_chains, float(res.acceptance),
+    out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm, n_chains, float(res.acceptance),
                         dH=np.asarray(res.dH))
     out.update(method="flow-HMC", variant=variant, train_seconds=float(trained["total_train_seconds"]),
                dH=np.asarray(res.dH))
@@ -327,7 +342,7 @@ def hmc_task(point: Mapping[str, float], n_chains: int, n_therm: int, n_traj: in
                                                   integrator=integrator, tau_jitter=tau_jitter,
                                                   meas_every=meas_every, n_therm=n_therm, measure=_m_phi2))
     M, phi2 = (np.asarray(a, np.float64) for a in res.measurements)
-    out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm + n_traj, n_chains, float(res.acceptance),
+    out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm, n_chains, float(res.acceptance),
                         dH=np.asarray(res.dH), per_sample=meas_every)
     out.update(method="HMC", variant="", train_seconds=0.0, dH=np.asarray(res.dH))
     return out
@@ -339,7 +354,8 @@ OBSERVABLES = ("abs_M", "chi2", "binder", "phi2")
 
 def compare_samplers(deps: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """All samplers side by side: acceptance, tau_int(M^2), seconds per sample, cost per independent chi2
-    sample, training seconds, observables with errors, and each observable's pull
+    sample, training seconds, run length in tau_int and ``reliable`` (module docstring), observables with
+    errors, and each observable's pull
     ``(x - x_HMC) / sqrt(err^2 + err_HMC^2)`` against the HMC run at the same ``L`` (NaN without one)."""
     names = sorted(deps)
 
@@ -357,7 +373,9 @@ def compare_samplers(deps: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         "acceptance": col("acceptance"), "tau_int_M2": summ("tau_int_M2"), "tau_int_M2_err": summ("tau_int_M2_err"),
         "seconds_per_sample": col("seconds_per_sample"), "cost_per_independent": col("cost_per_independent"),
         "train_seconds": col("train_seconds"), "run_seconds": col("run_seconds"),
+        "chain_over_tau": col("chain_over_tau"), "therm_over_tau": col("therm_over_tau"),
     }
+    out["reliable"] = (out["chain_over_tau"] >= MIN_CHAIN_TAUS) & (out["therm_over_tau"] >= MIN_THERM_TAUS)
     hmc_of = {int(deps[n]["L"]): i for i, n in enumerate(names) if method[i] == "HMC"}
     for obs in OBSERVABLES:
         val, err = summ(obs), summ(f"{obs}_err")

@@ -201,7 +201,18 @@ def _fake_sampler(method: str, variant: str, L: int, tau: float, rng: np.random.
     summary = {k: float(rng.uniform(0.1, 1)) for k in ("abs_M", "chi2", "binder", "phi2")}
     summary.update({f"{k}_err": 0.01 for k in ("abs_M", "chi2", "binder", "phi2")}, tau_int_M2=tau, tau_int_M2_err=0.1)
     return {"method": method, "variant": variant, "L": L, "acceptance": 0.5, "seconds_per_sample": 1e-4 * L,
-            "cost_per_independent": 2e-4 * L * tau, "train_seconds": 1.0, "run_seconds": 1.0, "summary": summary}
+            "cost_per_independent": 2e-4 * L * tau, "train_seconds": 1.0, "run_seconds": 1.0, "summary": summary,
+            "chain_over_tau": 4000 / tau, "therm_over_tau": 100 / tau}
+
+
+def test_compare_flags_runs_too_short_for_their_tau_int() -> None:
+    """4000 samples per chain and 100 thermalisation steps: reliable at tau_int = 8 (500 / 12.5 tau), not at
+    tau_int = 120 (33 / 0.8 tau: flow-MH of a poorly trained flow), the thresholds of the module docstring."""
+    rng = np.random.default_rng(1)
+    c = pipeline.compare_samplers({"hmc": _fake_sampler("HMC", "", 16, 8.0, rng),
+                                   "imh": _fake_sampler("flow-MH", "warm", 16, 120.0, rng)})
+    assert c["labels"].tolist() == ["hmc", "imh"] and c["reliable"].tolist() == [True, False]
+    np.testing.assert_allclose(c["chain_over_tau"], [500.0, 4000 / 120])
 
 
 def test_report_with_several_L(tmp_path: Path) -> None:
@@ -225,6 +236,7 @@ def test_report_with_several_L(tmp_path: Path) -> None:
     assert [r[:5] for r in head.rows] == [[8, "coarse", 0.3, 10, 10], [16, "coarse", 0.3, 10, 10]]
     samplers_table = rep.tables[-1]
     assert len(samplers_table.rows) == 6 and samplers_table.rows[0][0] == "HMC" and samplers_table.rows[0][1] == 8
+    assert samplers_table.rows[0][-1] == "1000 / 25.0"  # tau_int = 4: long enough, no "too short"
 
 
 def test_head_start_counts_steps_to_the_gaussian_acceptance() -> None:
