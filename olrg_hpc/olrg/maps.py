@@ -272,7 +272,8 @@ class LinearIsometryMap(OperatorMap):
     def init(self, key: Any, dim_grown: int, dim_keep: int, n_scales: int, warm: Sequence[Any] | None = None) -> Any:
         """``{"M": (n, 2D, D)}`` (``n = 1`` if shared), plus ``"Mi"`` (imaginary part) when complex.
 
-        Default: ``[I_D; 0] + init_scale * N(0, 1)``. ``warm``: one isometry per scale (e.g. NRG's) to start from.
+        Default: ``[I_D; 0] + init_scale * N(0, 1)``. ``warm``: one isometry per scale (e.g. NRG's) to start from;
+        complex ones need ``complex_=True`` (a real map would keep only their real part: ``ValueError``).
         """
         n = 1 if self.shared else n_scales
         # numpy generator seeded from the key: no eager JAX ops (each would compile a kernel)
@@ -284,6 +285,10 @@ class LinearIsometryMap(OperatorMap):
         Mi = self.init_scale * rng.standard_normal((n, dim_grown, dim_keep))
         if warm is not None:
             W = np.stack([np.asarray(w) for w in warm])[:n]
+            if not self.complex_ and np.max(np.abs(np.imag(W)), initial=0.0) > 1e-12:
+                # the real part of a complex isometry is another subspace: refuse rather than start elsewhere
+                raise ValueError("warm isometries are complex (e.g. the time-averaged DMRG map's): "
+                                 "use LinearIsometryMap(complex_=True)")
             M, Mi = np.real(W).copy(), np.imag(W).copy()
         M, Mi = jnp.asarray(M), jnp.asarray(Mi)
         return {"M": M, "Mi": Mi} if self.complex_ else {"M": M}

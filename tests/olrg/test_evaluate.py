@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import pytest
 
 from olrg_hpc.olrg import evaluate as E
 from olrg_hpc.olrg import maps as M
@@ -50,3 +51,17 @@ def test_learned_linear_map_warm_started_from_nrg_equals_nrg() -> None:
     c = E.olrg_curve(m, 8, lin, TIMES[:5], params=p, n0=3)
     np.testing.assert_allclose(c, b, atol=1e-10)
     assert a.shape == (5,) and np.all(np.isfinite(a))
+
+
+def test_complex_warm_start_needs_a_complex_map() -> None:
+    """The time-averaged DMRG map's isometries are complex: a real map refuses them (it would keep only the
+    real part, another subspace), a complex map starts exactly from them (same curve, 1e-10: float64 algebra)."""
+    m = models.tfim(8)
+    Vs = E.fixed_map_isometries(m, 8, M.DMRGMap(T=1.0), n0=3)
+    assert max(float(np.max(np.abs(np.imag(V)))) for V in Vs) > 1e-6
+    with pytest.raises(ValueError, match="complex_=True"):
+        M.LinearIsometryMap().init(jax.random.PRNGKey(0), 16, 8, len(Vs), warm=Vs)
+    lin = M.LinearIsometryMap(complex_=True)
+    p = lin.init(jax.random.PRNGKey(0), 16, 8, len(Vs), warm=Vs)
+    np.testing.assert_allclose(E.olrg_curve(m, 8, lin, TIMES[:5], params=p, n0=3),
+                               E.olrg_curve(m, 8, M.DMRGMap(T=1.0), TIMES[:5], n0=3), atol=1e-10)
