@@ -6,6 +6,8 @@
 - ``data_mesh()``: a 1-D mesh named ``data`` over every device of every process (GPUs when present,
   emulated CPU devices otherwise: ``XLA_FLAGS=--xla_force_host_platform_device_count=8``), or over a
   chosen subset. Training code shards its batch over ``data`` and replicates parameters.
+- ``replicate(tree, mesh)``: parameters and other replicated inputs placed on a mesh, also one that spans
+  several processes (where ``jax.device_put`` refuses non-addressable devices).
 - ``python -m olrg_hpc.sharding --check``: a global reduction over all processes and devices, printed by
   process 0; the multi-node template ``slurm/jax_multinode.sbatch`` runs it first.
 """
@@ -50,6 +52,27 @@ def data_mesh(axis: str = "data", devices: Sequence[Any] | int | None = None) ->
     else:
         devs = list(devices)
     return Mesh(np.array(devs), (axis,))
+
+
+def replicate(tree: Any, mesh: Any) -> Any:
+    """Every leaf of ``tree`` replicated over ``mesh``. Within one process this is ``jax.device_put``; over a
+    mesh that spans other processes (``jax.distributed``) each process contributes its own copy, so the
+    values must be the same on every process (deterministic initialisation, same seed)."""
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+
+    def one(x: Any) -> Any:
+        if hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(one(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    return jax.tree.map(one, tree)
 
 
 def device_summary() -> dict[str, Any]:

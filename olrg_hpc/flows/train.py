@@ -45,7 +45,7 @@ from jax.sharding import PartitionSpec as P
 
 from olrg_hpc import checkpoint
 from olrg_hpc.flows.model import Flow, Prior
-from olrg_hpc.sharding import data_mesh
+from olrg_hpc.sharding import data_mesh, replicate
 
 __all__ = [
     "TrainState",
@@ -311,12 +311,8 @@ def train(
     n_dev = mesh.devices.size
     if batch_size % n_dev:
         raise ValueError(f"batch_size={batch_size} must be a multiple of the device count {n_dev}")
-    repl = NamedSharding(mesh, P())
-    params_d = jax.device_put(state.params, repl)
-    opt_d = jax.device_put(state.opt_state, repl)
-    prior_d = jax.device_put(prior, repl)
-    action_d = jax.device_put(action, repl)
-    key_d = jax.device_put(state.key, repl)
+    params_d, opt_d, prior_d, action_d, key_d = replicate((state.params, state.opt_state, prior, action, state.key),
+                                                          mesh)
     chunk = max(1, min(sync_every, MAX_CHUNK))  # steps per call (the compiled program takes up to MAX_CHUNK)
     if cache_key is not None:
         cache_key = (*cache_key, tuple(d.id for d in mesh.devices.flat))
