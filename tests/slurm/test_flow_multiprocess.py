@@ -1,6 +1,6 @@
-"""Flow training across processes under the dev SLURM: 2 srun tasks x 2 emulated CPU devices (jax.distributed,
-gloo all-reduce) follow the loss trajectory of one process with 4 devices, and process 0 alone writes the
-result."""
+"""Multi-process JAX under the dev SLURM: 2 srun tasks x 2 emulated CPU devices (jax.distributed, gloo) agree on
+a global reduction, and their flow training follows the loss trajectory of one process with 4 devices, with
+process 0 alone writing the result."""
 
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ def test_two_processes_follow_the_single_process_trajectory(tmp_path: Path) -> N
             break
         time.sleep(1)
     text = (tmp_path / f"flow-{job}.out").read_text()
+    for p in (0, 1):  # the job script's first step: a global reduction over both processes' devices (0..255)
+        assert f"process {p}/2: 2 local of 4 global cpu devices; global sum 32640 (ok)" in text, text
     assert "process 0/2: 4 global devices, 20 steps" in text, text
     assert text.count("wrote ") == 1, text  # process 1 writes nothing
 
