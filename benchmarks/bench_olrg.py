@@ -25,7 +25,8 @@ Without exact targets beyond the learned blocks' reach the method does not extra
 at ``N = 10``, no exact targets at all 0.57 (seed 0, 600-1000 steps).
 
 Every case has rows for NRG, the DMRG-style time-averaged map and the learned linear isometry (training recipe
-:data:`olrg_hpc.olrg.pipeline.RECIPE`, ``keep_state=True`` unless ``--no-keep-state``); each row records the max
+:data:`olrg_hpc.olrg.pipeline.RECIPE`, ``keep_state=True`` unless ``--no-keep-state``), and with ``--maps ... omm``
+the neural Operator Matrix Map trained the same way; each row records the max
 relative error on ``[0.1, 2]``, the max ``|error|`` on ``[0, 2]`` and ``[0, 4]``, the training wall time and
 steps. The table goes to ``--out`` (JSON) with the error curves, loss history and machine description.
 ``--timing`` measures, for each ``D`` in ``--dims`` and each device count in ``--timing-devices`` (default 1 and 8
@@ -209,8 +210,17 @@ def case_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
     return specs
 
 
-def train_linear(spec: dict[str, Any], args: argparse.Namespace) -> tuple[M.OperatorMap, Any, dict[str, Any]]:
-    """Train the learned linear isometry of one case with the :data:`RECIPE` settings."""
+def learned_map(name: str, spec: dict[str, Any], args: argparse.Namespace) -> M.OperatorMap:
+    """``linear``: the learned isometry (``keep_state`` from ``--keep-state``); ``omm``: the neural Operator Matrix
+    Map (width 64, ``--omm-depth`` layers, ``--omm-noise`` noise samples averaged)."""
+    if name == "omm":
+        return M.OperatorMatrixMap(width=64, depth=args.omm_depth, n_noise=args.omm_noise)
+    return M.LinearIsometryMap(beyond=spec["beyond"], keep_state=args.keep_state)
+
+
+def train_learned(spec: dict[str, Any], args: argparse.Namespace,
+                  name: str = "linear") -> tuple[M.OperatorMap, Any, dict[str, Any]]:
+    """Train the learned map ``name`` of one case with the :data:`RECIPE` settings."""
     m = spec["model"].with_n(spec["n_final"])
     cfg = L.LossConfig(model=m, n0=spec["n0"], n_final=spec["n_final"], T=spec["T"], K=args.order,
                        n_per_order=args.n_per_order, weights=RECIPE["weights"], delta=RECIPE["delta"],
@@ -219,7 +229,7 @@ def train_linear(spec: dict[str, Any], args: argparse.Namespace) -> tuple[M.Oper
                        optimizer=RECIPE["optimizer"], warmup=RECIPE["warmup"], clip=RECIPE["clip"],
                        sync_every=max(1, min(100, spec["steps"])), seed=args.seed,
                        resample=args.exact_weight == 0)
-    mp = M.LinearIsometryMap(beyond=spec["beyond"], keep_state=args.keep_state)
+    mp = learned_map(name, spec, args)
     tr = T.Trainer(mp, cfg, tc, devices=jax.devices()[: args.train_devices] if args.train_devices else None)
     t0 = time.perf_counter()
     t_batch = time.perf_counter()
@@ -247,14 +257,16 @@ def run_case(spec: dict[str, Any], args: argparse.Namespace) -> list[dict[str, A
         rows.append({**base, "map": name, **window_errors(r), "train_s": 0.0, "eval_s": time.perf_counter() - t0,
                      "abs_err": r["abs_err"].tolist()})
         print(rows[-1]["map"], {k: v for k, v in rows[-1].items() if k.startswith("max")}, flush=True)
-    if "linear" in args.maps and not args.skip_train:
-        mp, params, info = train_linear(spec, args)
+    for name in ("linear", "omm"):
+        if name not in args.maps or args.skip_train:
+            continue
+        mp, params, info = train_learned(spec, args, name)
         t0 = time.perf_counter()
         r = E.error_curve(m, N, mp, TIMES, params=params, n0=n0)
-        rows.append({**base, "map": "linear", "n_final_train": spec["n_final"], "T_train": spec["T"],
+        rows.append({**base, "map": name, "n_final_train": spec["n_final"], "T_train": spec["T"],
                      **window_errors(r), **info, "eval_s": time.perf_counter() - t0, "abs_err": r["abs_err"].tolist(),
                      "approx": r["approx"].tolist(), "exact": r["exact"].tolist()})
-        print("linear", {k: v for k, v in rows[-1].items() if k.startswith("max") or k == "train_s"}, flush=True)
+        print(name, {k: v for k, v in rows[-1].items() if k.startswith("max") or k == "train_s"}, flush=True)
     return rows
 
 
@@ -270,7 +282,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results/olrg.json")
     p.add_argument("--cases", nargs="*", default=["paper"], choices=["paper", "n64", "mixed"])
-    p.add_argument("--maps", nargs="+", default=["nrg", "dmrg", "linear"])
+    p.add_argument("--maps", nargs="+", default=["nrg", "dmrg", "linear"], help="also: omm (neural map)")
+    p.add_argument("--omm-depth", type=int, default=4)
+    p.add_argument("--omm-noise", type=int, default=3)
     p.add_argument("--skip-train", action="store_true", help="fixed maps only")
     p.add_argument("--steps", type=int, default=1500, help="training steps of the paper case")
     p.add_argument("--paper-T", type=float, default=2.2, help="training window of the paper case (evaluated on [0, 2])")
