@@ -398,14 +398,18 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
         def pm(key: str, i: int) -> str:
             return f"{c[key][()][i]:.4g} ± {c[key + '_err'][()][i]:.2g}"
 
+        def run_length(i: int) -> str:
+            if "reliable" not in c:  # a study file written before run lengths were recorded
+                return "-"
+            return (f"{c['chain_over_tau'][()][i]:.0f} / {c['therm_over_tau'][()][i]:.1f}"
+                    + ("" if c["reliable"][()][i] else " too short"))
+
         rows = []
         for i in sorted(range(len(names)), key=lambda i: (L[i], method[i] != "HMC", labels[i])):
             rows.append([labels[i], int(L[i]), float(c["acceptance"][()][i]), pm("tau_int_M2", i),
                          float(c["seconds_per_sample"][()][i]), float(c["cost_per_independent"][()][i]),
                          float(c["train_seconds"][()][i]), pm("abs_M", i), pm("chi2", i), pm("binder", i),
-                         " ".join(f"{c['pull_' + k][()][i]:+.1f}" for k, _ in obs),
-                         f"{c['chain_over_tau'][()][i]:.0f} / {c['therm_over_tau'][()][i]:.1f}"
-                         + ("" if c["reliable"][()][i] else " too short")])
+                         " ".join(f"{c['pull_' + k][()][i]:+.1f}" for k, _ in obs), run_length(i)])
         rep.tables.append(Table("Samplers (errors: Gamma method, S = 1.5, chains as replicas; cost = s/sample x "
                                 "2 tau_int(M^2), compilation excluded; pulls vs HMC for |M|, chi2, U; run length "
                                 f"per chain / thermalisation in tau_int(M^2), errors trustworthy from "
