@@ -214,7 +214,8 @@ def learned_map(name: str, spec: dict[str, Any], args: argparse.Namespace) -> M.
     """``linear``: the learned isometry (``keep_state`` from ``--keep-state``); ``omm``: the neural Operator Matrix
     Map (width 64, ``--omm-depth`` layers, ``--omm-noise`` noise samples averaged)."""
     if name == "omm":
-        return M.OperatorMatrixMap(width=64, depth=args.omm_depth, n_noise=args.omm_noise)
+        cut = spec["n_final"] - spec["n0"] if spec["beyond"] == "decouple" else None
+        return M.OperatorMatrixMap(width=64, depth=args.omm_depth, n_noise=args.omm_noise, decouple_after=cut)
     return M.LinearIsometryMap(beyond=spec["beyond"], keep_state=args.keep_state)
 
 

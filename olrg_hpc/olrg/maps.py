@@ -332,7 +332,9 @@ class OperatorMatrixMap(OperatorMap):
     ``M0`` is ``[I_D; 0]``, and the last layer starts at zero, so the initial map is the plain truncation to the
     first ``D`` basis states (plus the effect of nothing else); training moves it. Parameters are shared across
     scales. ``noise_dim`` Gaussian inputs (std ``noise_std``) make the map generative; ``n_noise`` samples are
-    averaged by the callers.
+    averaged by the callers. The parameters do not know how many scales were trained: with
+    ``decouple_after = k`` every scale ``>= k`` drops its new site (:func:`decouple`, as
+    ``LinearIsometryMap(beyond="decouple")``), otherwise the shared map is applied at every scale.
     """
 
     def __init__(
@@ -343,7 +345,11 @@ class OperatorMatrixMap(OperatorMap):
         noise_std: float = 1.0,
         n_noise: int = 5,
         complex_: bool = False,
+        decouple_after: int | None = None,
     ):
+        if decouple_after is not None and decouple_after < 1:
+            raise ValueError(f"decouple_after must be >= 1 (got {decouple_after})")
+        self.decouple_after = decouple_after
         self.width, self.depth = int(width), int(depth)
         self.noise_dim, self.noise_std = int(noise_dim), float(noise_std)
         self.n_noise = int(n_noise)
@@ -382,12 +388,17 @@ class OperatorMatrixMap(OperatorMap):
         VH = self.matrix_isometry(params, hamiltonian(S), kH, D)
         kBs = jax.random.split(kB, S.B.shape[0])
         B = jnp.stack([c(S.B[k], self.matrix_isometry(params, S.B[k], kBs[k], D)) for k in range(S.B.shape[0])])
-        return S.replace(
+        out = S.replace(
             H_terms=jax.vmap(lambda X: c(X, VH))(S.H_terms),
             B=B,
             O=c(S.O, self.matrix_isometry(params, S.O, kO, D)),
             rho=c(S.rho, self.matrix_isometry(params, S.rho, kR, D)),
         )
+        if self.decouple_after is not None and D == S.dim // 2:
+            cut = decouple(S)
+            out = jax.tree_util.tree_map(lambda a, b: jnp.where(scale >= self.decouple_after, b.astype(a.dtype), a),
+                                         out, cut)
+        return out
 
 
 def make_map(name: str, **kw: Any) -> OperatorMap:

@@ -171,6 +171,15 @@ def test_decouple_cuts_the_chain_after_the_block() -> None:
     np.testing.assert_allclose(np.asarray(lin(p, G, 2).O), S0.O, atol=1e-14)
     with pytest.raises(ValueError):
         M.LinearIsometryMap(beyond="nope")
+    # the shared neural map cuts the same way after decouple_after scales
+    omm = M.OperatorMatrixMap(width=8, depth=2, decouple_after=2)
+    q = omm.init(jax.random.PRNGKey(1), 16, 8, 2)
+    np.testing.assert_allclose(np.asarray(omm(q, G, 1).O), np.asarray(M.OperatorMatrixMap(width=8, depth=2)(q, G, 1).O),
+                               atol=1e-14)
+    np.testing.assert_allclose(np.asarray(omm(q, G, 2).O), S0.O, atol=1e-14)
+    np.testing.assert_allclose(np.asarray(omm(q, G, 2).rho), S0.rho, atol=1e-14)
+    with pytest.raises(ValueError):
+        M.OperatorMatrixMap(decouple_after=0)
 
 
 def test_keep_state_isometry_keeps_the_initial_state() -> None:
