@@ -129,9 +129,14 @@ def log_weights(
     z = prior.sample(key, n)
     if sharding is not None:
         z = jax.lax.with_sharding_constraint(z, sharding)
-    phi, log_det = flow.apply(params, z)
-    log_q = prior.log_prob(z) - log_det
+    phi, log_q = _flowed(flow, params, prior, z)
     return phi, -action.action(phi) - log_q
+
+
+def _flowed(flow: Flow, params: Params, prior: Prior, z: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(phi, log q(phi))`` of prior draws ``z``: ``phi = F(z)``, ``log q = log p(z) - log det J_F(z)``."""
+    phi, log_det = flow.apply(params, z)
+    return phi, prior.log_prob(z) - log_det
 
 
 def reverse_kl_loss(
@@ -219,8 +224,8 @@ def _make_step(
             # replicated -> per-device values here; the transpose of this cast is the psum of the gradients,
             # so they are all-reduced once per step, after the backward pass
             p = jax.tree.map(lambda a: jax.lax.pcast(a, ("data",), to="varying"), p)
-            phi, log_det = flow.apply(p, z)
-            return jnp.sum(action.action(phi) + prior.log_prob(z) - log_det) / batch_size
+            phi, log_q = _flowed(flow, p, prior, z)
+            return jnp.sum(action.action(phi) + log_q) / batch_size
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         return jax.lax.psum(loss, "data"), grads
