@@ -105,15 +105,10 @@ def time_steps(D: int, devices: list[Any], steps: int, n_sites: int, n_per_order
 def paper_trainer(D: int, args: argparse.Namespace, devices: list[Any], steps: int) -> tuple[T.Trainer, Any]:
     """Trainer of the paper problem (TFIM, ``N = --timing-sites``, order ``--order``, trained on ``[0, --paper-T]``)
     with the :data:`RECIPE` at kept dimension ``D`` (exact ``log2 D`` sites at the start), and its model."""
-    n0, N = int(round(math.log2(D))), args.timing_sites
-    m = models.tfim(N)
-    cfg = L.LossConfig(model=m, n0=n0, n_final=N, T=args.paper_T, K=args.order, n_per_order=args.n_per_order,
-                       weights=RECIPE["weights"], delta=RECIPE["delta"], sample_T=True,
-                       exact_weight=args.exact_weight, exact_max_n=N)
-    tc = T.TrainConfig(steps=steps, lr=args.lr, lr_schedule=RECIPE["lr_schedule"], optimizer=RECIPE["optimizer"],
-                       warmup=RECIPE["warmup"], clip=RECIPE["clip"], sync_every=steps, seed=args.seed)
-    mp = M.LinearIsometryMap(beyond="reuse", keep_state=args.keep_state)
-    return T.Trainer(mp, cfg, tc, devices=devices), m
+    N = args.timing_sites
+    spec = dict(model=models.tfim(N), n0=int(round(math.log2(D))), n_final=N, T=args.paper_T, steps=steps,
+                beyond="reuse")
+    return recipe_trainer(spec, args, learned_map("linear", spec, args), devices, sync_every=steps), spec["model"]
 
 
 def time_to_target(D: int, devices: list[Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -219,19 +214,26 @@ def learned_map(name: str, spec: dict[str, Any], args: argparse.Namespace) -> M.
     return M.LinearIsometryMap(beyond=spec["beyond"], keep_state=args.keep_state)
 
 
-def train_learned(spec: dict[str, Any], args: argparse.Namespace,
-                  name: str = "linear") -> tuple[M.OperatorMap, Any, dict[str, Any]]:
-    """Train the learned map ``name`` of one case with the :data:`RECIPE` settings."""
+def recipe_trainer(spec: dict[str, Any], args: argparse.Namespace, mp: M.OperatorMap, devices: list[Any] | None,
+                   sync_every: int) -> T.Trainer:
+    """Trainer of ``mp`` on one case (``model``, ``n0``, ``n_final``, ``T``, ``steps``) with the :data:`RECIPE`:
+    exact targets on every block up to ``n_final``, order ``--order``, ``--n-per-order`` samples per order."""
     m = spec["model"].with_n(spec["n_final"])
     cfg = L.LossConfig(model=m, n0=spec["n0"], n_final=spec["n_final"], T=spec["T"], K=args.order,
                        n_per_order=args.n_per_order, weights=RECIPE["weights"], delta=RECIPE["delta"],
                        sample_T=True, exact_weight=args.exact_weight, exact_max_n=spec["n_final"])
     tc = T.TrainConfig(steps=spec["steps"], lr=args.lr, lr_schedule=RECIPE["lr_schedule"],
                        optimizer=RECIPE["optimizer"], warmup=RECIPE["warmup"], clip=RECIPE["clip"],
-                       sync_every=max(1, min(100, spec["steps"])), seed=args.seed,
-                       resample=args.exact_weight == 0)
+                       sync_every=sync_every, seed=args.seed, resample=args.exact_weight == 0)
+    return T.Trainer(mp, cfg, tc, devices=devices)
+
+
+def train_learned(spec: dict[str, Any], args: argparse.Namespace,
+                  name: str = "linear") -> tuple[M.OperatorMap, Any, dict[str, Any]]:
+    """Train the learned map ``name`` of one case with the :data:`RECIPE` settings."""
     mp = learned_map(name, spec, args)
-    tr = T.Trainer(mp, cfg, tc, devices=jax.devices()[: args.train_devices] if args.train_devices else None)
+    tr = recipe_trainer(spec, args, mp, jax.devices()[: args.train_devices] if args.train_devices else None,
+                        sync_every=max(1, min(100, spec["steps"])))
     t0 = time.perf_counter()
     t_batch = time.perf_counter()
     tr.batch_for(0)  # exact targets (ED of every block up to 12 sites): part of the training cost
