@@ -100,6 +100,11 @@ def decouple(S: RelevantSet) -> RelevantSet:
     return S.replace(H_terms=tr(S.H_terms) / 2, B=tr(S.B) / 2, O=tr(S.O) / 2, rho=tr(S.rho))
 
 
+def _decoupled_from(n: int, scale: Any, mapped: RelevantSet, S: RelevantSet) -> RelevantSet:
+    """``mapped`` at scales ``< n``, :func:`decouple` ``(S)`` from scale ``n`` on (``scale`` may be traced)."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(scale >= n, b.astype(a.dtype), a), mapped, decouple(S))
+
+
 def _state_vector(rho: Any) -> Any:
     """Unit ``v`` with ``rho = Tr(rho) |v><v|`` for a rank-1 ``rho``: its largest-diagonal column, normalized."""
     j = jnp.argmax(jnp.real(jnp.diagonal(jax.lax.stop_gradient(rho))))
@@ -309,8 +314,7 @@ class LinearIsometryMap(OperatorMap):
         D = S.dim // 2 if dim_keep is None else dim_keep
         out = compress(S, self.isometry(params, S, scale, key, D))
         if self.beyond == "decouple" and not self.shared and D == S.dim // 2:
-            n = params["M"].shape[0]
-            out = jax.tree_util.tree_map(lambda a, b: jnp.where(scale >= n, b, a), out, decouple(S))
+            out = _decoupled_from(params["M"].shape[0], scale, out, S)
         return out
 
 
@@ -395,9 +399,7 @@ class OperatorMatrixMap(OperatorMap):
             rho=c(S.rho, self.matrix_isometry(params, S.rho, kR, D)),
         )
         if self.decouple_after is not None and D == S.dim // 2:
-            cut = decouple(S)
-            out = jax.tree_util.tree_map(lambda a, b: jnp.where(scale >= self.decouple_after, b.astype(a.dtype), a),
-                                         out, cut)
+            out = _decoupled_from(self.decouple_after, scale, out, S)
         return out
 
 
