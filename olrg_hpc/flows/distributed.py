@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"olrg_hpc.flows.distributed: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # --out where no file (or folder for it) can be written
+        print(f"olrg_hpc.flows.distributed: --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     if s["process"] == 0:
         print(f"process 0/{s['processes']}: {s['devices']} global devices, {s['steps']} steps, loss "
               f"{s['first_loss']:.4f} -> {s['last_loss']:.4f} in {s['wall_s']:.1f} s; wrote {args.out}", flush=True)

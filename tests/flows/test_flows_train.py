@@ -141,3 +141,21 @@ def test_chunked_steps_do_not_change_the_trajectory(reference: object) -> None:
     assert seen[-1][1] == res.losses[-1]
     for a, b in zip(jax.tree.leaves(res.state.params), jax.tree.leaves(reference.state.params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["--batch", "3", "--out", "x.h5"], "--batch 3: must be a multiple of the global device count 8"),
+    (["--batch", "8", "--out", "/proc/olrg/x.h5"], "--out /proc/olrg/x.h5: "),  # /proc: no folder can be made
+])
+def test_distributed_training_bad_input_is_one_line(tmp_path, extra, expected) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    out = subprocess.run([sys.executable, "-m", "olrg_hpc.flows.distributed", "--L", "4", "--m2", "-4", "--lam", "8",
+                          "--layers", "2", "--hidden", "2", "--steps", "2", "--sync-every", "1", *extra],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], out.stderr
