@@ -5,8 +5,10 @@ Graph, per fine point ``(L, beta, lam)`` (beta/lambda convention of arXiv:2310.0
 1. ``ens-Ll-*-rR``: ``ensembles.replicas`` coarse HMC ensembles at ``(L/2, beta_coarse)`` in parallel
    (:func:`olrg_hpc.lattice.ensemble.hmc_ensemble`) -> ``gather-Ll-*``: configurations pooled, observables;
 2. training, one task per prior variant at equal ``steps x batch``: ``train-gaussian-L`` (N(0, 1) prior),
-   ``train-coarse-L`` (interleaved coarse configurations), ``train-warm-L`` (Gaussian prior, parameters
-   of ``pretrain-Ll``, a flow trained at the coarse point for ``warm_fraction`` of the steps); each records
+   ``train-coarse-L`` (interleaved coarse configurations), ``train-coarse_bilinear-L`` and
+   ``train-coarse_noise-L`` (one coarse configuration plus noise sublattices, about its bilinear interpolation
+   or about 0), ``train-warm-L`` (Gaussian prior, parameters of ``pretrain-Ll``, a flow trained at the coarse
+   point for ``warm_fraction`` of the steps); each records
    acceptance and ESS versus training step and seconds and holds its trained parameters;
 3. sampling in parallel: ``imh-<variant>-L`` (flow independent Metropolis-Hastings), ``fhmc-<variant>-L``
    (flow-HMC, for ``flow_hmc.variants``), ``hmc-L`` (plain HMC on the fine lattice);
@@ -34,7 +36,7 @@ from olrg_hpc.report import Table, WorkflowReport
 from olrg_hpc.tasks import Task
 from workflows.phi4_ensembles import HMCChains
 
-Variant = Literal["gaussian", "coarse", "warm"]
+Variant = Literal["gaussian", "coarse", "coarse_bilinear", "coarse_noise", "warm"]
 
 
 class Point(Strict):
@@ -127,6 +129,8 @@ class Params(Strict):
     lam: float = Field(0.5, ge=0, description="quartic coupling (beta/lambda convention)")
     points: list[Point] = Field(min_length=1)
     variants: list[Variant] = Field(default_factory=lambda: ["gaussian", "coarse", "warm"], min_length=1)
+    prior_sigma: float | None = Field(None, gt=0, description="noise width of coarse_bilinear / coarse_noise "
+                                      "(fine tutorial units; default from the coarse ensemble)")
     flow: FlowSettings = FlowSettings()
     ensembles: Ensembles = Ensembles()
     training: Training = Training()
@@ -163,6 +167,14 @@ def _flow_params(params: Params) -> dict[str, Any]:
     return params.flow.model_dump()
 
 
+def _prior_kw(variant: str, coarse: dict[str, float], params: Params) -> dict[str, Any]:
+    """Prior arguments of a coarse-ensemble variant (``prior_sigma`` only for the one-configuration priors)."""
+    kw: dict[str, Any] = {"coarse_point": coarse}
+    if variant != "coarse" and params.prior_sigma is not None:
+        kw["prior_sigma"] = params.prior_sigma
+    return kw
+
+
 def build(params: Params) -> list[Task]:
     tr = params.training
     lam = params.lam
@@ -176,7 +188,8 @@ def build(params: Params) -> list[Task]:
         tag = f"L{p.L}"
         ctag = f"L{coarse['L']}-beta{coarse['beta']:g}"
         gather = None
-        if "coarse" in params.variants:
+        coarse_variants = [v for v in params.variants if v in pipeline.COARSE_VARIANTS]
+        if coarse_variants:
             ens = params.ensembles
             reps = []
             for r in range(ens.replicas):
@@ -196,10 +209,10 @@ def build(params: Params) -> list[Task]:
                 tasks.append(pre)
                 t = Task(f"train-warm-{tag}", pipeline.train_flow_task,
                          {"point": fine, "variant": "warm", "steps": n_fine, **train_kw}, deps=(pre.name,))
-            elif v == "coarse":
+            elif v in coarse_variants:
                 assert gather is not None
-                t = Task(f"train-coarse-{tag}", pipeline.train_flow_task,
-                         {"point": fine, "variant": "coarse", "coarse_point": coarse, "steps": tr.steps, **train_kw},
+                t = Task(f"train-{v}-{tag}", pipeline.train_flow_task,
+                         {"point": fine, "variant": v, "steps": tr.steps, **_prior_kw(v, coarse, params), **train_kw},
                          deps=(gather.name,))
             else:
                 t = Task(f"train-{v}-{tag}", pipeline.train_flow_task,
@@ -207,8 +220,8 @@ def build(params: Params) -> list[Task]:
             tasks.append(t)
             trained[v] = t
         for v, t in trained.items():
-            deps = (t.name, gather.name) if v == "coarse" and gather is not None else (t.name,)
-            extra = {"coarse_point": coarse} if v == "coarse" else {}
+            deps = (t.name, gather.name) if v in coarse_variants and gather is not None else (t.name,)
+            extra = _prior_kw(v, coarse, params) if v in coarse_variants else {}
             s = Task(f"imh-{v}-{tag}", pipeline.flow_imh_task,
                      {"point": fine, "variant": v, "flow": flow, **params.imh.model_dump(), **extra}, deps=deps)
             tasks.append(s)
@@ -264,7 +277,7 @@ def head_start_rows(groups: Mapping[str, Any]) -> list[list[Any]]:
         n_ref = int(np.asarray(ref["metric_step"])[-1])
         target = float(np.asarray(ref["acceptance"])[-1])
         t_ref = float(np.asarray(ref["metric_seconds"])[-1])
-        for v in ("coarse", "warm"):
+        for v in pipeline.VARIANTS[1:]:
             g = variants.get(v)
             if g is None:
                 continue

@@ -14,6 +14,15 @@ Conventions (science.md section 2):
 * :class:`EnsemblePrior`: the variant with the same ``L`` and a smaller ``beta``: ``z`` = one configuration
   drawn from a stored ensemble of the prior action, ``log r(z) = -S_prior(z / s) - V log s`` (again without
   ``log Z``).
+* :class:`RefinePrior` (the earlier variants the paper lists): ONE coarse configuration ``phi_c`` on the even
+  sublattice, ``z(2x, 2y) = s phi_c(x, y)``, and Gaussian noise on the three others,
+  ``z(2x + a, 2y + b) = m_ab(x, y) + sigma eps_ab(x, y)``, ``eps ~ N(0, 1)``. ``m_ab`` is the bilinear
+  interpolation of ``s phi_c`` (periodic: ``m_01 = (c(x, y) + c(x, y+1))/2``, ``m_10 = (c(x, y) + c(x+1, y))/2``,
+  ``m_11`` the mean of the four corners) with ``interpolate=True``, and 0 ("noise sublattices") otherwise.
+  The map ``(phi_c, eps) -> z`` is triangular with diagonal ``s`` and ``sigma``, so
+  ``log r(z) = -S_c(phi_c) - (V/4) log s - sum eps^2 / 2 - (3V/4) log(sigma sqrt(2 pi)) - log Z_c``
+  (``log Z_c`` dropped as above). The long-range structure comes from the coarse ensemble; the flow only has
+  to correlate each fine site with its neighbours. :func:`refine_sigma` gives the default width.
 * Fields are in the tutorial convention of the respective :class:`~olrg_hpc.lattice.phi4.Phi4Action`. Two
   beta/lambda theories with different ``beta`` have different tutorial normalisations (``chi = c phi_tut``,
   ``c = sqrt(2 / beta)``); to feed a coarse ensemble at ``beta_c`` to a target at ``beta_f`` in the same
@@ -31,8 +40,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["interleave", "deinterleave", "CoarsePrior", "EnsemblePrior", "transfer_params"]
+__all__ = ["interleave", "deinterleave", "CoarsePrior", "EnsemblePrior", "RefinePrior", "refine_sigma",
+           "transfer_params"]
 
 
 def interleave(coarse: jax.Array) -> jax.Array:
@@ -115,6 +126,67 @@ class EnsemblePrior:
     def log_prob(self, z: jax.Array) -> jax.Array:
         vol = math.prod(z.shape[-2:])
         return -self.action.action(z / self.scale) - vol * jnp.log(jnp.asarray(self.scale, z.dtype))
+
+
+def _refine_means(cf: jax.Array, interpolate: bool) -> jax.Array:
+    """Means of the sublattices ``(0, 1), (1, 0), (1, 1)`` given the scaled coarse field ``cf`` (``(*b, l1, l2)``):
+    ``(*b, 3, l1, l2)``, bilinear (periodic) or zero."""
+    if not interpolate:
+        return jnp.zeros((*cf.shape[:-2], 3, *cf.shape[-2:]), cf.dtype)
+    right = jnp.roll(cf, -1, axis=-1)  # c(x, y + 1)
+    down = jnp.roll(cf, -1, axis=-2)  # c(x + 1, y)
+    diag = jnp.roll(down, -1, axis=-1)
+    return jnp.stack([(cf + right) / 2, (cf + down) / 2, (cf + right + down + diag) / 4], axis=-3)
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=["action", "ensemble", "scale", "sigma"],
+         meta_fields=["interpolate"])
+@dataclass(frozen=True)
+class RefinePrior:
+    """One coarse configuration plus noise sublattices, bilinearly interpolated or not (module docstring).
+    ``ensemble``: ``(N, l1, l2)`` configurations of the coarse ``action``; ``scale``: field factor ``s``;
+    ``sigma``: width of the noise (fine tutorial units)."""
+
+    action: Any
+    ensemble: jax.Array
+    scale: Any = 1.0
+    sigma: Any = 0.5
+    interpolate: bool = True
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (2 * self.ensemble.shape[-2], 2 * self.ensemble.shape[-1])
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        k_idx, k_eps = jax.random.split(key)
+        cf = self.scale * self.ensemble[jax.random.randint(k_idx, (n,), 0, self.ensemble.shape[0])]
+        eps = jax.random.normal(k_eps, (n, 3, *cf.shape[-2:]), cf.dtype)
+        rest = _refine_means(cf, self.interpolate) + self.sigma * eps
+        return interleave(jnp.concatenate([cf[:, None], rest], axis=1))
+
+    def log_prob(self, z: jax.Array) -> jax.Array:
+        subs = deinterleave(z)
+        cf = subs[..., 0, :, :]
+        eps = (subs[..., 1:, :, :] - _refine_means(cf, self.interpolate)) / self.sigma
+        n_c = math.prod(cf.shape[-2:])
+        log_s = jnp.log(jnp.asarray(self.scale, z.dtype))
+        log_norm = jnp.log(jnp.asarray(self.sigma, z.dtype)) + 0.5 * math.log(2 * math.pi)
+        return (-self.action.action(cf / self.scale) - n_c * log_s
+                - 0.5 * jnp.sum(eps**2, axis=(-3, -2, -1)) - 3 * n_c * log_norm)
+
+
+def refine_sigma(ensemble: Any, scale: float, interpolate: bool) -> float:
+    """Default noise width of :class:`RefinePrior` from the coarse ensemble (fine units, times ``scale``).
+
+    Interpolated: half the rms nearest-neighbour difference of the coarse field, the spread of a midpoint about
+    the mean of its ends for a field whose differences grow like a random walk (a Brownian bridge: a variance
+    of ``v/4`` for ends ``v`` apart). Zero-mean noise: the rms of the coarse field itself.
+    """
+    c = np.asarray(ensemble, np.float64)
+    if interpolate:
+        d2 = np.mean([np.mean((c - np.roll(c, 1, axis=ax)) ** 2) for ax in (-1, -2)])
+        return float(scale * 0.5 * np.sqrt(d2))
+    return float(scale * np.sqrt(np.mean(c**2)))
 
 
 def transfer_params(params: Any, dtype: Any = None) -> Any:

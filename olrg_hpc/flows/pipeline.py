@@ -7,7 +7,10 @@ Conventions (science.md section 2; Albandea et al. arXiv:2310.03381, arXiv:2302.
   :mod:`olrg_hpc.lattice.ensemble`. Flows act on tutorial-convention fields of the target action.
 * Prior variants of the fine flow (same architecture, same ``steps x batch``):
   ``gaussian`` (N(0, 1) prior, fresh parameters), ``coarse`` (:class:`~olrg_hpc.flows.coarse.CoarsePrior`:
-  four configurations of a coarse ``L/2`` HMC ensemble at ``beta_coarse``, interleaved), ``warm``
+  four configurations of a coarse ``L/2`` HMC ensemble at ``beta_coarse``, interleaved), ``coarse_bilinear`` and
+  ``coarse_noise`` (:class:`~olrg_hpc.flows.coarse.RefinePrior`: one coarse configuration on the even sublattice,
+  Gaussian noise of width ``prior_sigma`` (default :func:`~olrg_hpc.flows.coarse.refine_sigma`) about its bilinear
+  interpolation or about 0 on the other three), ``warm``
   (Gaussian prior; parameters of a flow first trained at the coarse point ``(L/2, beta_coarse)``, moved to
   ``L`` by :func:`~olrg_hpc.flows.coarse.transfer_params`; its step and seconds axes continue those of the
   coarse training).
@@ -49,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from olrg_hpc.flows.coarse import CoarsePrior, transfer_params
+from olrg_hpc.flows.coarse import CoarsePrior, RefinePrior, refine_sigma, transfer_params
 from olrg_hpc.flows.mcmc import flow_hmc, flow_imh
 from olrg_hpc.flows.model import Flow, GaussianPrior, count_params, init_flow, tutorial_flow, z2_flow
 from olrg_hpc.flows.train import evaluate, make_mesh, train
@@ -60,6 +63,7 @@ enable_x64()
 
 __all__ = [
     "VARIANTS",
+    "COARSE_VARIANTS",
     "compile_clock",
     "make_flow",
     "params_from_tree",
@@ -71,7 +75,9 @@ __all__ = [
     "compare_samplers",
 ]
 
-VARIANTS = ("gaussian", "coarse", "warm")
+#: prior variants that draw from the coarse ensemble
+COARSE_VARIANTS = ("coarse", "coarse_bilinear", "coarse_noise")
+VARIANTS = ("gaussian", *COARSE_VARIANTS, "warm")
 
 # ------------------------------------------------------------------------------------------------ timing
 _COMPILE_EVENTS = frozenset({"/jax/core/compile/jaxpr_trace_duration",
@@ -156,21 +162,26 @@ def _dep_with(deps: Mapping[str, Mapping[str, Any]] | None, key: str) -> Mapping
 
 
 def _prior(variant: str, point: Mapping[str, float], coarse_point: Mapping[str, float] | None,
-           deps: Mapping[str, Mapping[str, Any]] | None) -> Any:
+           deps: Mapping[str, Mapping[str, Any]] | None, prior_sigma: float | None = None) -> Any:
     L = int(point["L"])
     if variant in ("gaussian", "warm"):
         return GaussianPrior((L, L), "float32")
+    if variant not in COARSE_VARIANTS:
+        raise ValueError(f"unknown prior variant {variant!r} ({', '.join(VARIANTS)})")
+    if coarse_point is None:
+        raise ValueError(f"the {variant} variant needs coarse_point")
+    act_c, c_c = _point_action(coarse_point)
+    _, c_f = _point_action(point)
+    configs = np.asarray(_dep_with(deps, "configs")["configs"], np.float64)
+    if configs.shape[-2:] != (L // 2, L // 2):
+        raise ValueError(f"coarse configurations are {configs.shape[-2:]}, need {(L // 2, L // 2)}")
+    # stored in the coarse point's convention (chi = c_c phi_tut,c); the flow acts on fine tutorial fields
+    ens, scale = configs / c_c, c_c / c_f
     if variant == "coarse":
-        if coarse_point is None:
-            raise ValueError("the coarse variant needs coarse_point")
-        act_c, c_c = _point_action(coarse_point)
-        _, c_f = _point_action(point)
-        configs = np.asarray(_dep_with(deps, "configs")["configs"], np.float64)
-        if configs.shape[-2:] != (L // 2, L // 2):
-            raise ValueError(f"coarse configurations are {configs.shape[-2:]}, need {(L // 2, L // 2)}")
-        # stored in the coarse point's convention (chi = c_c phi_tut,c); the flow acts on fine tutorial fields
-        return CoarsePrior(act_c, jnp.asarray(configs / c_c, jnp.float32), c_c / c_f)
-    raise ValueError(f"unknown prior variant {variant!r} ({', '.join(VARIANTS)})")
+        return CoarsePrior(act_c, jnp.asarray(ens, jnp.float32), scale)
+    interpolate = variant == "coarse_bilinear"
+    sigma = refine_sigma(ens, scale, interpolate) if prior_sigma is None else float(prior_sigma)
+    return RefinePrior(act_c, jnp.asarray(ens, jnp.float32), scale, sigma, interpolate)
 
 
 # ------------------------------------------------------------------------------------------------ ensembles
@@ -189,7 +200,7 @@ def gather_coarse_ensemble(deps: Mapping[str, Mapping[str, Any]], thin: int = 1)
 # ------------------------------------------------------------------------------------------------ training
 def train_flow_task(point: Mapping[str, float], variant: str, flow: Mapping[str, Any], steps: int, batch_size: int,
                     lr: float, cosine: bool, metrics_every: int, metrics_batch: int, seed: int,
-                    coarse_point: Mapping[str, float] | None = None,
+                    coarse_point: Mapping[str, float] | None = None, prior_sigma: float | None = None,
                     deps: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Train the flow of one prior variant at ``point`` (module docstring) with reverse KL (Adam, optionally
     cosine-annealed), data parallel over the devices that divide ``batch_size``.
@@ -204,7 +215,7 @@ def train_flow_task(point: Mapping[str, float], variant: str, flow: Mapping[str,
     L = int(point["L"])
     action, _ = _point_action(point)
     model = make_flow(flow)
-    prior = _prior(variant, point, coarse_point, deps)
+    prior = _prior(variant, point, coarse_point, deps, prior_sigma)
     k_init, k_train, k_eval = jax.random.split(_int_seed(seed), 3)
     step_offset, seconds_offset = 0, 0.0
     if variant == "warm":
@@ -284,6 +295,7 @@ def _chain_result(M: np.ndarray, phi2: np.ndarray, volume: int, clock: Mapping[s
 
 def flow_imh_task(point: Mapping[str, float], variant: str, flow: Mapping[str, Any], n_chains: int, n_steps: int,
                   n_therm: int, seed: int, coarse_point: Mapping[str, float] | None = None,
+                  prior_sigma: float | None = None,
                   deps: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """``n_chains`` independent Metropolis-Hastings chains with the trained flow of ``variant`` as proposal
     (:func:`~olrg_hpc.flows.mcmc.flow_imh`); the first ``n_therm`` steps are dropped."""
@@ -292,7 +304,7 @@ def flow_imh_task(point: Mapping[str, float], variant: str, flow: Mapping[str, A
     model = make_flow(flow)
     trained = _dep_with(deps, "params")
     params = params_from_tree(model, (L, L), trained["params"])
-    prior = _prior(variant, point, coarse_point, deps)
+    prior = _prior(variant, point, coarse_point, deps, prior_sigma)
     with compile_clock() as clock:
         res = jax.block_until_ready(flow_imh(model, params, prior, action, _int_seed(seed), n_therm + n_steps,
                                              n_chains, measure=_m_phi2))
@@ -306,7 +318,7 @@ def flow_imh_task(point: Mapping[str, float], variant: str, flow: Mapping[str, A
 
 def flow_hmc_task(point: Mapping[str, float], variant: str, flow: Mapping[str, Any], n_chains: int, n_traj: int,
                   n_therm: int, tau: float, n_steps: int, integrator: str, seed: int,
-                  coarse_point: Mapping[str, float] | None = None,
+                  coarse_point: Mapping[str, float] | None = None, prior_sigma: float | None = None,
                   deps: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """HMC in the flowed variables of the trained flow of ``variant``
     (:func:`~olrg_hpc.flows.mcmc.flow_hmc`, float64), started from prior draws."""
@@ -315,7 +327,7 @@ def flow_hmc_task(point: Mapping[str, float], variant: str, flow: Mapping[str, A
     model = make_flow(flow)
     trained = _dep_with(deps, "params")
     params = params_from_tree(model, (L, L), trained["params"], jnp.float64)
-    prior = _prior(variant, point, coarse_point, deps)
+    prior = _prior(variant, point, coarse_point, deps, prior_sigma)
     k0, krun = jax.random.split(jax.random.key(int(seed) % (2**63), impl="rbg"))
     z0 = jnp.asarray(prior.sample(k0, n_chains), jnp.float64)
     with compile_clock() as clock:

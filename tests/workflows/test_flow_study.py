@@ -56,6 +56,19 @@ class TestGraph:
         assert by["pretrain-L4-beta0.45"].params["steps"] + by["train-warm-L8"].params["steps"] == steps
         assert len({by[n].params["batch_size"] for n in by if "train" in n}) == 1
 
+    def test_one_configuration_priors(self) -> None:
+        """coarse_bilinear / coarse_noise read the gathered ensemble (training and sampling) and get prior_sigma."""
+        p = _params(variants=["gaussian", "coarse_bilinear", "coarse_noise"], prior_sigma=0.3)
+        by = {t.name: t for t in flow_study.build(p)}
+        for v in ("coarse_bilinear", "coarse_noise"):
+            assert by[f"train-{v}-L8"].deps == ("gather-L4-beta0.45",)
+            assert set(by[f"imh-{v}-L8"].deps) == {f"train-{v}-L8", "gather-L4-beta0.45"}
+            for n in (f"train-{v}-L8", f"imh-{v}-L8"):
+                assert by[n].params["prior_sigma"] == 0.3
+                assert by[n].params["coarse_point"] == {"L": 4, "beta": 0.45, "lam": 0.5}
+        default = {t.name: t for t in flow_study.build(_params(variants=["gaussian", "coarse_noise"]))}
+        assert "prior_sigma" not in default["train-coarse_noise-L8"].params  # from the ensemble
+
     def test_gaussian_only_needs_no_ensembles(self) -> None:
         names = [t.name for t in flow_study.build(_params(variants=["gaussian"]))]
         assert not any(n.startswith(("ens-", "gather-", "pretrain-")) for n in names)
@@ -70,6 +83,8 @@ class TestGraph:
      "params.training: steps (1001) must be a multiple of metrics_every"),
     ("  points: [{L: 8, beta: 0.5}]\n  flow: {n_layer: 4}", "params.flow.n_layer: unknown key (did you mean n_layers?"),
     ("  points: [{L: 8, beta: -1}]", "params.points.0.beta"),
+    ("  points: [{L: 8, beta: 0.5}]\n  prior_sigma: 0", "params.prior_sigma"),
+    ("  points: [{L: 8, beta: 0.5}]\n  variants: [gaussian, coarse_bilinar]", "params.variants.1"),
 ])
 def test_bad_params_are_one_line(tmp_path: Path, params: str, where: str) -> None:
     cfg = tmp_path / "bad.yaml"
@@ -142,6 +157,10 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     table = pipeline.compare_samplers({"imh-coarse-L4": imh, "hmc-L4": hmc})
     assert list(table["method"]) == ["HMC", "flow-MH"]
     assert table["pull_chi2"][0] == 0.0 and np.isfinite(table["pull_chi2"][1])
+
+    bil = pipeline.train_flow_task(FINE, "coarse_bilinear", steps=2, seed=3, coarse_point=COARSE,
+                                   deps={"gather": gather}, **TRAIN)
+    assert np.all(np.isfinite(bil["loss"])) and bil["variant"] == "coarse_bilinear"
 
     with pytest.raises(ValueError, match="do not fit the flow"):  # parameters of another architecture
         pipeline.params_from_tree(pipeline.make_flow({"kind": "z2", "n_layers": 4, "hidden": []}), (4, 4),
