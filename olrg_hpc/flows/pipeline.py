@@ -28,7 +28,9 @@ Conventions (science.md section 2; Albandea et al. arXiv:2310.03381, arXiv:2302.
   records ``chain_over_tau`` (stored samples per chain / tau_int(M^2)) and ``therm_over_tau`` (thermalisation
   steps / tau_int(M^2) in steps); :func:`compare_samplers` calls a run ``reliable`` when they are at least
   :data:`MIN_CHAIN_TAUS` and :data:`MIN_THERM_TAUS`. A poorly trained flow fails this: flow-MH at ESS ~ 1e-2
-  sticks to rare configurations, tau_int reaches 100+ steps, and its error bars are too small.
+  sticks to rare configurations, tau_int reaches 100+ steps, and its error bars are too small. Thermalisation
+  adapts to tau_int: a chain whose configured ``n_therm`` is below :data:`MIN_THERM_TAUS` tau_int loses the
+  missing steps from its start too (at most half the chain; ``therm_steps`` records the total).
 
 Task functions (each returns a mapping of arrays; trained parameters travel inside the result as a nested
 group, the flax parameter tree itself):
@@ -279,18 +281,31 @@ def _chain_result(M: np.ndarray, phi2: np.ndarray, volume: int, clock: Mapping[s
                   n_chains: int, acceptance: float, dH: np.ndarray | None = None,
                   per_sample: int = 1) -> dict[str, Any]:
     """Histories ``(n, n_chains)`` stored every ``per_sample`` steps after ``n_therm`` steps -> observables,
-    tau_int, cost and run length in units of tau_int (module docstring)."""
-    summary = ensemble.summarize(M, phi2, volume, dH if dH is not None else np.zeros(1))
-    if dH is None:
-        summary = {k: v for k, v in summary.items() if not k.startswith("exp_minus_dH")}
+    tau_int, cost and run length in units of tau_int (module docstring).
+
+    Thermalisation follows tau_int: when ``n_therm`` is shorter than :data:`MIN_THERM_TAUS` tau_int(M^2) of the
+    measured chain, the missing samples are dropped from its start as well (at most half of it; tau_int is then
+    estimated again) and ``therm_steps`` records the total. The cost still counts every step run.
+    """
+    def summarize(m: np.ndarray, p2: np.ndarray) -> dict[str, Any]:
+        out = ensemble.summarize(m, p2, volume, dH if dH is not None else np.zeros(1))
+        return out if dH is not None else {k: v for k, v in out.items() if not k.startswith("exp_minus_dH")}
+
+    summary = summarize(M, phi2)
     n_total = n_therm + M.shape[0] * per_sample
+    missing = MIN_THERM_TAUS * float(summary["tau_int_M2"]) * per_sample - n_therm  # in steps
+    drop = min(int(np.ceil(max(missing, 0.0) / per_sample)), M.shape[0] // 2)
+    if drop:
+        M, phi2 = M[drop:], phi2[drop:]
+        summary = summarize(M, phi2)
+    therm_steps = n_therm + drop * per_sample
     seconds_per_sample = clock["run_s"] / (n_total * n_chains) * per_sample
     tau = float(summary["tau_int_M2"])
     return {"M": M, "abs_M": np.abs(M), "phi2": phi2, "acceptance": float(acceptance), "summary": summary,
             "run_seconds": clock["run_s"], "compile_seconds": clock["compile_s"], "wall_seconds": clock["wall_s"],
             "seconds_per_sample": seconds_per_sample, "cost_per_independent": seconds_per_sample * 2.0 * tau,
-            "chain_over_tau": M.shape[0] / tau, "therm_over_tau": n_therm / (tau * per_sample),
-            "n_chains": n_chains, "L": int(round(volume**0.5))}
+            "chain_over_tau": M.shape[0] / tau, "therm_steps": therm_steps,
+            "therm_over_tau": therm_steps / (tau * per_sample), "n_chains": n_chains, "L": int(round(volume**0.5))}
 
 
 def flow_imh_task(point: Mapping[str, float], variant: str, flow: Mapping[str, Any], n_chains: int, n_steps: int,
@@ -309,10 +324,10 @@ def flow_imh_task(point: Mapping[str, float], variant: str, flow: Mapping[str, A
         res = jax.block_until_ready(flow_imh(model, params, prior, action, _int_seed(seed), n_therm + n_steps,
                                              n_chains, measure=_m_phi2))
     M, phi2 = (np.asarray(a, np.float64)[n_therm:] for a in res.measurements)
-    acc = float(np.mean(np.asarray(res.accepted)[n_therm:]))
-    out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm, n_chains, acc)
+    out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm, n_chains, 0.0)
+    accepted = np.asarray(res.accepted)[out["therm_steps"]:]  # the steps the observables use
     out.update(method="flow-MH", variant=variant, train_seconds=float(trained["total_train_seconds"]),
-               accepted=np.asarray(res.accepted)[n_therm:].astype(np.int8))
+               acceptance=float(np.mean(accepted)), accepted=accepted.astype(np.int8))
     return out
 
 

@@ -149,7 +149,8 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     assert trained["n_params"] == 37 and np.all(np.isfinite(trained["loss"]))
     imh = pipeline.flow_imh_task(FINE, "coarse", TINY_FLOW, n_chains=4, n_steps=30, n_therm=5, seed=4,
                                  coarse_point=COARSE, deps={"train": trained, "gather": gather})
-    assert imh["M"].shape == imh["accepted"].shape == (30, 4) and 0 < imh["acceptance"] < 1
+    kept = 30 - (imh["therm_steps"] - 5)  # thermalisation follows tau_int (test_thermalisation_follows_tau_int)
+    assert imh["M"].shape == imh["accepted"].shape == (kept, 4) and 0 < imh["acceptance"] < 1
     assert imh["cost_per_independent"] == pytest.approx(
         imh["seconds_per_sample"] * 2 * imh["summary"]["tau_int_M2"])
     hmc = pipeline.hmc_task(FINE, n_chains=2, n_therm=5, n_traj=20, meas_every=1, tau=1.0, n_steps=5,
@@ -275,3 +276,29 @@ def test_head_start_counts_steps_to_the_gaussian_acceptance() -> None:
     slow = dict(coarse, acceptance=np.full(11, 0.2))
     assert flow_study.head_start_rows({"g": gauss, "c": slow})[0][4] == "not reached"
     assert flow_study.first_reaching(steps, np.zeros(11), 0.1) is None
+
+
+def test_thermalisation_follows_tau_int() -> None:
+    """A chain with tau_int ~ 20 (AR(1), rho = 0.95) and 10 configured thermalisation steps loses about 5 tau_int
+    more from its start; an uncorrelated chain loses nothing; at most half a chain is ever dropped."""
+    rng = np.random.default_rng(3)
+    clock = {"run_s": 1.0, "compile_s": 0.0, "wall_s": 1.0}
+
+    def ar1(n: int, rho: float) -> np.ndarray:
+        x = np.zeros((n, 8))
+        x[0] = rng.normal(size=8)
+        for i in range(1, n):
+            x[i] = rho * x[i - 1] + np.sqrt(1 - rho**2) * rng.normal(size=8)
+        return 0.3 + 0.05 * x
+
+    M = ar1(4000, 0.95)
+    out = pipeline._chain_result(M, M**2, 16, clock, 10, 8, 0.5)
+    tau = out["summary"]["tau_int_M2"]
+    assert 10 < tau < 40  # (1 + rho) / (2 (1 - rho)) = 19.5 for M; M^2 of a shifted AR(1) is close
+    assert out["therm_steps"] > 10 and out["therm_over_tau"] >= pipeline.MIN_THERM_TAUS - 1.0
+    assert out["M"].shape[0] == 4000 - (out["therm_steps"] - 10)
+    white = pipeline._chain_result(rng.normal(size=(4000, 8)), np.ones((4000, 8)), 16, clock, 10, 8, 0.5)
+    assert white["therm_steps"] == 10 and white["M"].shape[0] == 4000
+    short = pipeline._chain_result(M[:60], M[:60] ** 2, 16, clock, 0, 8, 0.5)
+    assert short["M"].shape[0] == 30  # never more than half
+    assert out["seconds_per_sample"] == pytest.approx(1.0 / (4010 * 8))  # every step run counts in the cost
