@@ -23,6 +23,10 @@ sample's weight is divided by the number of samples of its order (``normalize=Tr
 which keeps the learning rate independent of the batch size; ``normalize=False`` gives the plain sum.
 Exact-target term (optional, ``exact_weight > 0``): for scales with ``n <= exact_max_n`` also
 ``exact_weight * w_k |chi_exact(n) - chi_mapped|^2`` with ``chi_exact`` from :class:`olrg_hpc.spins.tobc.ExactTOBC`.
+One-more-site comparison (``enlarge = 1``, the ``enlarge_by`` of the reference code Roger-luo/teal): both sets are
+grown by ``enlarge`` exact sites before chi is taken, ``grow^e(S_{n+1})`` against ``grow^e(map(S_{n+1}))``, so the
+boundary operators and ``O(T)`` see the compressed block through exact sites, as the rest of the chain does; the
+exact-target term then uses the ``(n + 1 + enlarge)``-site chain. It costs ``2^enlarge`` times larger matrices.
 Generative maps (OMM): chi is averaged over ``n_noise`` noise realizations of the whole chain of maps before the
 difference is squared.
 """
@@ -164,6 +168,7 @@ class LossConfig:
     ``u ~ U(0, 1)``, and its times are scaled to ``[0, T_s]`` (still Dyson-ordered), with ``n_per_order``
     order-0 samples. Matching chi at one ``T`` only constrains ``<O(T)>`` at that time; sampling ``T_s``
     trains the map for the whole curve ``C(t)``, ``0 < t <= T`` (what the error curve measures).
+    ``enlarge``: exact sites added to both sets before chi is compared (module docstring; 0 or 1 in practice).
     """
 
     model: ChainModel
@@ -180,6 +185,7 @@ class LossConfig:
     observable: str = "Z0Z1"
     grid: int | None = None
     sample_T: bool = False
+    enlarge: int = 0
 
     @property
     def n_scales(self) -> int:
@@ -194,7 +200,7 @@ class LossConfig:
         """Scale indices ``s`` (block ``n = n0 + 1 + s``) with an exact-target term."""
         if self.exact_weight <= 0:
             return []
-        return [s for s in range(self.n_scales) if self.n0 + 1 + s <= min(self.exact_max_n, 12)]
+        return [s for s in range(self.n_scales) if self.n0 + 1 + s + self.enlarge <= min(self.exact_max_n, 12)]
 
 
 def make_batch(cfg: LossConfig, seed: int, pad_to: int = 1) -> TOBCBatch:
@@ -221,7 +227,8 @@ def make_batch(cfg: LossConfig, seed: int, pad_to: int = 1) -> TOBCBatch:
     exact = np.zeros((len(cfg.exact_scales), nS), complex)
     bnames = cfg.model.boundary_ops()
     for i, s in enumerate(cfg.exact_scales):
-        ev = ExactTOBC(cfg.model.with_n(cfg.n0 + 1 + s), boundary=bnames[0], observable=cfg.observable)
+        ev = ExactTOBC(cfg.model.with_n(cfg.n0 + 1 + s + cfg.enlarge), boundary=bnames[0],
+                       observable=cfg.observable)
         for j in range(nS):
             k = int(inp.orders[j])
             exact[i, j] = ev.chi(times[j, :k], signs[j, :k], Tf[j], boundaries=[bnames[b] for b in bidx[j, :k]])
@@ -257,8 +264,11 @@ def scale_chis(
     def one_scale(S: RelevantSet, s: Any, k: Any) -> tuple[RelevantSet, Any, Any]:
         G = grow_site(S, cfg.model)
         Sm = omap(params, G, s, k, dim_keep=cfg.dim if omap.compresses else None)
-        cg = tobc_chi(G, batch.times, batch.signs, batch.Tf, batch.mask, batch.bidx)
-        cm = tobc_chi(Sm, batch.times, batch.signs, batch.Tf, batch.mask, batch.bidx)
+        Ge, Sme = G, Sm
+        for _ in range(cfg.enlarge):
+            Ge, Sme = grow_site(Ge, cfg.model), grow_site(Sme, cfg.model)
+        cg = tobc_chi(Ge, batch.times, batch.signs, batch.Tf, batch.mask, batch.bidx)
+        cm = tobc_chi(Sme, batch.times, batch.signs, batch.Tf, batch.mask, batch.bidx)
         return Sm, cg, cm
 
     if not omap.compresses or not scan or cfg.n_scales < 2:

@@ -118,3 +118,20 @@ def test_loss_positive_for_nrg_and_gradient_finite() -> None:
     val, g = _jit(jax.value_and_grad(lambda p, b: L.olrg_loss(p, lin, cfg, b)))(p, batch)
     assert np.isfinite(float(val)) and float(val) > 0
     assert np.all(np.isfinite(np.asarray(g["M"]))) and np.abs(np.asarray(g["M"])).max() > 0
+
+
+def test_one_more_site_comparison() -> None:
+    """``enlarge = 1``: with the identity map the exact-target term compares the (n + 2)-site chain with its exact TOBCs
+    (zero loss to rounding, so the exact targets are of the enlarged chain); with NRG the loss differs from the plain
+    comparison and the chi arrays still have one row per scale."""
+    cfg = _cfg(n_final=5, exact_weight=1.0, exact_max_n=6, sample_T=True, enlarge=1)
+    assert cfg.exact_scales == [0, 1]  # blocks of 4 and 5 sites, enlarged to 5 and 6 <= exact_max_n
+    batch = L.make_batch(cfg, seed=0)
+    loss = _jit(lambda b: L.olrg_loss({}, M.IdentityMap(), cfg, b))(batch)
+    assert abs(float(loss)) < 1e-24 and np.abs(batch.exact).max() > 0.1
+    nrg = {e: _cfg(n0=2, n_final=4, enlarge=e) for e in (0, 1)}
+    b = L.make_batch(nrg[0], seed=0)
+    plain, one_more = (_jit(lambda bb, c=c: L.scale_chis({}, M.NRGMap(), c, bb, jax.random.PRNGKey(0)))(b)
+                       for c in nrg.values())
+    assert plain[0].shape == one_more[0].shape == (2, b.times.shape[0])
+    assert np.abs(np.asarray(plain[0] - one_more[0])).max() > 1e-3  # grown by one more site: another correlator
