@@ -158,7 +158,7 @@ def measure_in_subprocess(D: int, n_devices: int, args: argparse.Namespace) -> d
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
     fwd = ["--timing-steps", args.timing_steps, "--timing-sites", args.timing_sites, "--order", args.order,
            "--n-per-order", args.n_per_order, "--paper-T", args.paper_T, "--lr", args.lr, "--seed", args.seed,
-           "--exact-weight", args.exact_weight, "--target-error", args.target_error,
+           "--exact-weight", args.exact_weight, "--enlarge", args.enlarge, "--target-error", args.target_error,
            "--target-max-steps", args.target_max_steps, "--eval-every", args.eval_every,
            "--keep-state" if args.keep_state else "--no-keep-state"]
     cmd = [sys.executable, os.path.abspath(__file__), "--measure", str(D), str(n_devices), *map(str, fwd)]
@@ -221,7 +221,8 @@ def recipe_trainer(spec: dict[str, Any], args: argparse.Namespace, mp: M.Operato
     m = spec["model"].with_n(spec["n_final"])
     cfg = L.LossConfig(model=m, n0=spec["n0"], n_final=spec["n_final"], T=spec["T"], K=args.order,
                        n_per_order=args.n_per_order, weights=RECIPE["weights"], delta=RECIPE["delta"],
-                       sample_T=True, exact_weight=args.exact_weight, exact_max_n=spec["n_final"])
+                       sample_T=True, exact_weight=args.exact_weight, exact_max_n=spec["n_final"] + args.enlarge,
+                       enlarge=args.enlarge)
     tc = T.TrainConfig(steps=spec["steps"], lr=args.lr, lr_schedule=RECIPE["lr_schedule"],
                        optimizer=RECIPE["optimizer"], warmup=RECIPE["warmup"], clip=RECIPE["clip"],
                        sync_every=sync_every, seed=args.seed, resample=args.exact_weight == 0)
@@ -302,6 +303,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--order", type=int, default=2)
     p.add_argument("--n-per-order", type=int, default=40)
     p.add_argument("--exact-weight", type=float, default=1.0)
+    p.add_argument("--enlarge", type=int, default=0, choices=(0, 1, 2),
+                   help="compare the TOBCs after this many more exact sites (LossConfig.enlarge; teal's enlarge_by)")
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-devices", type=int, default=1)

@@ -29,6 +29,7 @@ class Training(Strict):
     K: int = Field(2, ge=0, le=6, description="highest TOBC order")
     n_per_order: int = Field(20, ge=1)
     exact_weight: float = Field(1.0, ge=0, description="weight of the exact small-block target term")
+    enlarge: int = Field(0, ge=0, le=2, description="exact sites added to both blocks before the TOBCs are compared")
 
 
 class Params(Strict):
@@ -67,7 +68,8 @@ def build(params: Params) -> list[Task]:
                 t = Task(f"train-{name}-D{2**n0}", pipeline.train_map_task,
                          {"model": params.model, "couplings": params.couplings, "map_name": name, "map_options": opts,
                           "n0": n0, "n_final": params.n_final, "T": tr.T, "K": tr.K, "n_per_order": tr.n_per_order,
-                          "steps": tr.steps, "lr": tr.lr, "schedule": tr.schedule, "exact_weight": tr.exact_weight})
+                          "steps": tr.steps, "lr": tr.lr, "schedule": tr.schedule, "exact_weight": tr.exact_weight,
+                          "enlarge": tr.enlarge})
                 tasks.append(t)
                 deps = (t.name,)
             e = Task(f"eval-{name}-D{2**n0}", pipeline.evaluate_map_task,
