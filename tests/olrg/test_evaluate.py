@@ -65,3 +65,17 @@ def test_complex_warm_start_needs_a_complex_map() -> None:
     p = lin.init(jax.random.PRNGKey(0), 16, 8, len(Vs), warm=Vs)
     np.testing.assert_allclose(E.olrg_curve(m, 8, lin, TIMES[:5], params=p, n0=3),
                                E.olrg_curve(m, 8, M.DMRGMap(T=1.0), TIMES[:5], n0=3), atol=1e-10)
+
+
+def test_enlarged_evaluation_grows_exact_sites_after_the_maps() -> None:
+    """``enlarge=1`` at N = 5 from the exact 4-site block (D = 16): the block is mapped to 4 sites (no compression)
+    and one exact site is grown, so C(t) is exact (1e-12); without it NRG compresses the 5-site block (error > 0.1).
+    ``n_mapped`` sets where the chain ends: 3 mapped sites (the exact 3-site block) + 1 is the 4-site chain."""
+    model = models.tfim(5)
+    times = np.linspace(0.0, 2.0, 21)
+    plain = E.error_curve(model, 5, M.NRGMap(), times, n0=4)
+    one_more = E.error_curve(model, 5, M.NRGMap(), times, n0=4, enlarge=1)
+    assert plain["abs_err"].max() > 0.1
+    assert one_more["abs_err"].max() < 1e-12
+    short = E.olrg_curve(model, 5, M.NRGMap(), times, n0=3, enlarge=1, n_mapped=3)
+    np.testing.assert_allclose(short, E.exact_curve(models.tfim(4), 4, times), atol=1e-12)
