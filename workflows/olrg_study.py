@@ -75,7 +75,7 @@ def build(params: Params) -> list[Task]:
             e = Task(f"eval-{name}-D{2**n0}", pipeline.evaluate_map_task,
                      {"model": params.model, "couplings": params.couplings, "map_name": name, "map_options": opts,
                       "n0": n0, "n_final": params.n_final, "N": params.N, "t_max": params.t_max,
-                      "n_times": params.n_times}, deps=deps)
+                      "n_times": params.n_times, "enlarge": tr.enlarge if name in pipeline.LEARNED else 0}, deps=deps)
             tasks.append(e)
             evals.append(e.name)
     tasks.append(Task("compare", pipeline.compare_maps, {}, deps=tuple(evals)))

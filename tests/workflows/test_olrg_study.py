@@ -28,3 +28,21 @@ def test_train_then_evaluate_round_trips_params():
     assert np.max(ident["abs_err"]) < 1e-10  # no compression: exact
     table = pipeline.compare_maps({"eval-linear-D4": ev, "eval-identity-D4": ident}, windows=(0.5,))
     assert table["max_abs_err_t0.5"][0] < 1e-10
+
+
+def test_enlarge_reaches_training_and_evaluation():
+    """``training.enlarge`` goes to the learned map's training and evaluation (fixed maps are evaluated plainly), and
+    a decoupling map trained with it is evaluated on its last trained block plus the exact site: N = 7 and N = 5
+    give the same curve (the chain is cut after n_final + 1 = 5 sites)."""
+    p = olrg_study.Params.model_validate({"n0": [2], "maps": ["nrg", "linear"], "n_final": 4, "N": 7,
+                                          "training": {"enlarge": 1}})
+    by = {t.name: t for t in olrg_study.build(p)}
+    assert by["train-linear-D4"].params["enlarge"] == 1 and by["eval-linear-D4"].params["enlarge"] == 1
+    assert by["eval-nrg-D4"].params["enlarge"] == 0
+    common = {"model": "tfim", "couplings": {"J": 1.0, "h": 1.0}, "map_name": "linear",
+              "map_options": {"beyond": "decouple"}, "n0": 2, "n_final": 4}
+    trained = pipeline.train_map_task(**common, T=0.5, K=1, n_per_order=4, steps=2, lr=1e-2, schedule="together",
+                                      seed=1, enlarge=1)
+    ev7, ev5 = (pipeline.evaluate_map_task(**common, N=n, t_max=0.5, n_times=6, enlarge=1, deps={"t": trained})
+                for n in (7, 5))
+    np.testing.assert_allclose(ev7["approx"], ev5["approx"], atol=1e-12)
