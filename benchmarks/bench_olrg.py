@@ -266,9 +266,8 @@ def run_case(spec: dict[str, Any], args: argparse.Namespace) -> list[dict[str, A
             continue
         mp, params, info = train_learned(spec, args, name)
         t0 = time.perf_counter()
-        # with --enlarge the system is the last trained block plus that many exact sites (what the loss compared)
-        n_mapped = (spec["n_final"] if spec["beyond"] == "decouple" else N - args.enlarge) if args.enlarge else None
-        r = E.error_curve(m, N, mp, TIMES, params=params, n0=n0, enlarge=args.enlarge, n_mapped=n_mapped)
+        # with --enlarge the system is the last mapped block plus that many exact sites (what the loss compared)
+        r = E.error_curve(m, N, mp, TIMES, params=params, n0=n0, enlarge=args.enlarge)
         rows.append({**base, "map": name, "n_final_train": spec["n_final"], "T_train": spec["T"],
                      "enlarge": args.enlarge,
                      **window_errors(r), **info, "eval_s": time.perf_counter() - t0, "abs_err": r["abs_err"].tolist(),

@@ -161,14 +161,18 @@ def olrg_curve(
 ) -> np.ndarray:
     """``<O(t)>`` of the final block, averaged over ``omap.n_noise`` noise realizations (one for fixed maps).
 
-    ``enlarge``: the system is the block mapped to ``n_mapped`` sites (default ``N - enlarge``) grown by ``enlarge``
-    exact sites, the system a loss with :attr:`~olrg_hpc.olrg.loss.LossConfig.enlarge` compares with exact
-    targets. A map that decouples after its trained blocks passes ``n_mapped`` = its last trained block: the chain
-    is cut after the exact sites, as decoupling cuts it anyway.
+    ``enlarge``: the system is the block mapped to ``n_mapped`` sites grown by ``enlarge`` exact sites, the system
+    a loss with :attr:`~olrg_hpc.olrg.loss.LossConfig.enlarge` compares with exact targets. Default
+    ``n_mapped``: ``N - enlarge``, or for a map that decouples after its trained scales
+    (:meth:`~olrg_hpc.olrg.maps.OperatorMap.decoupled_after`) its last trained block, so the chain is cut after
+    the exact sites, as decoupling cuts it anyway.
     """
     key = jax.random.PRNGKey(0) if key is None else key
     n_noise = max(1, int(omap.n_noise)) if jax.tree_util.tree_leaves(params or {}) else 1
     n_c = N - enlarge if n_mapped is None else n_mapped
+    cut = omap.decoupled_after(params) if enlarge and n_mapped is None else None
+    if cut is not None:
+        n_c = min(n_c, n0 + cut)
 
     def system(k: Any) -> RelevantSet:
         S = grow_and_map(model, n_c, omap, params, n0, k)

@@ -183,6 +183,10 @@ class OperatorMap:
         """The isometry ``V`` (``2D x D``) of a linear map."""
         raise NotImplementedError
 
+    def decoupled_after(self, params: Any) -> int | None:
+        """The scale from which on the map drops every new site (:func:`decouple`); ``None``: it never does."""
+        return None
+
     def __call__(self, params: Any, S: RelevantSet, scale: int, key: Any = None, dim_keep: int | None = None) -> Any:
         """Compress ``S`` (``2D``) to ``dim_keep`` (default ``D = dim(S) // 2``)."""
         D = S.dim // 2 if dim_keep is None else dim_keep
@@ -310,11 +314,16 @@ class LinearIsometryMap(OperatorMap):
             M = jnp.concatenate([v[:, None].astype(M.dtype), M[:, 1:]], axis=1)
         return qr_isometry(M)
 
+    def decoupled_after(self, params: Any) -> int | None:
+        """The number of trained scales with ``beyond="decouple"`` (per-scale maps only)."""
+        return params["M"].shape[0] if self.beyond == "decouple" and not self.shared else None
+
     def __call__(self, params: Any, S: RelevantSet, scale: int, key: Any = None, dim_keep: int | None = None) -> Any:
         D = S.dim // 2 if dim_keep is None else dim_keep
         out = compress(S, self.isometry(params, S, scale, key, D))
-        if self.beyond == "decouple" and not self.shared and D == S.dim // 2:
-            out = _decoupled_from(params["M"].shape[0], scale, out, S)
+        cut = self.decoupled_after(params)
+        if cut is not None and D == S.dim // 2:
+            out = _decoupled_from(cut, scale, out, S)
         return out
 
 
@@ -401,6 +410,9 @@ class OperatorMatrixMap(OperatorMap):
         if self.decouple_after is not None and D == S.dim // 2:
             out = _decoupled_from(self.decouple_after, scale, out, S)
         return out
+
+    def decoupled_after(self, params: Any) -> int | None:
+        return self.decouple_after
 
 
 def make_map(name: str, **kw: Any) -> OperatorMap:

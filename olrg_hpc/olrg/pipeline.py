@@ -91,7 +91,7 @@ def evaluate_map_task(model: str, couplings: Mapping[str, float], map_name: str,
     """Error curve of C(t) on ``n_times`` times in ``[0, t_max]`` for one map grown to ``N`` sites.
 
     A map trained with ``enlarge`` is evaluated on its last mapped block plus ``enlarge`` exact sites
-    (:func:`~olrg_hpc.olrg.evaluate.olrg_curve`); a decoupling map's last mapped block is ``n_final``.
+    (:func:`~olrg_hpc.olrg.evaluate.olrg_curve`; a decoupling map's last mapped block is its last trained one).
     """
     m = make_model(model, N, **couplings)
     omap = make_map(map_name, **map_options)
@@ -103,9 +103,7 @@ def evaluate_map_task(model: str, couplings: Mapping[str, float], map_name: str,
         train_seconds = float(trained["train_seconds"])
     times = np.linspace(0.0, t_max, n_times)
     t0 = time.perf_counter()
-    decouples = map_options.get("beyond") == "decouple" or map_options.get("decouple_after") is not None
-    n_mapped = n_final if enlarge and decouples else None
-    res = error_curve(m, N, omap, times, params=params, n0=n0, enlarge=enlarge, n_mapped=n_mapped)
+    res = error_curve(m, N, omap, times, params=params, n0=n0, enlarge=enlarge)
     return {**res, "D": 2**n0, "N": N, "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - t0}
 
 

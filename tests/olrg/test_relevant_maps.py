@@ -215,3 +215,16 @@ def test_dmrg_ground_without_environment_keeps_the_nrg_space() -> None:
                 # 1e-8 leaves a wide margin, and any other kept vector would change the projector by O(1)
                 np.testing.assert_allclose(Vd @ Vd.conj().T, Vn @ Vn.conj().T, atol=1e-8)
         S = M.NRGMap()({}, G, scale, dim_keep=8)
+
+
+def test_decoupled_after_names_the_cut() -> None:
+    """Where a map starts dropping sites: the per-scale linear map after its trained scales with beyond="decouple",
+    never when shared or reusing; the OMM at decouple_after; fixed maps never."""
+    lin = M.LinearIsometryMap(beyond="decouple")
+    p = lin.init(jax.random.PRNGKey(0), 8, 4, 5)
+    assert lin.decoupled_after(p) == 5
+    assert M.LinearIsometryMap(beyond="reuse").decoupled_after(p) is None
+    shared = M.LinearIsometryMap(shared=True, beyond="decouple")
+    assert shared.decoupled_after(shared.init(jax.random.PRNGKey(0), 8, 4, 5)) is None
+    assert M.OperatorMatrixMap(decouple_after=3).decoupled_after({}) == 3
+    assert M.OperatorMatrixMap().decoupled_after({}) is None and M.NRGMap().decoupled_after({}) is None
