@@ -278,10 +278,13 @@ MIN_THERM_TAUS = 5.0
 
 
 def _chain_result(M: np.ndarray, phi2: np.ndarray, volume: int, clock: Mapping[str, float], n_therm: int,
-                  n_chains: int, acceptance: float, dH: np.ndarray | None = None,
+                  n_chains: int, acceptance: float | np.ndarray, dH: np.ndarray | None = None,
                   per_sample: int = 1) -> dict[str, Any]:
     """Histories ``(n, n_chains)`` stored every ``per_sample`` steps after ``n_therm`` steps -> observables,
     tau_int, cost and run length in units of tau_int (module docstring).
+
+    ``acceptance`` is either the sampler's rate or its accept/reject history aligned with ``M``; a history is
+    cut like ``M``, so acceptance and the stored ``accepted`` cover exactly the steps the observables use.
 
     Thermalisation follows tau_int: when ``n_therm`` is shorter than :data:`MIN_THERM_TAUS` tau_int(M^2) of the
     measured chain, the missing samples are dropped from its start as well (at most half of it; tau_int is then
@@ -299,13 +302,18 @@ def _chain_result(M: np.ndarray, phi2: np.ndarray, volume: int, clock: Mapping[s
         M, phi2 = M[drop:], phi2[drop:]
         summary = summarize(M, phi2)
     therm_steps = n_therm + drop * per_sample
+    history = {}
+    if np.ndim(acceptance):
+        kept = np.asarray(acceptance)[drop:]
+        acceptance, history = float(np.mean(kept)), {"accepted": kept.astype(np.int8)}
     seconds_per_sample = clock["run_s"] / (n_total * n_chains) * per_sample
     tau = float(summary["tau_int_M2"])
     return {"M": M, "abs_M": np.abs(M), "phi2": phi2, "acceptance": float(acceptance), "summary": summary,
             "run_seconds": clock["run_s"], "compile_seconds": clock["compile_s"], "wall_seconds": clock["wall_s"],
             "seconds_per_sample": seconds_per_sample, "cost_per_independent": seconds_per_sample * 2.0 * tau,
             "chain_over_tau": M.shape[0] / tau, "therm_steps": therm_steps,
-            "therm_over_tau": therm_steps / (tau * per_sample), "n_chains": n_chains, "L": int(round(volume**0.5))}
+            "therm_over_tau": therm_steps / (tau * per_sample), "n_chains": n_chains, "L": int(round(volume**0.5)),
+            **history}
 
 
 def flow_imh_task(point: Mapping[str, float], variant: str, flow: Mapping[str, Any], n_chains: int, n_steps: int,
@@ -324,10 +332,8 @@ def flow_imh_task(point: Mapping[str, float], variant: str, flow: Mapping[str, A
         res = jax.block_until_ready(flow_imh(model, params, prior, action, _int_seed(seed), n_therm + n_steps,
                                              n_chains, measure=_m_phi2))
     M, phi2 = (np.asarray(a, np.float64)[n_therm:] for a in res.measurements)
-    out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm, n_chains, 0.0)
-    accepted = np.asarray(res.accepted)[out["therm_steps"]:]  # the steps the observables use
-    out.update(method="flow-MH", variant=variant, train_seconds=float(trained["total_train_seconds"]),
-               acceptance=float(np.mean(accepted)), accepted=accepted.astype(np.int8))
+    out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm, n_chains, np.asarray(res.accepted)[n_therm:])
+    out.update(method="flow-MH", variant=variant, train_seconds=float(trained["total_train_seconds"]))
     return out
 
 

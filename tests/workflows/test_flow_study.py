@@ -302,3 +302,7 @@ def test_thermalisation_follows_tau_int() -> None:
     short = pipeline._chain_result(M[:60], M[:60] ** 2, 16, clock, 0, 8, 0.5)
     assert short["M"].shape[0] == 30  # never more than half
     assert out["seconds_per_sample"] == pytest.approx(1.0 / (4010 * 8))  # every step run counts in the cost
+    # an accept/reject history is cut like the chain: rejections only in the dropped steps -> acceptance 1
+    hist = np.arange(4000)[:, None] >= out["therm_steps"] - 10
+    cut = pipeline._chain_result(M, M**2, 16, clock, 10, 8, np.broadcast_to(hist, M.shape))
+    assert cut["acceptance"] == 1.0 and cut["accepted"].shape == out["M"].shape and "accepted" not in out
