@@ -221,8 +221,8 @@ def recipe_trainer(spec: dict[str, Any], args: argparse.Namespace, mp: M.Operato
     m = spec["model"].with_n(spec["n_final"])
     cfg = L.LossConfig(model=m, n0=spec["n0"], n_final=spec["n_final"], T=spec["T"], K=args.order,
                        n_per_order=args.n_per_order, weights=RECIPE["weights"], delta=RECIPE["delta"],
-                       sample_T=True, exact_weight=args.exact_weight, exact_max_n=spec["n_final"] + args.enlarge,
-                       enlarge=args.enlarge)
+                       sample_T=True, stratify_T=args.stratify_T, n_order0=args.n_order0,
+                       exact_weight=args.exact_weight, exact_max_n=spec["n_final"] + args.enlarge, enlarge=args.enlarge)
     tc = T.TrainConfig(steps=spec["steps"], lr=args.lr, lr_schedule=RECIPE["lr_schedule"],
                        optimizer=RECIPE["optimizer"], warmup=RECIPE["warmup"], clip=RECIPE["clip"],
                        sync_every=sync_every, seed=args.seed, resample=args.exact_weight == 0)
@@ -307,6 +307,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--exact-weight", type=float, default=1.0)
     p.add_argument("--enlarge", type=int, default=0, choices=(0, 1, 2),
                    help="compare the TOBCs after this many more exact sites (LossConfig.enlarge; teal's enlarge_by)")
+    p.add_argument("--n-order0", type=int, default=None, help="order-0 samples (default: --n-per-order)")
+    p.add_argument("--stratify-T", action=argparse.BooleanOptionalAction, default=True,
+                   help="stratified final times within each order (LossConfig.stratify_T)")
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-devices", type=int, default=1)

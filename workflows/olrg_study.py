@@ -28,6 +28,7 @@ class Training(Strict):
     T: float = Field(2.0, gt=0, description="final time of the TOBC loss")
     K: int = Field(2, ge=0, le=6, description="highest TOBC order")
     n_per_order: int = Field(20, ge=1)
+    n_order0: int | None = Field(None, ge=1, description="order-0 samples (final times); default n_per_order")
     exact_weight: float = Field(1.0, ge=0, description="weight of the exact small-block target term")
     enlarge: int = Field(0, ge=0, le=2, description="exact sites added to both blocks before the TOBCs are compared")
 
@@ -69,7 +70,7 @@ def build(params: Params) -> list[Task]:
                          {"model": params.model, "couplings": params.couplings, "map_name": name, "map_options": opts,
                           "n0": n0, "n_final": params.n_final, "T": tr.T, "K": tr.K, "n_per_order": tr.n_per_order,
                           "steps": tr.steps, "lr": tr.lr, "schedule": tr.schedule, "exact_weight": tr.exact_weight,
-                          "enlarge": tr.enlarge})
+                          "enlarge": tr.enlarge, "n_order0": tr.n_order0})
                 tasks.append(t)
                 deps = (t.name,)
             e = Task(f"eval-{name}-D{2**n0}", pipeline.evaluate_map_task,

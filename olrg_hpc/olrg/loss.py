@@ -56,6 +56,7 @@ __all__ = [
     "order_weights",
     "TOBCBatch",
     "make_batch",
+    "final_time_fractions",
     "LossConfig",
     "olrg_loss",
     "scale_chis",
@@ -165,9 +166,14 @@ class LossConfig:
 
     ``n0``: exact initial block (``D = 2^n0``); scales are the blocks ``n = n0+1 .. n_final`` (one compression each).
     ``sample_T`` (our extension, off by default): every sample gets its own final time ``T_s = u T``,
-    ``u ~ U(0, 1)``, and its times are scaled to ``[0, T_s]`` (still Dyson-ordered), with ``n_per_order``
+    ``u ~ U(0, 1)``, and its times are scaled to ``[0, T_s]`` (still Dyson-ordered), with ``n_order0``
     order-0 samples. Matching chi at one ``T`` only constrains ``<O(T)>`` at that time; sampling ``T_s``
     trains the map for the whole curve ``C(t)``, ``0 < t <= T`` (what the error curve measures).
+    ``n_order0``: order-0 samples with ``sample_T`` (default ``n_per_order``; order 0 is the cheapest sample, one
+    evolution of ``O``, and the only one with weight 1 under the ``delta`` weights).
+    ``stratify_T`` (default): within each order the ``n`` fractions ``u`` are jittered strata, one uniform draw in
+    each of ``[i/n, (i+1)/n)`` in random order, so no gap between the final times of one order exceeds ``2T/n``
+    (i.i.d. draws leave gaps of several ``T/n``, and the learned curve's error peaks in them).
     ``enlarge``: exact sites added to both sets before chi is compared (module docstring; 0 or 1 in practice).
     """
 
@@ -185,6 +191,8 @@ class LossConfig:
     observable: str = "Z0Z1"
     grid: int | None = None
     sample_T: bool = False
+    stratify_T: bool = True
+    n_order0: int | None = None
     enlarge: int = 0
 
     @property
@@ -203,17 +211,30 @@ class LossConfig:
         return [s for s in range(self.n_scales) if self.n0 + 1 + s + self.enlarge <= min(self.exact_max_n, 12)]
 
 
+def final_time_fractions(orders: np.ndarray, seed: int, stratify: bool = True) -> np.ndarray:
+    """Fractions ``u`` in ``(0, 1)`` of the final times ``T_s = u T`` (:class:`LossConfig` ``sample_T``): uniform,
+    stratified within each order when ``stratify`` (one draw per ``[i/n, (i+1)/n)``, strata in random order)."""
+    u = np.random.default_rng([seed, 11]).uniform(0.0, 1.0, len(orders))
+    if not stratify:
+        return u
+    rng = np.random.default_rng([seed, 13])
+    for k in np.unique(orders):
+        idx = np.flatnonzero(orders == k)
+        u[idx] = (rng.permutation(len(idx)) + u[idx]) / len(idx)
+    return u
+
+
 def make_batch(cfg: LossConfig, seed: int, pad_to: int = 1) -> TOBCBatch:
     """Draw samples with :func:`sample_tobc_inputs` (seeded) and build the numpy batch.
 
     The number of samples is padded with zero-weight copies to a multiple of ``pad_to`` (the device count).
     Boundary indices are uniform over the model's boundary operators (always 0 for the Ising chains).
     """
-    n0 = cfg.n_per_order if cfg.sample_T else 1
+    n0 = (cfg.n_per_order if cfg.n_order0 is None else cfg.n_order0) if cfg.sample_T else 1
     inp = sample_tobc_inputs(cfg.K, cfg.n_per_order, cfg.T, seed, grid=cfg.grid, n_order0=n0)
     nS = len(inp)
     Kd = inp.times.shape[1]
-    u = np.random.default_rng([seed, 11]).uniform(0.0, 1.0, nS) if cfg.sample_T else np.ones(nS)
+    u = final_time_fractions(inp.orders, seed, cfg.stratify_T) if cfg.sample_T else np.ones(nS)
     Tf = cfg.T * u
     w = order_weights(cfg.K, cfg.weights, cfg.delta)
     counts = np.bincount(inp.orders, minlength=cfg.K + 1)

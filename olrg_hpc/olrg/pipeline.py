@@ -64,16 +64,18 @@ def train_map_task(model: str, couplings: Mapping[str, float], map_name: str, ma
                    n0: int, n_final: int, T: float, K: int, n_per_order: int, steps: int, lr: float,
                    schedule: str, seed: int, exact_weight: float = 1.0, sample_T: bool = True,
                    weights: str = RECIPE["weights"], delta: float = RECIPE["delta"],
-                   warmup: int = RECIPE["warmup"], clip: float = RECIPE["clip"], enlarge: int = 0) -> dict[str, Any]:
+                   warmup: int = RECIPE["warmup"], clip: float = RECIPE["clip"], enlarge: int = 0,
+                   n_order0: int | None = None) -> dict[str, Any]:
     """Train one learned map end to end on the TOBC loss (all devices of this process, data parallel).
 
     Defaults are :data:`RECIPE`; the exact-target term covers chains up to ``min(n_final + enlarge, 12)`` sites
-    (``enlarge``: :class:`~olrg_hpc.olrg.loss.LossConfig`'s one-more-site comparison).
+    (``enlarge``: :class:`~olrg_hpc.olrg.loss.LossConfig`'s one-more-site comparison; ``n_order0``: its number of
+    order-0 samples).
     """
     m = make_model(model, n_final, **couplings)
     cfg = LossConfig(model=m, n0=n0, n_final=n_final, T=T, K=K, n_per_order=n_per_order, weights=weights,
                      delta=delta, exact_weight=exact_weight, exact_max_n=n_final + enlarge, sample_T=sample_T,
-                     enlarge=enlarge)
+                     enlarge=enlarge, n_order0=n_order0)
     tc = TrainConfig(steps=steps, optimizer=RECIPE["optimizer"], lr=lr, lr_schedule=RECIPE["lr_schedule"],
                      warmup=warmup, clip=clip, schedule=schedule, seed=seed % (2**31),
                      resample=exact_weight == 0, sync_every=max(1, min(100, steps)))

@@ -108,6 +108,26 @@ def test_identity_map_loss_is_zero_and_exact_term() -> None:
     assert float(loss) == 0.0 or abs(float(loss)) < 1e-24
 
 
+def test_final_times_are_stratified_within_each_order() -> None:
+    """Each order's n fractions take one value in each [i/n, (i+1)/n) (so gaps stay below 2T/n), in shuffled order;
+    without stratification they are the plain i.i.d. draws."""
+    orders = np.repeat([0, 1, 2], [40, 30, 30])
+    u = L.final_time_fractions(orders, seed=5)
+    for k, n in ((0, 40), (1, 30), (2, 30)):
+        uk = u[orders == k]
+        np.testing.assert_array_equal(np.sort(np.floor(uk * n)), np.arange(n))
+        assert np.any(np.diff(uk) < 0)  # not handed out in stratum order
+    iid = L.final_time_fractions(orders, seed=5, stratify=False)
+    np.testing.assert_array_equal(iid, np.random.default_rng([5, 11]).uniform(0.0, 1.0, 100))
+    assert np.diff(np.sort(iid[:40] * 4.0)).max() > 2 * 4.0 / 40  # the gap stratification removes, at this seed
+    cfg = _cfg(sample_T=True, n_per_order=10)
+    tf = L.make_batch(cfg, seed=5).Tf
+    np.testing.assert_allclose(np.sort(tf[:10]), np.sort(L.final_time_fractions(np.repeat([0, 1, 2], 10), 5)[:10]))
+    more = L.make_batch(_cfg(sample_T=True, n_per_order=10, n_order0=25), seed=5)
+    assert (~more.mask[:, 0]).sum() == 25 and len(more.weight) == 45  # order-0 count set on its own
+    np.testing.assert_allclose(more.weight[:25].sum(), 1.0)  # a mean within the order: weight 1 in all
+
+
 def test_loss_positive_for_nrg_and_gradient_finite() -> None:
     cfg = _cfg(n0=2, n_final=4)
     batch = L.make_batch(cfg, seed=0)

@@ -35,9 +35,10 @@ def test_enlarge_reaches_training_and_evaluation():
     a decoupling map trained with it is evaluated on its last trained block plus the exact site: N = 7 and N = 5
     give the same curve (the chain is cut after n_final + 1 = 5 sites)."""
     p = olrg_study.Params.model_validate({"n0": [2], "maps": ["nrg", "linear"], "n_final": 4, "N": 7,
-                                          "training": {"enlarge": 1}})
+                                          "training": {"enlarge": 1, "n_order0": 30}})
     by = {t.name: t for t in olrg_study.build(p)}
     assert by["train-linear-D4"].params["enlarge"] == 1 and by["eval-linear-D4"].params["enlarge"] == 1
+    assert by["train-linear-D4"].params["n_order0"] == 30
     assert by["eval-nrg-D4"].params["enlarge"] == 0
     common = {"model": "tfim", "couplings": {"J": 1.0, "h": 1.0}, "map_name": "linear",
               "map_options": {"beyond": "decouple"}, "n0": 2, "n_final": 4}
