@@ -18,7 +18,7 @@ from olrg_hpc.olrg import pipeline
 from olrg_hpc.report import Table, WorkflowReport
 from olrg_hpc.tasks import Task
 
-MapName = Literal["identity", "nrg", "dmrg", "linear", "omm"]
+MapName = Literal["identity", "nrg", "dmrg", "linear", "omm", "tebd"]
 
 
 class Training(Strict):
@@ -54,6 +54,14 @@ class Params(Strict):
             raise ValueError(f"n_final ({self.n_final}) must exceed every n0 ({max(self.n0)})")
         if self.model == "mixed_field_ising" and self.N > 14:
             raise ValueError(f"mixed_field_ising is checked against ED: N at most 14 (got {self.N})")
+        if "tebd" in self.maps:
+            opts = self.map_options.get("tebd", {})
+            if set(opts) - {"chi", "dt"}:
+                raise ValueError(f"map_options.tebd takes chi and dt, got {sorted(opts)}")
+            dt, step = float(opts.get("dt", 0.01)), self.t_max / (self.n_times - 1)
+            if dt <= 0 or abs(round(step / dt) * dt - step) > 1e-9:
+                raise ValueError(f"tebd evolves in steps of dt = {dt}: the time step t_max / (n_times - 1) = {step:g} "
+                                 "must be a multiple of it")
         return self
 
 

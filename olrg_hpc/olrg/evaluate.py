@@ -43,7 +43,8 @@ from .relevant import RelevantSet, grow_site, hamiltonian, initial_set, to_jax
 
 enable_x64()
 
-__all__ = ["fixed_map_isometries", "grow_and_map", "block_expectation", "exact_curve", "olrg_curve", "error_curve"]
+__all__ = ["fixed_map_isometries", "grow_and_map", "block_expectation", "exact_curve", "olrg_curve", "error_curve",
+           "against_exact"]
 
 
 def grow_and_map(
@@ -197,7 +198,12 @@ def error_curve(
     """OLRG vs exact ``C(t)`` of ``N`` sites: ``{"times", "approx", "exact", "abs_err", "rel_err"}``
     (``rel = abs / |exact|``; ``enlarge``, ``n_mapped``: :func:`olrg_curve`)."""
     times = np.asarray(times, dtype=float)
-    approx = olrg_curve(model, N, omap, times, params, n0, key, enlarge, n_mapped)
+    return against_exact(model, N, times, olrg_curve(model, N, omap, times, params, n0, key, enlarge, n_mapped))
+
+
+def against_exact(model: ChainModel, N: int, times: Any, approx: Any) -> dict[str, np.ndarray]:
+    """Any approximate ``C(t)`` of ``N`` sites (OLRG, TEBD) against the exact one, as :func:`error_curve`."""
+    times, approx = np.asarray(times, dtype=float), np.asarray(approx, dtype=float)
     exact = exact_curve(model, N, times)
     err = np.abs(approx - exact)
     return {

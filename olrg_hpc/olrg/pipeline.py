@@ -8,7 +8,8 @@ These are the library calls the ``olrg_study`` workflow fans out (no Dask here):
   gives the structure back, see :func:`params_from_leaves`).
 - :func:`evaluate_map_task`: grow the exact ``n0``-site block to ``N`` sites with a map (trained, or a
   fixed one: ``identity``, ``nrg``, ``dmrg``) and compare ``C(t) = <Z_1 Z_2>(t)`` with the exact curve
-  (free fermions for the TFIM, ED otherwise).
+  (free fermions for the TFIM, ED otherwise); ``tebd`` is the TEBD baseline at bond dimension ``chi = D``
+  (:func:`~olrg_hpc.spins.tebd.tebd_curve`) in the same format.
 - :func:`compare_maps`: one table of max |error| and max relative error per (map, D) on the time window.
 
 ``D = 2^n0`` (the exact initial block fixes the kept dimension).
@@ -23,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from olrg_hpc.olrg.evaluate import error_curve
+from olrg_hpc.olrg.evaluate import against_exact, error_curve
 from olrg_hpc.olrg.loss import LossConfig
 from olrg_hpc.olrg.maps import make_map
 from olrg_hpc.olrg.train import TrainConfig, Trainer
@@ -96,6 +97,14 @@ def evaluate_map_task(model: str, couplings: Mapping[str, float], map_name: str,
     (:func:`~olrg_hpc.olrg.evaluate.olrg_curve`; a decoupling map's last mapped block is its last trained one).
     """
     m = make_model(model, N, **couplings)
+    times = np.linspace(0.0, t_max, n_times)
+    if map_name == "tebd":
+        from olrg_hpc.spins.tebd import tebd_curve
+
+        chi = int(map_options.get("chi", 2**n0))
+        t0 = time.perf_counter()
+        res = against_exact(m, N, times, tebd_curve(m, N, times, chi=chi, dt=float(map_options.get("dt", 0.01))))
+        return {**res, "D": 2**n0, "chi": chi, "N": N, "train_seconds": 0.0, "eval_seconds": time.perf_counter() - t0}
     omap = make_map(map_name, **map_options)
     params = None
     train_seconds = 0.0
@@ -103,7 +112,6 @@ def evaluate_map_task(model: str, couplings: Mapping[str, float], map_name: str,
         (trained,) = (deps or {}).values()
         params = params_from_leaves(map_name, map_options, n0, n_final, trained["params"])
         train_seconds = float(trained["train_seconds"])
-    times = np.linspace(0.0, t_max, n_times)
     t0 = time.perf_counter()
     res = error_curve(m, N, omap, times, params=params, n0=n0, enlarge=enlarge)
     return {**res, "D": 2**n0, "N": N, "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - t0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from olrg_hpc.olrg import pipeline
 from workflows import olrg_study
@@ -47,3 +48,21 @@ def test_enlarge_reaches_training_and_evaluation():
     ev7, ev5 = (pipeline.evaluate_map_task(**common, N=n, t_max=0.5, n_times=6, enlarge=1, deps={"t": trained})
                 for n in (7, 5))
     np.testing.assert_allclose(ev7["approx"], ev5["approx"], atol=1e-12)
+
+
+def test_tebd_baseline_is_a_study_map():
+    """``tebd`` is evaluated like a fixed map (no training task) at chi = D unless map_options says otherwise; at
+    N = 6 chi = 8 is exact up to the Trotter error (1e-4 is a hundred times that on t <= 0.5), and the study refuses
+    times off the TEBD step grid and unknown options with one message."""
+    p = olrg_study.Params.model_validate({"n0": [2], "maps": ["tebd", "linear"], "n_final": 4, "N": 6})
+    names = [t.name for t in olrg_study.build(p)]
+    assert "eval-tebd-D4" in names and not any(n.startswith("train-tebd") for n in names)
+    common = {"model": "tfim", "couplings": {"J": 1.0, "h": 1.0}, "map_name": "tebd", "n0": 2, "n_final": 4, "N": 6,
+              "t_max": 0.5, "n_times": 6}
+    exact = pipeline.evaluate_map_task(**common, map_options={"chi": 8})
+    assert exact["chi"] == 8 and np.max(exact["abs_err"]) < 1e-4
+    assert pipeline.evaluate_map_task(**common, map_options={})["chi"] == 4
+    with pytest.raises(ValueError, match="multiple of it"):
+        olrg_study.Params.model_validate({"maps": ["tebd"], "t_max": 1.0, "n_times": 8})
+    with pytest.raises(ValueError, match="takes chi and dt"):
+        olrg_study.Params.model_validate({"maps": ["tebd"], "map_options": {"tebd": {"chii": 8}}})
