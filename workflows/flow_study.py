@@ -342,13 +342,14 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
             g = tasks[n]
             rows.append([n.removeprefix("train-"), int(g["L"][()]), int(g["n_params"][()]),
                          int(g["metric_step"][()][-1]), int(g["batch_size"][()]), float(g["acceptance"][()][0]),
-                         float(g["acceptance"][()][-1]), float(g["ess"][()][-1]), float(g["metric_seconds"][()][-1]),
-                         float(g["compile_seconds"][()])])
+                         float(g["acceptance"][()][-1]), float(g["ess"][()][-1]),
+                         *(float(g["logw_var"][()][i]) if "logw_var" in g else float("nan") for i in (0, -1)),
+                         float(g["metric_seconds"][()][-1]), float(g["compile_seconds"][()])])
         if rows:
             rep.tables.append(Table("Flow training (warm: steps and seconds include the L/2 pretraining; seconds "
                                     "exclude compilation and measurements)",
                                     ["flow", "L", "params", "steps", "batch", "acc. start", "acceptance", "ESS",
-                                     "train s", "compile s"], rows))
+                                     "var log w start", "var log w", "train s", "compile s"], rows))
         head = head_start_rows({n: {k: tasks[n][k][()] for k in HEAD_START_KEYS} for n in train_names})
         if head:
             rep.tables.append(Table("Head start from the coarse lattice: first step at which each flow reaches the "

@@ -209,7 +209,8 @@ def train_flow_task(point: Mapping[str, float], variant: str, flow: Mapping[str,
 
     Returns the trained ``params`` (nested group), the per-step ``loss``, and metrics on ``metrics_batch``
     fresh samples at step 0 and every ``metrics_every`` steps: ``metric_step``, ``acceptance`` (independent
-    MH), ``ess`` (per sample), ``metric_loss``, ``metric_seconds`` (training seconds without compilation and
+    MH), ``ess`` (per sample), ``metric_loss``, ``logw_var`` (variance of ``log w``: comparable across priors),
+    ``metric_seconds`` (training seconds without compilation and
     measurement); for ``warm`` both axes continue from the coarse training (``step_offset``,
     ``seconds_offset``). ``train_seconds``, ``compile_seconds``, ``wall_seconds`` of this task, and
     ``total_train_seconds`` (with the coarse training's, for ``warm``).
@@ -248,8 +249,7 @@ def train_flow_task(point: Mapping[str, float], variant: str, flow: Mapping[str,
                 metrics_batch=metrics_batch, callback=on_sync)
     compile_s = compile_seconds() - c_start
     step_c = step_compile[0] if step_compile else 0.0
-    ms = [{"step": 0, "acceptance": first["acceptance"], "ess": first["ess"], "loss": first["loss"],
-           "train_wall_s": step_c}, *res.metrics]
+    ms = [{**first, "step": 0, "train_wall_s": step_c}, *res.metrics]
     # time spent measuring is not training: with a metric at the last step, take its training clock
     last = res.metrics[-1] if res.metrics and int(res.metrics[-1]["step"]) == steps else None
     train_seconds = max((float(last["train_wall_s"]) if last else res.wall_s) - step_c, 0.0)
@@ -257,7 +257,7 @@ def train_flow_task(point: Mapping[str, float], variant: str, flow: Mapping[str,
         "variant": variant, "L": L, "params": jax.device_get(res.state.params), "loss": res.losses,
         "metric_step": np.array([m["step"] for m in ms]) + step_offset,
         "acceptance": np.array([m["acceptance"] for m in ms]), "ess": np.array([m["ess"] for m in ms]),
-        "metric_loss": np.array([m["loss"] for m in ms]),
+        "metric_loss": np.array([m["loss"] for m in ms]), "logw_var": np.array([m["logw_var"] for m in ms]),
         "metric_seconds": np.array([max(float(m["train_wall_s"]) - step_c, 0.0) for m in ms]) + seconds_offset,
         "steps": steps, "batch_size": batch_size, "step_offset": step_offset, "seconds_offset": seconds_offset,
         "train_seconds": train_seconds, "total_train_seconds": seconds_offset + train_seconds,

@@ -88,7 +88,7 @@ class TrainState(NamedTuple):
 @dataclass
 class TrainResult:
     """``state`` after training; ``losses``: per step of this call (steps ``start .. n_steps - 1``);
-    ``metrics``: list of dicts ``{step, ess, acceptance, loss, wall_s, train_wall_s}`` (``train_wall_s``
+    ``metrics``: list of dicts ``{step, ess, acceptance, loss, logw_var, wall_s, train_wall_s}`` (``train_wall_s``
     excludes the time spent in metrics and checkpoints; both include compilation); ``wall_s``: loop time."""
 
     state: TrainState
@@ -170,24 +170,28 @@ def imh_acceptance(logw: jax.Array, key: jax.Array) -> jax.Array:
 def evaluate(
     flow: Flow, params: Params, prior: Prior, action: Any, key: jax.Array, n: int, mesh: Mesh | None = None
 ) -> dict[str, float]:
-    """ESS, IMH acceptance and the loss estimate on ``n`` fresh samples (sharded over ``mesh`` if given and
-    ``n`` is a multiple of its size)."""
+    """ESS, IMH acceptance, the loss estimate and the variance of ``log w`` on ``n`` fresh samples (sharded over
+    ``mesh`` if given and ``n`` is a multiple of its size).
+
+    ``logw_var`` does not depend on normalisations dropped from the prior (the coarse priors omit ``log Z_c``), so
+    unlike the loss it compares flows with different priors; for nearly log-normal weights ``ESS ~ exp(-var)``.
+    """
     sharding = None
     if mesh is not None and n % mesh.devices.size == 0:
         sharding = NamedSharding(mesh, P("data"))
-    ess, acc, loss = _evaluate(flow, params, prior, action, key, n, sharding)
-    return {"ess": float(ess), "acceptance": float(acc), "loss": float(loss)}
+    ess, acc, loss, var = _evaluate(flow, params, prior, action, key, n, sharding)
+    return {"ess": float(ess), "acceptance": float(acc), "loss": float(loss), "logw_var": float(var)}
 
 
 @partial(jax.jit, static_argnums=(0, 5, 6))
 def _evaluate(
     flow: Flow, params: Params, prior: Prior, action: Any, key: jax.Array, n: int, sharding: Any
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     k1, k2 = jax.random.split(key)
     _, logw = log_weights(flow, params, prior, action, k1, n, sharding)
     if sharding is not None:
         logw = jax.lax.with_sharding_constraint(logw, NamedSharding(sharding.mesh, P()))
-    return effective_sample_size(logw), imh_acceptance(logw, k2), -jnp.mean(logw)
+    return effective_sample_size(logw), imh_acceptance(logw, k2), -jnp.mean(logw), jnp.var(logw)
 
 
 def init_state(params: Params, optimizer: optax.GradientTransformation, key: Any) -> TrainState:

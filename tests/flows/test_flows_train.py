@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -10,14 +12,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from olrg_hpc.flows.model import GaussianPrior, init_flow, tutorial_flow
+from olrg_hpc.flows.layers import FreeFieldLinear
+from olrg_hpc.flows.model import Flow, GaussianPrior, init_flow, tutorial_flow
 from olrg_hpc.flows.train import (
     TrainingDivergedError,
     TrainState,
     effective_sample_size,
+    evaluate,
     imh_acceptance,
     init_state,
     load_checkpoint,
+    log_weights,
     make_optimizer,
     train,
 )
@@ -159,3 +164,24 @@ def test_distributed_training_bad_input_is_one_line(tmp_path, extra, expected) -
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], out.stderr
+
+
+def test_evaluate_reports_the_log_weight_variance() -> None:
+    """``logw_var`` is the variance of the same ``log w`` that ESS and acceptance use (same key), unchanged by a
+    constant added to the prior's log-density (what the coarse priors drop), and 0 for the exact free-field map."""
+    key = jax.random.key(5)
+    m = evaluate(FLOW, _params(), PRIOR, ACTION, key, 256)
+    _, logw = log_weights(FLOW, _params(), PRIOR, ACTION, jax.random.split(key)[0], 256)
+    assert m["logw_var"] == pytest.approx(float(jnp.var(logw)), rel=1e-10) and m["logw_var"] > 0.1
+
+    @partial(jax.tree_util.register_dataclass, data_fields=[], meta_fields=["shape", "dtype"])
+    @dataclass(frozen=True)
+    class Shifted(GaussianPrior):
+        def log_prob(self, z: jax.Array) -> jax.Array:
+            return super().log_prob(z) + 7.0
+
+    shifted = evaluate(FLOW, _params(), Shifted((L, L), "float64"), ACTION, key, 256)
+    assert shifted["logw_var"] == pytest.approx(m["logw_var"], rel=1e-10)
+    assert shifted["loss"] == pytest.approx(m["loss"] + 7.0, rel=1e-10)
+    free = evaluate(Flow((FreeFieldLinear(1.0),)), {}, PRIOR, Phi4Action(1.0, 0.0), key, 256)
+    assert free["logw_var"] < 1e-16 and free["ess"] == pytest.approx(1.0)
