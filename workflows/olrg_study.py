@@ -11,11 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from olrg_hpc.config import Strict
 from olrg_hpc.olrg import pipeline
 from olrg_hpc.report import Table, WorkflowReport
+from olrg_hpc.spins.tebd import steps_on_grid
 from olrg_hpc.tasks import Task
 
 MapName = Literal["identity", "nrg", "dmrg", "linear", "omm", "tebd"]
@@ -59,7 +61,7 @@ class Params(Strict):
             if set(opts) - {"chi", "dt"}:
                 raise ValueError(f"map_options.tebd takes chi and dt, got {sorted(opts)}")
             dt, step = float(opts.get("dt", 0.01)), self.t_max / (self.n_times - 1)
-            if dt <= 0 or abs(round(step / dt) * dt - step) > 1e-9:
+            if steps_on_grid(np.linspace(0.0, self.t_max, self.n_times), dt) is None:
                 raise ValueError(f"tebd evolves in steps of dt = {dt}: the time step t_max / (n_times - 1) = {step:g} "
                                  "must be a multiple of it")
         return self

@@ -98,22 +98,23 @@ def evaluate_map_task(model: str, couplings: Mapping[str, float], map_name: str,
     """
     m = make_model(model, N, **couplings)
     times = np.linspace(0.0, t_max, n_times)
+    train_seconds = 0.0
     if map_name == "tebd":
         from olrg_hpc.spins.tebd import tebd_curve
 
         chi = int(map_options.get("chi", 2**n0))
         t0 = time.perf_counter()
-        res = against_exact(m, N, times, tebd_curve(m, N, times, chi=chi, dt=float(map_options.get("dt", 0.01))))
-        return {**res, "D": 2**n0, "chi": chi, "N": N, "train_seconds": 0.0, "eval_seconds": time.perf_counter() - t0}
-    omap = make_map(map_name, **map_options)
-    params = None
-    train_seconds = 0.0
-    if map_name in LEARNED:
-        (trained,) = (deps or {}).values()
-        params = params_from_leaves(map_name, map_options, n0, n_final, trained["params"])
-        train_seconds = float(trained["train_seconds"])
-    t0 = time.perf_counter()
-    res = error_curve(m, N, omap, times, params=params, n0=n0, enlarge=enlarge)
+        res = {**against_exact(m, N, times, tebd_curve(m, N, times, chi=chi, dt=float(map_options.get("dt", 0.01)))),
+               "chi": chi}
+    else:
+        omap = make_map(map_name, **map_options)
+        params = None
+        if map_name in LEARNED:
+            (trained,) = (deps or {}).values()
+            params = params_from_leaves(map_name, map_options, n0, n_final, trained["params"])
+            train_seconds = float(trained["train_seconds"])
+        t0 = time.perf_counter()
+        res = error_curve(m, N, omap, times, params=params, n0=n0, enlarge=enlarge)
     return {**res, "D": 2**n0, "N": N, "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - t0}
 
 

@@ -21,7 +21,17 @@ import numpy as np
 
 from .models import ChainModel
 
-__all__ = ["tebd_curve"]
+__all__ = ["tebd_curve", "steps_on_grid"]
+
+
+def steps_on_grid(times: Any, dt: float) -> np.ndarray | None:
+    """Number of ``dt`` steps to each time, or ``None`` when ``dt <= 0`` or a time is negative or not a multiple of
+    ``dt`` (to 1e-9): TEBD can only stop on its step grid."""
+    times = np.asarray(times, dtype=float)
+    if dt <= 0:
+        return None
+    steps = np.rint(times / dt).astype(int)
+    return None if np.any(steps < 0) or np.any(np.abs(steps * dt - times) > 1e-9) else steps
 
 
 def _ising_model(model: ChainModel, N: int) -> Any:
@@ -51,9 +61,8 @@ def tebd_curve(model: ChainModel, N: int, times: Any, chi: int, dt: float = 0.01
         raise ValueError(f"tebd_curve covers the Ising chains (tfim, mixed_field_ising), not {model.name!r}")
     if chi < 1 or dt <= 0:
         raise ValueError(f"need chi >= 1 and dt > 0, got chi = {chi}, dt = {dt}")
-    times = np.asarray(times, dtype=float)
-    steps = np.rint(times / dt).astype(int)
-    if np.any(steps < 0) or np.any(np.abs(steps * dt - times) > 1e-9):
+    steps = steps_on_grid(times, dt)
+    if steps is None:
         raise ValueError(f"times must be non-negative multiples of dt = {dt}")
     from tenpy.algorithms.tebd import TEBDEngine
     from tenpy.networks.mps import MPS
@@ -61,7 +70,7 @@ def tebd_curve(model: ChainModel, N: int, times: Any, chi: int, dt: float = 0.01
     M = _ising_model(model, N)
     psi = MPS.from_product_state(M.lat.mps_sites(), ["up"] * N, bc="finite", unit_cell_width=M.lat.mps_unit_cell_width)
     trunc = {"chi_max": int(chi), "svd_min": float(svd_min)}
-    out = np.empty(len(times))
+    out = np.empty(len(steps))
     done = 0
     for i in np.argsort(steps, kind="stable"):
         if steps[i] > done:
