@@ -276,6 +276,14 @@ def test_head_start_counts_steps_to_the_gaussian_acceptance() -> None:
     slow = dict(coarse, acceptance=np.full(11, 0.2))
     assert flow_study.head_start_rows({"g": gauss, "c": slow})[0][4] == "not reached"
     assert flow_study.first_reaching(steps, np.zeros(11), 0.1) is None
+    # Var(log w): the Gaussian flow ends at 2.0; the coarse flow is at or below it from step 300 on, lower is better
+    gauss["logw_var"] = np.linspace(12.0, 2.0, 11)
+    coarse["logw_var"] = np.array([9.0, 5.0, 2.5, 2.0, 1.5, 1, 1, 1, 1, 1, 1])
+    rows = flow_study.head_start_rows({"g": gauss, "c": coarse, "w": warm})
+    assert rows[0][8:] == [pytest.approx(2.0), 300, pytest.approx(0.3)]
+    assert rows[1][8:] == [pytest.approx(2.0), "-", "-"]  # no logw_var stored (an older study file)
+    slow["logw_var"] = np.full(11, 3.0)
+    assert flow_study.head_start_rows({"g": gauss, "c": slow})[0][8:] == [pytest.approx(2.0), "not reached", "-"]
 
 
 def test_thermalisation_follows_tau_int() -> None:
