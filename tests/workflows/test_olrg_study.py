@@ -40,6 +40,9 @@ def test_enlarge_reaches_training_and_evaluation():
     by = {t.name: t for t in olrg_study.build(p)}
     assert by["train-linear-D4"].params["enlarge"] == 1 and by["eval-linear-D4"].params["enlarge"] == 1
     assert by["train-linear-D4"].params["n_order0"] == 30
+    assert by["train-linear-D4"].params["T"] == pytest.approx(2.2)  # default: 1.1 t_max, a margin past the window
+    p = olrg_study.Params.model_validate({"n0": [2], "maps": ["linear"], "n_final": 4, "training": {"T": 1.5}})
+    assert olrg_study.build(p)[0].params["T"] == 1.5
     assert by["eval-nrg-D4"].params["enlarge"] == 0
     common = {"model": "tfim", "couplings": {"J": 1.0, "h": 1.0}, "map_name": "linear",
               "map_options": {"beyond": "decouple"}, "n0": 2, "n_final": 4}
