@@ -262,9 +262,10 @@ def first_reaching(steps: np.ndarray, values: np.ndarray, target: float, below: 
 def head_start_rows(groups: Mapping[str, Any]) -> list[list[Any]]:
     """Issue #6's coarse-lattice criterion, per L: steps (and seconds) a coarse-derived flow needs to reach the
     acceptance the Gaussian-prior flow ends with, as a fraction of the Gaussian flow's steps (goal: <= 0.5); and
-    the same for the Gaussian flow's final Var(log w) (reached when at or below it). The acceptance of a 1024-sample
-    measurement scatters by about +-0.01 at acceptances near 0.05, so at low acceptance the Var(log w) criterion,
-    which is not bounded by the batch, is the steadier of the two; both are reported.
+    the same for the Gaussian flow's final Var(log w) (reached when at or below it). At low acceptance the MH
+    acceptance of a 2048-sample measurement is mostly noise (a Gaussian-prior flow at L = 16 read 0.045 / 0.007 /
+    0.045 / 0.010 at steps 3000-4500, while its Var(log w) read 10.3 / 9.2 / 9.8 / 8.1), so the Var(log w)
+    criterion is the steadier of the two; both are reported.
 
     ``groups`` maps ``train-*`` task names to their results (``variant``, ``L``, ``metric_step``, ``acceptance``,
     ``metric_seconds``, ``step_offset``, optionally ``logw_var``). Warm-started steps count the L/2 pretraining
