@@ -99,7 +99,7 @@ def time_steps(D: int, devices: list[Any], steps: int, n_sites: int, n_per_order
     return {
         "D": D,
         "n_devices": len(devices),
-        "n_samples": int(batch.times.shape[0]),
+        "n_samples": batch.n_samples,
         "n_scales": cfg.n_scales,
         "compile_s": t_compile,
         "steps_per_s": steps / dt,

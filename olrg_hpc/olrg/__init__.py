@@ -8,7 +8,17 @@ data-parallel sharding, HDF5 checkpoints), :mod:`.evaluate` (quench dynamics of 
 from __future__ import annotations
 
 from .evaluate import block_expectation, error_curve, exact_curve, fixed_map_isometries, grow_and_map, olrg_curve
-from .loss import LossConfig, TOBCBatch, expm_herm, make_batch, olrg_loss, order_weights, scale_chis, tobc_chi
+from .loss import (
+    LossConfig,
+    OrderBlock,
+    TOBCBatch,
+    expm_herm,
+    make_batch,
+    olrg_loss,
+    order_weights,
+    scale_chis,
+    tobc_chi,
+)
 from .maps import (
     DMRGMap,
     IdentityMap,
@@ -45,6 +55,7 @@ __all__ = [
     "qr_isometry",
     "time_averaged_rho",
     "LossConfig",
+    "OrderBlock",
     "TOBCBatch",
     "expm_herm",
     "make_batch",

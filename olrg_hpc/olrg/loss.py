@@ -54,6 +54,7 @@ __all__ = [
     "expm_herm",
     "tobc_chi",
     "order_weights",
+    "OrderBlock",
     "TOBCBatch",
     "make_batch",
     "final_time_fractions",
@@ -105,7 +106,7 @@ def tobc_chi(S: RelevantSet, times: Any, signs: Any, T: Any, mask: Any = None, b
     times = jnp.asarray(times, dtype=jnp.float64)
     nS, K = times.shape
     signs = jnp.asarray(signs, dtype=jnp.float64)
-    mask = jnp.ones((nS, K), bool) if mask is None else jnp.asarray(mask, bool)
+    mask = None if mask is None else jnp.asarray(mask, bool)
     bidx = jnp.zeros((nS, K), jnp.int32) if bidx is None else jnp.asarray(bidx, jnp.int32)
     H = hamiltonian(S)
     H = 0.5 * (H + H.conj().T)
@@ -126,7 +127,7 @@ def tobc_chi(S: RelevantSet, times: Any, signs: Any, T: Any, mask: Any = None, b
     for j in range(K - 1, -1, -1):
         Aj = A[:, j]
         new = sigma @ Aj + signs[:, j, None, None] * (Aj @ sigma)
-        sigma = jnp.where(mask[:, j, None, None], new, sigma)
+        sigma = new if mask is None else jnp.where(mask[:, j, None, None], new, sigma)
     return jnp.einsum("sij,sji->s", sigma, jnp.broadcast_to(OT, sigma.shape))
 
 
@@ -143,21 +144,36 @@ def order_weights(K: int, kind: str = "inv_factorial", delta: float = 1.0) -> np
     raise ValueError(f"unknown weight kind {kind!r}; use 'one', 'inv_factorial' or 'delta'")
 
 
-class TOBCBatch(NamedTuple):
-    """A batch of TOBC samples (leading axis = samples; sharded over the "data" mesh axis in training).
+class OrderBlock(NamedTuple):
+    """The samples of one order ``k`` (leading axis = samples; sharded over the "data" mesh axis in training).
 
     ``weight`` already contains ``w_k`` (and the ``1/n_k`` normalization); padded samples have ``weight = 0``.
-    ``exact`` is (n_exact_scales, n_samples) complex: exact chi of the ``n``-site chain for the scales that carry an
+    ``exact`` is (n_exact_scales, n) complex: exact chi of the ``n``-site chain for the scales that carry an
     exact-target term (zeros when there is none).
     """
 
-    times: Any  # (S, K) float64, 0 on padded levels
-    signs: Any  # (S, K) float64
-    mask: Any  # (S, K) bool
-    bidx: Any  # (S, K) int32
-    weight: Any  # (S,) float64
-    exact: Any  # (n_exact, S) complex128
-    Tf: Any  # (S,) float64: final time of each sample
+    times: Any  # (n, k) float64: t_1 (innermost) first, Dyson-ordered
+    signs: Any  # (n, k) float64
+    bidx: Any  # (n, k) int32: boundary operator of each level
+    weight: Any  # (n,) float64
+    exact: Any  # (n_exact, n) complex128
+    Tf: Any  # (n,) float64: final time of each sample
+
+
+class TOBCBatch(NamedTuple):
+    """A batch of TOBC samples: ``blocks[k]`` is the :class:`OrderBlock` of the order-``k`` samples, ``k = 0..K``.
+
+    Grouping by order keeps padding levels out of the arrays: an order-``k`` sample costs ``k`` evolutions and
+    ``k`` adjoint steps, not ``K`` (with ``K = 2`` and as many samples per order, one third fewer evolutions and half
+    the adjoint steps; a D = 16 training step got 1.4 times faster, a D = 8 one 1.8 times).
+    """
+
+    blocks: tuple[OrderBlock, ...]
+
+    @property
+    def n_samples(self) -> int:
+        """Samples in all blocks (padding included)."""
+        return sum(int(np.shape(b.weight)[0]) for b in self.blocks)
 
 
 @dataclass(frozen=True)
@@ -225,9 +241,9 @@ def final_time_fractions(orders: np.ndarray, seed: int, stratify: bool = True) -
 
 
 def make_batch(cfg: LossConfig, seed: int, pad_to: int = 1) -> TOBCBatch:
-    """Draw samples with :func:`sample_tobc_inputs` (seeded) and build the numpy batch.
+    """Draw samples with :func:`sample_tobc_inputs` (seeded) and build the numpy batch, one block per order.
 
-    The number of samples is padded with zero-weight copies to a multiple of ``pad_to`` (the device count).
+    Each order's block is padded with zero-weight samples to a multiple of ``pad_to`` (the device count).
     Boundary indices are uniform over the model's boundary operators (always 0 for the Ising chains).
     """
     n0 = (cfg.n_per_order if cfg.n_order0 is None else cfg.n_order0) if cfg.sample_T else 1
@@ -253,16 +269,19 @@ def make_batch(cfg: LossConfig, seed: int, pad_to: int = 1) -> TOBCBatch:
         for j in range(nS):
             k = int(inp.orders[j])
             exact[i, j] = ev.chi(times[j, :k], signs[j, :k], Tf[j], boundaries=[bnames[b] for b in bidx[j, :k]])
-    pad = (-nS) % max(1, pad_to)
-    if pad:
-        times = np.concatenate([times, np.zeros((pad, Kd))])
-        signs = np.concatenate([signs, np.zeros((pad, Kd))])
-        mask = np.concatenate([mask, np.zeros((pad, Kd), bool)])
-        bidx = np.concatenate([bidx, np.zeros((pad, Kd), np.int32)])
-        weight = np.concatenate([weight, np.zeros(pad)])
-        exact = np.concatenate([exact, np.zeros((exact.shape[0], pad), complex)], axis=1)
-        Tf = np.concatenate([Tf, np.full(pad, cfg.T)])
-    return TOBCBatch(times, signs, mask, bidx, weight, exact, Tf)
+    blocks = []
+    for k in range(cfg.K + 1):
+        idx = np.flatnonzero(inp.orders == k)
+        pad = (-len(idx)) % max(1, pad_to)
+        blocks.append(OrderBlock(
+            times=np.concatenate([times[idx, :k], np.zeros((pad, k))]),
+            signs=np.concatenate([signs[idx, :k], np.zeros((pad, k))]),
+            bidx=np.concatenate([bidx[idx, :k], np.zeros((pad, k), np.int32)]),
+            weight=np.concatenate([weight[idx], np.zeros(pad)]),
+            exact=np.concatenate([exact[:, idx], np.zeros((exact.shape[0], pad), complex)], axis=1),
+            Tf=np.concatenate([Tf[idx], np.full(pad, cfg.T)]),
+        ))
+    return TOBCBatch(tuple(blocks))
 
 
 def scale_chis(
@@ -274,7 +293,9 @@ def scale_chis(
     S0: RelevantSet | None = None,
     scan: bool = True,
 ) -> tuple[Any, Any]:
-    """chi of the grown and of the mapped set at every scale for one noise key: two (n_scales, n_samples) arrays.
+    """chi of the grown and of the mapped set at every scale for one noise key.
+
+    Two tuples with one (n_scales, n_k) array per block of ``batch`` (order ``k``, :class:`TOBCBatch`).
 
     Compressing maps run the scales in a ``lax.scan`` (``scan=True``; the scale index is then traced, and the
     static ``RelevantSet.n`` inside the body is that of the initial block); the identity map uses a Python loop.
@@ -288,8 +309,8 @@ def scale_chis(
         Ge, Sme = G, Sm
         for _ in range(cfg.enlarge):
             Ge, Sme = grow_site(Ge, cfg.model), grow_site(Sme, cfg.model)
-        cg = tobc_chi(Ge, batch.times, batch.signs, batch.Tf, batch.mask, batch.bidx)
-        cm = tobc_chi(Sme, batch.times, batch.signs, batch.Tf, batch.mask, batch.bidx)
+        cg = tuple(tobc_chi(Ge, b.times, b.signs, b.Tf, None, b.bidx) for b in batch.blocks)
+        cm = tuple(tobc_chi(Sme, b.times, b.signs, b.Tf, None, b.bidx) for b in batch.blocks)
         return Sm, cg, cm
 
     if not omap.compresses or not scan or cfg.n_scales < 2:
@@ -298,11 +319,11 @@ def scale_chis(
             S, a, b = one_scale(S, s, keys[s])
             cg.append(a)
             cm.append(b)
-        return jnp.stack(cg), jnp.stack(cm)
+        return tuple(map(jnp.stack, zip(*cg, strict=True))), tuple(map(jnp.stack, zip(*cm, strict=True)))
     # compressing maps keep D fixed: one lax.scan over the scales (one compiled body; short compile times)
     S = to_jax(S)
 
-    def body(S: RelevantSet, xs: tuple[Any, Any]) -> tuple[RelevantSet, tuple[Any, Any]]:
+    def body(S: RelevantSet, xs: tuple[Any, Any]) -> tuple[RelevantSet, tuple[tuple[Any, ...], tuple[Any, ...]]]:
         Sm, a, b = one_scale(S, xs[0], xs[1])
         return Sm.replace(n=S.n), (a, b)
 
@@ -316,12 +337,13 @@ def olrg_loss(
     """The OLRG loss (module docstring): a float64 scalar, differentiable in ``params``."""
     key = jax.random.PRNGKey(0) if key is None else key
     nn_ = max(1, int(omap.n_noise))
-    cg, cm = jax.vmap(lambda k: scale_chis(params, omap, cfg, batch, k, S0))(jax.random.split(key, nn_))
-    cg, cm = cg.mean(0), cm.mean(0)
-    w = jnp.asarray(batch.weight)
-    loss = jnp.sum(w[None, :] * jnp.abs(cg - cm) ** 2)
-    if cfg.exact_scales:
-        ex = jnp.asarray(batch.exact)
-        idx = jnp.asarray(cfg.exact_scales)
-        loss = loss + cfg.exact_weight * jnp.sum(w[None, :] * jnp.abs(ex - cm[idx]) ** 2)
+    cgs, cms = jax.vmap(lambda k: scale_chis(params, omap, cfg, batch, k, S0))(jax.random.split(key, nn_))
+    loss = jnp.zeros((), jnp.float64)
+    for b, cg, cm in zip(batch.blocks, cgs, cms, strict=True):
+        cg, cm = cg.mean(0), cm.mean(0)
+        w = jnp.asarray(b.weight)[None, :]
+        loss = loss + jnp.sum(w * jnp.abs(cg - cm) ** 2)
+        if cfg.exact_scales:
+            ex = jnp.asarray(b.exact)
+            loss = loss + cfg.exact_weight * jnp.sum(w * jnp.abs(ex - cm[jnp.asarray(cfg.exact_scales)]) ** 2)
     return loss

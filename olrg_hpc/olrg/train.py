@@ -7,11 +7,11 @@
   trains the loss of scales ``0..j`` (blocks ``n0+1 .. n0+1+j``) for ``steps_per_stage`` steps, the optimizer
   state is re-initialised at each stage start (rogerluo-duck). Stage of a step: ``step // steps_per_stage``
   (capped at the last stage).
-* Data parallelism: the sample axis of the :class:`~olrg_hpc.olrg.loss.TOBCBatch` is sharded over a 1-D mesh
-  ``jax.sharding.Mesh(devices, ("data",))`` with ``NamedSharding(mesh, P("data"))`` (the batch is zero-weight
-  padded to a multiple of the device count); parameters and optimizer state are replicated (``P()``). The step
-  is one ``jax.jit`` with these shardings; XLA inserts the cross-device reduction of the loss and gradients.
-  ``block_until_ready`` is called every ``sync_every`` steps (bounded dispatch queue, honest timings).
+* Data parallelism: the sample axis of every order's block of the :class:`~olrg_hpc.olrg.loss.TOBCBatch` is
+  sharded over a 1-D mesh ``jax.sharding.Mesh(devices, ("data",))`` with ``NamedSharding(mesh, P("data"))`` (each
+  block is zero-weight padded to a multiple of the device count); parameters and optimizer state are replicated
+  (``P()``). The step is one ``jax.jit`` with these shardings; XLA inserts the cross-device reduction of the loss
+  and gradients. ``block_until_ready`` is called every ``sync_every`` steps (bounded dispatch queue, honest timings).
 * Randomness is a pure function of ``(seed, step)``: the noise key of step ``s`` is
   ``fold_in(PRNGKey(seed), s)`` and (with ``resample=True``) the TOBC samples of step ``s`` use seed
   ``seed * 1_000_003 + s``, otherwise one fixed batch per stage (seed ``seed + stage``). Hence a resumed run
@@ -41,7 +41,7 @@ from olrg_hpc import checkpoint as ckpt
 from olrg_hpc import sharding
 from olrg_hpc.jaxsetup import enable_x64
 
-from .loss import LossConfig, TOBCBatch, make_batch, olrg_loss
+from .loss import LossConfig, OrderBlock, TOBCBatch, make_batch, olrg_loss
 from .maps import OperatorMap
 
 enable_x64()
@@ -189,8 +189,9 @@ class Trainer:
 
     # ---- batches
     def batch_shardings(self) -> TOBCBatch:
-        d = NamedSharding(self.mesh, P("data"))
-        return TOBCBatch(d, d, d, d, d, NamedSharding(self.mesh, P(None, "data")), d)
+        """Every block's sample axis over "data" (``exact`` is (n_exact, n): its second axis)."""
+        d, e = NamedSharding(self.mesh, P("data")), NamedSharding(self.mesh, P(None, "data"))
+        return TOBCBatch(tuple(OrderBlock(d, d, d, d, e, d) for _ in range(self.cfg.K + 1)))
 
     def batch_for(self, step: int) -> TOBCBatch:
         stage = self.stage_of(step)

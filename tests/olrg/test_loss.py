@@ -133,15 +133,43 @@ def _cfg(**kw) -> L.LossConfig:  # noqa: ANN003
 def test_identity_map_loss_is_zero_and_exact_term() -> None:
     cfg = _cfg(n_final=5, exact_weight=1.0, exact_max_n=5, sample_T=True)
     batch = L.make_batch(cfg, seed=0, pad_to=8)
-    assert batch.times.shape[0] % 8 == 0 and batch.weight[-1] == 0.0
-    # per-sample final times; Dyson ordering T_s >= t_1 >= t_2 >= 0 on the existing levels
-    real = batch.weight > 0
-    assert len(np.unique(batch.Tf[real])) > 1
-    t = np.where(batch.mask, batch.times, -1.0)
-    assert np.all(t[real, 0] <= batch.Tf[real]) and np.all(t[real, 1] <= np.where(batch.mask[real, 1], t[real, 0], 9))
-    assert batch.exact.shape == (2, batch.times.shape[0]) and np.abs(batch.exact[:, real]).max() > 0.1
+    assert len(batch.blocks) == cfg.K + 1 and batch.n_samples == 3 * 8
+    tf = []
+    for k, b in enumerate(batch.blocks):  # one block per order, each padded to the device count
+        n = b.weight.shape[0]
+        assert n == 8 and b.times.shape == b.signs.shape == b.bidx.shape == (n, k) and b.Tf.shape == (n,)
+        real = b.weight > 0
+        assert real.sum() == 4 and not real[4:].any()
+        np.testing.assert_allclose(b.weight.sum(), L.order_weights(cfg.K, cfg.weights)[k])  # a mean per order
+        # per-sample final times; Dyson ordering T_s >= t_1 >= t_2 >= 0 on the existing levels
+        t = b.times[real]
+        assert np.all(np.diff(np.concatenate([b.Tf[real, None], t], axis=1), axis=1) <= 0) and np.all(t >= 0)
+        assert b.exact.shape == (2, n) and np.abs(b.exact[:, real]).max() > 0.1 and not b.exact[:, ~real].any()
+        tf.extend(b.Tf[real])
+    assert len(np.unique(tf)) > 1
     loss = _jit(lambda b: L.olrg_loss({}, M.IdentityMap(), cfg, b))(batch)
     assert float(loss) == 0.0 or abs(float(loss)) < 1e-24
+
+
+def test_blocks_hold_the_masked_flat_samples() -> None:
+    """Per-order blocks give the chi of the same samples written as one (S, K) array with padding levels masked
+    (the layout before blocks), on a generic block with two boundary operators (XXZ)."""
+    m = models.make_model("xxz", 5, delta=0.6, hz=0.2)
+    cfg = L.LossConfig(model=m, n0=3, n_final=5, T=1.3, K=2, n_per_order=5, sample_T=True)
+    batch = L.make_batch(cfg, seed=3)
+    S = R.to_jax(R.grow_exact(m, 4))
+    K = cfg.K
+    def flat(field: str) -> np.ndarray:  # (S, K), padding levels zero
+        return np.concatenate([np.pad(getattr(b, field), ((0, 0), (0, K - k))) for k, b in enumerate(batch.blocks)])
+
+    times, signs, bidx = flat("times"), flat("signs"), flat("bidx")
+    mask = np.concatenate([np.arange(K)[None, :] < np.full((len(b.Tf), 1), k) for k, b in enumerate(batch.blocks)])
+    Tf = np.concatenate([b.Tf for b in batch.blocks])
+    assert bidx.any()  # both boundary operators drawn
+    masked = L.tobc_chi(S, times, signs, Tf, mask, bidx)
+    blocked = np.concatenate([L.tobc_chi(S, b.times, b.signs, b.Tf, None, b.bidx) for b in batch.blocks])
+    assert np.abs(blocked).max() > 0.1
+    np.testing.assert_allclose(blocked, np.asarray(masked), atol=1e-12)
 
 
 def test_final_times_are_stratified_within_each_order() -> None:
@@ -157,11 +185,11 @@ def test_final_times_are_stratified_within_each_order() -> None:
     np.testing.assert_array_equal(iid, np.random.default_rng([5, 11]).uniform(0.0, 1.0, 100))
     assert np.diff(np.sort(iid[:40] * 4.0)).max() > 2 * 4.0 / 40  # the gap stratification removes, at this seed
     cfg = _cfg(sample_T=True, n_per_order=10)
-    tf = L.make_batch(cfg, seed=5).Tf
-    np.testing.assert_allclose(np.sort(tf[:10]), np.sort(L.final_time_fractions(np.repeat([0, 1, 2], 10), 5)[:10]))
+    tf = L.make_batch(cfg, seed=5).blocks[0].Tf
+    np.testing.assert_allclose(np.sort(tf), np.sort(L.final_time_fractions(np.repeat([0, 1, 2], 10), 5)[:10]))
     more = L.make_batch(_cfg(sample_T=True, n_per_order=10, n_order0=25), seed=5)
-    assert (~more.mask[:, 0]).sum() == 25 and len(more.weight) == 45  # order-0 count set on its own
-    np.testing.assert_allclose(more.weight[:25].sum(), 1.0)  # a mean within the order: weight 1 in all
+    assert len(more.blocks[0].Tf) == 25 and more.n_samples == 45  # order-0 count set on its own
+    np.testing.assert_allclose(more.blocks[0].weight.sum(), 1.0)  # a mean within the order: weight 1 in all
 
 
 def test_loss_positive_for_nrg_and_gradient_finite() -> None:
@@ -184,10 +212,12 @@ def test_one_more_site_comparison() -> None:
     assert cfg.exact_scales == [0, 1]  # blocks of 4 and 5 sites, enlarged to 5 and 6 <= exact_max_n
     batch = L.make_batch(cfg, seed=0)
     loss = _jit(lambda b: L.olrg_loss({}, M.IdentityMap(), cfg, b))(batch)
-    assert abs(float(loss)) < 1e-24 and np.abs(batch.exact).max() > 0.1
+    assert abs(float(loss)) < 1e-24 and max(np.abs(b.exact).max() for b in batch.blocks) > 0.1
     nrg = {e: _cfg(n0=2, n_final=4, enlarge=e) for e in (0, 1)}
     b = L.make_batch(nrg[0], seed=0)
     plain, one_more = (_jit(lambda bb, c=c: L.scale_chis({}, M.NRGMap(), c, bb, jax.random.PRNGKey(0)))(b)
                        for c in nrg.values())
-    assert plain[0].shape == one_more[0].shape == (2, b.times.shape[0])
-    assert np.abs(np.asarray(plain[0] - one_more[0])).max() > 1e-3  # grown by one more site: another correlator
+    for k, blk in enumerate(b.blocks):  # one row per scale, one column per sample of the order-k block
+        assert plain[0][k].shape == one_more[0][k].shape == (2, len(blk.Tf))
+    diff = max(np.abs(np.asarray(p - q)).max() for p, q in zip(plain[0], one_more[0], strict=True))
+    assert diff > 1e-3  # grown by one more site: another correlator

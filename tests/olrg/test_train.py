@@ -26,8 +26,10 @@ def test_one_vs_eight_devices_same_trajectory() -> None:
     tr8 = T.Trainer(lin, CFG, tc)
     assert tr8.n_dev == 8
     b = tr8.batch_for(0)
-    assert b.times.sharding.spec == jax.sharding.PartitionSpec("data")
-    assert len(b.times.sharding.device_set) == 8 and b.times.shape[0] % 8 == 0
+    for blk in b.blocks:  # every order's samples spread over all devices
+        assert blk.Tf.sharding.spec == jax.sharding.PartitionSpec("data")
+        assert blk.exact.sharding.spec == jax.sharding.PartitionSpec(None, "data")
+        assert len(blk.Tf.sharding.device_set) == 8 and blk.Tf.shape[0] % 8 == 0
     h8 = tr8.run().history
     assert len(h1) == len(h8) == 3
     np.testing.assert_allclose(h8, h1, rtol=1e-10)
