@@ -338,12 +338,12 @@ def olrg_loss(
     key = jax.random.PRNGKey(0) if key is None else key
     nn_ = max(1, int(omap.n_noise))
     cgs, cms = jax.vmap(lambda k: scale_chis(params, omap, cfg, batch, k, S0))(jax.random.split(key, nn_))
+    exact_idx = jnp.asarray(cfg.exact_scales, jnp.int32)
     loss = jnp.zeros((), jnp.float64)
     for b, cg, cm in zip(batch.blocks, cgs, cms, strict=True):
         cg, cm = cg.mean(0), cm.mean(0)
         w = jnp.asarray(b.weight)[None, :]
         loss = loss + jnp.sum(w * jnp.abs(cg - cm) ** 2)
         if cfg.exact_scales:
-            ex = jnp.asarray(b.exact)
-            loss = loss + cfg.exact_weight * jnp.sum(w * jnp.abs(ex - cm[jnp.asarray(cfg.exact_scales)]) ** 2)
+            loss = loss + cfg.exact_weight * jnp.sum(w * jnp.abs(jnp.asarray(b.exact) - cm[exact_idx]) ** 2)
     return loss

@@ -159,11 +159,13 @@ def test_blocks_hold_the_masked_flat_samples() -> None:
     batch = L.make_batch(cfg, seed=3)
     S = R.to_jax(R.grow_exact(m, 4))
     K = cfg.K
+
     def flat(field: str) -> np.ndarray:  # (S, K), padding levels zero
         return np.concatenate([np.pad(getattr(b, field), ((0, 0), (0, K - k))) for k, b in enumerate(batch.blocks)])
 
     times, signs, bidx = flat("times"), flat("signs"), flat("bidx")
-    mask = np.concatenate([np.arange(K)[None, :] < np.full((len(b.Tf), 1), k) for k, b in enumerate(batch.blocks)])
+    orders = np.concatenate([np.full(len(b.Tf), k) for k, b in enumerate(batch.blocks)])
+    mask = np.arange(K)[None, :] < orders[:, None]
     Tf = np.concatenate([b.Tf for b in batch.blocks])
     assert bidx.any()  # both boundary operators drawn
     masked = L.tobc_chi(S, times, signs, Tf, mask, bidx)
