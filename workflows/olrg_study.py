@@ -8,14 +8,16 @@ versus D, and the comparison table. D = 2^n0.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from olrg_hpc.config import Strict
 from olrg_hpc.olrg import pipeline
+from olrg_hpc.olrg.maps import make_map
 from olrg_hpc.report import Table, WorkflowReport
 from olrg_hpc.spins.tebd import steps_on_grid
 from olrg_hpc.tasks import Task
@@ -64,15 +66,36 @@ class Params(Strict):
             raise ValueError(f"n_final ({self.n_final}) must exceed every n0 ({max(self.n0)})")
         if self.model == "mixed_field_ising" and self.N > 14:
             raise ValueError(f"mixed_field_ising is checked against ED: N at most 14 (got {self.N})")
+        for name, opts in self.map_options.items():
+            _check_map_options(name, opts)
         if "tebd" in self.maps:
             opts = self.map_options.get("tebd", {})
-            if set(opts) - {"chi", "dt"}:
-                raise ValueError(f"map_options.tebd takes chi and dt, got {sorted(opts)}")
             dt, step = float(opts.get("dt", 0.01)), self.t_max / (self.n_times - 1)
             if steps_on_grid(np.linspace(0.0, self.t_max, self.n_times), dt) is None:
                 raise ValueError(f"tebd evolves in steps of dt = {dt}: the time step t_max / (n_times - 1) = {step:g} "
                                  "must be a multiple of it")
         return self
+
+
+def _check_map_options(name: str, opts: dict[str, Any]) -> None:
+    """Refuse, at validation rather than in a task, an unknown map, an option its class does not take, or a value
+    its constructor refuses."""
+    known = get_args(MapName)
+    if name not in known:
+        raise ValueError(f"map_options.{name}: unknown map; known: {', '.join(known)}")
+    if name == "tebd":
+        if set(opts) - {"chi", "dt"}:
+            raise ValueError(f"map_options.tebd takes chi and dt, got {sorted(opts)}")
+        return
+    cls = type(make_map(name))
+    accepted = [p for p in inspect.signature(cls).parameters if p != "self"]
+    unknown = sorted(set(opts) - set(accepted))
+    if unknown:
+        raise ValueError(f"map_options.{name}: unknown option(s) {unknown}; {cls.__name__} takes {accepted}")
+    try:
+        make_map(name, **opts)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"map_options.{name}: {e}") from None
 
 
 def build(params: Params) -> list[Task]:

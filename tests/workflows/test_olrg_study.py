@@ -69,3 +69,16 @@ def test_tebd_baseline_is_a_study_map():
         olrg_study.Params.model_validate({"maps": ["tebd"], "t_max": 1.0, "n_times": 8})
     with pytest.raises(ValueError, match="takes chi and dt"):
         olrg_study.Params.model_validate({"maps": ["tebd"], "map_options": {"tebd": {"chii": 8}}})
+
+
+@pytest.mark.parametrize("opts,msg", [
+    ({"linear": {"complx": True}}, r"map_options.linear: unknown option\(s\) \['complx'\]; LinearIsometryMap takes"),
+    ({"linaer": {}}, "map_options.linaer: unknown map; known: identity"),
+    ({"linear": {"beyond": "drop"}}, "map_options.linear: beyond must be 'reuse' or 'decouple'"),
+])
+def test_map_options_are_checked_at_validation(opts, msg):
+    """A typo in a map's options fails ``validate`` with the key at fault, not a training task an hour in."""
+    with pytest.raises(ValueError, match=msg):
+        olrg_study.Params.model_validate({"maps": ["linear"], "map_options": opts})
+    ok = olrg_study.Params.model_validate({"maps": ["linear"], "map_options": {"linear": {"complex_": True}}})
+    assert ok.map_options["linear"] == {"complex_": True}
