@@ -182,17 +182,22 @@ def test_decouple_cuts_the_chain_after_the_block() -> None:
         M.OperatorMatrixMap(decouple_after=0)
 
 
-def test_keep_state_isometry_keeps_the_initial_state() -> None:
+@pytest.mark.parametrize("complex_", [False, True])
+def test_keep_state_isometry_keeps_the_initial_state(complex_: bool) -> None:
+    """Also for a complex isometry: then the compressed H is complex from the first scale on, and the block's
+    (complex) state is still kept exactly."""
     from olrg_hpc.olrg import evaluate as E
 
     m = models.mixed_field_ising(7, g=0.4)
-    lin = M.LinearIsometryMap(keep_state=True, init_scale=0.5)
+    lin = M.LinearIsometryMap(keep_state=True, init_scale=0.5, complex_=complex_)
     p = lin.init(jax.random.PRNGKey(2), 8, 4, 5)
     S = E.grow_and_map(m, 7, lin, p, n0=2)
     np.testing.assert_allclose(np.trace(S.rho).real, 1.0, atol=1e-12)  # the plain map loses weight of rho
     np.testing.assert_allclose(E.block_expectation(S, [0.0]), [1.0], atol=1e-12)  # C(0) = <Z_1 Z_2> = 1
     V = np.asarray(lin.isometry(p, R.to_jax(R.grow_site(R.initial_set(m, 2), m)), 0, None, 4))
-    np.testing.assert_allclose(V.T @ V, np.eye(4), atol=1e-12)
+    np.testing.assert_allclose(V.conj().T @ V, np.eye(4), atol=1e-12)
+    assert (np.abs(V.imag).max() > 0.1) == complex_
+    assert (np.abs(np.asarray(S.H_terms).imag).max() > 1e-3) == complex_  # rho = |e_1><e_1| either way (QR)
     S2 = E.grow_and_map(m, 7, M.LinearIsometryMap(init_scale=0.5), p, n0=2)
     assert np.trace(S2.rho).real < 1 - 1e-6
 

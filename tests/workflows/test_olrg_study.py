@@ -17,15 +17,19 @@ def test_graph_shape():
     assert not any(n.startswith("train-nrg") for n in names)  # fixed maps are not trained
 
 
-def test_train_then_evaluate_round_trips_params():
-    common = {"model": "tfim", "couplings": {"J": 1.0, "h": 1.0}, "map_name": "linear", "map_options": {}, "n0": 2,
+@pytest.mark.parametrize("opts", [{}, {"complex_": True, "keep_state": True}])
+def test_train_then_evaluate_round_trips_params(opts):
+    common = {"model": "tfim", "couplings": {"J": 1.0, "h": 1.0}, "map_name": "linear", "map_options": opts, "n0": 2,
               "n_final": 4}
     trained = pipeline.train_map_task(**common, T=0.5, K=1, n_per_order=4, steps=3, lr=1e-2, schedule="together",
                                       seed=1)
     assert trained["loss"].shape == (3,) and np.all(np.isfinite(trained["loss"]))
+    params = pipeline.params_from_leaves("linear", opts, 2, 4, trained["params"])
+    assert sorted(params) == (["M", "Mi"] if opts else ["M"])  # a complex map keeps its imaginary part
     ev = pipeline.evaluate_map_task(**common, N=5, t_max=0.5, n_times=6, deps={"train": trained})
     assert ev["D"] == 4 and np.all(np.isfinite(ev["approx"])) and ev["train_seconds"] > 0
-    ident = pipeline.evaluate_map_task(**{**common, "map_name": "identity"}, N=5, t_max=0.5, n_times=6)
+    ident = pipeline.evaluate_map_task(**{**common, "map_name": "identity", "map_options": {}}, N=5, t_max=0.5,
+                                       n_times=6)
     assert np.max(ident["abs_err"]) < 1e-10  # no compression: exact
     table = pipeline.compare_maps({"eval-linear-D4": ev, "eval-identity-D4": ident}, windows=(0.5,))
     assert table["max_abs_err_t0.5"][0] < 1e-10
