@@ -44,7 +44,7 @@ from .relevant import RelevantSet, grow_site, hamiltonian, initial_set, to_jax
 enable_x64()
 
 __all__ = ["fixed_map_isometries", "grow_and_map", "block_expectation", "exact_curve", "olrg_curve", "error_curve",
-           "against_exact"]
+           "against_exact", "orbit_tails"]
 
 
 def grow_and_map(
@@ -139,6 +139,35 @@ def exact_curve(model: ChainModel, N: int, times: Any) -> np.ndarray:
     order = np.argsort(times)
     out = np.empty_like(times)
     out[order] = ed.evolve_expectations(H, ed.zero_state(N), {"zz": O}, times[order])["zz"]
+    return out
+
+
+def orbit_tails(model: ChainModel, n: int, T: float, dims: Any) -> dict[str, list[float]]:
+    """How much of the quench orbit ``psi(t) = e^{-iHt}|0...0>``, ``t in [0, T]``, of the exact ``n``-site chain the
+    best ``D``-dimensional subspace misses, for a complex and for a real subspace (docs/olrg.md, "Complex
+    isometries"), for each ``D`` in ``dims``. Real models only.
+
+    ``G = (1/T) int_0^T |psi(t)><psi(t)| dt`` (exactly, :func:`~olrg_hpc.olrg.maps.time_averaged_rho`); the best
+    complex subspace keeps its top ``D`` eigenvalues, the best real one those of ``Re G`` (a real projector ``P``
+    has ``Tr(P G) = Tr(P Re G)``). For a real ``H``, ``Re G`` is the average over ``[-T, T]``, unitarily equivalent
+    to the one over ``[0, 2T]``: the real tails on ``[0, T]`` are the complex tails on ``[0, 2T]`` (tested). Both
+    are computed in the eigenbasis of ``H`` (real for a real ``H``), on the eigenstates the initial state
+    overlaps. Returns ``{"complex": [1 - sum of kept eigenvalues, ...], "real": [...]}``. Dense: ``n <= 12``.
+    """
+    from .maps import time_averaged_rho
+
+    H = ed.dense_hamiltonian(model.with_n(n))
+    if np.iscomplexobj(H) and np.abs(H.imag).max() > 0:
+        raise ValueError(f"orbit_tails: {model.name} has a complex Hamiltonian (real models only)")
+    E, W = np.linalg.eigh(H.real)
+    c = W.T @ ed.zero_state(n)
+    on = np.abs(c) > 1e-13
+    G = time_averaged_rho(np.diag(E[on]), np.outer(c[on], c[on]).astype(complex), float(T))
+    G = 0.5 * (G + G.conj().T)
+    out: dict[str, list[float]] = {}
+    for kind, A in (("complex", G), ("real", G.real)):
+        ev = np.sort(np.linalg.eigvalsh(A))[::-1]
+        out[kind] = [float(max(0.0, 1.0 - ev[: int(D)].sum())) for D in dims]
     return out
 
 
