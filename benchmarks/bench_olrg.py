@@ -225,6 +225,16 @@ def learned_map(name: str, spec: dict[str, Any], args: argparse.Namespace) -> M.
     return M.LinearIsometryMap(beyond=spec["beyond"], keep_state=args.keep_state, complex_=args.complex_map)
 
 
+def warm_params(spec: dict[str, Any], args: argparse.Namespace, mp: M.OperatorMap) -> Any:
+    """``--warm dmrg``: the linear map starts from the time-averaged DMRG map's isometries (``T`` of the case) along
+    its own flow to ``n_final`` sites (complex: needs ``--complex-map``); otherwise ``None`` (the map's own init)."""
+    if args.warm != "dmrg" or not isinstance(mp, M.LinearIsometryMap):
+        return None
+    n0, n_final = spec["n0"], spec["n_final"]
+    warm = E.fixed_map_isometries(spec["model"].with_n(n_final), n_final, M.DMRGMap(T=spec["T"]), n0=n0)
+    return mp.init(jax.random.PRNGKey(args.seed), 2 ** (n0 + 1), 2**n0, n_final - n0, warm=warm)
+
+
 def recipe_trainer(spec: dict[str, Any], args: argparse.Namespace, mp: M.OperatorMap, devices: list[Any] | None,
                    sync_every: int) -> T.Trainer:
     """Trainer of ``mp`` on one case (``model``, ``n0``, ``n_final``, ``T``, ``steps``) with the :data:`RECIPE`:
@@ -237,7 +247,7 @@ def recipe_trainer(spec: dict[str, Any], args: argparse.Namespace, mp: M.Operato
     tc = T.TrainConfig(steps=spec["steps"], lr=args.lr, lr_schedule=RECIPE["lr_schedule"],
                        optimizer=RECIPE["optimizer"], warmup=RECIPE["warmup"], clip=RECIPE["clip"],
                        sync_every=sync_every, seed=args.seed, resample=args.exact_weight == 0)
-    return T.Trainer(mp, cfg, tc, devices=devices)
+    return T.Trainer(mp, cfg, tc, devices=devices, params=warm_params(spec, args, mp))
 
 
 def train_learned(spec: dict[str, Any], args: argparse.Namespace,
@@ -323,6 +333,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="LinearIsometryMap(keep_state=...): the isometry keeps the block's state (C(0) exact)")
     p.add_argument("--complex-map", action="store_true",
                    help="LinearIsometryMap(complex_=True): a complex isometry (a complex D-dim subspace)")
+    p.add_argument("--warm", choices=["none", "dmrg"], default="none",
+                   help="start the linear map from the time-averaged DMRG map's isometries (with --complex-map)")
     p.add_argument("--orbit-tails", action="store_true",
                    help="also record, per case, the weight of the exact quench orbit on [0, T] of the n_final-site "
                         "chain that the best complex and the best real D-dim subspace miss (evaluate.orbit_tails)")
