@@ -225,14 +225,13 @@ def learned_map(name: str, spec: dict[str, Any], args: argparse.Namespace) -> M.
     return M.LinearIsometryMap(beyond=spec["beyond"], keep_state=args.keep_state, complex_=args.complex_map)
 
 
-def warm_params(spec: dict[str, Any], args: argparse.Namespace, mp: M.OperatorMap) -> Any:
-    """``--warm dmrg``: the linear map starts from the time-averaged DMRG map's isometries (``T`` of the case) along
-    its own flow to ``n_final`` sites (complex: needs ``--complex-map``); otherwise ``None`` (the map's own init)."""
+def warm_params(cfg: L.LossConfig, args: argparse.Namespace, mp: M.OperatorMap) -> Any:
+    """``--warm dmrg``: the linear map starts from the time-averaged DMRG map's isometries (``T`` of the loss) along
+    its own flow to ``n_final`` sites (complex: ``--complex-map``); otherwise ``None`` (the map's own init)."""
     if args.warm != "dmrg" or not isinstance(mp, M.LinearIsometryMap):
         return None
-    n0, n_final = spec["n0"], spec["n_final"]
-    warm = E.fixed_map_isometries(spec["model"].with_n(n_final), n_final, M.DMRGMap(T=spec["T"]), n0=n0)
-    return mp.init(jax.random.PRNGKey(args.seed), 2 ** (n0 + 1), 2**n0, n_final - n0, warm=warm)
+    warm = E.fixed_map_isometries(cfg.model, cfg.n_final, M.DMRGMap(T=cfg.T), n0=cfg.n0)
+    return mp.init(jax.random.PRNGKey(args.seed), 2 * cfg.dim, cfg.dim, cfg.n_scales, warm=warm)
 
 
 def recipe_trainer(spec: dict[str, Any], args: argparse.Namespace, mp: M.OperatorMap, devices: list[Any] | None,
@@ -247,7 +246,7 @@ def recipe_trainer(spec: dict[str, Any], args: argparse.Namespace, mp: M.Operato
     tc = T.TrainConfig(steps=spec["steps"], lr=args.lr, lr_schedule=RECIPE["lr_schedule"],
                        optimizer=RECIPE["optimizer"], warmup=RECIPE["warmup"], clip=RECIPE["clip"],
                        sync_every=sync_every, seed=args.seed, resample=args.exact_weight == 0)
-    return T.Trainer(mp, cfg, tc, devices=devices, params=warm_params(spec, args, mp))
+    return T.Trainer(mp, cfg, tc, devices=devices, params=warm_params(cfg, args, mp))
 
 
 def train_learned(spec: dict[str, Any], args: argparse.Namespace,
@@ -369,6 +368,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--measure", type=int, nargs=2, metavar=("D", "N_DEVICES"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.warm == "dmrg" and not args.complex_map:
+        p.error("--warm dmrg needs --complex-map (the time-averaged DMRG isometries are complex)")
     if args.measure:  # one child of --timing: a JSON line on stdout
         print(json.dumps(measure(*args.measure, args)), flush=True)
         return {}

@@ -49,6 +49,7 @@ Linear maps use ONE isometry ``V`` (``2D x D``, ``V^dagger V = I_D``) for every 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -416,7 +417,8 @@ class OperatorMatrixMap(OperatorMap):
 
 
 def make_map(name: str, **kw: Any) -> OperatorMap:
-    """Map by name: ``identity``, ``nrg``, ``dmrg``, ``linear``, ``omm``."""
+    """Map by name: ``identity``, ``nrg``, ``dmrg``, ``linear``, ``omm``; an option the map's class does not take is
+    refused with the options it does take (``ValueError``)."""
     table = {
         "identity": IdentityMap,
         "nrg": NRGMap,
@@ -426,4 +428,9 @@ def make_map(name: str, **kw: Any) -> OperatorMap:
     }
     if name not in table:
         raise ValueError(f"unknown map {name!r}; known: {sorted(table)}")
-    return table[name](**kw)
+    cls = table[name]
+    accepted = list(inspect.signature(cls).parameters)
+    unknown = sorted(set(kw) - set(accepted))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown}; {cls.__name__} takes {accepted}")
+    return cls(**kw)
