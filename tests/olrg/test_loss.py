@@ -83,6 +83,58 @@ def test_chi_gradient_matches_finite_differences() -> None:
             np.testing.assert_allclose(float(an), float(fd), rtol=1e-6, atol=1e-8)
 
 
+def test_divided_differences_match_the_phi_form() -> None:
+    """``L_ij = (f_i - f_j) / (E_i - E_j)`` with its series branch against ``f_j (-it) phi(-i (E_i - E_j) t)`` of
+    :func:`expm_herm`'s JVP, on a spectrum with an exact degeneracy and gaps of 1e-9, 1e-5 and 1e-3 (products
+    ``|w t|`` on both sides of the 1e-3 switch). Above the switch the quotient's rounding is ``eps |f| / |w| <=
+    eps t / 1e-3``, 1e-12 at ``t = 4.4`` (entries are of order ``t``); the series below it truncates at 1e-14."""
+    E = jnp.asarray([-1.3, -1.3, 0.2, 0.2 + 1e-9, 0.7, 0.7 + 1e-5, 1.9, 1.9 + 1e-3])
+    t = jnp.asarray([0.0, 1e-3, 0.37, 1.0, 4.4])
+    f = jnp.exp(-1j * t[:, None] * E)
+    w = E[:, None] - E[None, :]
+    tt = t[:, None, None]
+    ref = f[:, None, :] * (-1j * tt) * L._phi(-1j * w * tt)
+    np.testing.assert_allclose(np.asarray(L._divided_differences(E, f, t)), np.asarray(ref), rtol=0, atol=2e-12)
+
+
+def test_eigenbasis_chi_and_gradient_match_the_matrix_form() -> None:
+    """:func:`tobc_chi` (eigenbasis, custom JVP) against :func:`_tobc_chi_expm` (evolution matrices): values, reverse
+    gradients in every operator, and the JVP in the times, on a generic XXZ block (two boundary operators, masked
+    levels, one final time per sample) and on the degenerate exact TFIM block. Both are exact, so they agree to
+    rounding (1e-10 on entries of order 1-10)."""
+    rng = np.random.default_rng(8)
+    xxz = models.make_model("xxz", 4, delta=0.6, hz=0.2)
+    ex = R.to_jax(R.grow_exact(xxz, 4))
+    generic = ex.replace(H_terms=ex.H_terms + 0.1 * jnp.asarray(np.stack([_herm(rng, 16) for _ in ex.H_terms])))
+    nS, K = 6, 2
+    times = np.sort(rng.uniform(0, 1.5, (nS, K)), axis=1)[:, ::-1].copy()
+    signs = rng.choice([-1.0, 1.0], (nS, K))
+    mask = np.arange(K)[None, :] < rng.integers(0, K + 1, nS)[:, None]
+    bidx = rng.integers(0, 2, (nS, K))
+    Tf = rng.uniform(1.5, 2.0, nS)
+    wts = rng.standard_normal(nS)
+    tfim = R.to_jax(R.grow_exact(models.tfim(4), 4))
+    cases = [(generic, mask, bidx), (tfim, None, None)]
+    for S, mk, bi in cases:
+        outs = []
+        for chi in (L.tobc_chi, L._tobc_chi_expm):
+            def f(S, ts, chi=chi, mk=mk, bi=bi):  # noqa: ANN001, ANN202
+                c = chi(S, ts, signs, Tf, mk, bi)
+                return jnp.sum(wts * (c.real + 0.7 * c.imag))
+
+            val, g = jax.value_and_grad(f)(S, jnp.asarray(times))
+            _, dt = jax.jvp(lambda ts, f=f, S=S: f(S, ts), (jnp.asarray(times),), (jnp.ones((nS, K)),))
+            outs.append((val, g, dt))
+        (v1, g1, d1), (v2, g2, d2) = outs
+        np.testing.assert_allclose(float(v1), float(v2), atol=1e-10)
+        assert abs(float(d2)) > 1e-2
+        np.testing.assert_allclose(float(d1), float(d2), atol=1e-10)
+        for leaf in ("H_terms", "B", "O", "rho"):
+            a, b = np.asarray(getattr(g1, leaf)), np.asarray(getattr(g2, leaf))
+            assert np.abs(b).max() > 1e-2
+            np.testing.assert_allclose(a, b, atol=1e-10)
+
+
 @pytest.mark.parametrize("name,kw,n", [("tfim", {"J": 1.0, "h": 1.0}, 5), ("xxz", {"delta": 0.6, "hz": 0.2}, 4)])
 def test_chi_matches_exact_tobc(name: str, kw: dict, n: int) -> None:
     m = models.make_model(name, n, **kw)
