@@ -39,7 +39,7 @@ from jax.sharding import PartitionSpec as P
 
 from olrg_hpc import checkpoint as ckpt
 from olrg_hpc import sharding
-from olrg_hpc.jaxsetup import enable_x64
+from olrg_hpc.jaxsetup import blas_single_thread, enable_x64
 
 from .loss import LossConfig, OrderBlock, TOBCBatch, make_batch, olrg_loss
 from .maps import OperatorMap
@@ -257,8 +257,14 @@ class Trainer:
     ) -> TrainState:
         """Train until ``state.step == steps`` (default ``tc.steps``), from ``state`` or a fresh start.
 
-        ``state.history[i]`` is the loss evaluated at the parameters *before* update ``i``.
+        ``state.history[i]`` is the loss evaluated at the parameters *before* update ``i``. LAPACK runs single-threaded
+        meanwhile (:func:`~olrg_hpc.jaxsetup.blas_single_thread`).
         """
+        with blas_single_thread():
+            return self._run(steps, state, checkpoint, callback)
+
+    def _run(self, steps: int | None, state: TrainState | None, checkpoint: str | os.PathLike[str] | None,
+             callback: Any) -> TrainState:
         total = self.tc.steps if steps is None else int(steps)
         st = self.initial_state() if state is None else state
         params, opt_state = jax.device_put(st.params, self.rep), jax.device_put(st.opt_state, self.rep)
