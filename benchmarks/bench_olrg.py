@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_olrg.py --out benchmarks/results/olrg.json                 # paper case (D = 8, N = 10)
     python benchmarks/bench_olrg.py --cases paper n64 mixed --out ...          # + N = 64 (D = 8, 16), mixed field
     python benchmarks/bench_olrg.py --cases --timing --dims 8 16 --timing-steps 20   # training throughput only
+    python benchmarks/bench_olrg.py --cases --formulations --complex-map --dims 8 16 32   # loss-gradient kernels
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/bench_olrg.py --timing ...  # 8 CPU devices
 
 Cases (science.md section 1 and issue #4; quench from ``|0...0>``, ``C(t) = <Z_1 Z_2>(t)``):
@@ -112,6 +113,43 @@ def time_steps(D: int, devices: list[Any], steps: int, n_sites: int, n_per_order
     }
 
 
+def time_formulations(D: int, args: argparse.Namespace, reps: int = 7) -> dict[str, Any]:
+    """Seconds per jitted loss-and-gradient evaluation of the ``n64`` case at kept dimension ``D`` (``--n64-T``,
+    ``--n64-train-final``, the learned map of this run's flags, no exact targets), one device, medians of ``reps``
+    interleaved repetitions: the eigenbasis chi of :func:`olrg_hpc.olrg.loss.tobc_chi` against the evolution-matrix
+    form it replaced (``_tobc_chi_expm``), both with one BLAS thread as in training, and the eigenbasis form with
+    BLAS's default thread count (the contention :func:`olrg_hpc.jaxsetup.blas_single_thread` removes)."""
+    from contextlib import nullcontext
+    from unittest import mock
+
+    from olrg_hpc.jaxsetup import blas_single_thread
+
+    spec = dict(model=models.tfim(args.n64_train_final), n0=int(round(math.log2(D))), n_final=args.n64_train_final,
+                T=args.n64_T, beyond="decouple")
+    cfg = L.LossConfig(model=spec["model"], n0=spec["n0"], n_final=spec["n_final"], T=spec["T"], K=args.order,
+                       n_per_order=args.n_per_order, weights=RECIPE["weights"], delta=RECIPE["delta"], sample_T=True)
+    batch = L.make_batch(cfg, args.seed)
+    mp = learned_map("linear", spec, args)
+    params = mp.init(jax.random.PRNGKey(args.seed), 2 * D, D, cfg.n_scales)
+    variants = {"eig_1thread": (L.tobc_chi, blas_single_thread), "expm_1thread": (L._tobc_chi_expm, blas_single_thread),
+                "eig_default_threads": (L.tobc_chi, nullcontext)}
+    fns, secs = {}, {k: [] for k in variants}
+    for name, (chi, _) in variants.items():
+        with mock.patch.object(L, "tobc_chi", chi):
+            fns[name] = jax.jit(jax.value_and_grad(lambda p: L.olrg_loss(p, mp, cfg, batch)))
+            jax.block_until_ready(fns[name](params))  # compile while the patch holds
+    for _ in range(reps):
+        for name, (_, ctx) in variants.items():
+            with ctx():
+                t0 = time.perf_counter()
+                jax.block_until_ready(fns[name](params))
+                secs[name].append(time.perf_counter() - t0)
+    med = {k: float(np.median(v)) for k, v in secs.items()}
+    return {"D": D, "n_samples": batch.n_samples, "n_scales": cfg.n_scales, "complex_map": args.complex_map,
+            "seconds": med, "speedup_eig_vs_expm": med["expm_1thread"] / med["eig_1thread"],
+            "speedup_one_blas_thread": med["eig_default_threads"] / med["eig_1thread"]}
+
+
 def paper_trainer(D: int, args: argparse.Namespace, devices: list[Any], steps: int) -> tuple[T.Trainer, Any]:
     """Trainer of the paper problem (TFIM, ``N = --timing-sites``, order ``--order``, trained on ``[0, --paper-T]``)
     with the :data:`RECIPE` at kept dimension ``D`` (exact ``log2 D`` sites at the start), and its model."""
@@ -149,9 +187,12 @@ def time_to_target(D: int, devices: list[Any], args: argparse.Namespace) -> dict
 def measure(D: int, n_devices: int, args: argparse.Namespace) -> dict[str, Any]:
     """Throughput (and with ``--target-error``, time to target) of one ``D`` on the first ``n_devices`` devices,
     with this process's peak memory: resident set (host) and, on accelerators, XLA's peak bytes in use."""
+    from olrg_hpc.jaxsetup import blas_single_thread
+
     devices = jax.devices()[:n_devices]
-    r: dict[str, Any] = {"device_kind": devices[0].device_kind, "platform": devices[0].platform,
-                         **time_steps(D, devices, args.timing_steps, args.timing_sites, 20)}
+    with blas_single_thread():  # as in Trainer.run (time_steps calls the step function directly)
+        steps = time_steps(D, devices, args.timing_steps, args.timing_sites, 20)
+    r: dict[str, Any] = {"device_kind": devices[0].device_kind, "platform": devices[0].platform, **steps}
     if args.target_error:
         r.update(time_to_target(D, devices, args))
     r["peak_rss_mib"] = peak_rss_mib()
@@ -357,6 +398,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-devices", type=int, default=1)
     p.add_argument("--timing", action="store_true", help="also time the training step on 1 and all devices")
+    p.add_argument("--formulations", action="store_true",
+                   help="time the loss gradient of the n64 case at each of --dims: eigenbasis chi against the "
+                        "evolution-matrix form, one BLAS thread against the default")
     p.add_argument("--dims", type=int, nargs="+", default=[8, 16])
     p.add_argument("--timing-steps", type=int, default=20)
     p.add_argument("--timing-sites", type=int, default=10)
@@ -393,6 +437,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print({k: v for k, v in r.items() if k != "error_curve"}, flush=True)
                 result["timing"].append(r)
                 _write(args.out, result)
+    if args.formulations:
+        result["formulations"] = []
+        for D in args.dims:
+            result["formulations"].append(time_formulations(D, args))
+            print("formulations", result["formulations"][-1], flush=True)
+            _write(args.out, result)
     if args.orbit_tails:
         result["orbit_tails"] = []
         for spec in case_specs(args):
