@@ -130,6 +130,11 @@ def _evolve_eig(Xt: Any, f: Any) -> Any:
     return f.conj()[..., :, None] * Xt * f[..., None, :]
 
 
+def _trace_prod(X: Any, Y: Any, n: int) -> Any:
+    """``Tr[X_s Y_s]`` for ``s < n``; ``X``, ``Y``: (D, D), (1, D, D) or (n, D, D), broadcast without copies."""
+    return jnp.broadcast_to(jnp.sum(X * jnp.swapaxes(Y, -1, -2), axis=(-2, -1)).reshape(-1), (n,))
+
+
 def _chi_eig_parts(E: Any, W: Any, B: Any, onehot: Any, O: Any, rho: Any, times: Any, signs: Any, Tf: Any,
                    mask: Any) -> dict[str, Any]:
     """The forward pass of :func:`_tobc_chi_eig` with the intermediates its JVP needs (eigenbasis of ``H``)."""
@@ -137,13 +142,13 @@ def _chi_eig_parts(E: Any, W: Any, B: Any, onehot: Any, O: Any, rho: Any, times:
     Bt, Ot = Wh @ B @ W, Wh @ O @ W
     A = _evolve_eig(jnp.einsum("skb,bij->skij", onehot, Bt), _phases(E, times))
     OT = _evolve_eig(Ot, _phases(E, Tf))  # (1 or nS, D, D)
-    sigma = jnp.broadcast_to(Wh @ rho @ W, A.shape[:1] + A.shape[2:])
+    sigma = Wh @ rho @ W  # one (D, D) until the first level: its products with A are then single GEMMs
     sigmas = [sigma]
     for j in range(A.shape[1] - 1, -1, -1):
         new = sigma @ A[:, j] + signs[:, j, None, None] * (A[:, j] @ sigma)
         sigma = jnp.where(mask[:, j, None, None], new, sigma)
         sigmas.append(sigma)
-    chi = jnp.einsum("sij,sji->s", sigma, jnp.broadcast_to(OT, sigma.shape))
+    chi = _trace_prod(sigma, OT, times.shape[0])
     return {"A": A, "OT": OT, "sigmas": sigmas, "chi": chi, "Wh": Wh, "Bt": Bt, "Ot": Ot}
 
 
@@ -191,14 +196,13 @@ def _tobc_chi_eig_jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tu
     dA = d_evolved(sel(p["Bt"]), sel(Wh @ dB @ W), times, dtimes)
     dOT = d_evolved(p["Ot"], Wh @ dO @ W, Tf, dTf)
     A, sigmas = p["A"], p["sigmas"]
-    dsigma = jnp.broadcast_to(Wh @ drho @ W, sigmas[0].shape)
+    dsigma = Wh @ drho @ W
     for i, j in enumerate(range(A.shape[1] - 1, -1, -1)):
         s, a, da, c = sigmas[i], A[:, j], dA[:, j], signs[:, j, None, None]
         new = dsigma @ a + s @ da + c * (da @ s + a @ dsigma)
         dsigma = jnp.where(mask[:, j, None, None], new, dsigma)
     sigma, OT = sigmas[-1], p["OT"]
-    dchi = jnp.einsum("sij,sji->s", dsigma, jnp.broadcast_to(OT, dsigma.shape)) \
-        + jnp.einsum("sij,sji->s", sigma, jnp.broadcast_to(dOT, sigma.shape))
+    dchi = _trace_prod(dsigma, OT, times.shape[0]) + _trace_prod(sigma, dOT, times.shape[0])
     return p["chi"], dchi
 
 
