@@ -25,7 +25,8 @@ def blas_single_thread() -> Iterator[None]:
     XLA on CPU calls LAPACK (``eigh``, ``qr``, triangular solves) from its own thread pool, and on the small
     matrices of the OLRG loss (``D <= 64``) a multi-threaded BLAS only competes with XLA's threads for the same
     cores: with both cores of a 2-core machine busy, a jitted 32 x 32 complex ``eigh`` took 5 ms instead of
-    0.16 ms, and the D = 16 training step went from 0.21 s to 0.30 s even on an idle machine. Dask workers already
+    0.16 ms, and even idle the N = 64 loss gradient takes 1.18 (D = 16) and 1.25 (D = 32) times as long with the
+    default threads (``benchmarks/bench_olrg.py --formulations``). Dask workers already
     start with ``OPENBLAS_NUM_THREADS=1`` (distributed's ``pre-spawn-environ``); this covers direct use.
     """
     from threadpoolctl import threadpool_limits

@@ -11,8 +11,8 @@ Conventions are those of :mod:`olrg_hpc.spins.tobc` (so exact targets and the le
 
 Evolution. One ``eigh`` of the Hermitian block Hamiltonian per scale; chi is computed in its eigenbasis, where
 ``U(t) = e^{-iHt}`` is diagonal, so evolving an operator is an elementwise phase product and only the adjoint chain
-costs matrix products (:func:`_tobc_chi_eig`: 1.8-1.9 times faster for the loss gradient than forming ``U(t)``,
-``benchmarks/bench_olrg.py --formulations``). Its custom JVP is the Daleckii-Krein divided-difference form
+costs matrix products (:func:`_tobc_chi_eig`: the loss gradient takes 1.8-2.2 times less than when every ``U(t)``
+is formed, ``benchmarks/bench_olrg.py --formulations``). Its custom JVP is the Daleckii-Krein divided-difference form
 (as :func:`expm_herm`'s), so derivatives are finite and exact even for degenerate spectra (plain autodiff through
 ``eigh`` divides by ``E_i - E_j``).
 
