@@ -63,11 +63,14 @@ import resource  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from contextlib import nullcontext  # noqa: E402
 from typing import Any  # noqa: E402
+from unittest import mock  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from olrg_hpc.jaxsetup import blas_single_thread  # noqa: E402
 from olrg_hpc.olrg import evaluate as E  # noqa: E402
 from olrg_hpc.olrg import loss as L  # noqa: E402
 from olrg_hpc.olrg import maps as M  # noqa: E402
@@ -119,11 +122,6 @@ def time_formulations(D: int, args: argparse.Namespace, reps: int = 7) -> dict[s
     interleaved repetitions: the eigenbasis chi of :func:`olrg_hpc.olrg.loss.tobc_chi` against the evolution-matrix
     form it replaced (``_tobc_chi_expm``), both with one BLAS thread as in training, and the eigenbasis form with
     BLAS's default thread count (the contention :func:`olrg_hpc.jaxsetup.blas_single_thread` removes)."""
-    from contextlib import nullcontext
-    from unittest import mock
-
-    from olrg_hpc.jaxsetup import blas_single_thread
-
     spec = dict(model=models.tfim(args.n64_train_final), n0=int(round(math.log2(D))), n_final=args.n64_train_final,
                 T=args.n64_T, beyond="decouple")
     cfg = L.LossConfig(model=spec["model"], n0=spec["n0"], n_final=spec["n_final"], T=spec["T"], K=args.order,
@@ -187,8 +185,6 @@ def time_to_target(D: int, devices: list[Any], args: argparse.Namespace) -> dict
 def measure(D: int, n_devices: int, args: argparse.Namespace) -> dict[str, Any]:
     """Throughput (and with ``--target-error``, time to target) of one ``D`` on the first ``n_devices`` devices,
     with this process's peak memory: resident set (host) and, on accelerators, XLA's peak bytes in use."""
-    from olrg_hpc.jaxsetup import blas_single_thread
-
     devices = jax.devices()[:n_devices]
     with blas_single_thread():  # as in Trainer.run (time_steps calls the step function directly)
         steps = time_steps(D, devices, args.timing_steps, args.timing_sites, 20)

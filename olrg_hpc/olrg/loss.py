@@ -139,9 +139,10 @@ def _chi_eig_parts(E: Any, W: Any, B: Any, onehot: Any, O: Any, rho: Any, times:
                    mask: Any) -> dict[str, Any]:
     """The forward pass of :func:`_tobc_chi_eig` with the intermediates its JVP needs (eigenbasis of ``H``)."""
     Wh = W.conj().T
-    Bt, Ot = Wh @ B @ W, Wh @ O @ W
-    A = _evolve_eig(jnp.einsum("skb,bij->skij", onehot, Bt), _phases(E, times))
-    OT = _evolve_eig(Ot, _phases(E, Tf))  # (1 or nS, D, D)
+    Bsel, Ot = jnp.einsum("skb,bij->skij", onehot, Wh @ B @ W), Wh @ O @ W  # Bsel: B~ of every (sample, level)
+    fA, fT = _phases(E, times), _phases(E, Tf)
+    A = _evolve_eig(Bsel, fA)
+    OT = _evolve_eig(Ot, fT)  # (1 or nS, D, D)
     sigma = Wh @ rho @ W  # one (D, D) until the first level: its products with A are then single GEMMs
     sigmas = [sigma]
     for j in range(A.shape[1] - 1, -1, -1):
@@ -149,7 +150,7 @@ def _chi_eig_parts(E: Any, W: Any, B: Any, onehot: Any, O: Any, rho: Any, times:
         sigma = jnp.where(mask[:, j, None, None], new, sigma)
         sigmas.append(sigma)
     chi = _trace_prod(sigma, OT, times.shape[0])
-    return {"A": A, "OT": OT, "sigmas": sigmas, "chi": chi, "Wh": Wh, "Bt": Bt, "Ot": Ot}
+    return {"A": A, "OT": OT, "sigmas": sigmas, "chi": chi, "Wh": Wh, "Bsel": Bsel, "Ot": Ot, "fA": fA, "fT": fT}
 
 
 @jax.custom_jvp
@@ -182,19 +183,16 @@ def _tobc_chi_eig_jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tu
     Wh = p["Wh"]
     dHt = Wh @ dH @ W
 
-    def d_evolved(Xt: Any, dXt: Any, t: Any, dt: Any) -> Any:
-        """Tangent of ``U(t)^dagger X U(t)`` in the eigenbasis; ``t``, ``dt``: (...,), ``Xt``: (..., D, D)."""
-        f = _phases(E, t)
+    def d_evolved(Xt: Any, dXt: Any, t: Any, dt: Any, f: Any) -> Any:
+        """Tangent of ``U(t)^dagger X U(t)`` in the eigenbasis; ``t``, ``dt``: (...,), ``Xt``: (..., D, D), ``f``: the
+        primal's phases at ``t``."""
         delta = dHt * _divided_differences(E, f, t)
         delta = delta + (-1j * E * f * dt[..., None])[..., None] * jnp.eye(E.shape[0])
         return (jnp.swapaxes(delta.conj(), -1, -2) @ Xt) * f[..., None, :] + f.conj()[..., :, None] * (Xt @ delta) \
             + _evolve_eig(dXt, f)
 
-    def sel(X: Any) -> Any:  # the boundary operator of every (sample, level)
-        return jnp.einsum("skb,bij->skij", onehot, X)
-
-    dA = d_evolved(sel(p["Bt"]), sel(Wh @ dB @ W), times, dtimes)
-    dOT = d_evolved(p["Ot"], Wh @ dO @ W, Tf, dTf)
+    dA = d_evolved(p["Bsel"], jnp.einsum("skb,bij->skij", onehot, Wh @ dB @ W), times, dtimes, p["fA"])
+    dOT = d_evolved(p["Ot"], Wh @ dO @ W, Tf, dTf, p["fT"])
     A, sigmas = p["A"], p["sigmas"]
     dsigma = Wh @ drho @ W
     for i, j in enumerate(range(A.shape[1] - 1, -1, -1)):
