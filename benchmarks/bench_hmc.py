@@ -21,9 +21,9 @@ Measured in one run, each next to its baseline:
 * HMC cost per effectively independent sample of chi2 versus L at fixed physics (``--cost-*`` flags):
   the jitted batched HMC (:func:`olrg_hpc.lattice.hmc.run_chain`, ``--cost-chains`` independent chains)
   along the Albandea line lam = 0.5 (beta/lambda convention): L = 8, beta = 0.576 and L = 16,
-  beta = 0.634 (the authors' coarse and fine points, science.md section 2), L = 32, beta = 0.660 (matched
-  here to the xi_2nd/L = 0.247 of L = 16; the naive ``beta_c - a / L`` line through the first two points
-  gives 0.663, where xi/L = 0.271(7)), other L extrapolated (:func:`line_beta`) or given with
+  beta = 0.634 (the authors' coarse and fine points, science.md section 2), L = 32, beta = 0.660 and L = 64,
+  beta = 0.674 (matched here to the xi_2nd/L = 0.247 of L = 16; the naive ``beta_c - a / L`` line through the
+  first two points gives 0.663 at L = 32, where xi/L = 0.271(7)), other L extrapolated (:func:`line_beta`) or given with
   ``--cost-betas``. xi_2nd/L and the Binder cumulant are printed to check how fixed the physics
   is. Per L: the leapfrog (or Omelyan) step count at trajectory length 1 is tuned on the
   thermalised chains to the smallest one with acceptance >= ``--cost-acc-min`` (0.8; doubling, then
@@ -219,19 +219,22 @@ def bench_mpi(ranks: list[int], local: int, n_traj: int, n_steps: int) -> list[d
 
 
 # ------------------------------------------------------------------------------------------ cost vs L
-#: the constant-xi/L line at lam = 0.5: Albandea et al.'s coarse/fine points (L = 8, 16) and L = 32 matched to
+#: the constant-xi/L line at lam = 0.5: Albandea et al.'s coarse/fine points (L = 8, 16), L = 32 matched to
 #: xi_2nd/L = 0.247(3) of L = 16 by a scan here (beta = 0.655, 0.658, 0.661, 0.663 -> xi/L = 0.222, 0.219,
-#: 0.255, 0.271, each +- 0.007; 64 chains x 1000-2000 trajectories)
-LINE_BETAS = {8: 0.576, 16: 0.634, 32: 0.660}
-_LINE_Y = math.log2((LINE_BETAS[16] - LINE_BETAS[8]) / (LINE_BETAS[32] - LINE_BETAS[16]))  # ~1/nu
-_LINE_A = (LINE_BETAS[16] - LINE_BETAS[8]) / (8.0**-_LINE_Y - 16.0**-_LINE_Y)
-LINE_BETA_C = LINE_BETAS[16] + _LINE_A * 16.0**-_LINE_Y  # ~0.681
+#: 0.255, 0.271, each +- 0.007; 64 chains x 1000-2000 trajectories), L = 64 by a scan (beta = 0.672, 0.674, 0.676,
+#: 0.678 -> xi/L = 0.219, 0.245, 0.288, 0.320, each +- 0.008-0.010; 64 chains x 4000 trajectories)
+LINE_BETAS = {8: 0.576, 16: 0.634, 32: 0.660, 64: 0.674}
+# beta_c - A L^-y through the three largest tabulated L (y ~ 1/nu, with corrections)
+_L1, _L2, _L3 = sorted(LINE_BETAS)[-3:]
+_LINE_Y = math.log2((LINE_BETAS[_L2] - LINE_BETAS[_L1]) / (LINE_BETAS[_L3] - LINE_BETAS[_L2]))
+_LINE_A = (LINE_BETAS[_L2] - LINE_BETAS[_L1]) / (float(_L1) ** -_LINE_Y - float(_L2) ** -_LINE_Y)
+LINE_BETA_C = LINE_BETAS[_L2] + _LINE_A * float(_L2) ** -_LINE_Y
 
 
 def line_beta(L: int) -> float:
     """beta on the constant-xi/L line at lam = 0.5: the tabulated points, else the extrapolation
-    ``beta_c - A L^-y`` through them (y ~ 1.16, beta_c ~ 0.681; L = 80 -> 0.674, cf. the authors' HMC point
-    0.677), rounded to 3 decimals. Unverified beyond L = 32: check the printed xi/L."""
+    ``beta_c - A L^-y`` through the three largest (y ~ 0.89, beta_c ~ 0.690; L = 80 -> 0.677, the authors' HMC
+    point), rounded to 3 decimals. Unverified beyond L = 64: check the printed xi/L."""
     return LINE_BETAS.get(L, round(LINE_BETA_C - _LINE_A * float(L) ** -_LINE_Y, 3))
 
 
@@ -370,12 +373,12 @@ def bench_cost(sizes: list[int], betas: list[float] | None, lam: float, n_chains
               f"cost={row['cost_per_independent_s'] * 1e6:9.2f}({row['cost_per_independent_err_s'] * 1e6:.2f}) us",
               flush=True)
     out: dict[str, Any] = {
-        "beta_line": (f"constant xi_2nd/L at lam = 0.5: tabulated {LINE_BETAS} (8, 16: Albandea et al.; 32: matched "
-                      f"here); other L: beta = {LINE_BETA_C:.4f} - {_LINE_A:.4f} L^-{_LINE_Y:.4f}"),
+        "beta_line": (f"constant xi_2nd/L at lam = 0.5: tabulated {LINE_BETAS} (8, 16: Albandea et al.; 32, 64: "
+                      f"matched here); other L: beta = {LINE_BETA_C:.4f} - {_LINE_A:.4f} L^-{_LINE_Y:.4f}"),
         "cost_definition": "2 tau_int(chi2) x seconds per chain trajectory (batched chains, compile excluded)",
         "points": rows,
     }
-    if len(rows) >= 2:
+    if len({r["L"] for r in rows}) >= 2:  # a beta scan at one L has no exponent to fit
         Ls = np.array([r["L"] for r in rows], dtype=float)
         out["z_fit"] = _fit_power(Ls, np.array([r["tau_int_chi2"] for r in rows]),
                                   np.array([r["tau_int_chi2_err"] for r in rows]))
