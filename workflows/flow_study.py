@@ -8,7 +8,9 @@ Graph, per fine point ``(L, beta, lam)`` (beta/lambda convention of arXiv:2310.0
    ``train-coarse-L`` (interleaved coarse configurations), ``train-coarse_bilinear-L`` and
    ``train-coarse_noise-L`` (one coarse configuration plus noise sublattices, about its bilinear interpolation
    or about 0), ``train-warm-L`` (Gaussian prior, parameters of ``pretrain-Ll``, a flow trained at the coarse
-   point for ``warm_fraction`` of the steps); each records
+   point for ``warm_fraction`` of the steps; with ``training.ladder``, when the study also has the coarse point
+   ``(L/2, beta_coarse)``, the parameters of that point's ``train-warm`` instead: 8 -> 16 -> 32 ..., every rung
+   training the fine share of the steps); each records
    acceptance and ESS versus training step and seconds and holds its trained parameters;
 3. sampling in parallel: ``imh-<variant>-L`` (flow independent Metropolis-Hastings), ``fhmc-<variant>-L``
    (flow-HMC, for ``flow_hmc.variants``), ``hmc-L`` (plain HMC on the fine lattice);
@@ -91,6 +93,8 @@ class Training(Strict):
     metrics_every: int = Field(100, ge=1, description="steps between acceptance/ESS measurements")
     metrics_batch: int = Field(1024, ge=16, description="fresh flow samples per measurement")
     warm_fraction: float = Field(0.5, gt=0, lt=1, description="share of the warm variant's steps spent at L/2")
+    ladder: bool = Field(True, description="a warm flow starts from the study's warm flow at (L/2, beta_coarse) "
+                         "when there is one (8 -> 16 -> 32 ...), else from a fresh pretraining at L/2")
 
     @model_validator(mode="after")
     def _split(self) -> Training:
@@ -183,7 +187,8 @@ def build(params: Params) -> list[Task]:
                 "metrics_every": tr.metrics_every, "metrics_batch": tr.metrics_batch}
     tasks: list[Task] = []
     samplers: list[str] = []
-    for p in params.points:
+    warm_at: dict[tuple[int, float], Task] = {}  # trained warm flows by (L, beta): the ladder's rungs
+    for p in sorted(params.points, key=lambda q: q.L):
         fine, coarse = p.fine(lam), p.coarse(lam)
         tag = f"L{p.L}"
         ctag = f"L{coarse['L']}-beta{coarse['beta']:g}"
@@ -204,11 +209,14 @@ def build(params: Params) -> list[Task]:
         for v in params.variants:
             if v == "warm":
                 n_coarse, n_fine = tr.warm_split()
-                pre = Task(f"pretrain-{ctag}", pipeline.train_flow_task,
-                           {"point": coarse, "variant": "gaussian", "steps": n_coarse, **train_kw})
-                tasks.append(pre)
+                pre = warm_at.get((coarse["L"], coarse["beta"])) if tr.ladder else None
+                if pre is None:
+                    pre = Task(f"pretrain-{ctag}", pipeline.train_flow_task,
+                               {"point": coarse, "variant": "gaussian", "steps": n_coarse, **train_kw})
+                    tasks.append(pre)
                 t = Task(f"train-warm-{tag}", pipeline.train_flow_task,
                          {"point": fine, "variant": "warm", "steps": n_fine, **train_kw}, deps=(pre.name,))
+                warm_at[(p.L, p.beta)] = t
             elif v in coarse_variants:
                 assert gather is not None
                 t = Task(f"train-{v}-{tag}", pipeline.train_flow_task,

@@ -56,6 +56,25 @@ class TestGraph:
         assert by["pretrain-L4-beta0.45"].params["steps"] + by["train-warm-L8"].params["steps"] == steps
         assert len({by[n].params["batch_size"] for n in by if "train" in n}) == 1
 
+    def test_warm_ladder(self) -> None:
+        """A warm flow starts from the warm flow of the study's point at (L/2, beta_coarse) (whatever the order of the
+        points); without that point, or with ladder off, from a fresh pretraining at L/2."""
+        pts = [{"L": 32, "beta": 0.66, "beta_coarse": 0.634}, {"L": 8, "beta": 0.576},
+               {"L": 16, "beta": 0.634, "beta_coarse": 0.576}, {"L": 64, "beta": 0.674, "beta_coarse": 0.65}]
+        by = {t.name: t for t in flow_study.build(_params(points=pts, variants=["gaussian", "warm"]))}
+        assert by["train-warm-L8"].deps == ("pretrain-L4-beta0.576",)
+        assert by["train-warm-L16"].deps == ("train-warm-L8",)
+        assert by["train-warm-L32"].deps == ("train-warm-L16",)
+        assert by["train-warm-L64"].deps == ("pretrain-L32-beta0.65",)  # no study point at beta 0.65
+        assert not any(n.startswith("pretrain-L8") or n.startswith("pretrain-L16") for n in by)
+        n_fine = by["train-warm-L8"].params["steps"]
+        assert all(by[f"train-warm-L{ell}"].params["steps"] == n_fine for ell in (16, 32, 64))
+        gaussian = [n for n in by if n.startswith("train-gaussian")]
+        assert gaussian == [f"train-gaussian-L{ell}" for ell in (8, 16, 32, 64)]  # points built in order of L
+        off = {t.name: t for t in flow_study.build(_params(points=pts, variants=["warm"], training={"ladder": False},
+                                                           flow_hmc={"variants": ["warm"]}))}
+        assert off["train-warm-L16"].deps == ("pretrain-L8-beta0.576",)
+
     def test_one_configuration_priors(self) -> None:
         """coarse_bilinear / coarse_noise read the gathered ensemble (training and sampling) and get prior_sigma."""
         p = _params(variants=["gaussian", "coarse_bilinear", "coarse_noise"], prior_sigma=0.3)
