@@ -339,9 +339,11 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
                         continue
                     v = s(g["variant"][()])
                     curves.append((g, v, "o-"))
+                    # where the warm flow comes from: a pretraining at L/2, or the ladder's rung below
                     pre = [tasks[m] for m in tasks if m.startswith(f"pretrain-L{ell // 2}-")]
+                    pre += [tasks[m] for m in (f"train-warm-L{ell // 2}",) if m in tasks]
                     if v == "warm" and pre:
-                        curves.append((pre[0], f"warm: pretraining at L = {ell // 2}", "o--"))
+                        curves.append((pre[0], f"warm: its training at L = {ell // 2}", "o--"))
                 for g, v, style in curves:
                     for col, (x, y) in enumerate([("metric_step", "acceptance"), ("metric_step", "ess"),
                                                   ("metric_seconds", "acceptance"), ("metric_seconds", "ess")]):
@@ -447,12 +449,15 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
         for i in sorted(range(len(names)), key=lambda i: (L[i], method[i] != "HMC", labels[i])):
             rows.append([labels[i], int(L[i]), float(c["acceptance"][()][i]), pm("tau_int_M2", i),
                          float(c["seconds_per_sample"][()][i]), float(c["cost_per_independent"][()][i]),
+                         float(c["cost_over_hmc"][()][i]) if "cost_over_hmc" in c else float("nan"),
                          float(c["train_seconds"][()][i]), pm("abs_M", i), pm("chi2", i), pm("binder", i),
                          " ".join(f"{c['pull_' + k][()][i]:+.1f}" for k, _ in obs), run_length(i)])
         rep.tables.append(Table("Samplers (errors: Gamma method, S = 1.5, chains as replicas; cost = s/sample x "
-                                "2 tau_int(M^2), compilation excluded; pulls vs HMC for |M|, chi2, U; run length "
-                                f"per chain / thermalisation in tau_int(M^2), errors trustworthy from "
-                                f"{pipeline.MIN_CHAIN_TAUS:.0f} / {pipeline.MIN_THERM_TAUS:.0f})",
+                                "2 tau_int(M^2), compilation and training excluded, also over HMC's at the same L; "
+                                "pulls vs HMC for |M|, chi2, U; run length per chain / thermalisation in "
+                                f"tau_int(M^2), errors trustworthy from {pipeline.MIN_CHAIN_TAUS:.0f} / "
+                                f"{pipeline.MIN_THERM_TAUS:.0f})",
                                 ["sampler", "L", "acceptance", "tau_int(M^2)", "s/sample", "s/indep. sample",
-                                 "train s", "<|M|>", "chi2", "Binder U", "pulls", "run / therm. (tau)"], rows))
+                                 "cost / HMC", "train s", "<|M|>", "chi2", "Binder U", "pulls",
+                                 "run / therm. (tau)"], rows))
     return rep

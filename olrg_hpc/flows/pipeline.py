@@ -387,8 +387,9 @@ OBSERVABLES = ("abs_M", "chi2", "binder", "phi2")
 
 def compare_samplers(deps: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """All samplers side by side: acceptance, tau_int(M^2), seconds per sample, cost per independent chi2
-    sample, training seconds, run length in tau_int and ``reliable`` (module docstring), observables with
-    errors, and each observable's pull
+    sample and ``cost_over_hmc`` (that cost over the HMC run's at the same ``L``; below 1 the sampler beats HMC,
+    training not counted), training seconds, run length in tau_int and ``reliable`` (module docstring),
+    observables with errors, and each observable's pull
     ``(x - x_HMC) / sqrt(err^2 + err_HMC^2)`` against the HMC run at the same ``L`` (NaN without one)."""
     names = sorted(deps)
 
@@ -410,10 +411,12 @@ def compare_samplers(deps: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     }
     out["reliable"] = (out["chain_over_tau"] >= MIN_CHAIN_TAUS) & (out["therm_over_tau"] >= MIN_THERM_TAUS)
     hmc_of = {int(deps[n]["L"]): i for i, n in enumerate(names) if method[i] == "HMC"}
+    ref = np.array([hmc_of.get(int(ell), -1) for ell in L])
+    cost = out["cost_per_independent"]
+    out["cost_over_hmc"] = np.where(ref >= 0, cost / cost[ref], np.nan)  # issue #6: a flow sampler wins below 1
     for obs in OBSERVABLES:
         val, err = summ(obs), summ(f"{obs}_err")
         out[obs], out[f"{obs}_err"] = val, err
-        ref = np.array([hmc_of.get(int(ell), -1) for ell in L])
         with np.errstate(invalid="ignore", divide="ignore"):
             pull = np.where(ref >= 0, (val - val[ref]) / np.hypot(err, err[ref]), np.nan)
         out[f"pull_{obs}"] = pull

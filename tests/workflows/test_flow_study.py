@@ -252,6 +252,18 @@ def test_compare_flags_runs_too_short_for_their_tau_int() -> None:
                                    "imh": _fake_sampler("flow-MH", "warm", 16, 120.0, rng)})
     assert c["labels"].tolist() == ["hmc", "imh"] and c["reliable"].tolist() == [True, False]
     np.testing.assert_allclose(c["chain_over_tau"], [500.0, 4000 / 120])
+    np.testing.assert_allclose(c["cost_over_hmc"], [1.0, 120 / 8.0])  # same s/sample: the ratio of the tau_int
+
+
+def test_cost_over_hmc_is_per_L() -> None:
+    """Each sampler's cost is divided by the HMC run at its own L; without one the ratio is NaN."""
+    rng = np.random.default_rng(2)
+    c = pipeline.compare_samplers({"a-hmc8": _fake_sampler("HMC", "", 8, 4.0, rng),
+                                   "b-hmc16": _fake_sampler("HMC", "", 16, 8.0, rng),
+                                   "c-fhmc16": _fake_sampler("flow-HMC", "warm", 16, 2.0, rng),
+                                   "d-imh32": _fake_sampler("flow-MH", "warm", 32, 3.0, rng)})
+    np.testing.assert_allclose(c["cost_over_hmc"][:3], [1.0, 1.0, 0.25])
+    assert np.isnan(c["cost_over_hmc"][3])
 
 
 def test_report_with_several_L(tmp_path: Path) -> None:
