@@ -293,24 +293,9 @@ def _cost_point(L: int, beta: float, lam: float, n_chains: int, n_therm: int, n_
     for _ in range(n_therm // block):
         phi = run(phi, 4 * max(4, L // 4))[0].phi
     therm_s = time.perf_counter() - t0
-    # tune: smallest step count with acceptance >= acc_min (doubling to a bracket, then bisection; every
-    # pilot block also thermalises further)
-    tuning: list[tuple[int, float]] = []
-
-    def passes(n: int, phi: jax.Array) -> tuple[bool, jax.Array]:
-        res, _dt = run(phi, n)
-        tuning.append((n, float(res.acceptance)))
-        return float(res.acceptance) >= acc_min, res.phi
-
-    lo, hi, n = 1, 0, 2
-    while not hi:
-        ok, phi = passes(n, phi)
-        lo, hi, n = (lo, n, n) if ok or n >= 256 else (n, 0, 2 * n)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        ok, phi = passes(mid, phi)
-        lo, hi = (lo, mid) if ok else (mid, hi)
-    n_steps = hi
+    # tune: smallest step count with acceptance >= acc_min (the pilots also thermalise further)
+    n_steps, phi, tuning = hmc.tune_n_steps(action, phi, jax.random.fold_in(key, next(calls)), acc_min=acc_min,
+                                            block=block, integrator=integrator)
     # production
     M, G, dH, accs, times = [], [], [], [], []
     for _ in range(n_traj // block):

@@ -115,6 +115,10 @@ class IMH(Strict):
     n_therm: int = Field(50, ge=0)
 
 
+_TUNE = ("tune the molecular-dynamics steps per L: the smallest count whose pilot acceptance reaches this "
+         "(n_steps is then not used)")
+
+
 class FlowHMC(Strict):
     variants: list[Variant] = Field(default_factory=lambda: ["gaussian"], description="flows to run flow-HMC with")
     n_chains: int = Field(8, ge=1)
@@ -123,10 +127,12 @@ class FlowHMC(Strict):
     tau: float = Field(1.0, gt=0)
     n_steps: int = Field(10, ge=1)
     integrator: Literal["leapfrog", "omelyan"] = "leapfrog"
+    tune_acceptance: float | None = Field(None, gt=0, lt=1, description=_TUNE)
 
 
 class HMCBaseline(HMCChains):
     n_traj: int = Field(2000, ge=10)
+    tune_acceptance: float | None = Field(None, gt=0, lt=1, description=_TUNE)
 
 
 class Params(Strict):
@@ -235,7 +241,7 @@ def build(params: Params) -> list[Task]:
             tasks.append(s)
             samplers.append(s.name)
             if v in params.flow_hmc.variants:
-                fh = params.flow_hmc.model_dump(exclude={"variants"})
+                fh = params.flow_hmc.model_dump(exclude={"variants"}, exclude_none=True)
                 s = Task(f"fhmc-{v}-{tag}", pipeline.flow_hmc_task,
                          {"point": fine, "variant": v, "flow": flow, **fh, **extra}, deps=deps)
                 tasks.append(s)
@@ -243,7 +249,8 @@ def build(params: Params) -> list[Task]:
         h = params.hmc
         s = Task(f"hmc-{tag}", pipeline.hmc_task,
                  {"point": fine, "n_chains": h.n_chains, "n_therm": h.n_therm, "n_traj": h.n_traj,
-                  "meas_every": h.meas_every, **h.hmc.model_dump()})
+                  "meas_every": h.meas_every, **h.hmc.model_dump(), **h.model_dump(include={"tune_acceptance"},
+                                                                                   exclude_none=True)})
         tasks.append(s)
         samplers.append(s.name)
     tasks.append(Task("compare", pipeline.compare_samplers, {}, deps=tuple(samplers)))

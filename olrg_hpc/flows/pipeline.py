@@ -20,6 +20,10 @@ Conventions (science.md section 2; Albandea et al. arXiv:2310.03381, arXiv:2302.
   (thermalisation included in the steps), and the cost of one independent chi2 estimate
   ``cost_per_independent = seconds_per_sample x 2 tau_int(M^2)`` (tau_int = 0.5 for uncorrelated data,
   so an uncorrelated sampler pays ``seconds_per_sample``).
+* Step counts: plain HMC and flow-HMC take ``n_steps`` molecular-dynamics steps, or, with ``tune_acceptance``,
+  the smallest count whose pilot acceptance reaches it (:func:`olrg_hpc.lattice.hmc.tune_n_steps`, run from the
+  start configurations before thermalisation); ``n_steps`` and the pilots (``tuning_steps``,
+  ``tuning_acceptance``, ``tune_seconds``) are stored, and the pilots are not counted in the cost.
 * Observables (:func:`olrg_hpc.lattice.ensemble.summarize`): ``<|M|>``, ``chi2 = V <M^2>``, connected chi2,
   Binder ``U = 1 - <M^4> / (3 <M^2>^2)``, ``<phi^2>`` with Gamma-method errors (chains as replicas, S = 1.5)
   and tau_int of ``M^2`` and ``|M|`` in units of stored samples.
@@ -55,7 +59,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from olrg_hpc.flows.coarse import CoarsePrior, RefinePrior, refine_sigma, transfer_params
-from olrg_hpc.flows.mcmc import flow_hmc, flow_imh
+from olrg_hpc.flows.mcmc import FlowedAction, flow_hmc, flow_imh
 from olrg_hpc.flows.model import Flow, GaussianPrior, count_params, init_flow, tutorial_flow, z2_flow
 from olrg_hpc.flows.train import evaluate, make_mesh, train
 from olrg_hpc.jaxsetup import enable_x64
@@ -316,6 +320,18 @@ def _chain_result(M: np.ndarray, phi2: np.ndarray, volume: int, clock: Mapping[s
             **history}
 
 
+def _md_steps(action: Any, x0: jax.Array, key: jax.Array, n_steps: int, tau: float, integrator: str,
+              tune_acceptance: float | None) -> tuple[int, jax.Array, dict[str, Any]]:
+    """``(n_steps, start, record)``: the configured count, or the tuned one and the chains after the pilots
+    (module docstring, "Step counts")."""
+    if tune_acceptance is None:
+        return int(n_steps), x0, {"n_steps": int(n_steps)}
+    t0 = time.perf_counter()
+    n, x, trials = hmc.tune_n_steps(action, x0, key, acc_min=tune_acceptance, tau=tau, integrator=integrator)
+    return n, x, {"n_steps": n, "tuning_steps": np.array([m for m, _ in trials]),
+                  "tuning_acceptance": np.array([a for _, a in trials]), "tune_seconds": time.perf_counter() - t0}
+
+
 def flow_imh_task(point: Mapping[str, float], variant: str, flow: Mapping[str, Any], n_chains: int, n_steps: int,
                   n_therm: int, seed: int, coarse_point: Mapping[str, float] | None = None,
                   prior_sigma: float | None = None,
@@ -340,6 +356,7 @@ def flow_imh_task(point: Mapping[str, float], variant: str, flow: Mapping[str, A
 def flow_hmc_task(point: Mapping[str, float], variant: str, flow: Mapping[str, Any], n_chains: int, n_traj: int,
                   n_therm: int, tau: float, n_steps: int, integrator: str, seed: int,
                   coarse_point: Mapping[str, float] | None = None, prior_sigma: float | None = None,
+                  tune_acceptance: float | None = None,
                   deps: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """HMC in the flowed variables of the trained flow of ``variant``
     (:func:`~olrg_hpc.flows.mcmc.flow_hmc`, float64), started from prior draws."""
@@ -351,6 +368,8 @@ def flow_hmc_task(point: Mapping[str, float], variant: str, flow: Mapping[str, A
     prior = _prior(variant, point, coarse_point, deps, prior_sigma)
     k0, krun = jax.random.split(jax.random.key(int(seed) % (2**63), impl="rbg"))
     z0 = jnp.asarray(prior.sample(k0, n_chains), jnp.float64)
+    n_steps, z0, md = _md_steps(FlowedAction(model, params, action, 2), z0, jax.random.fold_in(k0, 1), n_steps, tau,
+                                integrator, tune_acceptance)
     with compile_clock() as clock:
         res = jax.block_until_ready(flow_hmc(model, params, action, z0, n_traj, krun, tau=tau, n_steps=n_steps,
                                              integrator=integrator, n_therm=n_therm, measure=_m_phi2))
@@ -358,18 +377,20 @@ def flow_hmc_task(point: Mapping[str, float], variant: str, flow: Mapping[str, A
     out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm, n_chains, float(res.acceptance),
                         dH=np.asarray(res.dH))
     out.update(method="flow-HMC", variant=variant, train_seconds=float(trained["total_train_seconds"]),
-               dH=np.asarray(res.dH))
+               dH=np.asarray(res.dH), **md)
     return out
 
 
 def hmc_task(point: Mapping[str, float], n_chains: int, n_therm: int, n_traj: int, meas_every: int, tau: float,
-             n_steps: int, integrator: str, seed: int, tau_jitter: float = 0.0) -> dict[str, Any]:
+             n_steps: int, integrator: str, seed: int, tau_jitter: float = 0.0,
+             tune_acceptance: float | None = None) -> dict[str, Any]:
     """Plain HMC baseline on the fine lattice (:func:`olrg_hpc.lattice.hmc.run_chain`, the chains of
     :func:`olrg_hpc.lattice.ensemble.hmc_ensemble`, measured inside the scan), timed like the flow samplers."""
     L = int(point["L"])
     action, c = _point_action(point)
     k0, krun = jax.random.split(jax.random.key(int(seed) % (2**63), impl="rbg"))
     phi0 = 0.5 * jax.random.normal(k0, (n_chains, L, L))
+    n_steps, phi0, md = _md_steps(action, phi0, jax.random.fold_in(k0, 1), n_steps, tau, integrator, tune_acceptance)
     with compile_clock() as clock:
         res = jax.block_until_ready(hmc.run_chain(action, phi0, n_traj, krun, tau=tau, n_steps=n_steps,
                                                   integrator=integrator, tau_jitter=tau_jitter,
@@ -377,7 +398,7 @@ def hmc_task(point: Mapping[str, float], n_chains: int, n_therm: int, n_traj: in
     M, phi2 = (np.asarray(a, np.float64) for a in res.measurements)
     out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm, n_chains, float(res.acceptance),
                         dH=np.asarray(res.dH), per_sample=meas_every)
-    out.update(method="HMC", variant="", train_seconds=0.0, dH=np.asarray(res.dH))
+    out.update(method="HMC", variant="", train_seconds=0.0, dH=np.asarray(res.dH), **md)
     return out
 
 

@@ -58,6 +58,7 @@ __all__ = [
     "metropolis_step",
     "hmc_trajectory",
     "run_chain",
+    "tune_n_steps",
 ]
 
 #: Omelyan-Mryglod-Folk 2nd-order minimum-norm parameter (their eq. (31)).
@@ -357,3 +358,53 @@ def run_chain(
         measure=measure,
         n_therm=n_therm,
     )
+
+
+def _no_measurement(phi: jax.Array) -> jax.Array:
+    """``measure`` for pilot runs: nothing kept (a scalar per stored trajectory)."""
+    return jnp.zeros((), phi.dtype)
+
+
+def tune_n_steps(
+    action: Any,
+    phi: jax.Array,
+    key: jax.Array,
+    *,
+    acc_min: float = 0.8,
+    block: int = 50,
+    tau: float = 1.0,
+    integrator: str = "leapfrog",
+    max_steps: int = 256,
+) -> tuple[int, jax.Array, list[tuple[int, float]]]:
+    """Smallest step count at trajectory length ``tau`` whose acceptance, over one pilot block of ``block``
+    trajectories of every chain in ``phi``, is at least ``acc_min``: doubling from 2 until a block passes
+    (or ``max_steps`` is reached, which is then returned), then bisection between the last failing and the
+    first passing count. Each pilot block continues the chains from the previous one (so the pilots also
+    thermalise) and uses its own ``fold_in(key, i)``; ``n_steps`` is traced, so the pilots share one compiled
+    program with a production :func:`run_chain` of the same ``block`` length and shapes.
+
+    Returns ``(n_steps, phi, trials)``: the count, the chains after the last pilot, and every
+    ``(n_steps, acceptance)`` tried, in order.
+    """
+    if not 0.0 < acc_min < 1.0:
+        raise ValueError(f"acc_min={acc_min} must lie in (0, 1)")
+    trials: list[tuple[int, float]] = []
+
+    def passes(n: int, phi: jax.Array) -> tuple[bool, jax.Array]:
+        res = run_chain(action, phi, block, jax.random.fold_in(key, len(trials)), tau=tau, n_steps=n,
+                        integrator=integrator, measure=_no_measurement)
+        trials.append((n, float(res.acceptance)))
+        return trials[-1][1] >= acc_min, res.phi
+
+    lo, hi, n = 1, 0, min(2, max_steps)
+    while not hi:
+        ok, phi = passes(n, phi)
+        if ok or n >= max_steps:
+            hi = n
+        else:
+            lo, n = n, min(2 * n, max_steps)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        ok, phi = passes(mid, phi)
+        lo, hi = (lo, mid) if ok else (mid, hi)
+    return hi, phi, trials

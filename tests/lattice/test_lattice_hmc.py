@@ -180,3 +180,24 @@ def test_reversibility_large_lattice(integrator: str) -> None:
     ref = jax.jit(lambda a, b: hmc.integrate(Plain(), a, b, 0.5, 20, integrator))(phi0, p0)
     np.testing.assert_array_equal(np.asarray(phi1), np.asarray(ref[0]))
     np.testing.assert_array_equal(np.asarray(p1), np.asarray(ref[1]))
+
+
+def test_tune_n_steps_finds_the_smallest_passing_count() -> None:
+    """The tuner's bracket: its count passed its pilot block (acceptance >= acc_min) and every smaller count tried
+    failed; doubling starts at 2. The acceptance at fixed step size falls with the volume (<dH^2> ~ V eps^4),
+    so a larger lattice needs more steps: the check fails if the search returned a fixed or the largest count."""
+    key = jax.random.key(7, impl="rbg")
+    found = {}
+    for ell in (4, 16):
+        phi0 = 0.5 * jax.random.normal(jax.random.fold_in(key, ell), (16, ell, ell))
+        phi0 = hmc.run_chain(TUTORIAL, phi0, 50, key, n_steps=10).phi  # thermalised
+        n, phi, trials = hmc.tune_n_steps(TUTORIAL, phi0, key, acc_min=0.9, block=40)
+        acc = dict(trials)
+        assert trials[0][0] == 2 and acc[n] >= 0.9 and phi.shape == phi0.shape
+        assert all(a < 0.9 for m, a in trials if m < n)  # every smaller count tried failed
+        found[ell] = n
+    assert found[16] > found[4]
+    n, _, trials = hmc.tune_n_steps(TUTORIAL, phi0, key, acc_min=0.999, block=20, max_steps=4)
+    assert n == 4 and [m for m, _ in trials][:2] == [2, 4]  # capped
+    with pytest.raises(ValueError, match="acc_min"):
+        hmc.tune_n_steps(TUTORIAL, phi0, key, acc_min=1.0)

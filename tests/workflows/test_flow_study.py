@@ -75,6 +75,17 @@ class TestGraph:
                                                            flow_hmc={"variants": ["warm"]}))}
         assert off["train-warm-L16"].deps == ("pretrain-L8-beta0.576",)
 
+    def test_tuned_md_steps_reach_the_hmc_tasks(self) -> None:
+        """tune_acceptance goes to plain HMC and flow-HMC when set, and is left out of their parameters (and task
+        keys) when not."""
+        tuned = {t.name: t for t in flow_study.build(_params(hmc={"tune_acceptance": 0.8},
+                                                             flow_hmc={"tune_acceptance": 0.7}))}
+        assert tuned["hmc-L8"].params["tune_acceptance"] == 0.8
+        assert tuned["fhmc-gaussian-L12"].params["tune_acceptance"] == 0.7
+        plain = {t.name: t for t in flow_study.build(_params())}
+        assert "tune_acceptance" not in plain["hmc-L8"].params
+        assert "tune_acceptance" not in plain["fhmc-gaussian-L12"].params
+
     def test_one_configuration_priors(self) -> None:
         """coarse_bilinear / coarse_noise read the gathered ensemble (training and sampling) and get prior_sigma."""
         p = _params(variants=["gaussian", "coarse_bilinear", "coarse_noise"], prior_sigma=0.3)
@@ -174,6 +185,15 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
         imh["seconds_per_sample"] * 2 * imh["summary"]["tau_int_M2"])
     hmc = pipeline.hmc_task(FINE, n_chains=2, n_therm=5, n_traj=20, meas_every=1, tau=1.0, n_steps=5,
                             integrator="leapfrog", seed=5)
+    assert hmc["n_steps"] == 5 and "tuning_steps" not in hmc
+    tuned = pipeline.hmc_task(FINE, n_chains=2, n_therm=5, n_traj=20, meas_every=1, tau=1.0, n_steps=5,
+                              integrator="leapfrog", seed=5, tune_acceptance=0.8)
+    pilots = dict(zip(tuned["tuning_steps"], tuned["tuning_acceptance"], strict=True))
+    assert pilots[tuned["n_steps"]] >= 0.8 and tuned["tune_seconds"] > 0
+    fh = pipeline.flow_hmc_task(FINE, "coarse", TINY_FLOW, n_chains=2, n_traj=10, n_therm=2, tau=1.0, n_steps=3,
+                                integrator="leapfrog", seed=6, coarse_point=COARSE, tune_acceptance=0.8,
+                                deps={"train": trained, "gather": gather})
+    assert dict(zip(fh["tuning_steps"], fh["tuning_acceptance"], strict=True))[fh["n_steps"]] >= 0.8
     table = pipeline.compare_samplers({"imh-coarse-L4": imh, "hmc-L4": hmc})
     assert list(table["method"]) == ["HMC", "flow-MH"]
     assert table["pull_chi2"][0] == 0.0 and np.isfinite(table["pull_chi2"][1])
