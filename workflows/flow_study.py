@@ -277,16 +277,17 @@ def first_reaching(steps: np.ndarray, values: np.ndarray, target: float, below: 
 def head_start_rows(groups: Mapping[str, Any]) -> list[list[Any]]:
     """Issue #6's coarse-lattice criterion, per L: steps (and seconds) a coarse-derived flow needs to reach the
     acceptance the Gaussian-prior flow ends with, as a fraction of the Gaussian flow's steps (goal: <= 0.5); and
-    the same for the Gaussian flow's final Var(log w) (reached when at or below it). At low acceptance the MH
-    acceptance of a 2048-sample measurement is mostly noise (a Gaussian-prior flow at L = 16 read 0.045 / 0.007 /
-    0.045 / 0.010 at steps 3000-4500, while its Var(log w) read 10.3 / 9.2 / 9.8 / 8.1), so the Var(log w)
-    criterion is the steadier of the two; both are reported.
+    the same for the Gaussian flow's final Var(log w) (reached when at or below it), by steps and by seconds. At
+    low acceptance the MH acceptance of a 2048-sample measurement is mostly noise (a Gaussian-prior flow at L = 16
+    read 0.045 / 0.007 / 0.045 / 0.010 at steps 3000-4500, while its Var(log w) read 10.3 / 9.2 / 9.8 / 8.1), so
+    the Var(log w) criterion is the steadier of the two; both are reported.
 
     ``groups`` maps ``train-*`` task names to their results (``variant``, ``L``, ``metric_step``, ``acceptance``,
     ``metric_seconds``, ``step_offset``, optionally ``logw_var``). Warm-started steps count the L/2 pretraining
-    (each of those steps costs about a quarter of a fine one), so the fraction is an upper bound on the
-    fine-lattice share. Row: L, flow, target acceptance, Gaussian steps, step reached, fine steps, step fraction,
-    seconds fraction, target Var(log w), step reached, step fraction.
+    (each of those steps costs about a quarter of a fine one; on a ladder, every rung below), so the step
+    fraction is an upper bound on the fine-lattice share and the seconds fraction is the cost. Row: L, flow,
+    target acceptance, Gaussian steps, step reached, fine steps, step fraction, seconds fraction, target
+    Var(log w), step reached, step fraction, seconds fraction.
     """
     rows = []
     by_L: dict[int, dict[str, Any]] = {}
@@ -314,11 +315,14 @@ def head_start_rows(groups: Mapping[str, Any]) -> list[list[Any]]:
                 row = [ell, v, target, n_ref, step, step - int(np.asarray(g["step_offset"])), step / n_ref,
                        secs / t_ref if t_ref > 0 else float("nan")]
             if "logw_var" not in g or not np.isfinite(v_target):  # a study file from before logw_var was stored
-                rows.append(row + [v_target, "-", "-"])
+                rows.append(row + [v_target, "-", "-", "-"])
                 continue
             v_step = first_reaching(g["metric_step"], g["logw_var"], v_target, below=True)
-            rows.append(row + [v_target, "not reached" if v_step is None else v_step,
-                               "-" if v_step is None else v_step / n_ref])
+            if v_step is None:
+                rows.append(row + [v_target, "not reached", "-", "-"])
+                continue
+            v_secs = float(np.asarray(g["metric_seconds"])[np.flatnonzero(np.asarray(g["metric_step"]) == v_step)[0]])
+            rows.append(row + [v_target, v_step, v_step / n_ref, v_secs / t_ref if t_ref > 0 else float("nan")])
     return rows
 
 
@@ -390,7 +394,7 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
                                     "fraction <= 0.5; warm steps include the L/2 pretraining)",
                                     ["L", "flow", "target acc.", "Gaussian steps", "step reached", "fine steps",
                                      "step fraction", "seconds fraction", "target var log w",
-                                     "step reached (var)", "step fraction (var)"], head))
+                                     "step reached (var)", "step fraction (var)", "seconds fraction (var)"], head))
 
         if "compare" not in tasks:
             return rep

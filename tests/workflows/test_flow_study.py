@@ -331,10 +331,13 @@ def test_head_start_counts_steps_to_the_gaussian_acceptance() -> None:
     gauss["logw_var"] = np.linspace(12.0, 2.0, 11)
     coarse["logw_var"] = np.array([9.0, 5.0, 2.5, 2.0, 1.5, 1, 1, 1, 1, 1, 1])
     rows = flow_study.head_start_rows({"g": gauss, "c": coarse, "w": warm})
-    assert rows[0][8:] == [pytest.approx(2.0), 300, pytest.approx(0.3)]
-    assert rows[1][8:] == [pytest.approx(2.0), "-", "-"]  # no logw_var stored (an older study file)
+    assert rows[0][8:] == [pytest.approx(2.0), 300, pytest.approx(0.3), pytest.approx(0.3)]  # seconds = steps / 10
+    assert rows[1][8:] == [pytest.approx(2.0), "-", "-", "-"]  # no logw_var stored (an older study file)
+    warm["logw_var"] = np.array([3.0, 2.5, 1.9, 1.0, 1.0, 1.0, 1.0, 1.0])  # reaches 2.0 at step 500, 22 s
+    assert flow_study.head_start_rows({"g": gauss, "w": warm})[0][8:] == [
+        pytest.approx(2.0), 500, pytest.approx(0.5), pytest.approx(22.0 / 100.0)]
     slow["logw_var"] = np.full(11, 3.0)
-    assert flow_study.head_start_rows({"g": gauss, "c": slow})[0][8:] == [pytest.approx(2.0), "not reached", "-"]
+    assert flow_study.head_start_rows({"g": gauss, "c": slow})[0][8:] == [pytest.approx(2.0), "not reached", "-", "-"]
 
 
 def test_thermalisation_follows_tau_int() -> None:
