@@ -241,7 +241,7 @@ def build(params: Params) -> list[Task]:
             tasks.append(s)
             samplers.append(s.name)
             if v in params.flow_hmc.variants:
-                fh = params.flow_hmc.model_dump(exclude={"variants"}, exclude_none=True)
+                fh = params.flow_hmc.model_dump(exclude={"variants"})
                 s = Task(f"fhmc-{v}-{tag}", pipeline.flow_hmc_task,
                          {"point": fine, "variant": v, "flow": flow, **fh, **extra}, deps=deps)
                 tasks.append(s)
@@ -249,8 +249,7 @@ def build(params: Params) -> list[Task]:
         h = params.hmc
         s = Task(f"hmc-{tag}", pipeline.hmc_task,
                  {"point": fine, "n_chains": h.n_chains, "n_therm": h.n_therm, "n_traj": h.n_traj,
-                  "meas_every": h.meas_every, **h.hmc.model_dump(), **h.model_dump(include={"tune_acceptance"},
-                                                                                   exclude_none=True)})
+                  "meas_every": h.meas_every, "tune_acceptance": h.tune_acceptance, **h.hmc.model_dump()})
         tasks.append(s)
         samplers.append(s.name)
     tasks.append(Task("compare", pipeline.compare_samplers, {}, deps=tuple(samplers)))

@@ -380,8 +380,8 @@ def tune_n_steps(
     trajectories of every chain in ``phi``, is at least ``acc_min``: doubling from 2 until a block passes
     (or ``max_steps`` is reached, which is then returned), then bisection between the last failing and the
     first passing count. Each pilot block continues the chains from the previous one (so the pilots also
-    thermalise) and uses its own ``fold_in(key, i)``; ``n_steps`` is traced, so the pilots share one compiled
-    program with a production :func:`run_chain` of the same ``block`` length and shapes.
+    thermalise) and uses its own ``fold_in(key, i)``; ``n_steps`` is traced, so all pilots share one compiled
+    program.
 
     Returns ``(n_steps, phi, trials)``: the count, the chains after the last pilot, and every
     ``(n_steps, acceptance)`` tried, in order.

@@ -76,15 +76,14 @@ class TestGraph:
         assert off["train-warm-L16"].deps == ("pretrain-L8-beta0.576",)
 
     def test_tuned_md_steps_reach_the_hmc_tasks(self) -> None:
-        """tune_acceptance goes to plain HMC and flow-HMC when set, and is left out of their parameters (and task
-        keys) when not."""
+        """tune_acceptance reaches plain HMC and flow-HMC, each its own; unset, the fixed n_steps are used."""
         tuned = {t.name: t for t in flow_study.build(_params(hmc={"tune_acceptance": 0.8},
                                                              flow_hmc={"tune_acceptance": 0.7}))}
         assert tuned["hmc-L8"].params["tune_acceptance"] == 0.8
         assert tuned["fhmc-gaussian-L12"].params["tune_acceptance"] == 0.7
         plain = {t.name: t for t in flow_study.build(_params())}
-        assert "tune_acceptance" not in plain["hmc-L8"].params
-        assert "tune_acceptance" not in plain["fhmc-gaussian-L12"].params
+        assert plain["hmc-L8"].params["tune_acceptance"] is None
+        assert plain["fhmc-gaussian-L12"].params["tune_acceptance"] is None
 
     def test_one_configuration_priors(self) -> None:
         """coarse_bilinear / coarse_noise read the gathered ensemble (training and sampling) and get prior_sigma."""
