@@ -273,6 +273,12 @@ def first_reaching(steps: np.ndarray, values: np.ndarray, target: float, below: 
     return int(np.asarray(steps)[hit[0]]) if hit.size else None
 
 
+def _seconds_fraction(g: Mapping[str, Any], step: int, t_ref: float) -> float:
+    """Training seconds of the curves ``g`` at their measured ``step``, over ``t_ref`` (NaN when that is 0)."""
+    secs = float(np.asarray(g["metric_seconds"])[np.flatnonzero(np.asarray(g["metric_step"]) == step)[0]])
+    return secs / t_ref if t_ref > 0 else float("nan")
+
+
 def head_start_rows(groups: Mapping[str, Any]) -> list[list[Any]]:
     """Issue #6's coarse-lattice criterion, per L: steps (and seconds) a coarse-derived flow needs to reach the
     acceptance the Gaussian-prior flow ends with, as a fraction of the Gaussian flow's steps (goal: <= 0.5); and
@@ -309,10 +315,8 @@ def head_start_rows(groups: Mapping[str, Any]) -> list[list[Any]]:
             if step is None:
                 row = [ell, v, target, n_ref, "not reached", "-", "-", "-"]
             else:
-                i = int(np.flatnonzero(np.asarray(g["metric_step"]) == step)[0])
-                secs = float(np.asarray(g["metric_seconds"])[i])
                 row = [ell, v, target, n_ref, step, step - int(np.asarray(g["step_offset"])), step / n_ref,
-                       secs / t_ref if t_ref > 0 else float("nan")]
+                       _seconds_fraction(g, step, t_ref)]
             if "logw_var" not in g or not np.isfinite(v_target):  # a study file from before logw_var was stored
                 rows.append(row + [v_target, "-", "-", "-"])
                 continue
@@ -320,8 +324,7 @@ def head_start_rows(groups: Mapping[str, Any]) -> list[list[Any]]:
             if v_step is None:
                 rows.append(row + [v_target, "not reached", "-", "-"])
                 continue
-            v_secs = float(np.asarray(g["metric_seconds"])[np.flatnonzero(np.asarray(g["metric_step"]) == v_step)[0]])
-            rows.append(row + [v_target, v_step, v_step / n_ref, v_secs / t_ref if t_ref > 0 else float("nan")])
+            rows.append(row + [v_target, v_step, v_step / n_ref, _seconds_fraction(g, v_step, t_ref)])
     return rows
 
 
@@ -381,8 +384,8 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
                          *(float(g["logw_var"][()][i]) if "logw_var" in g else float("nan") for i in (0, -1)),
                          float(g["metric_seconds"][()][-1]), float(g["compile_seconds"][()])])
         if rows:
-            rep.tables.append(Table("Flow training (warm: steps and seconds include the L/2 pretraining; seconds "
-                                    "exclude compilation and measurements)",
+            rep.tables.append(Table("Flow training (warm: steps and seconds include the training at coarser L; "
+                                    "seconds exclude compilation and measurements)",
                                     ["flow", "L", "params", "steps", "batch", "acc. start", "acceptance", "ESS",
                                      "var log w start", "var log w", "train s", "compile s"], rows))
         head = head_start_rows({n: {k: tasks[n][k][()] for k in HEAD_START_KEYS if k in tasks[n]}
@@ -390,7 +393,7 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
         if head:
             rep.tables.append(Table("Head start from the coarse lattice: first step at which each flow reaches the "
                                     "Gaussian-prior flow's final acceptance, and its final var log w (goal: step "
-                                    "fraction <= 0.5; warm steps include the L/2 pretraining)",
+                                    "fraction <= 0.5; warm steps include the training at coarser L)",
                                     ["L", "flow", "target acc.", "Gaussian steps", "step reached", "fine steps",
                                      "step fraction", "seconds fraction", "target var log w",
                                      "step reached (var)", "step fraction (var)", "seconds fraction (var)"], head))

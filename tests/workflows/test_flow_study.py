@@ -114,6 +114,8 @@ class TestGraph:
     ("  points: [{L: 8, beta: -1}]", "params.points.0.beta"),
     ("  points: [{L: 8, beta: 0.5}]\n  prior_sigma: 0", "params.prior_sigma"),
     ("  points: [{L: 8, beta: 0.5}]\n  variants: [gaussian, coarse_bilinar]", "params.variants.1"),
+    ("  points: [{L: 8, beta: 0.5}]\n  hmc: {tune_acceptance: 1.5}", "params.hmc.tune_acceptance"),
+    ("  points: [{L: 8, beta: 0.5}]\n  training: {ladder: maybe}", "params.training.ladder"),
 ])
 def test_bad_params_are_one_line(tmp_path: Path, params: str, where: str) -> None:
     cfg = tmp_path / "bad.yaml"
