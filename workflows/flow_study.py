@@ -13,7 +13,9 @@ Graph, per fine point ``(L, beta, lam)`` (beta/lambda convention of arXiv:2310.0
    training the fine share of the steps); each records
    acceptance and ESS versus training step and seconds and holds its trained parameters;
 3. sampling in parallel: ``imh-<variant>-L`` (flow independent Metropolis-Hastings), ``fhmc-<variant>-L``
-   (flow-HMC, for ``flow_hmc.variants``), ``hmc-L`` (plain HMC on the fine lattice);
+   (flow-HMC, for ``flow_hmc.variants``; with ``flow_hmc.start: hmc``, the default, after ``hmc-L``, whose
+   final configurations, mapped back by ``F^-1``, are its starting points), ``hmc-L`` (plain HMC on the fine
+   lattice);
 4. ``compare``: observables (|M|, chi2, Binder) with Gamma-method errors, tau_int(M^2), cost per
    independent chi2 sample (seconds per sample x 2 tau_int), pulls against HMC.
 
@@ -128,6 +130,9 @@ class FlowHMC(Strict):
     n_steps: int = Field(10, ge=1)
     integrator: Literal["leapfrog", "omelyan"] = "leapfrog"
     tune_acceptance: float | None = Field(None, gt=0, lt=1, description=_TUNE)
+    start: Literal["hmc", "prior"] = Field("hmc", description="hmc: chains start from the final configurations of "
+                                           "the plain HMC run at the same L, mapped back by F^-1 (equilibrium); "
+                                           "prior: from prior draws")
 
 
 class HMCBaseline(HMCChains):
@@ -172,6 +177,15 @@ class Params(Strict):
             raise ValueError(f"variants: {missing[0]!r} is not trained (params.variants: {variants})")
         return v
 
+    @field_validator("hmc")
+    @classmethod
+    def _hmc_starts(cls, v: HMCBaseline, info: ValidationInfo) -> HMCBaseline:
+        fh = info.data.get("flow_hmc")
+        if fh is not None and fh.variants and fh.start == "hmc" and fh.n_chains > v.n_chains:
+            raise ValueError(f"n_chains ({v.n_chains}) is below flow_hmc.n_chains ({fh.n_chains}): flow-HMC's "
+                             "start 'hmc' takes one HMC configuration per chain")
+        return v
+
 
 def _flow_params(params: Params) -> dict[str, Any]:
     return params.flow.model_dump()
@@ -211,6 +225,12 @@ def build(params: Params) -> list[Task]:
                 reps.append(t.name)
             gather = Task(f"gather-{ctag}", pipeline.gather_coarse_ensemble, {}, deps=tuple(reps))
             tasks.append(gather)
+        h = params.hmc
+        hmc_t = Task(f"hmc-{tag}", pipeline.hmc_task,
+                     {"point": fine, "n_chains": h.n_chains, "n_therm": h.n_therm, "n_traj": h.n_traj,
+                      "meas_every": h.meas_every, "tune_acceptance": h.tune_acceptance, **h.hmc.model_dump()})
+        tasks.append(hmc_t)
+        samplers.append(hmc_t.name)
         trained: dict[str, Task] = {}
         for v in params.variants:
             if v == "warm":
@@ -242,16 +262,11 @@ def build(params: Params) -> list[Task]:
             samplers.append(s.name)
             if v in params.flow_hmc.variants:
                 fh = params.flow_hmc.model_dump(exclude={"variants"})
+                start = (hmc_t.name,) if fh["start"] == "hmc" else ()
                 s = Task(f"fhmc-{v}-{tag}", pipeline.flow_hmc_task,
-                         {"point": fine, "variant": v, "flow": flow, **fh, **extra}, deps=deps)
+                         {"point": fine, "variant": v, "flow": flow, **fh, **extra}, deps=deps + start)
                 tasks.append(s)
                 samplers.append(s.name)
-        h = params.hmc
-        s = Task(f"hmc-{tag}", pipeline.hmc_task,
-                 {"point": fine, "n_chains": h.n_chains, "n_therm": h.n_therm, "n_traj": h.n_traj,
-                  "meas_every": h.meas_every, "tune_acceptance": h.tune_acceptance, **h.hmc.model_dump()})
-        tasks.append(s)
-        samplers.append(s.name)
     tasks.append(Task("compare", pipeline.compare_samplers, {}, deps=tuple(samplers)))
     return tasks
 

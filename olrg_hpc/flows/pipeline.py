@@ -356,18 +356,35 @@ def flow_imh_task(point: Mapping[str, float], variant: str, flow: Mapping[str, A
 def flow_hmc_task(point: Mapping[str, float], variant: str, flow: Mapping[str, Any], n_chains: int, n_traj: int,
                   n_therm: int, tau: float, n_steps: int, integrator: str, seed: int,
                   coarse_point: Mapping[str, float] | None = None, prior_sigma: float | None = None,
-                  tune_acceptance: float | None = None,
+                  tune_acceptance: float | None = None, start: str = "prior",
                   deps: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """HMC in the flowed variables of the trained flow of ``variant``
-    (:func:`~olrg_hpc.flows.mcmc.flow_hmc`, float64), started from prior draws."""
+    (:func:`~olrg_hpc.flows.mcmc.flow_hmc`, float64).
+
+    ``start``: ``"prior"`` starts the chains from prior draws ``z ~ r``; ``"hmc"`` from the final configurations
+    of a plain HMC run at the same point (the dependency holding ``final_configs``, :func:`hmc_task`), mapped to
+    the flowed variables by ``z = F^{-1}(phi)``, one configuration per chain: an equilibrium start. A
+    reverse-KL flow concentrates its draws at small ``|M|``, and at L = 32 flow-HMC chains started there were
+    still 4 sigma low in chi2 after 1500 trajectories, though their tau_int(M^2) read 15 (docs/flows.md).
+    Neither start is charged to the cost.
+    """
     L = int(point["L"])
     action, c = _point_action(point)
     model = make_flow(flow)
     trained = _dep_with(deps, "params")
     params = params_from_tree(model, (L, L), trained["params"], jnp.float64)
-    prior = _prior(variant, point, coarse_point, deps, prior_sigma)
     k0, krun = jax.random.split(jax.random.key(int(seed) % (2**63), impl="rbg"))
-    z0 = jnp.asarray(prior.sample(k0, n_chains), jnp.float64)
+    if start == "hmc":
+        configs = np.asarray(_dep_with(deps, "final_configs")["final_configs"], np.float64)
+        if configs.shape[0] < n_chains or configs.shape[1:] != (L, L):
+            raise ValueError(f"start 'hmc' needs {n_chains} configurations of {L}x{L}, "
+                             f"the HMC run holds {configs.shape[0]} of {configs.shape[1:]}")
+        z0 = model.apply(params, jnp.asarray(configs[:n_chains] / c), method=model.inverse)[0]
+    elif start == "prior":
+        prior = _prior(variant, point, coarse_point, deps, prior_sigma)
+        z0 = jnp.asarray(prior.sample(k0, n_chains), jnp.float64)
+    else:
+        raise ValueError(f"unknown start {start!r} (prior, hmc)")
     n_steps, z0, md = _md_steps(FlowedAction(model, params, action, 2), z0, jax.random.fold_in(k0, 1), n_steps, tau,
                                 integrator, tune_acceptance)
     with compile_clock() as clock:
@@ -377,7 +394,7 @@ def flow_hmc_task(point: Mapping[str, float], variant: str, flow: Mapping[str, A
     out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm, n_chains, float(res.acceptance),
                         dH=np.asarray(res.dH))
     out.update(method="flow-HMC", variant=variant, train_seconds=float(trained["total_train_seconds"]),
-               dH=np.asarray(res.dH), **md)
+               dH=np.asarray(res.dH), start=start, **md)
     return out
 
 
@@ -385,7 +402,8 @@ def hmc_task(point: Mapping[str, float], n_chains: int, n_therm: int, n_traj: in
              n_steps: int, integrator: str, seed: int, tau_jitter: float = 0.0,
              tune_acceptance: float | None = None) -> dict[str, Any]:
     """Plain HMC baseline on the fine lattice (:func:`olrg_hpc.lattice.hmc.run_chain`, the chains of
-    :func:`olrg_hpc.lattice.ensemble.hmc_ensemble`, measured inside the scan), timed like the flow samplers."""
+    :func:`olrg_hpc.lattice.ensemble.hmc_ensemble`, measured inside the scan), timed like the flow samplers;
+    ``final_configs`` ``(n_chains, L, L)`` (the point's convention) are where flow-HMC can start."""
     L = int(point["L"])
     action, c = _point_action(point)
     k0, krun = jax.random.split(jax.random.key(int(seed) % (2**63), impl="rbg"))
@@ -398,7 +416,8 @@ def hmc_task(point: Mapping[str, float], n_chains: int, n_therm: int, n_traj: in
     M, phi2 = (np.asarray(a, np.float64) for a in res.measurements)
     out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm, n_chains, float(res.acceptance),
                         dH=np.asarray(res.dH), per_sample=meas_every)
-    out.update(method="HMC", variant="", train_seconds=0.0, dH=np.asarray(res.dH), **md)
+    out.update(method="HMC", variant="", train_seconds=0.0, dH=np.asarray(res.dH),
+               final_configs=c * np.asarray(res.phi, np.float64), **md)
     return out
 
 

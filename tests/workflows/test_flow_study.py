@@ -46,8 +46,11 @@ class TestGraph:
         assert by["train-warm-L8"].deps == ("pretrain-L4-beta0.45",)
         assert by["pretrain-L6-beta0.55"].params["point"] == {"L": 6, "beta": 0.55, "lam": 0.5}
         assert set(by["imh-coarse-L12"].deps) == {"train-coarse-L12", "gather-L6-beta0.55"}
-        assert by["fhmc-gaussian-L8"].deps == ("train-gaussian-L8",)
+        assert by["fhmc-gaussian-L8"].deps == ("train-gaussian-L8", "hmc-L8")  # starts from HMC's configurations
+        assert by["fhmc-gaussian-L8"].params["start"] == "hmc"
         assert len(by["compare"].deps) == 2 * 5 and "hmc-L12" in by["compare"].deps
+        prior = {t.name: t for t in flow_study.build(_params(flow_hmc={"start": "prior"}))}
+        assert prior["fhmc-gaussian-L8"].deps == ("train-gaussian-L8",)
 
     def test_equal_training_compute(self) -> None:
         by = {t.name: t for t in flow_study.build(_params())}
@@ -116,6 +119,9 @@ class TestGraph:
     ("  points: [{L: 8, beta: 0.5}]\n  variants: [gaussian, coarse_bilinar]", "params.variants.1"),
     ("  points: [{L: 8, beta: 0.5}]\n  hmc: {tune_acceptance: 1.5}", "params.hmc.tune_acceptance"),
     ("  points: [{L: 8, beta: 0.5}]\n  training: {ladder: maybe}", "params.training.ladder"),
+    ("  points: [{L: 8, beta: 0.5}]\n  flow_hmc: {n_chains: 16}\n  hmc: {n_chains: 8}",
+     "params.hmc: Value error, n_chains (8) is below flow_hmc.n_chains (16)"),
+    ("  points: [{L: 8, beta: 0.5}]\n  flow_hmc: {start: hot}", "params.flow_hmc.start"),
 ])
 def test_bad_params_are_one_line(tmp_path: Path, params: str, where: str) -> None:
     cfg = tmp_path / "bad.yaml"
@@ -195,6 +201,19 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
                                 integrator="leapfrog", seed=6, coarse_point=COARSE, tune_acceptance=0.8,
                                 deps={"train": trained, "gather": gather})
     assert dict(zip(fh["tuning_steps"], fh["tuning_acceptance"], strict=True))[fh["n_steps"]] >= 0.8
+    assert fh["start"] == "prior"
+    # start "hmc": F^-1 of HMC's final configurations; trajectories of length 1e-4 barely move them, so every
+    # chain's first |M| is that of its HMC configuration (a start from F or from prior draws misses by O(0.1))
+    hmc = _through_shard(tmp_path, "hmc", hmc)
+    assert hmc["final_configs"].shape == (2, 4, 4)
+    fh = pipeline.flow_hmc_task(FINE, "coarse", TINY_FLOW, n_chains=2, n_traj=10, n_therm=0, tau=1e-4, n_steps=1,
+                                integrator="leapfrog", seed=6, coarse_point=COARSE, start="hmc",
+                                deps={"train": trained, "gather": gather, "hmc": hmc})
+    assert fh["start"] == "hmc" and fh["acceptance"] == 1.0
+    np.testing.assert_allclose(fh["M"][0], hmc["final_configs"].mean(axis=(1, 2)), atol=1e-3)
+    with pytest.raises(ValueError, match="needs 3 configurations of 4x4, the HMC run holds 2"):
+        pipeline.flow_hmc_task(FINE, "coarse", TINY_FLOW, n_chains=3, n_traj=10, n_therm=0, tau=1.0, n_steps=1,
+                               integrator="leapfrog", seed=6, start="hmc", deps={"train": trained, "hmc": hmc})
     table = pipeline.compare_samplers({"imh-coarse-L4": imh, "hmc-L4": hmc})
     assert list(table["method"]) == ["HMC", "flow-MH"]
     assert table["pull_chi2"][0] == 0.0 and np.isfinite(table["pull_chi2"][1])
