@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import importlib.util
@@ -73,6 +74,81 @@ def code_hash() -> str:
     for rel, f in files:
         data = f.read_bytes()
         h.update(f"{rel}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def _own_module_file(name: str) -> Path | None:
+    """Source file of module ``name`` when it belongs to :func:`_source_roots` (a package's ``__init__.py``)."""
+    for pkg, root in _source_roots():
+        if name == pkg or name.startswith(pkg + "."):
+            base = root.joinpath(*name.split(".")[1:])
+            for f in (base / "__init__.py", base.with_suffix(".py")):
+                if f.is_file():
+                    return f
+    return None
+
+
+def _imported_names(source: bytes, module: str, is_package: bool) -> set[str]:
+    """Every module name an import statement of ``source`` may load, anywhere in the file (imports inside
+    functions too); ``from a import b`` yields ``a`` and ``a.b`` (``b`` may be a submodule)."""
+    package = module if is_package else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                mod = f"{base}.{node.module}" if node.module else base
+            else:
+                mod = node.module or ""
+            names.add(mod)
+            names.update(f"{mod}.{a.name}" for a in node.names)
+    return names
+
+
+def module_sources(module: str) -> dict[str, Path]:
+    """Source files, by module name, of ``module`` and of every module of ``olrg_hpc`` / ``workflows`` it imports,
+    directly or not: static import statements anywhere in a file (inside functions too), and the ``__init__`` of
+    every parent package. Imports by computed names (``importlib.import_module(name)``) are not seen."""
+    files: dict[str, Path] = {}
+    if _own_module_file(module) is None:  # a module of its own (a test's, a user's) that may import ours
+        spec = importlib.util.find_spec(module)
+        if spec is not None and spec.origin and spec.origin.endswith(".py"):
+            files[module] = Path(spec.origin)
+    todo = [module]
+    done: set[str] = set()
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ first
+            sub = ".".join(parts[:i])
+            if sub in done:
+                continue
+            done.add(sub)
+            f = files.get(sub) or _own_module_file(sub)
+            if f is None:
+                continue
+            files[sub] = f
+            todo.extend(_imported_names(f.read_bytes(), sub, f.name == "__init__.py"))
+    return files
+
+
+@functools.cache
+def module_code_hash(module: str) -> str:
+    """sha256 over the names and bytes of :func:`module_sources` of ``module``; computed once per process.
+
+    A task's key uses this instead of :func:`code_hash`, so that editing code a task never imports (a report,
+    another workflow) does not make every finished task of a long study run again; task modules must therefore
+    not import the package's own modules by computed names.
+    """
+    files = module_sources(module)
+    h = hashlib.sha256()
+    for name in sorted(files):
+        data = files[name].read_bytes()
+        h.update(f"{name}\0{len(data)}\0".encode())
         h.update(data)
     return h.hexdigest()
 

@@ -3,9 +3,10 @@
 A :class:`Task` names a library function (importable at module level, so workers unpickle it by
 reference), its JSON-able keyword parameters and the names of the tasks it depends on. The runner gives
 each task a *key*: a hash of the function's path, the parameters, the package version, a content hash of
-the package's source (:func:`olrg_hpc.provenance.code_hash`: every ``*.py`` of ``olrg_hpc`` and ``workflows``,
-so a code change without a version bump does not reuse old shards), the task's seed and the keys of its
-dependencies. A shard written under that key is valid for exactly those inputs.
+the source the function can run (:func:`olrg_hpc.provenance.module_code_hash`: its module and every module of
+``olrg_hpc`` and ``workflows`` that module imports, so a change there without a version bump does not reuse old
+shards, while a change elsewhere, say to a report, keeps them), the task's seed and the keys of its dependencies.
+A shard written under that key is valid for exactly those inputs.
 
 The function returns a mapping of names to arrays/scalars/strings (nested mappings become HDF5 groups).
 If it has a ``seed`` parameter it receives the task seed; if it has a ``deps`` parameter it receives the
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from olrg_hpc import __version__
-from olrg_hpc.provenance import code_hash, host, now
+from olrg_hpc.provenance import host, module_code_hash, now
 from olrg_hpc.store import read_shard, write_shard
 
 TaskFn = Callable[..., Mapping[str, Any]]
@@ -70,7 +71,7 @@ def task_seed(study_seed: int, task: Task) -> int:
 def task_key(task: Task, seed: int, dep_keys: list[str]) -> str:
     """Content hash of everything that determines the task's result."""
     payload = canonical_json({"fn": task.function, "params": task.params, "version": __version__,
-                              "code": code_hash(), "seed": seed, "deps": sorted(dep_keys)})
+                              "code": module_code_hash(task.fn.__module__), "seed": seed, "deps": sorted(dep_keys)})
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 

@@ -1,8 +1,13 @@
-"""Task keys: they depend on the package's source, so a code change without a version bump reruns tasks."""
+"""Task keys: they depend on the source a task can run, so a change there without a version bump reruns the task,
+and a change elsewhere (a report, another workflow) does not."""
 
 from __future__ import annotations
 
 import re
+import textwrap
+from pathlib import Path
+
+import pytest
 
 from olrg_hpc import provenance, tasks
 from olrg_hpc.tasks import Task, task_key
@@ -24,5 +29,57 @@ def test_task_key_changes_with_the_code(monkeypatch):
     task = Task("double", _double, {"x": 1.5})
     original = task_key(task, 7, ["dep"])
     assert task_key(task, 7, ["dep"]) == original  # same code: resume reuses the shard
-    monkeypatch.setattr(tasks, "code_hash", lambda: "0" * 64)
+    monkeypatch.setattr(tasks, "module_code_hash", lambda module: "0" * 64)
     assert task_key(task, 7, ["dep"]) != original
+
+
+@pytest.fixture
+def toy_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A package ``toy`` standing in for the project's sources: ``run`` imports ``physics`` (which imports
+    ``toy.util`` relatively, and ``numpy``), ``lazy`` only inside a function; ``report`` and ``other`` are
+    never imported by ``run``."""
+    root = tmp_path / "toy"
+    (root / "sub").mkdir(parents=True)
+    files = {
+        "__init__.py": "",
+        "run.py": """
+            import numpy as np
+            from toy.sub import physics
+
+            def task():
+                from toy import lazy
+                return lazy.f(physics.g(np.ones(2)))
+            """,
+        "sub/__init__.py": "",
+        "sub/physics.py": "from ..util import h\n\ndef g(x):\n    return h(x)\n",
+        "util.py": "def h(x):\n    return x\n",
+        "lazy.py": "def f(x):\n    return x\n",
+        "report.py": "from toy import run\n",
+        "other.py": "X = 1\n",
+    }
+    for rel, text in files.items():
+        (root / rel).write_text(textwrap.dedent(text))
+    monkeypatch.setattr(provenance, "_source_roots", lambda: [("toy", root)])
+    provenance.module_code_hash.cache_clear()
+    yield root
+    provenance.module_code_hash.cache_clear()
+
+
+def test_module_sources_follow_imports(toy_package: Path) -> None:
+    assert sorted(provenance.module_sources("toy.run")) == ["toy", "toy.lazy", "toy.run", "toy.sub",
+                                                             "toy.sub.physics", "toy.util"]
+
+
+@pytest.mark.parametrize(("edited", "changes"), [
+    ("util.py", True),  # imported through a relative import, two levels down
+    ("lazy.py", True),  # imported inside a function only
+    ("sub/__init__.py", True),  # a parent package runs on import
+    ("report.py", False),  # imports the task's module, not imported by it
+    ("other.py", False),
+])
+def test_module_code_hash_sees_exactly_the_imported_sources(toy_package: Path, edited: str, changes: bool) -> None:
+    before = provenance.module_code_hash("toy.run")
+    with open(toy_package / edited, "a") as f:
+        f.write("# edited\n")
+    provenance.module_code_hash.cache_clear()
+    assert (provenance.module_code_hash("toy.run") != before) is changes
