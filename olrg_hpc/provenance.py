@@ -68,12 +68,16 @@ def code_hash() -> str:
 
     Identifies the code that ran without needing git (installed copies have none); computed once per process.
     """
-    files = sorted((f"{name}/{f.relative_to(root).as_posix()}", f)
-                   for name, root in _source_roots() for f in root.rglob("*.py") if f.is_file())
+    return _hash_files({f"{name}/{f.relative_to(root).as_posix()}": f
+                        for name, root in _source_roots() for f in root.rglob("*.py") if f.is_file()})
+
+
+def _hash_files(files: dict[str, Path]) -> str:
+    """sha256 over ``label, length, bytes`` of every file, in the order of the sorted labels."""
     h = hashlib.sha256()
-    for rel, f in files:
-        data = f.read_bytes()
-        h.update(f"{rel}\0{len(data)}\0".encode())
+    for label in sorted(files):
+        data = files[label].read_bytes()
+        h.update(f"{label}\0{len(data)}\0".encode())
         h.update(data)
     return h.hexdigest()
 
@@ -144,13 +148,7 @@ def module_code_hash(module: str) -> str:
     another workflow) does not make every finished task of a long study run again; task modules must therefore
     not import the package's own modules by computed names.
     """
-    files = module_sources(module)
-    h = hashlib.sha256()
-    for name in sorted(files):
-        data = files[name].read_bytes()
-        h.update(f"{name}\0{len(data)}\0".encode())
-        h.update(data)
-    return h.hexdigest()
+    return _hash_files(module_sources(module))
 
 
 def run_provenance() -> dict[str, str]:
