@@ -2,6 +2,9 @@
 
 Eight emulated CPU devices for JAX (must be set before jax is first imported), and skip logic for the
 `slurm` and `mpi` markers so that a machine without those components skips with a reason instead of failing.
+Under pytest-xdist (``-n auto --dist loadgroup``, the default in pyproject.toml) each test file runs on one worker
+(its module fixtures are built once), and every `slurm` test shares one group: they run one after another, so
+one test's jobs never wait behind another's on the single dev node.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ def _mpi_reason() -> str | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reasons: dict[str, str | None] = {}
     for item in items:
+        group = "slurm" if "slurm" in item.keywords else item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))
         for marker, probe in (("slurm", _slurm_reason), ("mpi", _mpi_reason)):
             if marker in item.keywords:
                 if marker not in reasons:
