@@ -66,11 +66,14 @@ class FlowSettings(Strict):
     n_layers: int = Field(4, ge=1, description="coupling layers (alternating checkerboard parity)")
     hidden: list[int] = Field(default_factory=lambda: [8], description="hidden channels of each coupling's net")
     kernel_size: int = Field(3, ge=1)
+    free_field: bool = Field(False, description="z2 only: a trainable free-field layer (mass, normalisation) first")
 
     @model_validator(mode="after")
     def _odd_kernel(self) -> FlowSettings:
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd (got {self.kernel_size})")
+        if self.free_field and self.kind != "z2":
+            raise ValueError(f"free_field needs kind z2 (got kind {self.kind!r})")
         return self
 
 

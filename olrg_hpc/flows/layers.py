@@ -20,7 +20,8 @@ arXiv:2310.03381 and arXiv:2302.08408):
 * Exact free-field map (no parameters): ``y = K x`` with ``K`` the circulant matrix whose eigenvalues are
   ``sqrt(G(p))``, ``G(p) = 1 / [2 (p_hat^2 + m2)]`` (tutorial convention, ``lam = 0``). For ``x ~ N(0, 1)``,
   ``y`` is distributed exactly as ``exp(-S_tut[y]) / Z``: the trivializing map of the free theory is linear.
-  ``log_det = (1/2) sum_p log G(p)``.
+  ``log_det = (1/2) sum_p log G(p)``. Its trainable form (:class:`FreeFieldScaling`) learns ``m2`` and a
+  wave-function normalisation ``z`` (``G(p) = 1 / [2 (z p_hat^2 + m2)]``).
 
 Parameters are ordinary ``flax.linen`` parameter pytrees (``module.init(key, x)`` / ``module.apply``).
 
@@ -66,6 +67,7 @@ __all__ = [
     "AffineCoupling",
     "GlobalRescaling",
     "FreeFieldLinear",
+    "FreeFieldScaling",
     "free_field_propagator",
     "ACTIVATIONS",
 ]
@@ -336,12 +338,23 @@ class GlobalRescaling(nn.Module):
         return y * jnp.exp(-a), jnp.full(y.shape[:-2], -vol * a, y.dtype)
 
 
-def free_field_propagator(shape: tuple[int, int], m2: float, dtype: Any = jnp.float64) -> jax.Array:
-    """``G(p) = 1 / [2 (p_hat^2 + m2)]`` on the ``fft2`` momentum grid, ``p_hat^2 = sum_mu 4 sin^2(p_mu/2)``."""
+def free_field_propagator(
+    shape: tuple[int, int], m2: Any, dtype: Any = jnp.float64, z: Any = 1.0
+) -> jax.Array:
+    """``G(p) = 1 / [2 (z p_hat^2 + m2)]`` on the ``fft2`` momentum grid, ``p_hat^2 = sum_mu 4 sin^2(p_mu/2)``
+    (``z = 1``: the free propagator of the tutorial action; ``m2``, ``z`` may be traced)."""
     p1 = 2.0 * jnp.pi * jnp.fft.fftfreq(shape[0])
     p2 = 2.0 * jnp.pi * jnp.fft.fftfreq(shape[1])
     phat2 = 4.0 * jnp.sin(p1 / 2)[:, None] ** 2 + 4.0 * jnp.sin(p2 / 2)[None, :] ** 2
-    return (1.0 / (2.0 * (phat2 + m2))).astype(dtype)
+    return (1.0 / (2.0 * (z * phat2 + m2))).astype(dtype)
+
+
+def _scale_modes(x: jax.Array, g: jax.Array, power: float) -> tuple[jax.Array, jax.Array]:
+    """``y = F^-1[g(p)^power F[x]]`` for a real, even ``g`` (so ``y`` is real; ``rfft2`` halves the work) and
+    ``log_det = power sum_p log g(p)`` per configuration."""
+    half = g[:, : x.shape[-1] // 2 + 1] ** power
+    y = jnp.fft.irfft2(jnp.fft.rfft2(x) * half, s=x.shape[-2:]).astype(x.dtype)
+    return y, jnp.full(x.shape[:-2], power * jnp.sum(jnp.log(g)), x.dtype)
 
 
 class FreeFieldLinear(nn.Module):
@@ -349,14 +362,31 @@ class FreeFieldLinear(nn.Module):
 
     m2: float
 
-    def _apply(self, x: jax.Array, power: float) -> tuple[jax.Array, jax.Array]:
-        g = free_field_propagator(x.shape[-2:], self.m2, x.dtype)
-        y = jnp.real(jnp.fft.ifft2(jnp.fft.fft2(x) * g**power)).astype(x.dtype)
-        log_det = power * jnp.sum(jnp.log(g))
-        return y, jnp.full(x.shape[:-2], log_det, x.dtype)
-
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return self._apply(x, 0.5)
+        return _scale_modes(x, free_field_propagator(x.shape[-2:], self.m2, x.dtype), 0.5)
 
     def inverse(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return self._apply(y, -0.5)
+        return _scale_modes(y, free_field_propagator(y.shape[-2:], self.m2, y.dtype), -0.5)
+
+
+class FreeFieldScaling(nn.Module):
+    """:class:`FreeFieldLinear` with a trainable mass and wave-function normalisation: eigenvalues
+    ``sqrt(G(p))``, ``G(p) = 1 / [2 (e^{log_z} p_hat^2 + e^{log_m2})]``; parameters ``log_m2``, ``log_z``
+    (init 0: the free field at ``m2 = 1``). Linear, hence Z2-equivariant; a function of ``p_hat^2`` only, so
+    weights trained at one ``L`` apply at any other. As a first layer it hands the couplings a Gaussian field
+    with the long-range correlations of a free theory; as the whole flow, flow-HMC with it is HMC with Fourier
+    acceleration (kinetic term ``p G^{-1} p / 2`` in the original variables)."""
+
+    def setup(self) -> None:
+        self.log_m2 = self.param("log_m2", nn.initializers.zeros_init(), ())
+        self.log_z = self.param("log_z", nn.initializers.zeros_init(), ())
+
+    def _g(self, x: jax.Array) -> jax.Array:
+        m2, z = jnp.exp(self.log_m2.astype(x.dtype)), jnp.exp(self.log_z.astype(x.dtype))
+        return free_field_propagator(x.shape[-2:], m2, x.dtype, z)
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return _scale_modes(x, self._g(x), 0.5)
+
+    def inverse(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return _scale_modes(y, self._g(y), -0.5)

@@ -27,6 +27,7 @@ import numpy as np
 
 from olrg_hpc.flows.layers import (
     AffineCoupling,
+    FreeFieldScaling,
     GlobalRescaling,
     checkerboard_mask,
     coupling_forward_bl,
@@ -178,11 +179,17 @@ def tutorial_flow(
 
 
 def z2_flow(
-    n_layers: int = 2, hidden: Sequence[int] = (), kernel_size: int = 3, rescale: bool = True
+    n_layers: int = 2,
+    hidden: Sequence[int] = (),
+    kernel_size: int = 3,
+    rescale: bool = True,
+    free_field: bool = False,
 ) -> Flow:
-    """Z2-equivariant flow: ``n_layers`` couplings ``y = x e^{-|s|} + t`` (odd nets, tanh), alternating
-    parity, optionally followed by a :class:`GlobalRescaling`."""
-    layers: list[nn.Module] = [
+    """Z2-equivariant flow: optionally a trainable :class:`~olrg_hpc.flows.layers.FreeFieldScaling` first
+    (``free_field``), then ``n_layers`` couplings ``y = x e^{-|s|} + t`` (odd nets, tanh), alternating parity,
+    optionally followed by a :class:`GlobalRescaling`."""
+    layers: list[nn.Module] = [FreeFieldScaling()] if free_field else []
+    layers += [
         AffineCoupling(parity=i % 2, hidden=tuple(hidden), kernel_size=kernel_size, activation="tanh", z2=True)
         for i in range(n_layers)
     ]

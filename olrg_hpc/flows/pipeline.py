@@ -125,12 +125,14 @@ def compile_clock() -> Iterator[dict[str, float]]:
 def make_flow(spec: Mapping[str, Any]) -> Flow:
     """Flow from a settings mapping: ``kind`` ``"z2"`` (Z2-equivariant couplings + global rescaling; with
     ``n_layers = 2, hidden = []`` the 37-parameter model of arXiv:2310.03381) or ``"tutorial"`` (Real-NVP of
-    arXiv:2101.08176); ``n_layers``, ``hidden``, ``kernel_size``."""
+    arXiv:2101.08176); ``n_layers``, ``hidden``, ``kernel_size``; ``free_field`` (z2 only): a trainable
+    free-field layer (:class:`~olrg_hpc.flows.layers.FreeFieldScaling`) before the couplings."""
     kind = spec.get("kind", "z2")
     hidden = tuple(int(h) for h in spec.get("hidden", ()))
     n_layers, k = int(spec.get("n_layers", 2)), int(spec.get("kernel_size", 3))
     if kind == "z2":
-        return z2_flow(n_layers=n_layers, hidden=hidden, kernel_size=k, rescale=True)
+        return z2_flow(n_layers=n_layers, hidden=hidden, kernel_size=k, rescale=True,
+                       free_field=bool(spec.get("free_field", False)))
     if kind == "tutorial":
         return tutorial_flow(n_layers=n_layers, hidden=hidden, kernel_size=k)
     raise ValueError(f"unknown flow kind {kind!r} (z2, tutorial)")

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from olrg_hpc.flows.layers import AffineCoupling, FreeFieldLinear, GlobalRescaling, checkerboard_mask
+from olrg_hpc.flows.layers import (
+    AffineCoupling,
+    FreeFieldLinear,
+    FreeFieldScaling,
+    GlobalRescaling,
+    checkerboard_mask,
+)
 from olrg_hpc.flows.model import (
     Flow,
     GaussianPrior,
@@ -61,6 +67,8 @@ FLOWS = {
     "tutorial4": tutorial_flow(n_layers=4, hidden=(8, 8)),
     "albandea": albandea_flow(3),
     "free_field": Flow((FreeFieldLinear(0.5), GlobalRescaling())),
+    "free_field_scaling": Flow((FreeFieldScaling(),)),
+    "z2_free_field": z2_flow(n_layers=2, hidden=(3,), free_field=True),
 }
 
 
@@ -93,7 +101,7 @@ def test_log_det_and_inverse_are_exact(name: str) -> None:
     assert y.shape == x.shape and ld.shape == (5,)
 
 
-@pytest.mark.parametrize("name", ["z2_coupling", "z2_deep", "albandea"])
+@pytest.mark.parametrize("name", ["z2_coupling", "z2_deep", "albandea", "z2_free_field"])
 def test_z2_equivariance(name: str) -> None:
     flow = FLOWS[name]
     params = _perturbed(flow, seed=5)
@@ -101,6 +109,36 @@ def test_z2_equivariance(name: str) -> None:
     y, ld, ym, ldm = _plus_minus(flow, params, x)
     np.testing.assert_allclose(np.asarray(ym), -np.asarray(y), atol=1e-13, rtol=0)
     np.testing.assert_allclose(np.asarray(ldm), np.asarray(ld), atol=1e-12, rtol=0)
+
+
+def test_free_field_scaling_is_the_free_map_and_any_shape() -> None:
+    """At log_m2 = log m2, log_z = 0 the trainable layer is FreeFieldLinear(m2) (1e-13); on a 3 x 5 lattice (odd
+    lengths: the half-spectrum of rfft2) its log-det is log|det| of the jacrev Jacobian (1e-10) and the inverse
+    is exact (1e-12); with z the layer's eigenvalues are sqrt(1 / [2 (z p_hat^2 + m2)]), checked on the
+    constant and the staggered mode (p_hat^2 = 0 and 8, exact eigenvectors)."""
+    m2 = 0.7
+    x = _normal(3, (4, L, L))
+    y_ref, ld_ref = FreeFieldLinear(m2).apply({}, x)
+    params = {"params": {"log_m2": jnp.log(m2), "log_z": jnp.zeros(())}}
+    y, ld = FreeFieldScaling().apply(params, x)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), atol=1e-13, rtol=0)
+    np.testing.assert_allclose(np.asarray(ld), np.asarray(ld_ref), atol=1e-13, rtol=0)
+
+    layer, z = FreeFieldScaling(), 1.9
+    params = {"params": {"log_m2": jnp.log(m2), "log_z": jnp.log(z)}}
+    for shape in [(3, 5), (L, L)]:
+        v = _normal(4, (1, *shape))
+        jac = jax.jacrev(lambda u: layer.apply(params, u[None])[0][0])(v[0]).reshape(v.size, v.size)
+        _, logabs = np.linalg.slogdet(np.asarray(jac))
+        y, ld = layer.apply(params, v)
+        back, ld_inv = layer.apply(params, y, method="inverse")
+        assert abs(float(ld[0]) - logabs) < 1e-10
+        np.testing.assert_allclose(np.asarray(back), np.asarray(v), atol=1e-12, rtol=0)
+        assert abs(float(ld_inv[0] + ld[0])) < 1e-12
+    stag = jnp.asarray((-1.0) ** np.add.outer(np.arange(L), np.arange(L)))[None]
+    for mode, phat2 in [(jnp.ones((1, L, L)), 0.0), (stag, 8.0)]:
+        y, _ = layer.apply(params, mode)
+        np.testing.assert_allclose(np.asarray(y), np.asarray(mode) / math.sqrt(2 * (z * phat2 + m2)), atol=1e-13)
 
 
 def test_real_nvp_with_bias_is_not_equivariant() -> None:
@@ -125,6 +163,7 @@ def test_parameter_counts() -> None:
     assert count_params(shapes(albandea_flow(5))) == 2 * 2 * 25 + 1
     # tutorial: per layer (1*9+1)*8 + (8*9+1)*8 + (8*9+1)*2 = 80 + 584 + 146 = 810
     assert count_params(shapes(tutorial_flow())) == 16 * 810
+    assert count_params(shapes(z2_flow(n_layers=2, free_field=True))) == 37 + 2  # + log_m2, log_z
 
 
 def test_gaussian_prior_and_model_density() -> None:

@@ -122,6 +122,8 @@ class TestGraph:
     ("  points: [{L: 8, beta: 0.5}]\n  flow_hmc: {n_chains: 16}\n  hmc: {n_chains: 8}",
      "params.hmc: Value error, n_chains (8) is below flow_hmc.n_chains (16)"),
     ("  points: [{L: 8, beta: 0.5}]\n  flow_hmc: {start: hot}", "params.flow_hmc.start"),
+    ("  points: [{L: 8, beta: 0.5}]\n  flow: {kind: tutorial, free_field: true}",
+     "params.flow: Value error, free_field needs kind z2 (got kind 'tutorial')"),
 ])
 def test_bad_params_are_one_line(tmp_path: Path, params: str, where: str) -> None:
     cfg = tmp_path / "bad.yaml"
@@ -225,6 +227,16 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="do not fit the flow"):  # parameters of another architecture
         pipeline.params_from_tree(pipeline.make_flow({"kind": "z2", "n_layers": 4, "hidden": []}), (4, 4),
                                   trained["params"])
+
+
+def test_free_field_flow_trains_and_transfers_through_shards(tmp_path: Path) -> None:
+    """A z2 flow with the trainable free-field layer first: its two scalar parameters survive the HDF5 shard, and
+    the warm start at the finer L reads them back (same tree, 37 + 2 parameters)."""
+    train = {**TRAIN, "flow": {**TINY_FLOW, "free_field": True}}
+    pre = _through_shard(tmp_path, "pre", pipeline.train_flow_task(COARSE, "gaussian", steps=2, seed=1, **train))
+    assert pre["n_params"] == 39 and pre["params"]["params"]["layers_0"]["log_m2"].shape == ()
+    warm = pipeline.train_flow_task(FINE, "warm", steps=2, seed=2, deps={"pretrain": pre}, **train)
+    assert warm["n_params"] == 39 and np.all(np.isfinite(warm["loss"]))
 
 
 # ------------------------------------------------------------------------------------------------ reduced study
