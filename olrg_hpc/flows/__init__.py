@@ -9,7 +9,14 @@ study's task functions, imported on their own).
 """
 
 from olrg_hpc.flows.coarse import CoarsePrior, EnsemblePrior, deinterleave, interleave, transfer_params
-from olrg_hpc.flows.layers import AffineCoupling, ConvNet, FreeFieldLinear, GlobalRescaling, checkerboard_mask
+from olrg_hpc.flows.layers import (
+    AffineCoupling,
+    ConvNet,
+    FreeFieldLinear,
+    FreeFieldScaling,
+    GlobalRescaling,
+    checkerboard_mask,
+)
 from olrg_hpc.flows.mcmc import FlowedAction, FlowHMCResult, IMHResult, flow_hmc, flow_imh, map_to_target
 from olrg_hpc.flows.model import (
     Flow,
@@ -45,6 +52,7 @@ __all__ = [
     "FlowHMCResult",
     "FlowedAction",
     "FreeFieldLinear",
+    "FreeFieldScaling",
     "GaussianPrior",
     "GlobalRescaling",
     "IMHResult",
