@@ -375,7 +375,7 @@ class FreeFieldScaling(nn.Module):
     (init 0: the free field at ``m2 = 1``). Linear, hence Z2-equivariant; a function of ``p_hat^2`` only, so
     weights trained at one ``L`` apply at any other. As a first layer it hands the couplings a Gaussian field
     with the long-range correlations of a free theory; as the whole flow, flow-HMC with it is HMC with Fourier
-    acceleration (kinetic term ``p G^{-1} p / 2`` in the original variables)."""
+    acceleration (kinetic term ``p G p / 2`` in the original variables: mass matrix ``G^{-1}``)."""
 
     def setup(self) -> None:
         self.log_m2 = self.param("log_m2", nn.initializers.zeros_init(), ())
