@@ -130,9 +130,11 @@ def make_flow(spec: Mapping[str, Any]) -> Flow:
     kind = spec.get("kind", "z2")
     hidden = tuple(int(h) for h in spec.get("hidden", ()))
     n_layers, k = int(spec.get("n_layers", 2)), int(spec.get("kernel_size", 3))
+    free_field = bool(spec.get("free_field", False))
     if kind == "z2":
-        return z2_flow(n_layers=n_layers, hidden=hidden, kernel_size=k, rescale=True,
-                       free_field=bool(spec.get("free_field", False)))
+        return z2_flow(n_layers=n_layers, hidden=hidden, kernel_size=k, rescale=True, free_field=free_field)
+    if free_field:
+        raise ValueError(f"free_field needs kind z2 (got kind {kind!r})")
     if kind == "tutorial":
         return tutorial_flow(n_layers=n_layers, hidden=hidden, kernel_size=k)
     raise ValueError(f"unknown flow kind {kind!r} (z2, tutorial)")

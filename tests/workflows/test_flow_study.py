@@ -224,6 +224,8 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
                                    deps={"gather": gather}, **TRAIN)
     assert np.all(np.isfinite(bil["loss"])) and bil["variant"] == "coarse_bilinear"
 
+    with pytest.raises(ValueError, match="free_field needs kind z2"):  # not dropped silently
+        pipeline.make_flow({"kind": "tutorial", "free_field": True})
     with pytest.raises(ValueError, match="do not fit the flow"):  # parameters of another architecture
         pipeline.params_from_tree(pipeline.make_flow({"kind": "z2", "n_layers": 4, "hidden": []}), (4, 4),
                                   trained["params"])
