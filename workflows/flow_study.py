@@ -118,6 +118,8 @@ class IMH(Strict):
     n_chains: int = Field(16, ge=1)
     n_steps: int = Field(2000, ge=10, description="Metropolis steps per chain after thermalisation")
     n_therm: int = Field(50, ge=0)
+    block: int | None = Field(None, ge=1, description="steps whose proposals go through the flow in one call "
+                              "(default: about 65536 sites per call); the chains do not depend on it")
 
 
 _TUNE = ("tune the molecular-dynamics steps per L: the smallest count whose pilot acceptance reaches this "

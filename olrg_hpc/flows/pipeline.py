@@ -338,10 +338,11 @@ def _md_steps(action: Any, x0: jax.Array, key: jax.Array, n_steps: int, tau: flo
 
 def flow_imh_task(point: Mapping[str, float], variant: str, flow: Mapping[str, Any], n_chains: int, n_steps: int,
                   n_therm: int, seed: int, coarse_point: Mapping[str, float] | None = None,
-                  prior_sigma: float | None = None,
+                  prior_sigma: float | None = None, block: int | None = None,
                   deps: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """``n_chains`` independent Metropolis-Hastings chains with the trained flow of ``variant`` as proposal
-    (:func:`~olrg_hpc.flows.mcmc.flow_imh`); the first ``n_therm`` steps are dropped."""
+    (:func:`~olrg_hpc.flows.mcmc.flow_imh`, ``block`` steps of proposals per flow call); the first ``n_therm``
+    steps are dropped."""
     L = int(point["L"])
     action, c = _point_action(point)
     model = make_flow(flow)
@@ -350,7 +351,7 @@ def flow_imh_task(point: Mapping[str, float], variant: str, flow: Mapping[str, A
     prior = _prior(variant, point, coarse_point, deps, prior_sigma)
     with compile_clock() as clock:
         res = jax.block_until_ready(flow_imh(model, params, prior, action, _int_seed(seed), n_therm + n_steps,
-                                             n_chains, measure=_m_phi2))
+                                             n_chains, measure=_m_phi2, block=block))
     M, phi2 = (np.asarray(a, np.float64)[n_therm:] for a in res.measurements)
     out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm, n_chains, np.asarray(res.accepted)[n_therm:])
     out.update(method="flow-MH", variant=variant, train_seconds=float(trained["total_train_seconds"]))

@@ -54,6 +54,7 @@ __all__ = [
     "make_optimizer",
     "make_mesh",
     "log_weights",
+    "flowed_log_weights",
     "reverse_kl_loss",
     "effective_sample_size",
     "imh_acceptance",
@@ -129,6 +130,11 @@ def log_weights(
     z = prior.sample(key, n)
     if sharding is not None:
         z = jax.lax.with_sharding_constraint(z, sharding)
+    return flowed_log_weights(flow, params, prior, action, z)
+
+
+def flowed_log_weights(flow: Flow, params: Params, prior: Prior, action: Any, z: jax.Array) -> tuple[jax.Array, ...]:
+    """``(phi, log w)`` of given prior draws ``z``: ``phi = F(z)``, ``log w = -S(phi) - log q(phi)``."""
     phi, log_q = _flowed(flow, params, prior, z)
     return phi, -action.action(phi) - log_q
 

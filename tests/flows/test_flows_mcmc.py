@@ -48,6 +48,31 @@ def test_imh_rejects_with_imperfect_flow() -> None:
     assert res.measurements.shape == (50, 4, 8, 8) and res.accepted.shape == (50, 4)
 
 
+@pytest.mark.parametrize("measure", [None, _phi2_nn])
+def test_imh_blocks_give_the_same_chains(measure) -> None:
+    """Proposals drawn ``block`` steps at a time use the random numbers of their step, so every block size runs
+    the same chains: one step at a time (block 1, the plain algorithm), 7 (30 steps: the last block is cut
+    short), 30 and the default. Imperfect flow (wrong mass), so that there are rejections; float64, so the only difference,
+    the rounding of the flow on a larger batch, is ~1e-15."""
+    flow = Flow((FreeFieldLinear(2.0),))
+    prior = GaussianPrior((6, 6), "float64")
+    runs = [flow_imh(flow, {}, prior, Phi4Action(1.0, 0.5), jax.random.key(9), 30, 4, measure=measure, block=b)
+            for b in (1, 7, 30, None)]  # None: the default, here one block (IMH_SITES_PER_CALL)
+    ref = runs[0]
+    assert 0.2 < float(ref.acceptance) < 0.9 and ref.accepted.shape == ref.logw.shape == (30, 4)
+    for res in runs[1:]:
+        np.testing.assert_array_equal(np.asarray(res.accepted), np.asarray(ref.accepted))
+        np.testing.assert_allclose(np.asarray(res.logw), np.asarray(ref.logw), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(res.phi), np.asarray(ref.phi), rtol=1e-12)
+        for a, b in zip(jax.tree.leaves(res.measurements), jax.tree.leaves(ref.measurements), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12)
+    # the final configurations are the last accepted proposals: phi and the last measurement agree
+    if measure is None:
+        np.testing.assert_array_equal(np.asarray(ref.measurements[-1]), np.asarray(ref.phi))
+    with pytest.raises(ValueError, match="block must be >= 1"):
+        flow_imh(flow, {}, prior, Phi4Action(1.0, 0.5), jax.random.key(9), 30, 4, block=0)
+
+
 def test_identity_flow_hmc_reproduces_plain_hmc() -> None:
     action = Phi4Action(-4.0, 8.0)
     phi0 = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 4)) * 0.5)

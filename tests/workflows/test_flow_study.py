@@ -122,6 +122,7 @@ class TestGraph:
     ("  points: [{L: 8, beta: 0.5}]\n  flow_hmc: {n_chains: 16}\n  hmc: {n_chains: 8}",
      "params.hmc: Value error, n_chains (8) is below flow_hmc.n_chains (16)"),
     ("  points: [{L: 8, beta: 0.5}]\n  flow_hmc: {start: hot}", "params.flow_hmc.start"),
+    ("  points: [{L: 8, beta: 0.5}]\n  imh: {block: 0}", "params.imh.block"),
     ("  points: [{L: 8, beta: 0.5}]\n  flow: {kind: tutorial, free_field: true}",
      "params.flow: Value error, free_field needs kind z2 (got kind 'tutorial')"),
 ])
