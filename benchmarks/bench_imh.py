@@ -11,9 +11,11 @@ free-field layer first; float32 as in the study).
   seconds per proposal and the speed-up over ``block = 1``.
 * HMC: ``run_chain`` (float64) with ``--n-chains`` chains, ``--hmc-traj`` trajectories of length 1 with the
   leapfrog step count tuned to acceptance >= 0.8 (as the study does); seconds per trajectory per chain.
-* ``proposal_over_trajectory``: seconds per flow-MH proposal (best block) over seconds per HMC trajectory.
-  flow-MH beats HMC when its ``tau_int(M^2)`` is below ``tau_int_HMC / proposal_over_trajectory``
-  (``break_even_tau`` for ``--hmc-tau`` when given).
+  HMC is timed a second time with ``--hmc-wide`` chains (default 256): more chains per call make its
+  trajectories cheaper too, so ``proposal_over_wide_trajectory`` compares the two at equal batch width.
+* ``proposal_over_trajectory``: seconds per flow-MH proposal (best block) over seconds per HMC trajectory
+  (``--n-chains`` chains, as in the study). flow-MH beats HMC when its ``tau_int(M^2)`` is below
+  ``tau_int_HMC / proposal_over_trajectory`` (``break_even_tau`` for ``--hmc-tau`` when given).
 
 Every sampler runs once to compile and is then timed ``--repeats`` times; the median is kept (the machine is
 noisy: single runs scatter by about 15 %).
@@ -80,12 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--imh-steps", type=int, default=1024)
     ap.add_argument("--blocks", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--hmc-traj", type=int, default=500)
+    ap.add_argument("--hmc-wide", type=int, default=256, help="HMC chains of the second, wide HMC timing")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per sampler (the median is kept)")
     ap.add_argument("--hmc-tau", type=float, default=None, help="HMC's tau_int(M^2) at this point (for break-even)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "imh.json"))
     args = ap.parse_args(argv)
-    if min(args.blocks) < 1 or args.repeats < 1 or args.n_chains < 1 or args.imh_steps < 1 or args.hmc_traj < 1:
-        ap.error("--blocks, --repeats, --n-chains, --imh-steps and --hmc-traj must be positive")
+    if min(*args.blocks, args.repeats, args.n_chains, args.hmc_wide, args.imh_steps, args.hmc_traj) < 1:
+        ap.error("--blocks, --repeats, --n-chains, --hmc-wide, --imh-steps and --hmc-traj must be positive")
 
     load_start = os.getloadavg()
     L, nc = args.L, args.n_chains
@@ -109,12 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     key = jax.random.key(2, impl="rbg")
     phi0 = 0.5 * jax.random.normal(key, (nc, L, L), jnp.float64)
     n_steps, phi0, _ = hmc.tune_n_steps(action, phi0, jax.random.fold_in(key, 1))
-    s = _timed(lambda: hmc.run_chain(action, phi0, args.hmc_traj, jax.random.fold_in(key, 2), n_steps=n_steps,
-                                     measure=_m).acceptance, args.repeats)
-    hmc_us = 1e6 * s / (args.hmc_traj * nc)
-    print(f"HMC ({n_steps} leapfrog steps): {hmc_us:8.1f} us/trajectory", flush=True)
+    hmc_us = {}
+    for width in (nc, args.hmc_wide):  # the study's chains, then a batch as wide as flow-MH's flow calls
+        start = jnp.tile(phi0, (-(-width // nc), 1, 1))[:width]
+        s = _timed(lambda start=start: hmc.run_chain(action, start, args.hmc_traj, jax.random.fold_in(key, 2),
+                                                     n_steps=n_steps, measure=_m).acceptance, args.repeats)
+        hmc_us[width] = 1e6 * s / (args.hmc_traj * width)
+        print(f"HMC ({n_steps} leapfrog steps, {width} chains): {hmc_us[width]:8.1f} us/trajectory", flush=True)
     best = min(imh, key=lambda r: r["us_per_proposal"])
-    ratio = best["us_per_proposal"] / hmc_us
+    ratio = best["us_per_proposal"] / hmc_us[nc]
     out: dict[str, Any] = {
         "benchmark": "imh",
         "jax_version": jax.__version__,
@@ -127,9 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         "n_chains": nc,
         "repeats": args.repeats,
         "imh": imh,
-        "hmc": {"n_steps": n_steps, "trajectories": args.hmc_traj, "us_per_trajectory": hmc_us},
+        "hmc": {"n_steps": n_steps, "trajectories": args.hmc_traj, "us_per_trajectory": hmc_us[nc],
+                "wide_chains": args.hmc_wide, "wide_us_per_trajectory": hmc_us[args.hmc_wide]},
         "best_block": best["block"],
         "proposal_over_trajectory": ratio,
+        "proposal_over_wide_trajectory": best["us_per_proposal"] / hmc_us[args.hmc_wide],
         "hmc_tau": args.hmc_tau,
         "break_even_tau": args.hmc_tau / ratio if args.hmc_tau else None,
         "load_average_end": os.getloadavg(),
