@@ -52,8 +52,8 @@ def test_imh_rejects_with_imperfect_flow() -> None:
 def test_imh_blocks_give_the_same_chains(measure) -> None:
     """Proposals drawn ``block`` steps at a time use the random numbers of their step, so every block size runs
     the same chains: one step at a time (block 1, the plain algorithm), 7 (30 steps: the last block is cut
-    short), 30 and the default. Imperfect flow (wrong mass), so that there are rejections; float64, so the only difference,
-    the rounding of the flow on a larger batch, is ~1e-15."""
+    short), 30 and the default. Imperfect flow (wrong mass), so that there are rejections; float64, so the only
+    difference, the rounding of the flow on a larger batch, is ~1e-15."""
     flow = Flow((FreeFieldLinear(2.0),))
     prior = GaussianPrior((6, 6), "float64")
     runs = [flow_imh(flow, {}, prior, Phi4Action(1.0, 0.5), jax.random.key(9), 30, 4, measure=measure, block=b)
