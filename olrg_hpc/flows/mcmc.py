@@ -51,9 +51,10 @@ class IMHResult(NamedTuple):
     acceptance: jax.Array
 
 
-#: default flow-MH batch: proposals of about this many lattice sites go through the flow in one call (2-core
-#: CPU, flow_line's flow: per proposal 1.3 times cheaper than 16 configurations per call at L = 8 and 16, the
-#: same within the noise at L = 32; ``benchmarks/bench_imh.py``)
+#: default flow-MH batch: proposals of about this many lattice sites go through the flow in one call. On 2 CPU
+#: cores with flow_line's flow the gain over 16 configurations per call is 1.0-1.3x (L = 8, 16; none at 32;
+#: ``benchmarks/bench_imh.py``): the flow is compute-bound there. Wide calls are meant for accelerators, where 16
+#: small configurations leave the device idle (not yet measured on a GPU).
 IMH_SITES_PER_CALL = 65536
 
 
