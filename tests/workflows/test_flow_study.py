@@ -52,6 +52,16 @@ class TestGraph:
         prior = {t.name: t for t in flow_study.build(_params(flow_hmc={"start": "prior"}))}
         assert prior["fhmc-gaussian-L8"].deps == ("train-gaussian-L8",)
 
+    def test_free_field_layer_only_after_a_gaussian_prior(self) -> None:
+        """Trainings and samplers of one variant share its flow; the coarse-ensemble variants never get the layer."""
+        by = {t.name: t for t in flow_study.build(_params(flow={"free_field": True}, flow_hmc={"variants": ["coarse"]},
+                                                          variants=["gaussian", "coarse", "coarse_noise", "warm"]))}
+        with_layer = {n: by[n].params["flow"]["free_field"] for n in by if "flow" in by[n].params}
+        assert {n for n, f in with_layer.items() if not f} == {
+            f"{k}-{v}-L{ell}" for k in ("train", "imh") for v in ("coarse", "coarse_noise") for ell in (8, 12)} | {
+            "fhmc-coarse-L8", "fhmc-coarse-L12"}
+        assert with_layer["pretrain-L4-beta0.45"] and with_layer["train-warm-L12"] and with_layer["imh-gaussian-L8"]
+
     def test_equal_training_compute(self) -> None:
         by = {t.name: t for t in flow_study.build(_params())}
         steps = by["train-gaussian-L8"].params["steps"]
@@ -246,11 +256,11 @@ def test_free_field_flow_trains_and_transfers_through_shards(tmp_path: Path) -> 
 REDUCED = """\
   lam: 0.5
   points: [{L: 6, beta: 0.5, beta_coarse: 0.45}]
-  flow: {kind: z2, n_layers: 4, hidden: [8]}
+  flow: {kind: z2, n_layers: 4, hidden: [8], free_field: true}
   ensembles: {replicas: 2, n_chains: 8, n_therm: 50, n_traj: 200, meas_every: 2}
   training: {steps: 800, batch_size: 64, lr: 0.005, metrics_every: 200, metrics_batch: 512}
-  imh: {n_chains: 16, n_steps: 1500, n_therm: 50}
-  flow_hmc: {variants: [gaussian], n_chains: 8, n_traj: 200, n_therm: 20}
+  imh: {n_chains: 16, n_steps: 5000, n_therm: 50}
+  flow_hmc: {variants: [gaussian], n_chains: 8, n_traj: 300, n_therm: 20}
   hmc: {n_chains: 8, n_traj: 1500, n_therm: 100}"""
 
 
@@ -285,15 +295,17 @@ def test_reduced_study_through_the_cli(tmp_path: Path) -> None:
         methods = [m.decode() for m in c["method"][()]]
         assert sorted(methods) == ["HMC", "flow-HMC", "flow-MH", "flow-MH", "flow-MH"]
         assert np.all(c["acceptance"][()] > 0.03)
-        # every sampler is exact: |M|, chi2 and the Binder cumulant agree with HMC within combined errors, where
-        # the run is long enough for its errors to mean something (the study's `reliable` flag). A flow-MH chain of
-        # a poorly trained flow (acceptance ~0.04 here, 36 tau_int per chain) sticks and its error bars are too
-        # small: pulls of -8 are then the flag's business, not a bias. HMC and at least one flow sampler must pass.
+        # every sampler is exact: |M|, chi2 and the Binder cumulant agree with HMC within combined errors, and every
+        # run is long enough for its errors to mean something (the study's `reliable` flag: 100 tau_int per chain).
+        # Margins, three seeds of this config with 3000 flow-MH steps: flow-MH gaussian / warm 900-1600 tau_int per
+        # chain (acceptance 0.5-0.6 with the free-field layer; 15-50 at 1500 steps without it), flow-HMC 230-250,
+        # the coarse flow-MH (acceptance 0.10-0.13, no free-field layer after a coarse prior) 108-280, hence 5000
+        # steps here. |pull| reached 3.2 in those runs (all samplers share HMC's fluctuation); 4 leaves room for it.
         reliable = c["reliable"][()].astype(bool)
-        assert reliable[methods.index("HMC")] and sum(reliable) >= 2, (methods, reliable)
+        assert reliable.all(), (methods, c["chain_over_tau"][()])
         for obs in ("abs_M", "chi2", "binder"):
             pulls = c[f"pull_{obs}"][()]
-            assert np.all(np.abs(pulls[reliable]) < 4), (obs, methods, pulls, reliable)
+            assert np.all(np.abs(pulls) < 4), (obs, methods, pulls)
 
 
 def _fake_sampler(method: str, variant: str, L: int, tau: float, rng: np.random.Generator) -> dict:
