@@ -2,12 +2,15 @@
 
 Graph, per fine point ``(L, beta, lam)`` (beta/lambda convention of arXiv:2310.03381):
 
-1. ``ens-Ll-*-rR``: ``ensembles.replicas`` coarse HMC ensembles at ``(L/2, beta_coarse)`` in parallel
-   (:func:`olrg_hpc.lattice.ensemble.hmc_ensemble`) -> ``gather-Ll-*``: configurations pooled, observables;
+1. ``ens-L<l>-beta<b>-rR``: ``ensembles.replicas`` HMC ensembles (configurations stored) in parallel at each
+   point an ensemble prior draws from, ``(L/2, beta_coarse)`` for the coarse variants and ``(L, beta_prior)`` for
+   ``same_L`` (:func:`olrg_hpc.lattice.ensemble.hmc_ensemble`) -> ``gather-L<l>-beta<b>``: configurations pooled,
+   observables; a point that several variants or fine points need is run once;
 2. training, one task per prior variant at equal ``steps x batch``: ``train-gaussian-L`` (N(0, 1) prior),
    ``train-coarse-L`` (interleaved coarse configurations), ``train-coarse_bilinear-L`` and
    ``train-coarse_noise-L`` (one coarse configuration plus noise sublattices, about its bilinear interpolation
-   or about 0), ``train-warm-L`` (Gaussian prior, parameters of ``pretrain-Ll``, a flow trained at the coarse
+   or about 0), ``train-same_L-L`` (one configuration at the same L and ``beta_prior``), ``train-warm-L``
+   (Gaussian prior, parameters of ``pretrain-Ll``, a flow trained at the coarse
    point for ``warm_fraction`` of the steps; with ``training.ladder``, when the study also has the coarse point
    ``(L/2, beta_coarse)``, the parameters of that point's ``train-warm`` instead: 8 -> 16 -> 32 ..., every rung
    training the fine share of the steps); each records
@@ -40,13 +43,15 @@ from olrg_hpc.report import Table, WorkflowReport
 from olrg_hpc.tasks import Task
 from workflows.phi4_ensembles import HMCChains
 
-Variant = Literal["gaussian", "coarse", "coarse_bilinear", "coarse_noise", "warm"]
+Variant = Literal["gaussian", "coarse", "coarse_bilinear", "coarse_noise", "same_L", "warm"]
 
 
 class Point(Strict):
     L: int = Field(ge=4, description="fine lattice extent (L x L, periodic, even)")
     beta: float = Field(gt=0, description="fine hopping coupling (beta/lambda convention)")
     beta_coarse: float | None = Field(None, gt=0, description="coupling of the L/2 prior lattice (default: beta)")
+    beta_prior: float | None = Field(None, gt=0, description="coupling of the same-L prior ensemble (variant same_L; "
+                                     "usually a smaller beta)")
 
     @model_validator(mode="after")
     def _even(self) -> Point:
@@ -60,6 +65,13 @@ class Point(Strict):
     def coarse(self, lam: float) -> dict[str, float]:
         return {"L": self.L // 2, "beta": self.beta if self.beta_coarse is None else self.beta_coarse, "lam": lam}
 
+    def prior(self, variant: str, lam: float) -> dict[str, float]:
+        """The point of the HMC ensemble an ensemble-prior variant draws from."""
+        if variant != "same_L":
+            return self.coarse(lam)
+        assert self.beta_prior is not None  # Params checks it
+        return {"L": self.L, "beta": self.beta_prior, "lam": lam}
+
 
 class FlowSettings(Strict):
     kind: Literal["z2", "tutorial"] = Field("z2", description="z2: Z2-equivariant couplings + global rescaling")
@@ -67,7 +79,7 @@ class FlowSettings(Strict):
     hidden: list[int] = Field(default_factory=lambda: [8], description="hidden channels of each coupling's net")
     kernel_size: int = Field(3, ge=1)
     free_field: bool = Field(False, description="z2 only: a trainable free-field layer (mass, normalisation) first, "
-                             "in the flows with a Gaussian prior (gaussian, warm); never after a coarse prior")
+                             "in the flows with a Gaussian prior (gaussian, warm); never after an ensemble prior")
 
     @model_validator(mode="after")
     def _odd_kernel(self) -> FlowSettings:
@@ -174,6 +186,14 @@ class Params(Strict):
             raise ValueError(f"each variant at most once (got {v})")
         return v
 
+    @model_validator(mode="after")
+    def _same_L_has_beta_prior(self) -> Params:
+        if "same_L" in self.variants:
+            for i, p in enumerate(self.points):
+                if p.beta_prior is None:
+                    raise ValueError(f"points[{i}] (L = {p.L}): the same_L variant needs beta_prior")
+        return self
+
     @field_validator("flow_hmc")
     @classmethod
     def _trained(cls, v: FlowHMC, info: ValidationInfo) -> FlowHMC:
@@ -195,20 +215,24 @@ class Params(Strict):
 
 def _flow_params(params: Params, variant: str) -> dict[str, Any]:
     """The flow of one variant. The free-field layer turns white noise into a free field, so it goes only into
-    flows with a Gaussian prior: draws of a coarse-ensemble prior are correlated already, and in the reduced study
+    flows with a Gaussian prior: draws of an HMC-ensemble prior are correlated already, and in the reduced study
     (L = 6, three seeds) the coarse flow-MH fell from acceptance 0.13-0.14 without the layer to 0.08-0.11 with it."""
     spec = params.flow.model_dump()
-    if variant in pipeline.COARSE_VARIANTS:
+    if variant in pipeline.ENSEMBLE_VARIANTS:
         spec["free_field"] = False
     return spec
 
 
-def _prior_kw(variant: str, coarse: dict[str, float], params: Params) -> dict[str, Any]:
-    """Prior arguments of a coarse-ensemble variant (``prior_sigma`` only for the one-configuration priors)."""
-    kw: dict[str, Any] = {"coarse_point": coarse}
-    if variant != "coarse" and params.prior_sigma is not None:
+def _prior_kw(variant: str, p: Point, params: Params) -> dict[str, Any]:
+    """Prior arguments of an ensemble-prior variant (``prior_sigma`` only for the one-configuration priors)."""
+    kw: dict[str, Any] = {"prior_point": p.prior(variant, params.lam)}
+    if variant in ("coarse_bilinear", "coarse_noise") and params.prior_sigma is not None:
         kw["prior_sigma"] = params.prior_sigma
     return kw
+
+
+def _point_tag(point: Mapping[str, float]) -> str:
+    return f"L{point['L']}-beta{point['beta']:g}"
 
 
 def build(params: Params) -> list[Task]:
@@ -219,23 +243,27 @@ def build(params: Params) -> list[Task]:
     tasks: list[Task] = []
     samplers: list[str] = []
     warm_at: dict[tuple[int, float], Task] = {}  # trained warm flows by (L, beta): the ladder's rungs
-    for p in sorted(params.points, key=lambda q: q.L):
-        fine, coarse = p.fine(lam), p.coarse(lam)
-        tag = f"L{p.L}"
-        ctag = f"L{coarse['L']}-beta{coarse['beta']:g}"
-        gather = None
-        coarse_variants = [v for v in params.variants if v in pipeline.COARSE_VARIANTS]
-        if coarse_variants:
+    gathers: dict[str, Task] = {}  # pooled HMC ensembles of the priors, by point: one per point, however many use it
+
+    def gather_at(point: dict[str, float]) -> Task:
+        ptag = _point_tag(point)
+        if ptag not in gathers:
             ens = params.ensembles
             reps = []
             for r in range(ens.replicas):
-                t = Task(f"ens-{ctag}-r{r}", ensemble.hmc_ensemble,
-                         {"point": coarse, "n_chains": ens.n_chains, "n_therm": ens.n_therm, "n_traj": ens.n_traj,
+                t = Task(f"ens-{ptag}-r{r}", ensemble.hmc_ensemble,
+                         {"point": point, "n_chains": ens.n_chains, "n_therm": ens.n_therm, "n_traj": ens.n_traj,
                           "meas_every": ens.meas_every, "store_configs": True, "replica": r, **ens.hmc.model_dump()})
                 tasks.append(t)
                 reps.append(t.name)
-            gather = Task(f"gather-{ctag}", pipeline.gather_coarse_ensemble, {}, deps=tuple(reps))
-            tasks.append(gather)
+            gathers[ptag] = Task(f"gather-{ptag}", pipeline.gather_coarse_ensemble, {}, deps=tuple(reps))
+            tasks.append(gathers[ptag])
+        return gathers[ptag]
+
+    for p in sorted(params.points, key=lambda q: q.L):
+        fine, coarse = p.fine(lam), p.coarse(lam)
+        tag = f"L{p.L}"
+        prior_gather = {v: gather_at(p.prior(v, lam)) for v in params.variants if v in pipeline.ENSEMBLE_VARIANTS}
         h = params.hmc
         hmc_t = Task(f"hmc-{tag}", pipeline.hmc_task,
                      {"point": fine, "n_chains": h.n_chains, "n_therm": h.n_therm, "n_traj": h.n_traj,
@@ -248,7 +276,7 @@ def build(params: Params) -> list[Task]:
                 n_coarse, n_fine = tr.warm_split()
                 pre = warm_at.get((coarse["L"], coarse["beta"])) if tr.ladder else None
                 if pre is None:
-                    pre = Task(f"pretrain-{ctag}", pipeline.train_flow_task,
+                    pre = Task(f"pretrain-{_point_tag(coarse)}", pipeline.train_flow_task,
                                {"point": coarse, "variant": "gaussian", "steps": n_coarse,
                                 "flow": _flow_params(params, "gaussian"), **train_kw})
                     tasks.append(pre)
@@ -256,11 +284,10 @@ def build(params: Params) -> list[Task]:
                          {"point": fine, "variant": "warm", "steps": n_fine, "flow": _flow_params(params, v),
                           **train_kw}, deps=(pre.name,))
                 warm_at[(p.L, p.beta)] = t
-            elif v in coarse_variants:
-                assert gather is not None
+            elif v in prior_gather:
                 t = Task(f"train-{v}-{tag}", pipeline.train_flow_task,
                          {"point": fine, "variant": v, "steps": tr.steps, "flow": _flow_params(params, v),
-                          **_prior_kw(v, coarse, params), **train_kw}, deps=(gather.name,))
+                          **_prior_kw(v, p, params), **train_kw}, deps=(prior_gather[v].name,))
             else:
                 t = Task(f"train-{v}-{tag}", pipeline.train_flow_task,
                          {"point": fine, "variant": v, "steps": tr.steps, "flow": _flow_params(params, v), **train_kw})
@@ -268,8 +295,8 @@ def build(params: Params) -> list[Task]:
             trained[v] = t
         for v, t in trained.items():
             flow = _flow_params(params, v)
-            deps = (t.name, gather.name) if v in coarse_variants and gather is not None else (t.name,)
-            extra = _prior_kw(v, coarse, params) if v in coarse_variants else {}
+            deps = (t.name, prior_gather[v].name) if v in prior_gather else (t.name,)
+            extra = _prior_kw(v, p, params) if v in prior_gather else {}
             s = Task(f"imh-{v}-{tag}", pipeline.flow_imh_task,
                      {"point": fine, "variant": v, "flow": flow, **params.imh.model_dump(), **extra}, deps=deps)
             tasks.append(s)
@@ -484,8 +511,11 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
         def run_length(i: int) -> str:
             if "reliable" not in c:  # a study file written before run lengths were recorded
                 return "-"
-            return (f"{c['chain_over_tau'][()][i]:.0f} / {c['therm_over_tau'][()][i]:.1f}"
-                    + ("" if c["reliable"][()][i] else " too short"))
+            text = f"{c['chain_over_tau'][()][i]:.0f} / {c['therm_over_tau'][()][i]:.1f}"
+            reuse = float(c["prior_reuse"][()][i]) if "prior_reuse" in c else 0.0
+            if reuse > pipeline.MAX_PRIOR_REUSE:
+                return f"{text} prior reused {reuse:.2g}x"
+            return text + ("" if c["reliable"][()][i] else " too short")
 
         rows = []
         for i in sorted(range(len(names)), key=lambda i: (L[i], method[i] != "HMC", labels[i])):
@@ -498,7 +528,8 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
                                 "2 tau_int(M^2), compilation and training excluded, also over HMC's at the same L; "
                                 "pulls vs HMC for |M|, chi2, U; run length per chain / thermalisation in "
                                 f"tau_int(M^2), errors trustworthy from {pipeline.MIN_CHAIN_TAUS:.0f} / "
-                                f"{pipeline.MIN_THERM_TAUS:.0f})",
+                                f"{pipeline.MIN_THERM_TAUS:.0f}; same_L flow-MH also needs at most one proposal per "
+                                "independent prior configuration)",
                                 ["sampler", "L", "acceptance", "tau_int(M^2)", "s/sample", "s/indep. sample",
                                  "cost / HMC", "train s", "<|M|>", "chi2", "Binder U", "pulls",
                                  "run / therm. (tau)"], rows))

@@ -10,10 +10,11 @@ Conventions (science.md section 2; Albandea et al. arXiv:2310.03381, arXiv:2302.
   four configurations of a coarse ``L/2`` HMC ensemble at ``beta_coarse``, interleaved), ``coarse_bilinear`` and
   ``coarse_noise`` (:class:`~olrg_hpc.flows.coarse.RefinePrior`: one coarse configuration on the even sublattice,
   Gaussian noise of width ``prior_sigma`` (default :func:`~olrg_hpc.flows.coarse.refine_sigma`) about its bilinear
-  interpolation or about 0 on the other three), ``warm``
-  (Gaussian prior; parameters of a flow first trained at the coarse point ``(L/2, beta_coarse)``, moved to
-  ``L`` by :func:`~olrg_hpc.flows.coarse.transfer_params`; its step and seconds axes continue those of the
-  coarse training).
+  interpolation or about 0 on the other three), ``same_L`` (:class:`~olrg_hpc.flows.coarse.EnsemblePrior`: one
+  configuration of an HMC ensemble at the same ``L`` and a nearby, usually smaller, ``beta_prior``), ``warm``
+  (Gaussian prior; parameters of a flow first trained at the coarse point ``(L/2, beta_coarse)``, moved to ``L``
+  by :func:`~olrg_hpc.flows.coarse.transfer_params`; its step and seconds axes continue those of the coarse
+  training). The ensemble variants (``ENSEMBLE_VARIANTS``) draw from the ensemble at ``prior_point``.
 * Timings: ``compile_s`` is the time JAX spent tracing, lowering and compiling (from ``jax.monitoring``
   events); ``run_s = wall_s - compile_s``. Training curves use training seconds without compilation and
   without the time spent measuring. Sampling cost: ``seconds_per_sample = run_s / (n_chains x steps)``
@@ -35,6 +36,12 @@ Conventions (science.md section 2; Albandea et al. arXiv:2310.03381, arXiv:2302.
   sticks to rare configurations, tau_int reaches 100+ steps, and its error bars are too small. Thermalisation
   adapts to tau_int: a chain whose configured ``n_therm`` is below :data:`MIN_THERM_TAUS` tau_int loses the
   missing steps from its start too (at most half the chain; ``therm_steps`` records the total).
+* Prior reuse (``same_L`` flow-MH): its proposals are flowed configurations of one finite HMC ensemble, so the
+  chain samples that ensemble reweighted, and its statistical error is the ensemble's once proposals outnumber the
+  ensemble's independent configurations (stored configurations / 2 tau_int(M^2) of the ensemble): the chain's
+  Gamma-method error would then be too small. ``prior_reuse`` (proposals per independent prior configuration)
+  above :data:`MAX_PRIOR_REUSE` makes the run unreliable. The coarse variants draw four configurations per
+  proposal (``coarse``), or add fresh noise, and are not limited this way.
 
 Task functions (each returns a mapping of arrays; trained parameters travel inside the result as a nested
 group, the flax parameter tree itself):
@@ -58,7 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from olrg_hpc.flows.coarse import CoarsePrior, RefinePrior, refine_sigma, transfer_params
+from olrg_hpc.flows.coarse import CoarsePrior, EnsemblePrior, RefinePrior, refine_sigma, transfer_params
 from olrg_hpc.flows.mcmc import FlowedAction, flow_hmc, flow_imh
 from olrg_hpc.flows.model import Flow, GaussianPrior, count_params, init_flow, tutorial_flow, z2_flow
 from olrg_hpc.flows.train import evaluate, make_mesh, train
@@ -70,6 +77,7 @@ enable_x64()
 __all__ = [
     "VARIANTS",
     "COARSE_VARIANTS",
+    "ENSEMBLE_VARIANTS",
     "compile_clock",
     "make_flow",
     "params_from_tree",
@@ -83,7 +91,9 @@ __all__ = [
 
 #: prior variants that draw from the coarse ensemble
 COARSE_VARIANTS = ("coarse", "coarse_bilinear", "coarse_noise")
-VARIANTS = ("gaussian", *COARSE_VARIANTS, "warm")
+#: prior variants that draw from a stored HMC ensemble (at ``prior_point``): the coarse ones and ``same_L``
+ENSEMBLE_VARIANTS = (*COARSE_VARIANTS, "same_L")
+VARIANTS = ("gaussian", *ENSEMBLE_VARIANTS, "warm")
 
 # ------------------------------------------------------------------------------------------------ timing
 _COMPILE_EVENTS = frozenset({"/jax/core/compile/jaxpr_trace_duration",
@@ -171,27 +181,30 @@ def _dep_with(deps: Mapping[str, Mapping[str, Any]] | None, key: str) -> Mapping
     return found[0]
 
 
-def _prior(variant: str, point: Mapping[str, float], coarse_point: Mapping[str, float] | None,
+def _prior(variant: str, point: Mapping[str, float], prior_point: Mapping[str, float] | None,
            deps: Mapping[str, Mapping[str, Any]] | None, prior_sigma: float | None = None) -> Any:
     L = int(point["L"])
     if variant in ("gaussian", "warm"):
         return GaussianPrior((L, L), "float32")
-    if variant not in COARSE_VARIANTS:
+    if variant not in ENSEMBLE_VARIANTS:
         raise ValueError(f"unknown prior variant {variant!r} ({', '.join(VARIANTS)})")
-    if coarse_point is None:
-        raise ValueError(f"the {variant} variant needs coarse_point")
-    act_c, c_c = _point_action(coarse_point)
+    if prior_point is None:
+        raise ValueError(f"the {variant} variant needs prior_point")
+    act_p, c_p = _point_action(prior_point)
     _, c_f = _point_action(point)
     configs = np.asarray(_dep_with(deps, "configs")["configs"], np.float64)
-    if configs.shape[-2:] != (L // 2, L // 2):
-        raise ValueError(f"coarse configurations are {configs.shape[-2:]}, need {(L // 2, L // 2)}")
-    # stored in the coarse point's convention (chi = c_c phi_tut,c); the flow acts on fine tutorial fields
-    ens, scale = configs / c_c, c_c / c_f
+    need = (L, L) if variant == "same_L" else (L // 2, L // 2)
+    if configs.shape[-2:] != need:
+        raise ValueError(f"{variant} prior configurations are {configs.shape[-2:]}, need {need}")
+    # stored in the prior point's convention (chi = c_p phi_tut,p); the flow acts on fine tutorial fields
+    ens, scale = configs / c_p, c_p / c_f
+    if variant == "same_L":
+        return EnsemblePrior(act_p, jnp.asarray(ens, jnp.float32), scale)
     if variant == "coarse":
-        return CoarsePrior(act_c, jnp.asarray(ens, jnp.float32), scale)
+        return CoarsePrior(act_p, jnp.asarray(ens, jnp.float32), scale)
     interpolate = variant == "coarse_bilinear"
     sigma = refine_sigma(ens, scale, interpolate) if prior_sigma is None else float(prior_sigma)
-    return RefinePrior(act_c, jnp.asarray(ens, jnp.float32), scale, sigma, interpolate)
+    return RefinePrior(act_p, jnp.asarray(ens, jnp.float32), scale, sigma, interpolate)
 
 
 # ------------------------------------------------------------------------------------------------ ensembles
@@ -210,7 +223,7 @@ def gather_coarse_ensemble(deps: Mapping[str, Mapping[str, Any]], thin: int = 1)
 # ------------------------------------------------------------------------------------------------ training
 def train_flow_task(point: Mapping[str, float], variant: str, flow: Mapping[str, Any], steps: int, batch_size: int,
                     lr: float, cosine: bool, metrics_every: int, metrics_batch: int, seed: int,
-                    coarse_point: Mapping[str, float] | None = None, prior_sigma: float | None = None,
+                    prior_point: Mapping[str, float] | None = None, prior_sigma: float | None = None,
                     deps: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Train the flow of one prior variant at ``point`` (module docstring) with reverse KL (Adam, optionally
     cosine-annealed), data parallel over the devices that divide ``batch_size``.
@@ -226,7 +239,7 @@ def train_flow_task(point: Mapping[str, float], variant: str, flow: Mapping[str,
     L = int(point["L"])
     action, _ = _point_action(point)
     model = make_flow(flow)
-    prior = _prior(variant, point, coarse_point, deps, prior_sigma)
+    prior = _prior(variant, point, prior_point, deps, prior_sigma)
     k_init, k_train, k_eval = jax.random.split(_int_seed(seed), 3)
     step_offset, seconds_offset = 0, 0.0
     if variant == "warm":
@@ -281,8 +294,10 @@ def _m_phi2(phi: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 #: a sampler's run counts as reliable with at least this many tau_int(M^2) per chain ...
 MIN_CHAIN_TAUS = 100.0
-#: ... and this many tau_int(M^2) of thermalisation (module docstring, "Run length")
+#: ... and this many tau_int(M^2) of thermalisation (module docstring, "Run length") ...
 MIN_THERM_TAUS = 5.0
+#: ... and at most this many proposals per independent prior configuration (module docstring, "Prior reuse")
+MAX_PRIOR_REUSE = 1.0
 
 
 def _chain_result(M: np.ndarray, phi2: np.ndarray, volume: int, clock: Mapping[str, float], n_therm: int,
@@ -337,7 +352,7 @@ def _md_steps(action: Any, x0: jax.Array, key: jax.Array, n_steps: int, tau: flo
 
 
 def flow_imh_task(point: Mapping[str, float], variant: str, flow: Mapping[str, Any], n_chains: int, n_steps: int,
-                  n_therm: int, seed: int, coarse_point: Mapping[str, float] | None = None,
+                  n_therm: int, seed: int, prior_point: Mapping[str, float] | None = None,
                   prior_sigma: float | None = None, block: int | None = None,
                   deps: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """``n_chains`` independent Metropolis-Hastings chains with the trained flow of ``variant`` as proposal
@@ -348,19 +363,24 @@ def flow_imh_task(point: Mapping[str, float], variant: str, flow: Mapping[str, A
     model = make_flow(flow)
     trained = _dep_with(deps, "params")
     params = params_from_tree(model, (L, L), trained["params"])
-    prior = _prior(variant, point, coarse_point, deps, prior_sigma)
+    prior = _prior(variant, point, prior_point, deps, prior_sigma)
     with compile_clock() as clock:
         res = jax.block_until_ready(flow_imh(model, params, prior, action, _int_seed(seed), n_therm + n_steps,
                                              n_chains, measure=_m_phi2, block=block))
     M, phi2 = (np.asarray(a, np.float64)[n_therm:] for a in res.measurements)
     out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm, n_chains, np.asarray(res.accepted)[n_therm:])
     out.update(method="flow-MH", variant=variant, train_seconds=float(trained["total_train_seconds"]))
+    if variant == "same_L":
+        ens = _dep_with(deps, "configs")
+        independent = min(float(ens["n_configs"]),
+                          np.asarray(ens["M"]).size / (2 * max(float(ens["summary"]["tau_int_M2"]), 0.5)))
+        out.update(prior_independent_configs=independent, prior_reuse=n_chains * (n_therm + n_steps) / independent)
     return out
 
 
 def flow_hmc_task(point: Mapping[str, float], variant: str, flow: Mapping[str, Any], n_chains: int, n_traj: int,
                   n_therm: int, tau: float, n_steps: int, integrator: str, seed: int,
-                  coarse_point: Mapping[str, float] | None = None, prior_sigma: float | None = None,
+                  prior_point: Mapping[str, float] | None = None, prior_sigma: float | None = None,
                   tune_acceptance: float | None = None, start: str = "prior",
                   deps: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """HMC in the flowed variables of the trained flow of ``variant``
@@ -386,7 +406,7 @@ def flow_hmc_task(point: Mapping[str, float], variant: str, flow: Mapping[str, A
                              f"the HMC run holds {configs.shape[0]} of {configs.shape[1:]}")
         z0 = model.apply(params, jnp.asarray(configs[:n_chains] / c), method=model.inverse)[0]
     elif start == "prior":
-        prior = _prior(variant, point, coarse_point, deps, prior_sigma)
+        prior = _prior(variant, point, prior_point, deps, prior_sigma)
         z0 = jnp.asarray(prior.sample(k0, n_chains), jnp.float64)
     else:
         raise ValueError(f"unknown start {start!r} (prior, hmc)")
@@ -453,8 +473,10 @@ def compare_samplers(deps: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         "seconds_per_sample": col("seconds_per_sample"), "cost_per_independent": col("cost_per_independent"),
         "train_seconds": col("train_seconds"), "run_seconds": col("run_seconds"),
         "chain_over_tau": col("chain_over_tau"), "therm_over_tau": col("therm_over_tau"),
+        "prior_reuse": np.array([float(deps[n].get("prior_reuse", 0.0)) for n in names]),
     }
-    out["reliable"] = (out["chain_over_tau"] >= MIN_CHAIN_TAUS) & (out["therm_over_tau"] >= MIN_THERM_TAUS)
+    out["reliable"] = ((out["chain_over_tau"] >= MIN_CHAIN_TAUS) & (out["therm_over_tau"] >= MIN_THERM_TAUS)
+                       & (out["prior_reuse"] <= MAX_PRIOR_REUSE))
     hmc_of = {int(deps[n]["L"]): i for i, n in enumerate(names) if method[i] == "HMC"}
     ref = np.array([hmc_of.get(int(ell), -1) for ell in L])
     cost = out["cost_per_independent"]

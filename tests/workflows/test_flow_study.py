@@ -17,7 +17,7 @@ from olrg_hpc import store
 from olrg_hpc.config import load_study
 from olrg_hpc.errors import UserError
 from olrg_hpc.flows import pipeline
-from olrg_hpc.lattice.ensemble import hmc_ensemble
+from olrg_hpc.lattice.ensemble import action_for, hmc_ensemble
 from workflows import flow_study
 
 EXE = [sys.executable, "-m", "olrg_hpc.cli"]
@@ -107,9 +107,27 @@ class TestGraph:
             assert set(by[f"imh-{v}-L8"].deps) == {f"train-{v}-L8", "gather-L4-beta0.45"}
             for n in (f"train-{v}-L8", f"imh-{v}-L8"):
                 assert by[n].params["prior_sigma"] == 0.3
-                assert by[n].params["coarse_point"] == {"L": 4, "beta": 0.45, "lam": 0.5}
+                assert by[n].params["prior_point"] == {"L": 4, "beta": 0.45, "lam": 0.5}
         default = {t.name: t for t in flow_study.build(_params(variants=["gaussian", "coarse_noise"]))}
         assert "prior_sigma" not in default["train-coarse_noise-L8"].params  # from the ensemble
+
+    def test_same_L_prior_and_shared_ensembles(self) -> None:
+        """same_L draws from an ensemble at (L, beta_prior); an ensemble point two variants need is run once (here
+        (8, 0.45): the same_L prior at L = 8 and the coarse prior of L = 16), and same_L gets no free-field layer."""
+        pts = [{"L": 8, "beta": 0.5, "beta_coarse": 0.45, "beta_prior": 0.45},
+               {"L": 16, "beta": 0.55, "beta_coarse": 0.45, "beta_prior": 0.5}]
+        by = {t.name: t for t in flow_study.build(_params(points=pts, variants=["gaussian", "coarse", "same_L"],
+                                                          flow={"free_field": True}))}
+        assert sorted(n for n in by if n.startswith("gather-")) == [
+            "gather-L16-beta0.5", "gather-L4-beta0.45", "gather-L8-beta0.45"]
+        assert sum(n.startswith("ens-") for n in by) == 3 * 2  # three ensemble points, two replicas each
+        assert by["ens-L16-beta0.5-r1"].params["point"] == {"L": 16, "beta": 0.5, "lam": 0.5}
+        assert by["train-same_L-L8"].deps == by["train-coarse-L16"].deps == ("gather-L8-beta0.45",)
+        assert set(by["imh-same_L-L16"].deps) == {"train-same_L-L16", "gather-L16-beta0.5"}
+        for n in ("train-same_L-L16", "imh-same_L-L16"):
+            assert by[n].params["prior_point"] == {"L": 16, "beta": 0.5, "lam": 0.5}
+            assert not by[n].params["flow"]["free_field"]
+        assert by["train-coarse-L16"].params["prior_point"] == {"L": 8, "beta": 0.45, "lam": 0.5}
 
     def test_gaussian_only_needs_no_ensembles(self) -> None:
         names = [t.name for t in flow_study.build(_params(variants=["gaussian"]))]
@@ -133,6 +151,8 @@ class TestGraph:
      "params.hmc: Value error, n_chains (8) is below flow_hmc.n_chains (16)"),
     ("  points: [{L: 8, beta: 0.5}]\n  flow_hmc: {start: hot}", "params.flow_hmc.start"),
     ("  points: [{L: 8, beta: 0.5}]\n  imh: {block: 0}", "params.imh.block"),
+    ("  points: [{L: 8, beta: 0.5, beta_prior: 0.4}, {L: 16, beta: 0.6}]\n  variants: [gaussian, same_L]",
+     "points[1] (L = 16): the same_L variant needs beta_prior"),
     ("  points: [{L: 8, beta: 0.5}]\n  flow: {kind: tutorial, free_field: true}",
      "params.flow: Value error, free_field needs kind z2 (got kind 'tutorial')"),
 ])
@@ -195,10 +215,10 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     assert warm["total_train_seconds"] == pytest.approx(pre["train_seconds"] + warm["train_seconds"])
 
     trained = _through_shard(tmp_path, "coarse", pipeline.train_flow_task(
-        FINE, "coarse", steps=2, seed=3, coarse_point=COARSE, deps={"gather": gather}, **TRAIN))
+        FINE, "coarse", steps=2, seed=3, prior_point=COARSE, deps={"gather": gather}, **TRAIN))
     assert trained["n_params"] == 37 and np.all(np.isfinite(trained["loss"]))
     imh = pipeline.flow_imh_task(FINE, "coarse", TINY_FLOW, n_chains=4, n_steps=30, n_therm=5, seed=4,
-                                 coarse_point=COARSE, deps={"train": trained, "gather": gather})
+                                 prior_point=COARSE, deps={"train": trained, "gather": gather})
     kept = 30 - (imh["therm_steps"] - 5)  # thermalisation follows tau_int (test_thermalisation_follows_tau_int)
     assert imh["M"].shape == imh["accepted"].shape == (kept, 4) and 0 < imh["acceptance"] < 1
     assert imh["cost_per_independent"] == pytest.approx(
@@ -211,7 +231,7 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     pilots = dict(zip(tuned["tuning_steps"], tuned["tuning_acceptance"], strict=True))
     assert pilots[tuned["n_steps"]] >= 0.8 and tuned["tune_seconds"] > 0
     fh = pipeline.flow_hmc_task(FINE, "coarse", TINY_FLOW, n_chains=2, n_traj=10, n_therm=2, tau=1.0, n_steps=3,
-                                integrator="leapfrog", seed=6, coarse_point=COARSE, tune_acceptance=0.8,
+                                integrator="leapfrog", seed=6, prior_point=COARSE, tune_acceptance=0.8,
                                 deps={"train": trained, "gather": gather})
     assert dict(zip(fh["tuning_steps"], fh["tuning_acceptance"], strict=True))[fh["n_steps"]] >= 0.8
     assert fh["start"] == "prior"
@@ -220,7 +240,7 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     hmc = _through_shard(tmp_path, "hmc", hmc)
     assert hmc["final_configs"].shape == (2, 4, 4)
     fh = pipeline.flow_hmc_task(FINE, "coarse", TINY_FLOW, n_chains=2, n_traj=10, n_therm=0, tau=1e-4, n_steps=1,
-                                integrator="leapfrog", seed=6, coarse_point=COARSE, start="hmc",
+                                integrator="leapfrog", seed=6, prior_point=COARSE, start="hmc",
                                 deps={"train": trained, "gather": gather, "hmc": hmc})
     assert fh["start"] == "hmc" and fh["acceptance"] == 1.0
     np.testing.assert_allclose(fh["M"][0], hmc["final_configs"].mean(axis=(1, 2)), atol=1e-3)
@@ -231,9 +251,29 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     assert list(table["method"]) == ["HMC", "flow-MH"]
     assert table["pull_chi2"][0] == 0.0 and np.isfinite(table["pull_chi2"][1])
 
-    bil = pipeline.train_flow_task(FINE, "coarse_bilinear", steps=2, seed=3, coarse_point=COARSE,
+    bil = pipeline.train_flow_task(FINE, "coarse_bilinear", steps=2, seed=3, prior_point=COARSE,
                                    deps={"gather": gather}, **TRAIN)
     assert np.all(np.isfinite(bil["loss"])) and bil["variant"] == "coarse_bilinear"
+
+    # same_L: an ensemble at the fine L and a smaller beta; a coarse ensemble is refused by shape
+    near = {**FINE, "beta": 0.45}
+    same_gather = pipeline.gather_coarse_ensemble({"r0": _through_shard(tmp_path, "ens_same", hmc_ensemble(
+        near, n_chains=2, n_therm=5, n_traj=10, meas_every=1, tau=1.0, n_steps=4, integrator="leapfrog", seed=7,
+        replica=0))})
+    same = pipeline.train_flow_task(FINE, "same_L", steps=2, seed=3, prior_point=near, deps={"gather": same_gather},
+                                    **TRAIN)
+    assert np.all(np.isfinite(same["loss"])) and same["variant"] == "same_L"
+    imh = pipeline.flow_imh_task(FINE, "same_L", TINY_FLOW, n_chains=4, n_steps=30, n_therm=5, seed=4,
+                                 prior_point=near, deps={"train": same, "gather": same_gather})
+    assert 0 < imh["acceptance"] <= 1
+    # 4 x 35 proposals from 20 configurations of 2 chains x 10 trajectories, at most 20 of them independent
+    assert imh["prior_independent_configs"] <= 20 and imh["prior_reuse"] >= 4 * 35 / 20
+    # identity: with the prior at the target point itself, log r = -S exactly (scale 1), so log w = 0
+    prior = pipeline._prior("same_L", FINE, FINE, {"gather": same_gather})
+    z = prior.sample(jax.random.key(0), 8)
+    np.testing.assert_allclose(prior.log_prob(z), -action_for(FINE)[0].action(z), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"same_L prior configurations are \(2, 2\), need \(4, 4\)"):
+        pipeline.train_flow_task(FINE, "same_L", steps=2, seed=3, prior_point=near, deps={"gather": gather}, **TRAIN)
 
     with pytest.raises(ValueError, match="free_field needs kind z2"):  # not dropped silently
         pipeline.make_flow({"kind": "tutorial", "free_field": True})
@@ -325,6 +365,9 @@ def test_compare_flags_runs_too_short_for_their_tau_int() -> None:
     assert c["labels"].tolist() == ["hmc", "imh"] and c["reliable"].tolist() == [True, False]
     np.testing.assert_allclose(c["chain_over_tau"], [500.0, 4000 / 120])
     np.testing.assert_allclose(c["cost_over_hmc"], [1.0, 120 / 8.0])  # same s/sample: the ratio of the tau_int
+    reused = _fake_sampler("flow-MH", "same_L", 16, 8.0, rng) | {"prior_reuse": 1.5}  # long enough, but the chain
+    c = pipeline.compare_samplers({"hmc": _fake_sampler("HMC", "", 16, 8.0, rng), "same": reused})  # outran its prior
+    assert c["reliable"].tolist() == [True, False] and c["prior_reuse"].tolist() == [0.0, 1.5]
 
 
 def test_cost_over_hmc_is_per_L() -> None:
