@@ -298,6 +298,8 @@ MIN_CHAIN_TAUS = 100.0
 MIN_THERM_TAUS = 5.0
 #: ... and at most this many proposals per independent prior configuration (module docstring, "Prior reuse")
 MAX_PRIOR_REUSE = 1.0
+#: rounds of "drop 5 tau_int, estimate tau_int again" in the thermalisation of a chain (:func:`_chain_result`)
+MAX_THERM_ROUNDS = 5
 
 
 def _chain_result(M: np.ndarray, phi2: np.ndarray, volume: int, clock: Mapping[str, float], n_therm: int,
@@ -310,8 +312,10 @@ def _chain_result(M: np.ndarray, phi2: np.ndarray, volume: int, clock: Mapping[s
     cut like ``M``, so acceptance and the stored ``accepted`` cover exactly the steps the observables use.
 
     Thermalisation follows tau_int: when ``n_therm`` is shorter than :data:`MIN_THERM_TAUS` tau_int(M^2) of the
-    measured chain, the missing samples are dropped from its start as well (at most half of it; tau_int is then
-    estimated again) and ``therm_steps`` records the total. The cost still counts every step run.
+    measured chain, the missing samples are dropped from its start as well (at most half of it); tau_int is then
+    estimated again on what is left and, if it grew, more is dropped (up to :data:`MAX_THERM_ROUNDS` rounds), so
+    the rule holds for the tau_int the result reports. ``therm_steps`` records the total. The cost still counts
+    every step run.
     """
     def summarize(m: np.ndarray, p2: np.ndarray) -> dict[str, Any]:
         out = ensemble.summarize(m, p2, volume, dH if dH is not None else np.zeros(1))
@@ -319,11 +323,15 @@ def _chain_result(M: np.ndarray, phi2: np.ndarray, volume: int, clock: Mapping[s
 
     summary = summarize(M, phi2)
     n_total = n_therm + M.shape[0] * per_sample
-    missing = MIN_THERM_TAUS * float(summary["tau_int_M2"]) * per_sample - n_therm  # in steps
-    drop = min(int(np.ceil(max(missing, 0.0) / per_sample)), M.shape[0] // 2)
-    if drop:
-        M, phi2 = M[drop:], phi2[drop:]
-        summary = summarize(M, phi2)
+    drop = 0
+    for _ in range(MAX_THERM_ROUNDS):  # the shorter chain's tau_int may be longer: drop again until consistent
+        missing = MIN_THERM_TAUS * float(summary["tau_int_M2"]) * per_sample - n_therm  # in steps
+        more = min(int(np.ceil(max(missing, 0.0) / per_sample)), M.shape[0] // 2)
+        if more <= drop:
+            break
+        drop = more
+        summary = summarize(M[drop:], phi2[drop:])
+    M, phi2 = M[drop:], phi2[drop:]
     therm_steps = n_therm + drop * per_sample
     history = {}
     if np.ndim(acceptance):

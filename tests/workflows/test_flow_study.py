@@ -452,7 +452,12 @@ def test_thermalisation_follows_tau_int() -> None:
     out = pipeline._chain_result(M, M**2, 16, clock, 10, 8, 0.5)
     tau = out["summary"]["tau_int_M2"]
     assert 10 < tau < 40  # (1 + rho) / (2 (1 - rho)) = 19.5 for M; M^2 of a shifted AR(1) is close
-    assert out["therm_steps"] > 10 and out["therm_over_tau"] >= pipeline.MIN_THERM_TAUS - 1.0
+    assert out["therm_steps"] > 10 and out["therm_over_tau"] >= pipeline.MIN_THERM_TAUS
+    # a start that is white but five times wider hides the correlation: tau_int of the whole chain is short, and
+    # grows once that start is dropped; the rule must hold for the tau_int reported (one round left 3.97 tau_int)
+    mixed = np.concatenate([0.3 + 0.25 * rng.normal(size=(50, 8)), M[50:]])
+    again = pipeline._chain_result(mixed, mixed**2, 16, clock, 10, 8, 0.5)
+    assert again["therm_steps"] > 60 and again["therm_over_tau"] >= pipeline.MIN_THERM_TAUS
     assert out["M"].shape[0] == 4000 - (out["therm_steps"] - 10)
     white = pipeline._chain_result(rng.normal(size=(4000, 8)), np.ones((4000, 8)), 16, clock, 10, 8, 0.5)
     assert white["therm_steps"] == 10 and white["M"].shape[0] == 4000
