@@ -272,29 +272,29 @@ def build(params: Params) -> list[Task]:
         samplers.append(hmc_t.name)
         trained: dict[str, Task] = {}
         for v in params.variants:
+            flow = _flow_params(params, v)  # training and samplers of a variant share it (samplers: t.params)
             if v == "warm":
                 n_coarse, n_fine = tr.warm_split()
                 pre = warm_at.get((coarse["L"], coarse["beta"])) if tr.ladder else None
-                if pre is None:
+                if pre is None:  # the same flow: its parameters move to L unchanged
                     pre = Task(f"pretrain-{_point_tag(coarse)}", pipeline.train_flow_task,
-                               {"point": coarse, "variant": "gaussian", "steps": n_coarse,
-                                "flow": _flow_params(params, "gaussian"), **train_kw})
+                               {"point": coarse, "variant": "gaussian", "steps": n_coarse, "flow": flow, **train_kw})
                     tasks.append(pre)
                 t = Task(f"train-warm-{tag}", pipeline.train_flow_task,
-                         {"point": fine, "variant": "warm", "steps": n_fine, "flow": _flow_params(params, v),
-                          **train_kw}, deps=(pre.name,))
+                         {"point": fine, "variant": "warm", "steps": n_fine, "flow": flow, **train_kw},
+                         deps=(pre.name,))
                 warm_at[(p.L, p.beta)] = t
             elif v in prior_gather:
                 t = Task(f"train-{v}-{tag}", pipeline.train_flow_task,
-                         {"point": fine, "variant": v, "steps": tr.steps, "flow": _flow_params(params, v),
-                          **_prior_kw(v, p, params), **train_kw}, deps=(prior_gather[v].name,))
+                         {"point": fine, "variant": v, "steps": tr.steps, "flow": flow, **_prior_kw(v, p, params),
+                          **train_kw}, deps=(prior_gather[v].name,))
             else:
                 t = Task(f"train-{v}-{tag}", pipeline.train_flow_task,
-                         {"point": fine, "variant": v, "steps": tr.steps, "flow": _flow_params(params, v), **train_kw})
+                         {"point": fine, "variant": v, "steps": tr.steps, "flow": flow, **train_kw})
             tasks.append(t)
             trained[v] = t
         for v, t in trained.items():
-            flow = _flow_params(params, v)
+            flow = t.params["flow"]
             deps = (t.name, prior_gather[v].name) if v in prior_gather else (t.name,)
             extra = _prior_kw(v, p, params) if v in prior_gather else {}
             s = Task(f"imh-{v}-{tag}", pipeline.flow_imh_task,
