@@ -525,11 +525,11 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
                          float(c["train_seconds"][()][i]), pm("abs_M", i), pm("chi2", i), pm("binder", i),
                          " ".join(f"{c['pull_' + k][()][i]:+.1f}" for k, _ in obs), run_length(i)])
         rep.tables.append(Table("Samplers (errors: Gamma method, S = 1.5, chains as replicas; cost = s/sample x "
-                                "2 tau_int(M^2), compilation and training excluded, also over HMC's at the same L; "
-                                "pulls vs HMC for |M|, chi2, U; run length per chain / thermalisation in "
-                                f"tau_int(M^2), errors trustworthy from {pipeline.MIN_CHAIN_TAUS:.0f} / "
-                                f"{pipeline.MIN_THERM_TAUS:.0f}; same_L flow-MH also needs at most one proposal per "
-                                "independent prior configuration)",
+                                "2 tau_int(M^2), compilation and training excluded, an ensemble prior's HMC "
+                                "included, also over HMC's at the same L; pulls vs HMC for |M|, chi2, U; run length "
+                                "per chain / thermalisation in tau_int(M^2), errors trustworthy from "
+                                f"{pipeline.MIN_CHAIN_TAUS:.0f} / {pipeline.MIN_THERM_TAUS:.0f}; flow-MH with an "
+                                "ensemble prior also needs at most one draw per independent prior configuration)",
                                 ["sampler", "L", "acceptance", "tau_int(M^2)", "s/sample", "s/indep. sample",
                                  "cost / HMC", "train s", "<|M|>", "chi2", "Binder U", "pulls",
                                  "run / therm. (tau)"], rows))

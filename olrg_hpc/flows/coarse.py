@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +88,8 @@ class CoarsePrior:
     """Interleaved coarse-ensemble prior (module docstring). ``ensemble``: ``(N, l1, l2)`` with ``N >= 4``,
     configurations of the coarse ``action`` (tutorial convention); ``scale``: field factor ``s``."""
 
+    #: ensemble configurations one draw uses (prior reuse and cost in :mod:`olrg_hpc.flows.pipeline`)
+    members_per_draw: ClassVar[int] = 4
     action: Any
     ensemble: jax.Array
     scale: Any = 1.0
@@ -111,6 +113,8 @@ class CoarsePrior:
 class EnsemblePrior:
     """Same-``L`` prior from an ensemble of a nearby (e.g. smaller-``beta``) action (module docstring)."""
 
+    #: ensemble configurations one draw uses (prior reuse and cost in :mod:`olrg_hpc.flows.pipeline`)
+    members_per_draw: ClassVar[int] = 1
     action: Any
     ensemble: jax.Array
     scale: Any = 1.0
@@ -147,6 +151,8 @@ class RefinePrior:
     ``ensemble``: ``(N, l1, l2)`` configurations of the coarse ``action``; ``scale``: field factor ``s``;
     ``sigma``: width of the noise (fine tutorial units)."""
 
+    #: ensemble configurations one draw uses (prior reuse and cost in :mod:`olrg_hpc.flows.pipeline`)
+    members_per_draw: ClassVar[int] = 1
     action: Any
     ensemble: jax.Array
     scale: Any = 1.0

@@ -20,7 +20,7 @@ Conventions (science.md section 2; Albandea et al. arXiv:2310.03381, arXiv:2302.
   without the time spent measuring. Sampling cost: ``seconds_per_sample = run_s / (n_chains x steps)``
   (thermalisation included in the steps), and the cost of one independent chi2 estimate
   ``cost_per_independent = seconds_per_sample x 2 tau_int(M^2)`` (tau_int = 0.5 for uncorrelated data,
-  so an uncorrelated sampler pays ``seconds_per_sample``).
+  so an uncorrelated sampler pays ``seconds_per_sample``), with an ensemble prior's HMC included (below).
 * Step counts: plain HMC and flow-HMC take ``n_steps`` molecular-dynamics steps, or, with ``tune_acceptance``,
   the smallest count whose pilot acceptance reaches it (:func:`olrg_hpc.lattice.hmc.tune_n_steps`, run from the
   start configurations before thermalisation); ``n_steps`` and the pilots (``tuning_steps``,
@@ -36,12 +36,18 @@ Conventions (science.md section 2; Albandea et al. arXiv:2310.03381, arXiv:2302.
   sticks to rare configurations, tau_int reaches 100+ steps, and its error bars are too small. Thermalisation
   adapts to tau_int: a chain whose configured ``n_therm`` is below :data:`MIN_THERM_TAUS` tau_int loses the
   missing steps from its start too (at most half the chain; ``therm_steps`` records the total).
-* Prior reuse (``same_L`` flow-MH): its proposals are flowed configurations of one finite HMC ensemble, so the
-  chain samples that ensemble reweighted, and its statistical error is the ensemble's once proposals outnumber the
-  ensemble's independent configurations (stored configurations / 2 tau_int(M^2) of the ensemble): the chain's
-  Gamma-method error would then be too small. ``prior_reuse`` (proposals per independent prior configuration)
-  above :data:`MAX_PRIOR_REUSE` makes the run unreliable. The coarse variants draw four configurations per
-  proposal (``coarse``), or add fresh noise, and are not limited this way.
+* Prior reuse and cost (flow-MH with an ensemble prior, ``ENSEMBLE_VARIANTS``): its proposals are flowed
+  draws from one finite HMC ensemble of ``N`` independent configurations (stored configurations / 2
+  tau_int(M^2) of the ensemble, at most the number stored), each draw using ``members_per_draw`` of them (four
+  for ``coarse``, one otherwise). The chain then samples that ensemble reweighted, and its estimate carries the
+  ensemble's own fluctuation, which its Gamma-method error leaves out; once draws outnumber the independent
+  configurations that fluctuation is no longer small against the error (for ``k`` members per draw, the
+  ensemble part of the variance of a degree-``k`` U-statistic is at most ``k Var / N``). ``prior_reuse =
+  members_per_draw x proposals / N`` above :data:`MAX_PRIOR_REUSE` makes the run unreliable. A run that keeps
+  to it needs ``members_per_draw`` fresh independent configurations per proposal, so each proposal is charged
+  ``prior_seconds_per_sample = members_per_draw x run_seconds / N`` of the ensemble's HMC (its
+  ``run_seconds``, all replicas, thermalisation included): ``seconds_per_sample`` and
+  ``cost_per_independent`` include it, ``flow_cost_per_independent`` is the cost without it.
 
 Task functions (each returns a mapping of arrays; trained parameters travel inside the result as a nested
 group, the flax parameter tree itself):
@@ -56,8 +62,7 @@ group, the flax parameter tree itself):
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -70,6 +75,7 @@ from olrg_hpc.flows.mcmc import FlowedAction, flow_hmc, flow_imh
 from olrg_hpc.flows.model import Flow, GaussianPrior, count_params, init_flow, tutorial_flow, z2_flow
 from olrg_hpc.flows.train import evaluate, make_mesh, train
 from olrg_hpc.jaxsetup import enable_x64
+from olrg_hpc.jaxtiming import compile_clock, compile_seconds
 from olrg_hpc.lattice import ensemble, hmc
 
 enable_x64()
@@ -94,42 +100,6 @@ COARSE_VARIANTS = ("coarse", "coarse_bilinear", "coarse_noise")
 #: prior variants that draw from a stored HMC ensemble (at ``prior_point``): the coarse ones and ``same_L``
 ENSEMBLE_VARIANTS = (*COARSE_VARIANTS, "same_L")
 VARIANTS = ("gaussian", *ENSEMBLE_VARIANTS, "warm")
-
-# ------------------------------------------------------------------------------------------------ timing
-_COMPILE_EVENTS = frozenset({"/jax/core/compile/jaxpr_trace_duration",
-                             "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                             "/jax/core/compile/backend_compile_duration"})
-_compile_total = [0.0]
-_listening = [False]
-
-
-def _on_duration(event: str, duration: float, **_: Any) -> None:
-    if event in _COMPILE_EVENTS:
-        _compile_total[0] += duration
-
-
-def compile_seconds() -> float:
-    """Seconds JAX has spent compiling in this process since the first call (monotone counter)."""
-    if not _listening[0]:
-        jax.monitoring.register_event_duration_secs_listener(_on_duration)
-        _listening[0] = True
-    return _compile_total[0]
-
-
-@contextmanager
-def compile_clock() -> Iterator[dict[str, float]]:
-    """``with compile_clock() as t: ...`` fills ``t`` with ``wall_s``, ``compile_s``, ``run_s`` of the block
-    (the block must wait for its results, e.g. ``jax.block_until_ready``)."""
-    out: dict[str, float] = {}
-    c0 = compile_seconds()
-    t0 = time.perf_counter()
-    try:
-        yield out
-    finally:
-        wall = time.perf_counter() - t0
-        comp = compile_seconds() - c0
-        out.update(wall_s=wall, compile_s=comp, run_s=max(wall - comp, 0.0))
-
 
 # ------------------------------------------------------------------------------------------------ models
 def make_flow(spec: Mapping[str, Any]) -> Flow:
@@ -378,12 +348,21 @@ def flow_imh_task(point: Mapping[str, float], variant: str, flow: Mapping[str, A
     M, phi2 = (np.asarray(a, np.float64)[n_therm:] for a in res.measurements)
     out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm, n_chains, np.asarray(res.accepted)[n_therm:])
     out.update(method="flow-MH", variant=variant, train_seconds=float(trained["total_train_seconds"]))
-    if variant == "same_L":
-        ens = _dep_with(deps, "configs")
-        independent = min(float(ens["n_configs"]),
-                          np.asarray(ens["M"]).size / (2 * max(float(ens["summary"]["tau_int_M2"]), 0.5)))
-        out.update(prior_independent_configs=independent, prior_reuse=n_chains * (n_therm + n_steps) / independent)
+    if variant in ENSEMBLE_VARIANTS:
+        _charge_prior(out, _dep_with(deps, "configs"), prior.members_per_draw, n_chains * (n_therm + n_steps))
     return out
+
+
+def _charge_prior(out: dict[str, Any], ens: Mapping[str, Any], members_per_draw: int, n_proposals: int) -> None:
+    """Add a stored-ensemble prior's reuse and HMC cost to a flow-MH result (module docstring, "Prior reuse and
+    cost"); the cost without the ensemble stays as ``flow_cost_per_independent``."""
+    independent = min(float(ens["n_configs"]),
+                      np.asarray(ens["M"]).size / (2 * max(float(ens["summary"]["tau_int_M2"]), 0.5)))
+    prior_s = members_per_draw * float(ens["run_seconds"]) / independent
+    out.update(prior_independent_configs=independent, prior_reuse=members_per_draw * n_proposals / independent,
+               prior_seconds_per_sample=prior_s, flow_cost_per_independent=out["cost_per_independent"])
+    out["seconds_per_sample"] += prior_s
+    out["cost_per_independent"] = out["seconds_per_sample"] * 2.0 * float(out["summary"]["tau_int_M2"])
 
 
 def flow_hmc_task(point: Mapping[str, float], variant: str, flow: Mapping[str, Any], n_chains: int, n_traj: int,

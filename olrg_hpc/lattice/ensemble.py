@@ -8,6 +8,8 @@
   (beta/lambda points return phi_bl = c phi_tut, science.md section 2), ready to feed flow training;
 - per-measurement histories ``(n_meas, n_chains)``: ``M``, ``abs_M``, ``phi2``, ``action_density`` (S/V);
 - ``dH`` and ``accepted`` per trajectory and chain, and ``acceptance``;
+- ``run_seconds`` and ``compile_seconds`` of the chains (thermalisation included; :mod:`olrg_hpc.jaxtiming`):
+  what the ensemble cost, charged to the flow samplers that draw from it (:mod:`olrg_hpc.flows.pipeline`);
 - ``summary``: <|M|>, chi2 = V<M^2>, connected chi2, Binder cumulant U = 1 - <M^4>/(3<M^2>^2), <phi^2>,
   their Gamma-method errors (chains as replicas, S = 1.5) and tau_int of M^2 and |M|, and <exp(-dH)>.
 
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from olrg_hpc.jaxsetup import enable_x64
+from olrg_hpc.jaxtiming import compile_clock
 from olrg_hpc.lattice import autocorr, hmc
 from olrg_hpc.lattice.phi4 import Phi4Action
 
@@ -74,9 +77,11 @@ def hmc_ensemble(point: Mapping[str, float], n_chains: int, n_therm: int, n_traj
     key = jax.random.key(seed % (2**63), impl="rbg")
     k0, krun = jax.random.split(key)
     phi0 = 0.5 * jax.random.normal(k0, (n_chains, L, L))
-    res = hmc.run_chain(action, phi0, n_traj, krun, tau=tau, n_steps=n_steps, integrator=integrator,
-                        tau_jitter=tau_jitter, meas_every=meas_every, n_therm=n_therm,
-                        measure=None if store_configs else _history)
+    with compile_clock() as clock:
+        res = jax.block_until_ready(
+            hmc.run_chain(action, phi0, n_traj, krun, tau=tau, n_steps=n_steps, integrator=integrator,
+                          tau_jitter=tau_jitter, meas_every=meas_every, n_therm=n_therm,
+                          measure=None if store_configs else _history))
     if store_configs:
         phi = np.asarray(res.measurements)  # (n_meas, n_chains, L, L) in tutorial variables
         hist = {"M": phi.mean(axis=(-2, -1)), "phi2": (phi**2).mean(axis=(-2, -1))}
@@ -89,7 +94,8 @@ def hmc_ensemble(point: Mapping[str, float], n_chains: int, n_therm: int, n_traj
     out: dict[str, Any] = {"M": M, "abs_M": np.abs(M), "phi2": phi2, "dH": dH,
                            "accepted": np.asarray(res.accepted).astype(np.int8),
                            "acceptance": float(np.mean(np.asarray(res.accepted))),
-                           "summary": summarize(M, phi2, L * L, dH)}
+                           "summary": summarize(M, phi2, L * L, dH),
+                           "run_seconds": clock["run_s"], "compile_seconds": clock["compile_s"]}
     if sdens is not None:
         out["action_density"] = sdens
     if store_configs:
@@ -98,7 +104,8 @@ def hmc_ensemble(point: Mapping[str, float], n_chains: int, n_therm: int, n_traj
 
 
 def combine_replicas(deps: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Pool independent ensembles of one point (chains side by side) and measure them together."""
+    """Pool independent ensembles of one point (chains side by side) and measure them together; ``run_seconds``
+    is the sum over the replicas (the compute the pooled ensemble cost, however many ran at once)."""
     names = sorted(deps)
     n_meas = min(np.asarray(deps[n]["M"]).shape[0] for n in names)
     M = np.concatenate([np.asarray(deps[n]["M"])[:n_meas] for n in names], axis=1)
@@ -108,4 +115,5 @@ def combine_replicas(deps: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     volume = int(round(float(first["summary"]["chi2"]) / float(first["summary"]["M2"])))
     return {"replicas": np.array(names), "M": M, "phi2": phi2,
             "acceptance": float(np.mean([float(deps[n]["acceptance"]) for n in names])),
+            "run_seconds": float(sum(float(deps[n]["run_seconds"]) for n in names)),
             "summary": summarize(M, phi2, volume, dH)}

@@ -43,6 +43,9 @@ def test_pooling_replicas_matches_one_big_ensemble():
     assert pooled["M"].shape == (100, 6)
     np.testing.assert_array_equal(pooled["M"][:, 3:], reps["r1"]["M"])
     assert pooled["summary"]["abs_M"] == pytest.approx(np.mean(np.abs(pooled["M"])), rel=1e-12)
+    # the pooled ensemble cost the compute of both replicas, each timed without its compilation
+    assert all(r["run_seconds"] > 0 and r["compile_seconds"] >= 0 for r in reps.values())
+    assert pooled["run_seconds"] == pytest.approx(reps["r0"]["run_seconds"] + reps["r1"]["run_seconds"], rel=1e-12)
 
 
 def test_configs_stored_chunked_and_compressed(tmp_path):

@@ -17,6 +17,7 @@ from olrg_hpc import store
 from olrg_hpc.config import load_study
 from olrg_hpc.errors import UserError
 from olrg_hpc.flows import pipeline
+from olrg_hpc.jaxtiming import compile_clock
 from olrg_hpc.lattice.ensemble import action_for, hmc_ensemble
 from workflows import flow_study
 
@@ -191,9 +192,9 @@ def _through_shard(tmp_path: Path, name: str, result: dict) -> dict:
 def test_compile_clock_separates_compilation() -> None:
     f = jax.jit(lambda x: jnp.sin(x) @ jnp.cos(x).T)
     x = jnp.ones((3, 3)) * 0.4321
-    with pipeline.compile_clock() as first:
+    with compile_clock() as first:
         jax.block_until_ready(f(x))
-    with pipeline.compile_clock() as second:
+    with compile_clock() as second:
         jax.block_until_ready(f(x))
     assert first["compile_s"] > 0 and second["compile_s"] == 0
     assert first["run_s"] == pytest.approx(first["wall_s"] - first["compile_s"])
@@ -221,8 +222,18 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
                                  prior_point=COARSE, deps={"train": trained, "gather": gather})
     kept = 30 - (imh["therm_steps"] - 5)  # thermalisation follows tau_int (test_thermalisation_follows_tau_int)
     assert imh["M"].shape == imh["accepted"].shape == (kept, 4) and 0 < imh["acceptance"] < 1
-    assert imh["cost_per_independent"] == pytest.approx(
-        imh["seconds_per_sample"] * 2 * imh["summary"]["tau_int_M2"])
+    # the coarse prior draws 4 of the N independent configurations per proposal: each proposal is charged 4 x the
+    # ensemble's HMC seconds / N (both replicas), on top of its own flow time (module docstring, "Prior reuse")
+    n_ind = imh["prior_independent_configs"]
+    assert 0 < n_ind <= 40 and imh["prior_reuse"] == pytest.approx(4 * 4 * 35 / n_ind)
+    hmc_s = ens["ens-r0"]["run_seconds"] + ens["ens-r1"]["run_seconds"]
+    assert gather["run_seconds"] == pytest.approx(hmc_s) and hmc_s > 0
+    assert imh["prior_seconds_per_sample"] == pytest.approx(4 * hmc_s / n_ind)
+    two_tau = 2 * imh["summary"]["tau_int_M2"]
+    assert imh["cost_per_independent"] == pytest.approx(imh["seconds_per_sample"] * two_tau)
+    assert imh["flow_cost_per_independent"] == pytest.approx(
+        (imh["seconds_per_sample"] - imh["prior_seconds_per_sample"]) * two_tau)
+    assert imh["flow_cost_per_independent"] > 0
     hmc = pipeline.hmc_task(FINE, n_chains=2, n_therm=5, n_traj=20, meas_every=1, tau=1.0, n_steps=5,
                             integrator="leapfrog", seed=5)
     assert hmc["n_steps"] == 5 and "tuning_steps" not in hmc
@@ -268,6 +279,8 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     assert 0 < imh["acceptance"] <= 1
     # 4 x 35 proposals from 20 configurations of 2 chains x 10 trajectories, at most 20 of them independent
     assert imh["prior_independent_configs"] <= 20 and imh["prior_reuse"] >= 4 * 35 / 20
+    assert imh["prior_seconds_per_sample"] == pytest.approx(
+        same_gather["run_seconds"] / imh["prior_independent_configs"])  # one configuration per draw
     # identity: with the prior at the target point itself, log r = -S exactly (scale 1), so log w = 0
     prior = pipeline._prior("same_L", FINE, FINE, {"gather": same_gather})
     z = prior.sample(jax.random.key(0), 8)
@@ -336,13 +349,19 @@ def test_reduced_study_through_the_cli(tmp_path: Path) -> None:
         assert sorted(methods) == ["HMC", "flow-HMC", "flow-MH", "flow-MH", "flow-MH"]
         assert np.all(c["acceptance"][()] > 0.03)
         # every sampler is exact: |M|, chi2 and the Binder cumulant agree with HMC within combined errors, and every
-        # run is long enough for its errors to mean something (the study's `reliable` flag: 100 tau_int per chain).
+        # run is long enough for its errors to mean something (100 tau_int per chain, 5 of thermalisation).
         # Margins, three seeds of this config with 3000 flow-MH steps: flow-MH gaussian / warm 900-1600 tau_int per
         # chain (acceptance 0.5-0.6 with the free-field layer; 15-50 at 1500 steps without it), flow-HMC 230-250,
         # the coarse flow-MH (acceptance 0.10-0.13, no free-field layer after a coarse prior) 108-280, hence 5000
         # steps here. |pull| reached 3.2 in those runs (all samplers share HMC's fluctuation); 4 leaves room for it.
-        reliable = c["reliable"][()].astype(bool)
-        assert reliable.all(), (methods, c["chain_over_tau"][()])
+        long_enough = (c["chain_over_tau"][()] >= pipeline.MIN_CHAIN_TAUS) & (
+            c["therm_over_tau"][()] >= pipeline.MIN_THERM_TAUS)
+        assert long_enough.all(), (methods, c["chain_over_tau"][()])
+        # the study's `reliable` flag also limits prior reuse: the coarse flow-MH draws 4 x 16 x 5050 configurations
+        # from an ensemble of 1600 (2 x 8 chains x 100 stored), so it alone is flagged, the rest are reliable
+        coarse = (c["method"][()].astype(str) == "flow-MH") & (c["variant"][()].astype(str) == "coarse")
+        assert coarse.sum() == 1 and c["prior_reuse"][()][coarse][0] > 4 * 16 * 5050 / 1600
+        np.testing.assert_array_equal(c["reliable"][()].astype(bool), ~coarse)
         for obs in ("abs_M", "chi2", "binder"):
             pulls = c[f"pull_{obs}"][()]
             assert np.all(np.abs(pulls) < 4), (obs, methods, pulls)
