@@ -226,7 +226,7 @@ def _flow_params(params: Params, variant: str) -> dict[str, Any]:
 def _prior_kw(variant: str, p: Point, params: Params) -> dict[str, Any]:
     """Prior arguments of an ensemble-prior variant (``prior_sigma`` only for the one-configuration priors)."""
     kw: dict[str, Any] = {"prior_point": p.prior(variant, params.lam)}
-    if variant in ("coarse_bilinear", "coarse_noise") and params.prior_sigma is not None:
+    if variant in pipeline.REFINE_VARIANTS and params.prior_sigma is not None:
         kw["prior_sigma"] = params.prior_sigma
     return kw
 

@@ -83,6 +83,7 @@ enable_x64()
 __all__ = [
     "VARIANTS",
     "COARSE_VARIANTS",
+    "REFINE_VARIANTS",
     "ENSEMBLE_VARIANTS",
     "compile_clock",
     "make_flow",
@@ -95,8 +96,10 @@ __all__ = [
     "compare_samplers",
 ]
 
+#: prior variants of one coarse configuration plus noise sublattices (``RefinePrior``; ``prior_sigma`` is its width)
+REFINE_VARIANTS = ("coarse_bilinear", "coarse_noise")
 #: prior variants that draw from the coarse ensemble
-COARSE_VARIANTS = ("coarse", "coarse_bilinear", "coarse_noise")
+COARSE_VARIANTS = ("coarse", *REFINE_VARIANTS)
 #: prior variants that draw from a stored HMC ensemble (at ``prior_point``): the coarse ones and ``same_L``
 ENSEMBLE_VARIANTS = (*COARSE_VARIANTS, "same_L")
 VARIANTS = ("gaussian", *ENSEMBLE_VARIANTS, "warm")
