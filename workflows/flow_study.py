@@ -441,7 +441,8 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
                          float(g["metric_seconds"][()][-1]), float(g["compile_seconds"][()])])
         if rows:
             rep.tables.append(Table("Flow training (warm: steps and seconds include the training at coarser L; "
-                                    "seconds exclude compilation and measurements)",
+                                    "ensemble priors: seconds include their HMC ensemble; seconds exclude "
+                                    "compilation and measurements)",
                                     ["flow", "L", "params", "steps", "batch", "acc. start", "acceptance", "ESS",
                                      "var log w start", "var log w", "train s", "compile s"], rows))
         head = head_start_rows({n: {k: tasks[n][k][()] for k in HEAD_START_KEYS if k in tasks[n]}

@@ -206,8 +206,10 @@ def train_flow_task(point: Mapping[str, float], variant: str, flow: Mapping[str,
     MH), ``ess`` (per sample), ``metric_loss``, ``logw_var`` (variance of ``log w``: comparable across priors),
     ``metric_seconds`` (training seconds without compilation and
     measurement); for ``warm`` both axes continue from the coarse training (``step_offset``,
-    ``seconds_offset``). ``train_seconds``, ``compile_seconds``, ``wall_seconds`` of this task, and
-    ``total_train_seconds`` (with the coarse training's, for ``warm``).
+    ``seconds_offset``), and for the ensemble variants the seconds axis starts at the HMC run seconds of the
+    prior's ensemble (``seconds_offset``: the flow could not be trained without it). ``train_seconds``,
+    ``compile_seconds``, ``wall_seconds`` of this task, and ``total_train_seconds`` (``seconds_offset`` +
+    ``train_seconds``).
     """
     L = int(point["L"])
     action, _ = _point_action(point)
@@ -222,6 +224,8 @@ def train_flow_task(point: Mapping[str, float], variant: str, flow: Mapping[str,
         seconds_offset = float(pre["seconds_offset"]) + float(pre["train_seconds"])
     else:
         params = init_flow(model, k_init, (L, L), jnp.float32)
+        if variant in ENSEMBLE_VARIANTS:
+            seconds_offset = float(_dep_with(deps, "configs")["run_seconds"])
     n_dev = _devices_for(batch_size)
 
     t_start = time.perf_counter()

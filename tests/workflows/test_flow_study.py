@@ -218,6 +218,9 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     trained = _through_shard(tmp_path, "coarse", pipeline.train_flow_task(
         FINE, "coarse", steps=2, seed=3, prior_point=COARSE, deps={"gather": gather}, **TRAIN))
     assert trained["n_params"] == 37 and np.all(np.isfinite(trained["loss"]))
+    # the prior's ensemble is part of what the flow cost: its seconds axis starts at the ensemble's HMC seconds
+    assert trained["seconds_offset"] == trained["metric_seconds"][0] == pytest.approx(gather["run_seconds"])
+    assert trained["total_train_seconds"] == pytest.approx(gather["run_seconds"] + trained["train_seconds"])
     imh = pipeline.flow_imh_task(FINE, "coarse", TINY_FLOW, n_chains=4, n_steps=30, n_therm=5, seed=4,
                                  prior_point=COARSE, deps={"train": trained, "gather": gather})
     kept = 30 - (imh["therm_steps"] - 5)  # thermalisation follows tau_int (test_thermalisation_follows_tau_int)
