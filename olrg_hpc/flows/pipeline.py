@@ -85,7 +85,6 @@ __all__ = [
     "COARSE_VARIANTS",
     "REFINE_VARIANTS",
     "ENSEMBLE_VARIANTS",
-    "compile_clock",
     "make_flow",
     "params_from_tree",
     "gather_coarse_ensemble",
