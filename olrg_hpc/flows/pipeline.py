@@ -38,16 +38,20 @@ Conventions (science.md section 2; Albandea et al. arXiv:2310.03381, arXiv:2302.
   missing steps from its start too (at most half the chain; ``therm_steps`` records the total).
 * Prior reuse and cost (flow-MH with an ensemble prior, ``ENSEMBLE_VARIANTS``): its proposals are flowed
   draws from one finite HMC ensemble of ``N`` independent configurations (stored configurations / 2
-  tau_int(M^2) of the ensemble, at most the number stored), each draw using ``members_per_draw`` of them (four
-  for ``coarse``, one otherwise). The chain then samples that ensemble reweighted, and its estimate carries the
-  ensemble's own fluctuation, which its Gamma-method error leaves out; once draws outnumber the independent
-  configurations that fluctuation is no longer small against the error (for ``k`` members per draw, the
-  ensemble part of the variance of a degree-``k`` U-statistic is at most ``k Var / N``). ``prior_reuse =
-  members_per_draw x proposals / N`` above :data:`MAX_PRIOR_REUSE` makes the run unreliable. A run that keeps
-  to it needs ``members_per_draw`` fresh independent configurations per proposal, so each proposal is charged
-  ``prior_seconds_per_sample = members_per_draw x run_seconds / N`` of the ensemble's HMC (its
-  ``run_seconds``, all replicas, thermalisation included): ``seconds_per_sample`` and
-  ``cost_per_independent`` include it, ``flow_cost_per_independent`` is the cost without it.
+  tau_int(M^2) of the ensemble, at most the number stored), each draw using ``k = members_per_draw`` of them
+  (four for ``coarse``, one otherwise). Given the ensemble, the chain converges to the importance-weighted
+  average over it, so its estimate carries the ensemble's own fluctuation, which its Gamma-method error leaves
+  out. That part is the variance of an importance-sampling estimate from the ensemble, at most ``k V / N`` for
+  ``V`` the variance of one weighted draw (a degree-``k`` U-statistic), while the chain's own part is about
+  ``V / n`` for ``n`` proposals (IMH and importance sampling with the same weights have errors of the same
+  order; both grow like ``1 + Var(w / <w>)``). ``prior_reuse = k n / N`` bounds their ratio; above
+  :data:`MAX_PRIOR_REUSE` the run is unreliable. Cost: with ``c_f`` the flow's seconds per proposal and ``c_p =
+  k x run_seconds / N`` (``prior_seconds_per_sample``: the ensemble's HMC run seconds, all replicas,
+  thermalisation included, per ``k`` independent configurations), ``n`` proposals and ``N`` configurations cost
+  ``n c_f + N c_p / k`` for a variance of about ``V (1 / n + k / N)``; choosing ``N`` to minimise it, one
+  independent sample costs ``2 tau_int (sqrt(c_f) + sqrt(c_p))^2``. That is ``cost_per_independent``, with
+  ``seconds_per_sample = (sqrt(c_f) + sqrt(c_p))^2`` (at least ``c_f + c_p``, the charge of one fresh draw per
+  proposal, which leaves the ensemble's variance out); ``flow_cost_per_independent = 2 tau_int c_f``.
 
 Task functions (each returns a mapping of arrays; trained parameters travel inside the result as a nested
 group, the flax parameter tree itself):
@@ -365,9 +369,11 @@ def _charge_prior(out: dict[str, Any], ens: Mapping[str, Any], members_per_draw:
     independent = min(float(ens["n_configs"]),
                       np.asarray(ens["M"]).size / (2 * max(float(ens["summary"]["tau_int_M2"]), 0.5)))
     prior_s = members_per_draw * float(ens["run_seconds"]) / independent
+    flow_s = float(out["seconds_per_sample"])
     out.update(prior_independent_configs=independent, prior_reuse=members_per_draw * n_proposals / independent,
-               prior_seconds_per_sample=prior_s, flow_cost_per_independent=out["cost_per_independent"])
-    out["seconds_per_sample"] += prior_s
+               prior_seconds_per_sample=prior_s, flow_seconds_per_sample=flow_s,
+               flow_cost_per_independent=out["cost_per_independent"])
+    out["seconds_per_sample"] = (np.sqrt(flow_s) + np.sqrt(prior_s)) ** 2  # with the cheapest ensemble size
     out["cost_per_independent"] = out["seconds_per_sample"] * 2.0 * float(out["summary"]["tau_int_M2"])
 
 
