@@ -530,7 +530,7 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
                                 "included, also over HMC's at the same L; pulls vs HMC for |M|, chi2, U; run length "
                                 "per chain / thermalisation in tau_int(M^2), errors trustworthy from "
                                 f"{pipeline.MIN_CHAIN_TAUS:.0f} / {pipeline.MIN_THERM_TAUS:.0f}; flow-MH with an "
-                                "ensemble prior also needs at most one draw per independent prior configuration)",
+                                "ensemble prior also draws each independent prior configuration at most once)",
                                 ["sampler", "L", "acceptance", "tau_int(M^2)", "s/sample", "s/indep. sample",
                                  "cost / HMC", "train s", "<|M|>", "chi2", "Binder U", "pulls",
                                  "run / therm. (tau)"], rows))

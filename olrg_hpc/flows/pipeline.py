@@ -276,7 +276,8 @@ def _m_phi2(phi: jax.Array) -> tuple[jax.Array, jax.Array]:
 MIN_CHAIN_TAUS = 100.0
 #: ... and this many tau_int(M^2) of thermalisation (module docstring, "Run length") ...
 MIN_THERM_TAUS = 5.0
-#: ... and at most this many proposals per independent prior configuration (module docstring, "Prior reuse")
+#: ... and ``prior_reuse`` (ensemble configurations drawn per independent one) at most this (module docstring,
+#: "Prior reuse and cost")
 MAX_PRIOR_REUSE = 1.0
 #: rounds of "drop 5 tau_int, estimate tau_int again" in the thermalisation of a chain (:func:`_chain_result`)
 MAX_THERM_ROUNDS = 5
