@@ -225,8 +225,8 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
                                  prior_point=COARSE, deps={"train": trained, "gather": gather})
     kept = 30 - (imh["therm_steps"] - 5)  # thermalisation follows tau_int (test_thermalisation_follows_tau_int)
     assert imh["M"].shape == imh["accepted"].shape == (kept, 4) and 0 < imh["acceptance"] < 1
-    # the coarse prior draws 4 of the N independent configurations per proposal: each proposal is charged 4 x the
-    # ensemble's HMC seconds / N (both replicas), on top of its own flow time (module docstring, "Prior reuse")
+    # the coarse prior draws 4 of the N independent configurations per proposal: c_prior = 4 x the ensemble's HMC
+    # seconds (both replicas) / N per proposal (module docstring, "Prior reuse and cost")
     n_ind = imh["prior_independent_configs"]
     assert 0 < n_ind <= 40 and imh["prior_reuse"] == pytest.approx(4 * 4 * 35 / n_ind)
     hmc_s = ens["ens-r0"]["run_seconds"] + ens["ens-r1"]["run_seconds"]
