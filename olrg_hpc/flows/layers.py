@@ -243,6 +243,16 @@ class AffineCoupling(nn.Module):
     forced off and ``activation`` must be odd (``"tanh"``). Albandea's layer is ``z2=True, hidden=()``: a
     single ``Conv2d(1 -> 2, k x k)`` without bias followed by ``tanh``.
 
+    ``sublattice=True`` (even ``L_1``): the net has two heads, ``(s, t)`` for the active sites in even rows and
+    ``(s', t')`` for those in odd rows, so that the layer treats the two active sublattices of the 2 x 2 cell
+    differently (``(0, 0)`` and ``(1, 1)`` for parity 0, ``(0, 1)`` and ``(1, 0)`` for parity 1). A plain
+    coupling commutes with the translations that keep the checkerboard, ``(1, 1)`` among them; with the heads only
+    the translations by the 2 x 2 cell remain. A prior built on that cell needs this:
+    :class:`~olrg_hpc.flows.coarse.RefinePrior` puts the coarse configuration on ``(0, 0)`` and noise on
+    ``(1, 1)``, and a plain coupling has to apply one map to both. (Measured at ``L = 16`` from a bilinear prior,
+    12 Z2 couplings, 2000 steps: Var(log w) 22.4 without, 1.36 with.) Selection by a fixed mask keeps the nets
+    odd.
+
     The computation is :func:`coupling_forward_bl` / :func:`coupling_inverse_bl` on batch-last fields.
     """
 
@@ -253,6 +263,7 @@ class AffineCoupling(nn.Module):
     final_tanh: bool = True
     use_bias: bool = True
     z2: bool = False
+    sublattice: bool = False
 
     def setup(self) -> None:
         if self.parity not in (0, 1):
@@ -261,7 +272,7 @@ class AffineCoupling(nn.Module):
             raise ValueError(f"a Z2-equivariant coupling needs an odd activation {ODD_ACTIVATIONS}")
         self.net = ConvNet(
             hidden=tuple(self.hidden),
-            out_channels=2,
+            out_channels=4 if self.sublattice else 2,
             kernel_size=self.kernel_size,
             activation=self.activation,
             final_tanh=self.final_tanh,
@@ -270,7 +281,8 @@ class AffineCoupling(nn.Module):
 
     def shape_key(self) -> tuple[Any, ...]:
         """Everything but the parity: couplings with equal keys can share one compiled (scanned) layer."""
-        return (tuple(self.hidden), self.kernel_size, self.activation, self.final_tanh, self.use_bias, self.z2)
+        return (tuple(self.hidden), self.kernel_size, self.activation, self.final_tanh, self.use_bias, self.z2,
+                self.sublattice)
 
     def _params(self, x: jax.Array) -> Any:
         if self.is_initializing():
@@ -296,6 +308,10 @@ def _scale_shift_bl(cfg: AffineCoupling, params: Any, x: jax.Array, active: jax.
     n_convs = len(tuple(cfg.hidden)) + 1
     out = _convnet_bl(params["net"], (x * (1.0 - active))[None], n_convs, cfg.activation, cfg.final_tanh)
     s, t = out[0], out[1]
+    if cfg.sublattice:
+        # active sites in even rows take heads (0, 1), in odd rows heads (2, 3)
+        even = (jnp.arange(x.shape[0]) % 2 == 0).astype(x.dtype)[:, None, None]
+        s, t = even * s + (1 - even) * out[2], even * t + (1 - even) * out[3]
     if cfg.z2:
         s = -jnp.abs(s)
     return active * s, active * t

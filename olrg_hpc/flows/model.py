@@ -162,8 +162,10 @@ def tutorial_flow(
     kernel_size: int = 3,
     activation: str = "leaky_relu",
     final_tanh: bool = True,
+    sublattice: bool = False,
 ) -> Flow:
-    """Real-NVP flow of arXiv:2101.08176: ``n_layers`` affine couplings with alternating parity."""
+    """Real-NVP flow of arXiv:2101.08176: ``n_layers`` affine couplings with alternating parity (``sublattice``:
+    see :class:`~olrg_hpc.flows.layers.AffineCoupling`)."""
     return Flow(
         tuple(
             AffineCoupling(
@@ -172,6 +174,7 @@ def tutorial_flow(
                 kernel_size=kernel_size,
                 activation=activation,
                 final_tanh=final_tanh,
+                sublattice=sublattice,
             )
             for i in range(n_layers)
         )
@@ -184,13 +187,15 @@ def z2_flow(
     kernel_size: int = 3,
     rescale: bool = True,
     free_field: bool = False,
+    sublattice: bool = False,
 ) -> Flow:
     """Z2-equivariant flow: optionally a trainable :class:`~olrg_hpc.flows.layers.FreeFieldScaling` first
     (``free_field``), then ``n_layers`` couplings ``y = x e^{-|s|} + t`` (odd nets, tanh), alternating parity,
-    optionally followed by a :class:`GlobalRescaling`."""
+    with one head per sublattice if ``sublattice``, optionally followed by a :class:`GlobalRescaling`."""
     layers: list[nn.Module] = [FreeFieldScaling()] if free_field else []
     layers += [
-        AffineCoupling(parity=i % 2, hidden=tuple(hidden), kernel_size=kernel_size, activation="tanh", z2=True)
+        AffineCoupling(parity=i % 2, hidden=tuple(hidden), kernel_size=kernel_size, activation="tanh", z2=True,
+                       sublattice=sublattice)
         for i in range(n_layers)
     ]
     if rescale:

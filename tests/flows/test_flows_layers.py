@@ -69,6 +69,8 @@ FLOWS = {
     "free_field": Flow((FreeFieldLinear(0.5), GlobalRescaling())),
     "free_field_scaling": Flow((FreeFieldScaling(),)),
     "z2_free_field": z2_flow(n_layers=2, hidden=(3,), free_field=True),
+    "z2_sublattice": z2_flow(n_layers=3, hidden=(3,), sublattice=True),
+    "tutorial_sublattice": tutorial_flow(n_layers=2, hidden=(4,), sublattice=True),
 }
 
 
@@ -101,7 +103,7 @@ def test_log_det_and_inverse_are_exact(name: str) -> None:
     assert y.shape == x.shape and ld.shape == (5,)
 
 
-@pytest.mark.parametrize("name", ["z2_coupling", "z2_deep", "albandea", "z2_free_field"])
+@pytest.mark.parametrize("name", ["z2_coupling", "z2_deep", "albandea", "z2_free_field", "z2_sublattice"])
 def test_z2_equivariance(name: str) -> None:
     flow = FLOWS[name]
     params = _perturbed(flow, seed=5)
@@ -109,6 +111,22 @@ def test_z2_equivariance(name: str) -> None:
     y, ld, ym, ldm = _plus_minus(flow, params, x)
     np.testing.assert_allclose(np.asarray(ym), -np.asarray(y), atol=1e-13, rtol=0)
     np.testing.assert_allclose(np.asarray(ldm), np.asarray(ld), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["z2_deep", "z2_sublattice"])
+def test_translation_equivariance(name: str) -> None:
+    """Checkerboard couplings commute with the translations that keep the checkerboard, (1, 1) and (2, 0), and not
+    with (1, 0); with a head per sublattice only the translations by the 2 x 2 cell remain (float64, 1e-12)."""
+    flow = FLOWS[name]
+    params = _perturbed(flow, seed=9)
+    x = _normal(3, (3, L, L))
+    y, ld = flow.apply(params, x)
+    for shift, equivariant in (((2, 0), True), ((0, 2), True), ((1, 1), name == "z2_deep"), ((1, 0), False)):
+        ys, lds = flow.apply(params, jnp.roll(x, shift, axis=(-2, -1)))
+        same = np.allclose(np.asarray(ys), np.roll(np.asarray(y), shift, axis=(-2, -1)), atol=1e-12, rtol=0)
+        assert same == equivariant, shift
+        if equivariant:
+            np.testing.assert_allclose(np.asarray(lds), np.asarray(ld), atol=1e-12, rtol=0)
 
 
 def test_free_field_scaling_is_the_free_map_and_any_shape() -> None:
@@ -164,6 +182,7 @@ def test_parameter_counts() -> None:
     # tutorial: per layer (1*9+1)*8 + (8*9+1)*8 + (8*9+1)*2 = 80 + 584 + 146 = 810
     assert count_params(shapes(tutorial_flow())) == 16 * 810
     assert count_params(shapes(z2_flow(n_layers=2, free_field=True))) == 37 + 2  # + log_m2, log_z
+    assert count_params(shapes(z2_flow(n_layers=2, sublattice=True))) == 2 * 4 * 9 + 1  # four output channels
 
 
 def test_gaussian_prior_and_model_density() -> None:
@@ -220,7 +239,7 @@ def test_circular_conv_matches_flax_conv_and_its_gradients(k: int, c_in: int, c_
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["tutorial4", "z2_deep", "albandea"])
+@pytest.mark.parametrize("name", ["tutorial4", "z2_deep", "albandea", "z2_sublattice"])
 def test_scanned_flow_equals_layer_by_layer(name: str) -> None:
     """Flow runs consecutive couplings as one lax.scan; same values, log-dets, inverses and parameter gradients
     as calling the layers one by one (float64, 1e-12), also with two batch axes."""
