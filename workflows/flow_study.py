@@ -13,8 +13,9 @@ Graph, per fine point ``(L, beta, lam)`` (beta/lambda convention of arXiv:2310.0
    (Gaussian prior, parameters of ``pretrain-Ll``, a flow trained at the coarse
    point for ``warm_fraction`` of the steps; with ``training.ladder``, when the study also has the coarse point
    ``(L/2, beta_coarse)``, the parameters of that point's ``train-warm`` instead: 8 -> 16 -> 32 ..., every rung
-   training the fine share of the steps); each records
-   acceptance and ESS versus training step and seconds and holds its trained parameters;
+   training the fine share of the steps; with ``training.ladder`` a coarse-prior flow likewise starts from the
+   same variant's flow at ``(L/2, beta_coarse)`` when the study has that point, and trains the fine share);
+   each records acceptance and ESS versus training step and seconds and holds its trained parameters;
 3. sampling in parallel: ``imh-<variant>-L`` (flow independent Metropolis-Hastings), ``fhmc-<variant>-L``
    (flow-HMC, for ``flow_hmc.variants``; with ``flow_hmc.start: hmc``, the default, after ``hmc-L``, whose
    final configurations, mapped back by ``F^-1``, are its starting points), ``hmc-L`` (plain HMC on the fine
@@ -80,6 +81,9 @@ class FlowSettings(Strict):
     kernel_size: int = Field(3, ge=1)
     free_field: bool = Field(False, description="z2 only: a trainable free-field layer (mass, normalisation) first, "
                              "in the flows with a Gaussian prior (gaussian, warm); never after an ensemble prior")
+    sublattice: bool = Field(True, description="couplings with one head per sublattice of the 2 x 2 cell, in the "
+                             "flows with a coarse-lattice prior (coarse, coarse_bilinear, coarse_noise), which puts "
+                             "different things on the cell's four sites")
 
     @model_validator(mode="after")
     def _odd_kernel(self) -> FlowSettings:
@@ -110,9 +114,12 @@ class Training(Strict):
     cosine: bool = Field(True, description="cosine-anneal the learning rate to 0")
     metrics_every: int = Field(100, ge=1, description="steps between acceptance/ESS measurements")
     metrics_batch: int = Field(1024, ge=16, description="fresh flow samples per measurement")
-    warm_fraction: float = Field(0.5, gt=0, lt=1, description="share of the warm variant's steps spent at L/2")
+    warm_fraction: float = Field(0.5, gt=0, lt=1, description="share of the warm variant's steps spent at L/2 "
+                                 "(and of a laddered coarse-prior flow's)")
     ladder: bool = Field(True, description="a warm flow starts from the study's warm flow at (L/2, beta_coarse) "
-                         "when there is one (8 -> 16 -> 32 ...), else from a fresh pretraining at L/2")
+                         "when there is one (8 -> 16 -> 32 ...), else from a fresh pretraining at L/2; a coarse-prior "
+                         "flow (coarse, coarse_bilinear, coarse_noise) from the same variant's flow there, if any, "
+                         "training the fine share of the steps")
 
     @model_validator(mode="after")
     def _split(self) -> Training:
@@ -216,10 +223,15 @@ class Params(Strict):
 def _flow_params(params: Params, variant: str) -> dict[str, Any]:
     """The flow of one variant. The free-field layer turns white noise into a free field, so it goes only into
     flows with a Gaussian prior: draws of an HMC-ensemble prior are correlated already, and in the reduced study
-    (L = 6, three seeds) the coarse flow-MH fell from acceptance 0.13-0.14 without the layer to 0.08-0.11 with it."""
+    (L = 6, three seeds) the coarse flow-MH fell from acceptance 0.13-0.14 without the layer to 0.08-0.11 with it.
+    Heads per sublattice go only into flows with a coarse-lattice prior, the priors built on the 2 x 2 cell (the key
+    is left out otherwise, so that other flows keep their task seeds)."""
     spec = params.flow.model_dump()
+    sublattice = spec.pop("sublattice")
     if variant in pipeline.ENSEMBLE_VARIANTS:
         spec["free_field"] = False
+    if sublattice and variant in pipeline.COARSE_VARIANTS:
+        spec["sublattice"] = True
     return spec
 
 
@@ -243,6 +255,7 @@ def build(params: Params) -> list[Task]:
     tasks: list[Task] = []
     samplers: list[str] = []
     warm_at: dict[tuple[int, float], Task] = {}  # trained warm flows by (L, beta): the ladder's rungs
+    coarse_at: dict[tuple[str, int, float], Task] = {}  # trained coarse-prior flows by (variant, L, beta): theirs
     gathers: dict[str, Task] = {}  # pooled HMC ensembles of the priors, by point: one per point, however many use it
 
     def gather_at(point: dict[str, float]) -> Task:
@@ -285,9 +298,13 @@ def build(params: Params) -> list[Task]:
                          deps=(pre.name,))
                 warm_at[(p.L, p.beta)] = t
             elif v in prior_gather:
+                below = coarse_at.get((v, coarse["L"], coarse["beta"])) if tr.ladder else None
                 t = Task(f"train-{v}-{tag}", pipeline.train_flow_task,
-                         {"point": fine, "variant": v, "steps": tr.steps, "flow": flow, **_prior_kw(v, p, params),
-                          **train_kw}, deps=(prior_gather[v].name,))
+                         {"point": fine, "variant": v, "steps": tr.warm_split()[1] if below else tr.steps,
+                          "flow": flow, **_prior_kw(v, p, params), **train_kw},
+                         deps=(prior_gather[v].name, *((below.name,) if below else ())))
+                if v in pipeline.COARSE_VARIANTS:
+                    coarse_at[(v, p.L, p.beta)] = t
             else:
                 t = Task(f"train-{v}-{tag}", pipeline.train_flow_task,
                          {"point": fine, "variant": v, "steps": tr.steps, "flow": flow, **train_kw})

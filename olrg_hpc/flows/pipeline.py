@@ -112,17 +112,19 @@ def make_flow(spec: Mapping[str, Any]) -> Flow:
     """Flow from a settings mapping: ``kind`` ``"z2"`` (Z2-equivariant couplings + global rescaling; with
     ``n_layers = 2, hidden = []`` the 37-parameter model of arXiv:2310.03381) or ``"tutorial"`` (Real-NVP of
     arXiv:2101.08176); ``n_layers``, ``hidden``, ``kernel_size``; ``free_field`` (z2 only): a trainable
-    free-field layer (:class:`~olrg_hpc.flows.layers.FreeFieldScaling`) before the couplings."""
+    free-field layer (:class:`~olrg_hpc.flows.layers.FreeFieldScaling`) before the couplings; ``sublattice``:
+    couplings with one head per sublattice of the 2 x 2 cell (:class:`~olrg_hpc.flows.layers.AffineCoupling`)."""
     kind = spec.get("kind", "z2")
     hidden = tuple(int(h) for h in spec.get("hidden", ()))
     n_layers, k = int(spec.get("n_layers", 2)), int(spec.get("kernel_size", 3))
-    free_field = bool(spec.get("free_field", False))
+    free_field, sublattice = bool(spec.get("free_field", False)), bool(spec.get("sublattice", False))
     if kind == "z2":
-        return z2_flow(n_layers=n_layers, hidden=hidden, kernel_size=k, rescale=True, free_field=free_field)
+        return z2_flow(n_layers=n_layers, hidden=hidden, kernel_size=k, rescale=True, free_field=free_field,
+                       sublattice=sublattice)
     if free_field:
         raise ValueError(f"free_field needs kind z2 (got kind {kind!r})")
     if kind == "tutorial":
-        return tutorial_flow(n_layers=n_layers, hidden=hidden, kernel_size=k)
+        return tutorial_flow(n_layers=n_layers, hidden=hidden, kernel_size=k, sublattice=sublattice)
     raise ValueError(f"unknown flow kind {kind!r} (z2, tutorial)")
 
 
@@ -208,9 +210,10 @@ def train_flow_task(point: Mapping[str, float], variant: str, flow: Mapping[str,
     fresh samples at step 0 and every ``metrics_every`` steps: ``metric_step``, ``acceptance`` (independent
     MH), ``ess`` (per sample), ``metric_loss``, ``logw_var`` (variance of ``log w``: comparable across priors),
     ``metric_seconds`` (training seconds without compilation and
-    measurement); for ``warm`` both axes continue from the coarse training (``step_offset``,
-    ``seconds_offset``), and for the ensemble variants the seconds axis starts at the HMC run seconds of the
-    prior's ensemble (``seconds_offset``: the flow could not be trained without it). ``train_seconds``,
+    measurement); for ``warm``, and for a rung of the coarse-prior ladder (a dependency with ``params``: the same
+    variant's flow at the coarse point), both axes continue from the flow below (``step_offset``,
+    ``seconds_offset``), and for the ensemble variants the seconds axis adds the HMC run seconds of the prior's
+    ensemble (the flow could not be trained without it). ``train_seconds``,
     ``compile_seconds``, ``wall_seconds`` of this task, and ``total_train_seconds`` (``seconds_offset`` +
     ``train_seconds``).
     """
@@ -220,15 +223,16 @@ def train_flow_task(point: Mapping[str, float], variant: str, flow: Mapping[str,
     prior = _prior(variant, point, prior_point, deps, prior_sigma)
     k_init, k_train, k_eval = jax.random.split(_int_seed(seed), 3)
     step_offset, seconds_offset = 0, 0.0
-    if variant == "warm":
+    if variant == "warm" or any("params" in d for d in (deps or {}).values()):
+        # a warm flow, or a rung of the coarse-prior ladder: start from the flow below and continue its axes
         pre = _dep_with(deps, "params")
         params = transfer_params(params_from_tree(model, (L, L), pre["params"]), jnp.float32)
         step_offset = int(pre["step_offset"]) + int(pre["steps"])
         seconds_offset = float(pre["seconds_offset"]) + float(pre["train_seconds"])
     else:
         params = init_flow(model, k_init, (L, L), jnp.float32)
-        if variant in ENSEMBLE_VARIANTS:
-            seconds_offset = float(_dep_with(deps, "configs")["run_seconds"])
+    if variant in ENSEMBLE_VARIANTS:
+        seconds_offset += float(_dep_with(deps, "configs")["run_seconds"])
     n_dev = _devices_for(batch_size)
 
     t_start = time.perf_counter()

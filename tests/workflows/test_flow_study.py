@@ -63,6 +63,19 @@ class TestGraph:
             "fhmc-coarse-L8", "fhmc-coarse-L12"}
         assert with_layer["pretrain-L4-beta0.45"] and with_layer["train-warm-L12"] and with_layer["imh-gaussian-L8"]
 
+    def test_sublattice_heads_only_after_a_coarse_prior(self) -> None:
+        """Heads per sublattice go into the flows of the coarse-lattice priors (default on), not into the others,
+        whose flow settings do not even name the key (their task seeds stay as before); off when switched off."""
+        variants = ["gaussian", "coarse", "coarse_bilinear", "same_L", "warm"]
+        pts = [{"L": 8, "beta": 0.5, "beta_coarse": 0.45, "beta_prior": 0.45}]
+        by = {t.name: t for t in flow_study.build(_params(points=pts, variants=variants))}
+        flows = {n: by[n].params["flow"] for n in by if "flow" in by[n].params}
+        assert {n for n, f in flows.items() if "sublattice" in f} == {
+            f"{k}-{v}-L8" for k in ("train", "imh") for v in ("coarse", "coarse_bilinear")}
+        assert all(flows[n]["sublattice"] for n in flows if "sublattice" in flows[n])
+        off = flow_study.build(_params(points=pts, variants=variants, flow={"sublattice": False}))
+        assert not any("sublattice" in t.params.get("flow", {}) for t in off)
+
     def test_equal_training_compute(self) -> None:
         by = {t.name: t for t in flow_study.build(_params())}
         steps = by["train-gaussian-L8"].params["steps"]
@@ -88,6 +101,31 @@ class TestGraph:
         off = {t.name: t for t in flow_study.build(_params(points=pts, variants=["warm"], training={"ladder": False},
                                                            flow_hmc={"variants": ["warm"]}))}
         assert off["train-warm-L16"].deps == ("pretrain-L8-beta0.576",)
+
+    def test_coarse_prior_ladder(self) -> None:
+        """A coarse-prior flow starts from the same variant's flow at the study's point (L/2, beta_coarse) and trains
+        the fine share of the steps there; the smallest rung, and every rung with ladder off, trains all of them
+        from scratch. same_L has no ladder."""
+        pts = [{"L": 8, "beta": 0.576}, {"L": 16, "beta": 0.634, "beta_coarse": 0.576, "beta_prior": 0.61},
+               {"L": 32, "beta": 0.66, "beta_coarse": 0.634}]
+        variants = ["coarse_bilinear", "coarse"]
+        by = {t.name: t for t in flow_study.build(_params(points=pts, variants=[*variants, "warm"],
+                                                          flow_hmc={"variants": []}))}
+        steps, n_fine = by["train-coarse-L8"].params["steps"], by["train-warm-L16"].params["steps"]
+        for v in variants:
+            assert by[f"train-{v}-L8"].deps == ("gather-L4-beta0.576",)
+            assert by[f"train-{v}-L16"].deps == ("gather-L8-beta0.576", f"train-{v}-L8")
+            assert by[f"train-{v}-L32"].deps == ("gather-L16-beta0.634", f"train-{v}-L16")
+            assert by[f"train-{v}-L8"].params["steps"] == steps
+            assert by[f"train-{v}-L16"].params["steps"] == by[f"train-{v}-L32"].params["steps"] == n_fine < steps
+            assert set(by[f"imh-{v}-L32"].deps) == {f"train-{v}-L32", "gather-L16-beta0.634"}
+        same = {t.name: t for t in flow_study.build(_params(points=pts[1:2], variants=["same_L"],
+                                                            flow_hmc={"variants": []}))}
+        assert same["train-same_L-L16"].deps == ("gather-L16-beta0.61",)
+        off = {t.name: t for t in flow_study.build(_params(points=pts, variants=variants, training={"ladder": False},
+                                                           flow_hmc={"variants": []}))}
+        assert off["train-coarse-L32"].deps == ("gather-L16-beta0.634",)
+        assert off["train-coarse-L32"].params["steps"] == steps
 
     def test_tuned_md_steps_reach_the_hmc_tasks(self) -> None:
         """tune_acceptance reaches plain HMC and flow-HMC, each its own; unset, the fixed n_steps are used."""
@@ -221,6 +259,13 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     # the prior's ensemble is part of what the flow cost: its seconds axis starts at the ensemble's HMC seconds
     assert trained["seconds_offset"] == trained["metric_seconds"][0] == pytest.approx(gather["run_seconds"])
     assert trained["total_train_seconds"] == pytest.approx(gather["run_seconds"] + trained["train_seconds"])
+    # a rung of the coarse-prior ladder: starts from the flow below (here one at the same L, which the library
+    # does not check) and continues its axes; its seconds add this prior's ensemble to everything below
+    rung = pipeline.train_flow_task(FINE, "coarse", steps=2, seed=6, prior_point=COARSE,
+                                    deps={"gather": gather, "below": trained}, **TRAIN)
+    np.testing.assert_array_equal(rung["metric_step"], [2, 4])
+    assert rung["seconds_offset"] == pytest.approx(trained["total_train_seconds"] + gather["run_seconds"])
+    assert rung["metric_seconds"][0] == pytest.approx(rung["seconds_offset"])
     imh = pipeline.flow_imh_task(FINE, "coarse", TINY_FLOW, n_chains=4, n_steps=30, n_therm=5, seed=4,
                                  prior_point=COARSE, deps={"train": trained, "gather": gather})
     kept = 30 - (imh["therm_steps"] - 5)  # thermalisation follows tau_int (test_thermalisation_follows_tau_int)
