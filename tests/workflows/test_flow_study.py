@@ -264,6 +264,10 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     rung = pipeline.train_flow_task(FINE, "coarse", steps=2, seed=6, prior_point=COARSE,
                                     deps={"gather": gather, "below": trained}, **TRAIN)
     np.testing.assert_array_equal(rung["metric_step"], [2, 4])
+    # two Adam steps (each at most about lr per parameter) from the flow below, not a fresh initialisation
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.max(np.abs(np.asarray(a) - np.asarray(b))),
+                                         dict(rung["params"]), dict(trained["params"])))
+    assert max(moved) <= 2.02 * TRAIN["lr"]
     assert rung["seconds_offset"] == pytest.approx(trained["total_train_seconds"] + gather["run_seconds"])
     assert rung["metric_seconds"][0] == pytest.approx(rung["seconds_offset"])
     imh = pipeline.flow_imh_task(FINE, "coarse", TINY_FLOW, n_chains=4, n_steps=30, n_therm=5, seed=4,
