@@ -15,6 +15,7 @@ from olrg_hpc.flows.layers import (
     FreeFieldLinear,
     FreeFieldScaling,
     GlobalRescaling,
+    SitewiseOddMap,
     checkerboard_mask,
 )
 from olrg_hpc.flows.mcmc import FlowedAction, FlowHMCResult, IMHResult, flow_hmc, flow_imh, map_to_target
@@ -56,6 +57,7 @@ __all__ = [
     "GaussianPrior",
     "GlobalRescaling",
     "IMHResult",
+    "SitewiseOddMap",
     "TrainResult",
     "TrainState",
     "TrainingDivergedError",

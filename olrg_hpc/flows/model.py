@@ -29,6 +29,7 @@ from olrg_hpc.flows.layers import (
     AffineCoupling,
     FreeFieldScaling,
     GlobalRescaling,
+    SitewiseOddMap,
     checkerboard_mask,
     coupling_forward_bl,
     coupling_inverse_bl,
@@ -188,16 +189,21 @@ def z2_flow(
     rescale: bool = True,
     free_field: bool = False,
     sublattice: bool = False,
+    pointwise: int = 0,
 ) -> Flow:
     """Z2-equivariant flow: optionally a trainable :class:`~olrg_hpc.flows.layers.FreeFieldScaling` first
     (``free_field``), then ``n_layers`` couplings ``y = x e^{-|s|} + t`` (odd nets, tanh), alternating parity,
-    with one head per sublattice if ``sublattice``, optionally followed by a :class:`GlobalRescaling`."""
+    with one head per sublattice if ``sublattice``, optionally followed by a :class:`GlobalRescaling`. With
+    ``pointwise = n > 0`` a :class:`~olrg_hpc.flows.layers.SitewiseOddMap` goes before every ``n``-th coupling
+    (couplings ``0, n, 2n, ...``)."""
+    if pointwise < 0:
+        raise ValueError(f"pointwise must be >= 0, got {pointwise}")
     layers: list[nn.Module] = [FreeFieldScaling()] if free_field else []
-    layers += [
-        AffineCoupling(parity=i % 2, hidden=tuple(hidden), kernel_size=kernel_size, activation="tanh", z2=True,
-                       sublattice=sublattice)
-        for i in range(n_layers)
-    ]
+    for i in range(n_layers):
+        if pointwise and i % pointwise == 0:
+            layers.append(SitewiseOddMap())
+        layers.append(AffineCoupling(parity=i % 2, hidden=tuple(hidden), kernel_size=kernel_size, activation="tanh",
+                                     z2=True, sublattice=sublattice))
     if rescale:
         layers.append(GlobalRescaling())
     return Flow(tuple(layers))

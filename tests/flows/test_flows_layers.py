@@ -16,6 +16,7 @@ from olrg_hpc.flows.layers import (
     FreeFieldLinear,
     FreeFieldScaling,
     GlobalRescaling,
+    SitewiseOddMap,
     checkerboard_mask,
 )
 from olrg_hpc.flows.model import (
@@ -71,6 +72,8 @@ FLOWS = {
     "z2_free_field": z2_flow(n_layers=2, hidden=(3,), free_field=True),
     "z2_sublattice": z2_flow(n_layers=3, hidden=(3,), sublattice=True),
     "tutorial_sublattice": tutorial_flow(n_layers=2, hidden=(4,), sublattice=True),
+    "sitewise": Flow((SitewiseOddMap(),)),
+    "z2_pointwise": z2_flow(n_layers=3, hidden=(3,), free_field=True, pointwise=2),
 }
 
 
@@ -103,7 +106,9 @@ def test_log_det_and_inverse_are_exact(name: str) -> None:
     assert y.shape == x.shape and ld.shape == (5,)
 
 
-@pytest.mark.parametrize("name", ["z2_coupling", "z2_deep", "albandea", "z2_free_field", "z2_sublattice"])
+@pytest.mark.parametrize(
+    "name", ["z2_coupling", "z2_deep", "albandea", "z2_free_field", "z2_sublattice", "z2_pointwise"]
+)
 def test_z2_equivariance(name: str) -> None:
     flow = FLOWS[name]
     params = _perturbed(flow, seed=5)
@@ -183,6 +188,8 @@ def test_parameter_counts() -> None:
     assert count_params(shapes(tutorial_flow())) == 16 * 810
     assert count_params(shapes(z2_flow(n_layers=2, free_field=True))) == 37 + 2  # + log_m2, log_z
     assert count_params(shapes(z2_flow(n_layers=2, sublattice=True))) == 2 * 4 * 9 + 1  # four output channels
+    # a site-wise map (a, 4 b_k, 4 log s_k) before couplings 0 and 2 of 3
+    assert count_params(shapes(z2_flow(n_layers=3, pointwise=2))) == 3 * 2 * 9 + 1 + 2 * 9
 
 
 def test_gaussian_prior_and_model_density() -> None:
@@ -207,6 +214,33 @@ def test_zero_params_are_identity() -> None:
     y, ld = flow.apply(params, x)
     np.testing.assert_array_equal(np.asarray(y), np.asarray(x))
     np.testing.assert_array_equal(np.asarray(ld), 0.0)
+    # the site-wise map starts as the identity too (init_flow gives it zeros), up to the rounding of c_k = 0
+    sitewise = Flow((SitewiseOddMap(),))
+    y, ld = sitewise.apply(init_flow(sitewise, 0, (L, L), jnp.float64), x)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(x), atol=1e-14, rtol=0)
+    np.testing.assert_allclose(np.asarray(ld), 0.0, atol=1e-13)
+
+
+@pytest.mark.parametrize("b", [-8.0, 3.0])
+def test_sitewise_odd_map_far_from_the_identity(b: float) -> None:
+    '''With every c_k at its lower bound (b = -8: g' down to ~delta e^a near 0) or large (b = 3: g' ~ 4.5 near 0),
+    on inputs up to |x| = 12: g is odd and increasing, the log-det is sum log g' of an independent central finite
+    difference (h = 1e-5, error ~ h^2 times the third derivative, below 1e-8 here), and the inverse (bisection +
+    Newton) returns x to 1e-12 (float64).'''
+    layer = SitewiseOddMap()
+    k = len(layer.scales)
+    params = {"params": {"a": jnp.asarray(0.3), "b": jnp.full((k,), b), "log_s": jnp.linspace(-0.5, 0.5, k)}}
+    x = jnp.asarray(np.linspace(-12.0, 12.0, 2 * 3 * 5).reshape(2, 3, 5))
+    y, ld = layer.apply(params, x)
+    ym, _ = layer.apply(params, -x)
+    np.testing.assert_array_equal(np.asarray(ym), -np.asarray(y))
+    assert np.all(np.diff(np.asarray(y).ravel()) > 0)
+    h = 1e-5
+    dg = (layer.apply(params, x + h)[0] - layer.apply(params, x - h)[0]) / (2 * h)
+    np.testing.assert_allclose(np.asarray(ld), np.log(np.asarray(dg)).sum(axis=(-2, -1)), atol=1e-8, rtol=0)
+    x2, ld_inv = layer.apply(params, y, method="inverse")
+    np.testing.assert_allclose(np.asarray(x2), np.asarray(x), atol=1e-12, rtol=0)
+    np.testing.assert_allclose(np.asarray(ld_inv), -np.asarray(ld), atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize(("k", "c_in", "c_out"), [(3, 1, 4), (3, 3, 2), (3, 4, 1), (1, 2, 3), (2, 3, 2), (5, 2, 2)])
