@@ -4,7 +4,7 @@ Issue #6 asks flow-MH or flow-HMC to beat HMC in cost per independent chi2 sampl
 2 tau_int(M^2)``. This script measures the first factor for every sampler on the same field; ``tau_int`` comes
 from the study (``configs/flow_line.yaml``). A flow's cost does not depend on its training, so the flow here is
 freshly initialised, with ``configs/flow_line.yaml``'s architecture (12 Z2 couplings, hidden [12], kernel 3, a
-free-field layer first; float32 as in the study).
+free-field layer first; float32 as in the study; ``--pointwise n`` adds site-wise odd maps).
 
 * flow-MH: ``flow_imh`` with ``--n-chains`` chains for ``--imh-steps`` steps, with proposals drawn ``block``
   steps per flow call for each ``--blocks`` value (``block = 1`` is the step-by-step algorithm);
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lam", type=float, default=0.5)
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--hidden", type=int, nargs="*", default=[12])
+    ap.add_argument("--pointwise", type=int, default=0, help="a site-wise odd map before every n-th coupling (0: none)")
     ap.add_argument("--n-chains", type=int, default=16)
     ap.add_argument("--imh-steps", type=int, default=1024)
     ap.add_argument("--blocks", type=int, nargs="+", default=[1, 4, 16, 64])
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     L, nc = args.L, args.n_chains
     action, _ = action_for({"beta": args.beta, "lam": args.lam})
-    spec = {"kind": "z2", "n_layers": args.layers, "hidden": args.hidden, "kernel_size": 3, "free_field": True}
+    spec = {"kind": "z2", "n_layers": args.layers, "hidden": args.hidden, "kernel_size": 3, "free_field": True,
+            "pointwise": args.pointwise}
     flow = make_flow(spec)
     params = init_flow(flow, 0, (L, L), jnp.float32)
     prior = GaussianPrior((L, L), "float32")

@@ -84,13 +84,16 @@ class FlowSettings(Strict):
     sublattice: bool = Field(True, description="couplings with one head per sublattice of the 2 x 2 cell, in the "
                              "flows with a coarse-lattice prior (coarse, coarse_bilinear, coarse_noise), which puts "
                              "different things on the cell's four sites")
+    pointwise: int = Field(0, ge=0, description="z2 only: a site-wise odd monotone map before every n-th coupling, "
+                           "in every variant's flow (0: none)")
 
     @model_validator(mode="after")
     def _odd_kernel(self) -> FlowSettings:
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd (got {self.kernel_size})")
-        if self.free_field and self.kind != "z2":
-            raise ValueError(f"free_field needs kind z2 (got kind {self.kind!r})")
+        for key in ("free_field", "pointwise"):
+            if getattr(self, key) and self.kind != "z2":
+                raise ValueError(f"{key} needs kind z2 (got kind {self.kind!r})")
         return self
 
 
@@ -225,9 +228,12 @@ def _flow_params(params: Params, variant: str) -> dict[str, Any]:
     flows with a Gaussian prior: draws of an HMC-ensemble prior are correlated already, and in the reduced study
     (L = 6, three seeds) the coarse flow-MH fell from acceptance 0.13-0.14 without the layer to 0.08-0.11 with it.
     Heads per sublattice go only into flows with a coarse-lattice prior, the priors built on the 2 x 2 cell (the key
-    is left out otherwise, so that other flows keep their task seeds)."""
+    is left out otherwise, so that other flows keep their task seeds). The site-wise maps (``pointwise``) go into
+    every variant's flow; the key is left out when it is 0, for the same reason."""
     spec = params.flow.model_dump()
     sublattice = spec.pop("sublattice")
+    if not spec["pointwise"]:
+        del spec["pointwise"]
     if variant in pipeline.ENSEMBLE_VARIANTS:
         spec["free_field"] = False
     if sublattice and variant in pipeline.COARSE_VARIANTS:

@@ -113,16 +113,20 @@ def make_flow(spec: Mapping[str, Any]) -> Flow:
     ``n_layers = 2, hidden = []`` the 37-parameter model of arXiv:2310.03381) or ``"tutorial"`` (Real-NVP of
     arXiv:2101.08176); ``n_layers``, ``hidden``, ``kernel_size``; ``free_field`` (z2 only): a trainable
     free-field layer (:class:`~olrg_hpc.flows.layers.FreeFieldScaling`) before the couplings; ``sublattice``:
-    couplings with one head per sublattice of the 2 x 2 cell (:class:`~olrg_hpc.flows.layers.AffineCoupling`)."""
+    couplings with one head per sublattice of the 2 x 2 cell (:class:`~olrg_hpc.flows.layers.AffineCoupling`);
+    ``pointwise`` (z2 only, 0 = none): a site-wise odd map (:class:`~olrg_hpc.flows.layers.SitewiseOddMap`) before
+    every ``pointwise``-th coupling."""
     kind = spec.get("kind", "z2")
     hidden = tuple(int(h) for h in spec.get("hidden", ()))
     n_layers, k = int(spec.get("n_layers", 2)), int(spec.get("kernel_size", 3))
     free_field, sublattice = bool(spec.get("free_field", False)), bool(spec.get("sublattice", False))
+    pointwise = int(spec.get("pointwise", 0))
     if kind == "z2":
         return z2_flow(n_layers=n_layers, hidden=hidden, kernel_size=k, rescale=True, free_field=free_field,
-                       sublattice=sublattice)
-    if free_field:
-        raise ValueError(f"free_field needs kind z2 (got kind {kind!r})")
+                       sublattice=sublattice, pointwise=pointwise)
+    for key, value in (("free_field", free_field), ("pointwise", pointwise)):
+        if value:
+            raise ValueError(f"{key} needs kind z2 (got kind {kind!r})")
     if kind == "tutorial":
         return tutorial_flow(n_layers=n_layers, hidden=hidden, kernel_size=k, sublattice=sublattice)
     raise ValueError(f"unknown flow kind {kind!r} (z2, tutorial)")

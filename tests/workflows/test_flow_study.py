@@ -63,6 +63,16 @@ class TestGraph:
             "fhmc-coarse-L8", "fhmc-coarse-L12"}
         assert with_layer["pretrain-L4-beta0.45"] and with_layer["train-warm-L12"] and with_layer["imh-gaussian-L8"]
 
+    def test_pointwise_maps_in_every_flow_and_absent_when_off(self) -> None:
+        """flow.pointwise reaches every variant's training and sampler tasks; at 0 (the default) the key is absent,
+        so the flows of earlier configs keep their task seeds."""
+        variants = ["gaussian", "coarse_bilinear", "warm"]
+        on = {t.name: t for t in flow_study.build(_params(variants=variants, flow={"pointwise": 2}))}
+        flows = {n: t.params["flow"] for n, t in on.items() if "flow" in t.params}
+        assert flows and all(f["pointwise"] == 2 for f in flows.values())
+        off = {t.name: t for t in flow_study.build(_params(variants=variants))}
+        assert not any("pointwise" in t.params["flow"] for t in off.values() if "flow" in t.params)
+
     def test_sublattice_heads_only_after_a_coarse_prior(self) -> None:
         """Heads per sublattice go into the flows of the coarse-lattice priors (default on), not into the others,
         whose flow settings do not even name the key (their task seeds stay as before); off when switched off."""
@@ -194,6 +204,9 @@ class TestGraph:
      "points[1] (L = 16): the same_L variant needs beta_prior"),
     ("  points: [{L: 8, beta: 0.5}]\n  flow: {kind: tutorial, free_field: true}",
      "params.flow: Value error, free_field needs kind z2 (got kind 'tutorial')"),
+    ("  points: [{L: 8, beta: 0.5}]\n  flow: {kind: tutorial, pointwise: 2}",
+     "params.flow: Value error, pointwise needs kind z2 (got kind 'tutorial')"),
+    ("  points: [{L: 8, beta: 0.5}]\n  flow: {pointwise: -1}", "params.flow.pointwise"),
 ])
 def test_bad_params_are_one_line(tmp_path: Path, params: str, where: str) -> None:
     cfg = tmp_path / "bad.yaml"
@@ -345,6 +358,8 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="free_field needs kind z2"):  # not dropped silently
         pipeline.make_flow({"kind": "tutorial", "free_field": True})
+    with pytest.raises(ValueError, match="pointwise needs kind z2"):
+        pipeline.make_flow({"kind": "tutorial", "pointwise": 1})
     with pytest.raises(ValueError, match="do not fit the flow"):  # parameters of another architecture
         pipeline.params_from_tree(pipeline.make_flow({"kind": "z2", "n_layers": 4, "hidden": []}), (4, 4),
                                   trained["params"])
