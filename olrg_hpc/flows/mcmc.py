@@ -24,14 +24,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from olrg_hpc.flows.model import Flow, Prior
-from olrg_hpc.flows.train import CPU_COMPILER_OPTIONS, flowed_log_weights, log_weights
+from olrg_hpc.flows.train import compiler_options, flowed_log_weights, log_weights
 from olrg_hpc.lattice.hmc import run_chain
 
 __all__ = ["IMHResult", "flow_imh", "FlowedAction", "FlowHMCResult", "flow_hmc", "map_to_target"]
@@ -112,18 +112,14 @@ def _imh(
     return IMHResult(phi, obs, acc, lws, jnp.mean(acc.astype(lws.dtype)))
 
 
-_IMH_STATIC = ("flow", "n_steps", "n_chains", "measure", "block")
-#: flow-MH compiled for the CPU with :data:`~olrg_hpc.flows.train.CPU_COMPILER_OPTIONS` (as training is): at the
-#: default LLVM -O3 the coupling layers' ``lax.scan`` ran 4.8x slower (L = 32, flow_line's flow, 16 chains, block 4:
-#: 476 against 99.5 us per proposal on 2 idle cores, the same accept decisions; ``benchmarks/bench_imh.py``)
-_IMH_JIT = {"cpu": jax.jit(_imh, static_argnames=_IMH_STATIC, compiler_options=CPU_COMPILER_OPTIONS)}
-
-
-def _imh_for_backend() -> Callable[..., IMHResult]:
-    backend = jax.default_backend()
-    if backend not in _IMH_JIT:
-        _IMH_JIT[backend] = jax.jit(_imh, static_argnames=_IMH_STATIC)
-    return _IMH_JIT[backend]
+@cache
+def _imh_jit(backend: str) -> Callable[..., IMHResult]:
+    """``_imh`` compiled for ``backend``; on the CPU with training's
+    :data:`~olrg_hpc.flows.train.CPU_COMPILER_OPTIONS`: at the default LLVM -O3 the coupling layers' ``lax.scan``
+    ran 4.8x slower (L = 32, flow_line's flow, 16 chains, block 4: 476 against 99.5 us per proposal on 2 idle
+    cores, the same accept decisions; ``benchmarks/bench_imh.py``)."""
+    return jax.jit(_imh, static_argnames=("flow", "n_steps", "n_chains", "measure", "block"),
+                   compiler_options=compiler_options([backend]))
 
 
 def flow_imh(
@@ -149,8 +145,9 @@ def flow_imh(
         block = max(1, IMH_SITES_PER_CALL // (n_chains * math.prod(prior.shape)))
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
-    return _imh_for_backend()(flow, params, prior, action, key, n_steps=n_steps, n_chains=n_chains, measure=measure,
-                block=min(int(block), max(int(n_steps), 1)))
+    imh = _imh_jit(jax.default_backend())
+    return imh(flow, params, prior, action, key, n_steps=n_steps, n_chains=n_chains, measure=measure,
+               block=min(int(block), max(int(n_steps), 1)))
 
 
 def _flat(z: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
