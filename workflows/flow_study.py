@@ -340,8 +340,9 @@ def _sampler_label(method: str, variant: str) -> str:
     return f"{method} ({variant})" if variant else method
 
 
-#: training-task results that :func:`head_start_rows` reads (``logw_var`` where stored)
-HEAD_START_KEYS = ("variant", "L", "metric_step", "acceptance", "metric_seconds", "step_offset", "logw_var")
+#: training-task results that :func:`head_start_rows` reads (``logw_var`` and ``work_offset`` where stored)
+HEAD_START_KEYS = ("variant", "L", "metric_step", "acceptance", "metric_seconds", "step_offset", "logw_var",
+                   "work_offset")
 
 
 def first_reaching(steps: np.ndarray, values: np.ndarray, target: float, below: bool = False) -> int | None:
@@ -352,26 +353,32 @@ def first_reaching(steps: np.ndarray, values: np.ndarray, target: float, below: 
     return int(np.asarray(steps)[hit[0]]) if hit.size else None
 
 
-def _seconds_fraction(g: Mapping[str, Any], step: int, t_ref: float) -> float:
-    """Training seconds of the curves ``g`` at their measured ``step``, over ``t_ref`` (NaN when that is 0)."""
+def _fractions(g: Mapping[str, Any], step: int, n_ref: int, t_ref: float) -> list[Any]:
+    """Step, work and seconds fractions of the curves ``g`` at their measured ``step`` against the Gaussian flow's
+    ``n_ref`` steps and ``t_ref`` seconds (work: fine steps plus ``work_offset``, "-" for a study file from before
+    it was stored; seconds: NaN when ``t_ref`` is 0)."""
+    fine = step - int(np.asarray(g["step_offset"]))
+    work = (fine + float(np.asarray(g["work_offset"]))) / n_ref if "work_offset" in g else "-"
     secs = float(np.asarray(g["metric_seconds"])[np.flatnonzero(np.asarray(g["metric_step"]) == step)[0]])
-    return secs / t_ref if t_ref > 0 else float("nan")
+    return [step / n_ref, work, secs / t_ref if t_ref > 0 else float("nan")]
 
 
 def head_start_rows(groups: Mapping[str, Any]) -> list[list[Any]]:
-    """Issue #6's coarse-lattice criterion, per L: steps (and seconds) a coarse-derived flow needs to reach the
-    acceptance the Gaussian-prior flow ends with, as a fraction of the Gaussian flow's steps (goal: <= 0.5); and
-    the same for the Gaussian flow's final Var(log w) (reached when at or below it), by steps and by seconds. At
-    low acceptance the MH acceptance of a 2048-sample measurement is mostly noise (a Gaussian-prior flow at L = 16
-    read 0.045 / 0.007 / 0.045 / 0.010 at steps 3000-4500, while its Var(log w) read 10.3 / 9.2 / 9.8 / 8.1), so
-    the Var(log w) criterion is the steadier of the two; both are reported.
+    """Issue #6's coarse-lattice criterion, per L: steps (and work, and seconds) a coarse-derived flow needs to
+    reach the acceptance the Gaussian-prior flow ends with, as a fraction of the Gaussian flow's (goal: <= 0.5);
+    and the same for the Gaussian flow's final Var(log w) (reached when at or below it). At low acceptance the MH
+    acceptance of a 2048-sample measurement is mostly noise (a Gaussian-prior flow at L = 16 read 0.045 / 0.007 /
+    0.045 / 0.010 at steps 3000-4500, while its Var(log w) read 10.3 / 9.2 / 9.8 / 8.1), so the Var(log w)
+    criterion is the steadier of the two; both are reported.
 
     ``groups`` maps ``train-*`` task names to their results (``variant``, ``L``, ``metric_step``, ``acceptance``,
-    ``metric_seconds``, ``step_offset``, optionally ``logw_var``). Warm-started steps count the L/2 pretraining
-    (each of those steps costs about a quarter of a fine one; on a ladder, every rung below), so the step
-    fraction is an upper bound on the fine-lattice share and the seconds fraction is the cost. Row: L, flow,
-    target acceptance, Gaussian steps, step reached, fine steps, step fraction, seconds fraction, target
-    Var(log w), step reached, step fraction, seconds fraction.
+    ``metric_seconds``, ``step_offset``, optionally ``logw_var`` and ``work_offset``). Three measures of the
+    training that a warm or laddered flow had at coarser L: the step fraction counts every step there at full
+    weight (an upper bound on the work), the work fraction counts each at its volume over this L's (a step at L/2
+    is a quarter of one here: ``train_flow_task``'s ``work_offset``), the seconds fraction counts what it cost on
+    this machine (with the prior ensembles' HMC). Row: L, flow, target acceptance, Gaussian steps, step reached,
+    fine steps, step fraction, work fraction, seconds fraction, target Var(log w), step reached, step fraction,
+    work fraction, seconds fraction.
     """
     rows = []
     by_L: dict[int, dict[str, Any]] = {}
@@ -392,18 +399,18 @@ def head_start_rows(groups: Mapping[str, Any]) -> list[list[Any]]:
                 continue
             step = first_reaching(g["metric_step"], g["acceptance"], target)
             if step is None:
-                row = [ell, v, target, n_ref, "not reached", "-", "-", "-"]
+                row = [ell, v, target, n_ref, "not reached", "-", "-", "-", "-"]
             else:
-                row = [ell, v, target, n_ref, step, step - int(np.asarray(g["step_offset"])), step / n_ref,
-                       _seconds_fraction(g, step, t_ref)]
+                row = [ell, v, target, n_ref, step, step - int(np.asarray(g["step_offset"])),
+                       *_fractions(g, step, n_ref, t_ref)]
             if "logw_var" not in g or not np.isfinite(v_target):  # a study file from before logw_var was stored
-                rows.append(row + [v_target, "-", "-", "-"])
+                rows.append(row + [v_target, "-", "-", "-", "-"])
                 continue
             v_step = first_reaching(g["metric_step"], g["logw_var"], v_target, below=True)
             if v_step is None:
-                rows.append(row + [v_target, "not reached", "-", "-"])
+                rows.append(row + [v_target, "not reached", "-", "-", "-"])
                 continue
-            rows.append(row + [v_target, v_step, v_step / n_ref, _seconds_fraction(g, v_step, t_ref)])
+            rows.append(row + [v_target, v_step, *_fractions(g, v_step, n_ref, t_ref)])
     return rows
 
 
@@ -472,11 +479,13 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
                                 for n in train_names})
         if head:
             rep.tables.append(Table("Head start from the coarse lattice: first step at which each flow reaches the "
-                                    "Gaussian-prior flow's final acceptance, and its final var log w (goal: step "
-                                    "fraction <= 0.5; warm steps include the training at coarser L)",
+                                    "Gaussian-prior flow's final acceptance, and its final var log w (goal: "
+                                    "fraction <= 0.5; steps count the training at coarser L at full weight, work "
+                                    "at its volume, seconds at its cost)",
                                     ["L", "flow", "target acc.", "Gaussian steps", "step reached", "fine steps",
-                                     "step fraction", "seconds fraction", "target var log w",
-                                     "step reached (var)", "step fraction (var)", "seconds fraction (var)"], head))
+                                     "step fraction", "work fraction", "seconds fraction", "target var log w",
+                                     "step reached (var)", "step fraction (var)", "work fraction (var)",
+                                     "seconds fraction (var)"], head))
 
         if "compare" not in tasks:
             return rep

@@ -217,7 +217,10 @@ def train_flow_task(point: Mapping[str, float], variant: str, flow: Mapping[str,
     measurement); for ``warm``, and for a rung of the coarse-prior ladder (a dependency with ``params``: the same
     variant's flow at the coarse point), both axes continue from the flow below (``step_offset``,
     ``seconds_offset``), and for the ensemble variants the seconds axis adds the HMC run seconds of the prior's
-    ensemble (the flow could not be trained without it). ``train_seconds``,
+    ensemble (the flow could not be trained without it). ``work_offset``: the training below in steps at this
+    ``L`` (each rung's steps times its volume over this one's: at fixed batch a step's work is about its volume;
+    8 -> 16 steps took 0.26 times as long on 2 cores), so the fine steps plus ``work_offset`` are the training's
+    work in units of one step here, a deterministic counterpart of the seconds axis. ``train_seconds``,
     ``compile_seconds``, ``wall_seconds`` of this task, and ``total_train_seconds`` (``seconds_offset`` +
     ``train_seconds``).
     """
@@ -226,13 +229,14 @@ def train_flow_task(point: Mapping[str, float], variant: str, flow: Mapping[str,
     model = make_flow(flow)
     prior = _prior(variant, point, prior_point, deps, prior_sigma)
     k_init, k_train, k_eval = jax.random.split(_int_seed(seed), 3)
-    step_offset, seconds_offset = 0, 0.0
+    step_offset, seconds_offset, work_offset = 0, 0.0, 0.0
     if variant == "warm" or any("params" in d for d in (deps or {}).values()):
         # a warm flow, or a rung of the coarse-prior ladder: start from the flow below and continue its axes
         pre = _dep_with(deps, "params")
         params = transfer_params(params_from_tree(model, (L, L), pre["params"]), jnp.float32)
         step_offset = int(pre["step_offset"]) + int(pre["steps"])
         seconds_offset = float(pre["seconds_offset"]) + float(pre["train_seconds"])
+        work_offset = (float(pre["work_offset"]) + int(pre["steps"])) * (int(pre["L"]) / L) ** 2
     else:
         params = init_flow(model, k_init, (L, L), jnp.float32)
     if variant in ENSEMBLE_VARIANTS:
@@ -269,6 +273,7 @@ def train_flow_task(point: Mapping[str, float], variant: str, flow: Mapping[str,
         "metric_loss": np.array([m["loss"] for m in ms]), "logw_var": np.array([m["logw_var"] for m in ms]),
         "metric_seconds": np.array([max(float(m["train_wall_s"]) - step_c, 0.0) for m in ms]) + seconds_offset,
         "steps": steps, "batch_size": batch_size, "step_offset": step_offset, "seconds_offset": seconds_offset,
+        "work_offset": work_offset,
         "train_seconds": train_seconds, "total_train_seconds": seconds_offset + train_seconds,
         "compile_seconds": compile_s, "wall_seconds": time.perf_counter() - t_start,
         "devices": n_dev, "n_params": count_params(res.state.params),

@@ -265,6 +265,7 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     np.testing.assert_array_equal(warm["metric_step"], [4, 6])  # continues the coarse training's axes
     assert warm["metric_seconds"][0] >= pre["metric_seconds"][-1] - 1e-9
     assert warm["total_train_seconds"] == pytest.approx(pre["train_seconds"] + warm["train_seconds"])
+    assert pre["work_offset"] == 0 and warm["work_offset"] == pytest.approx(4 * (COARSE["L"] / FINE["L"]) ** 2)
 
     trained = _through_shard(tmp_path, "coarse", pipeline.train_flow_task(
         FINE, "coarse", steps=2, seed=3, prior_point=COARSE, deps={"gather": gather}, **TRAIN))
@@ -283,6 +284,7 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     assert max(moved) <= 2.02 * TRAIN["lr"]
     assert rung["seconds_offset"] == pytest.approx(trained["total_train_seconds"] + gather["run_seconds"])
     assert rung["metric_seconds"][0] == pytest.approx(rung["seconds_offset"])
+    assert rung["work_offset"] == pytest.approx(2.0)  # the flow below trained 2 steps at the same L here
     imh = pipeline.flow_imh_task(FINE, "coarse", TINY_FLOW, n_chains=4, n_steps=30, n_therm=5, seed=4,
                                  prior_point=COARSE, deps={"train": trained, "gather": gather})
     kept = 30 - (imh["therm_steps"] - 5)  # thermalisation follows tau_int (test_thermalisation_follows_tau_int)
@@ -496,32 +498,39 @@ def test_report_with_several_L(tmp_path: Path) -> None:
 
 def test_head_start_counts_steps_to_the_gaussian_acceptance() -> None:
     """Issue #6's criterion on made-up curves: the Gaussian flow ends at acceptance 0.4 after 1000 steps; the
-    coarse-prior flow first reaches it at step 400 (fraction 0.4), the warm flow (300 pretraining steps at L/2)
-    at step 600 = 300 fine steps (fraction 0.6); a flow that never reaches it says so."""
+    coarse-prior flow first reaches it at step 400 (fraction 0.4), the warm flow (300 pretraining steps at L/2,
+    work 75 steps here) at step 600 = 300 fine steps (step fraction 0.6, work fraction 0.375); a flow that never
+    reaches it says so."""
     steps = np.arange(0, 1001, 100)
     gauss = {"variant": b"gaussian", "L": 16, "metric_step": steps, "acceptance": np.linspace(0, 0.4, 11),
-             "metric_seconds": steps / 10.0, "step_offset": 0}
+             "metric_seconds": steps / 10.0, "step_offset": 0, "work_offset": 0.0}
     coarse = dict(gauss, variant="coarse", acceptance=np.minimum(steps / 1000.0, 0.9))
-    warm = dict(gauss, variant="warm", metric_step=np.arange(300, 1001, 100), step_offset=300,
+    warm = dict(gauss, variant="warm", metric_step=np.arange(300, 1001, 100), step_offset=300, work_offset=75.0,
                 acceptance=np.array([0.1, 0.2, 0.3, 0.41, 0.5, 0.5, 0.5, 0.5]), metric_seconds=np.arange(8.0) + 20)
     rows = flow_study.head_start_rows({"g": gauss, "c": coarse, "w": warm})
-    assert rows[0][:7] == [16, "coarse", pytest.approx(0.4), 1000, 400, 400, pytest.approx(0.4)]
-    assert rows[1][:7] == [16, "warm", pytest.approx(0.4), 1000, 600, 300, pytest.approx(0.6)]
-    assert rows[1][7] == pytest.approx(23.0 / 100.0)
+    assert rows[0][:9] == [16, "coarse", pytest.approx(0.4), 1000, 400, 400, pytest.approx(0.4), pytest.approx(0.4),
+                           pytest.approx(0.4)]
+    assert rows[1][:9] == [16, "warm", pytest.approx(0.4), 1000, 600, 300, pytest.approx(0.6), pytest.approx(0.375),
+                           pytest.approx(23.0 / 100.0)]
     slow = dict(coarse, acceptance=np.full(11, 0.2))
-    assert flow_study.head_start_rows({"g": gauss, "c": slow})[0][4] == "not reached"
+    assert flow_study.head_start_rows({"g": gauss, "c": slow})[0][4:9] == ["not reached", "-", "-", "-", "-"]
     assert flow_study.first_reaching(steps, np.zeros(11), 0.1) is None
+    old = {k: v for k, v in warm.items() if k != "work_offset"}  # a study file from before work_offset was stored
+    assert flow_study.head_start_rows({"g": gauss, "w": old})[0][6:9] == [pytest.approx(0.6), "-",
+                                                                          pytest.approx(0.23)]
     # Var(log w): the Gaussian flow ends at 2.0; the coarse flow is at or below it from step 300 on, lower is better
     gauss["logw_var"] = np.linspace(12.0, 2.0, 11)
     coarse["logw_var"] = np.array([9.0, 5.0, 2.5, 2.0, 1.5, 1, 1, 1, 1, 1, 1])
     rows = flow_study.head_start_rows({"g": gauss, "c": coarse, "w": warm})
-    assert rows[0][8:] == [pytest.approx(2.0), 300, pytest.approx(0.3), pytest.approx(0.3)]  # seconds = steps / 10
-    assert rows[1][8:] == [pytest.approx(2.0), "-", "-", "-"]  # no logw_var stored (an older study file)
+    assert rows[0][9:] == [pytest.approx(2.0), 300, pytest.approx(0.3), pytest.approx(0.3),
+                           pytest.approx(0.3)]  # seconds = steps / 10
+    assert rows[1][9:] == [pytest.approx(2.0), "-", "-", "-", "-"]  # no logw_var stored (an older study file)
     warm["logw_var"] = np.array([3.0, 2.5, 1.9, 1.0, 1.0, 1.0, 1.0, 1.0])  # reaches 2.0 at step 500, 22 s
-    assert flow_study.head_start_rows({"g": gauss, "w": warm})[0][8:] == [
-        pytest.approx(2.0), 500, pytest.approx(0.5), pytest.approx(22.0 / 100.0)]
+    assert flow_study.head_start_rows({"g": gauss, "w": warm})[0][9:] == [
+        pytest.approx(2.0), 500, pytest.approx(0.5), pytest.approx(0.275), pytest.approx(22.0 / 100.0)]
     slow["logw_var"] = np.full(11, 3.0)
-    assert flow_study.head_start_rows({"g": gauss, "c": slow})[0][8:] == [pytest.approx(2.0), "not reached", "-", "-"]
+    assert flow_study.head_start_rows({"g": gauss, "c": slow})[0][9:] == [pytest.approx(2.0), "not reached", "-",
+                                                                          "-", "-"]
 
 
 def test_thermalisation_follows_tau_int() -> None:
