@@ -14,7 +14,9 @@ Graph, per fine point ``(L, beta, lam)`` (beta/lambda convention of arXiv:2310.0
    point for ``warm_fraction`` of the steps; with ``training.ladder``, when the study also has the coarse point
    ``(L/2, beta_coarse)``, the parameters of that point's ``train-warm`` instead: 8 -> 16 -> 32 ..., every rung
    training the fine share of the steps; with ``training.ladder`` a coarse-prior flow likewise starts from the
-   same variant's flow at ``(L/2, beta_coarse)`` when the study has that point, and trains the fine share);
+   same variant's flow at ``(L/2, beta_coarse)`` when the study has that point, and trains the fine share; with
+   ``training.rung: pretrain`` both start instead from a training at ``(L/2, beta_coarse)`` for the coarse share
+   of the steps, ``pretrain-Ll`` and ``pretrain-<variant>-Ll``, so that every flow trains ``steps`` steps in all);
    each records acceptance and ESS versus training step and seconds and holds its trained parameters;
 3. sampling in parallel: ``imh-<variant>-L`` (flow independent Metropolis-Hastings), ``fhmc-<variant>-L``
    (flow-HMC, for ``flow_hmc.variants``; with ``flow_hmc.start: hmc``, the default, after ``hmc-L``, whose
@@ -123,11 +125,19 @@ class Training(Strict):
                          "when there is one (8 -> 16 -> 32 ...), else from a fresh pretraining at L/2; a coarse-prior "
                          "flow (coarse, coarse_bilinear, coarse_noise) from the same variant's flow there, if any, "
                          "training the fine share of the steps")
+    rung: Literal["final", "pretrain"] = Field(
+        "final", description="with ladder, what a fine flow starts from. final: the study's flow of the same variant "
+        "at (L/2, beta_coarse), which trained its own full steps, all counted on the step axis; pretrain: a training "
+        "of that variant at (L/2, beta_coarse) for the coarse share of the steps (warm_fraction), so that every "
+        "flow at a point trains `steps` steps in all, as the Gaussian flow does (a coarse-prior flow's pretraining "
+        "takes its prior from the study's point at L/2; without that point the flow trains from scratch)")
 
     @model_validator(mode="after")
     def _split(self) -> Training:
         if self.steps % self.metrics_every:
             raise ValueError(f"steps ({self.steps}) must be a multiple of metrics_every ({self.metrics_every})")
+        if self.rung == "pretrain" and not self.ladder:
+            raise ValueError("rung 'pretrain' needs ladder: true (without a ladder no flow starts from L/2 but warm)")
         return self
 
     def warm_split(self) -> tuple[int, int]:
@@ -279,6 +289,21 @@ def build(params: Params) -> list[Task]:
             tasks.append(gathers[ptag])
         return gathers[ptag]
 
+    def rung_below(variant: str, coarse: dict[str, float], flow: dict[str, Any]) -> Task | None:
+        """The flow a coarse-prior flow at L starts from (``training.rung``), or ``None``: train from scratch."""
+        if variant not in pipeline.COARSE_VARIANTS:
+            return None
+        if tr.rung == "final":
+            return coarse_at.get((variant, coarse["L"], coarse["beta"]))
+        q = next((x for x in params.points if (x.L, x.beta) == (coarse["L"], coarse["beta"])), None)
+        if q is None:
+            return None
+        t = Task(f"pretrain-{variant}-{_point_tag(coarse)}", pipeline.train_flow_task,
+                 {"point": coarse, "variant": variant, "steps": tr.warm_split()[0], "flow": flow,
+                  **_prior_kw(variant, q, params), **train_kw}, deps=(gather_at(q.prior(variant, lam)).name,))
+        tasks.append(t)
+        return t
+
     for p in sorted(params.points, key=lambda q: q.L):
         fine, coarse = p.fine(lam), p.coarse(lam)
         tag = f"L{p.L}"
@@ -294,7 +319,7 @@ def build(params: Params) -> list[Task]:
             flow = _flow_params(params, v)  # training and samplers of a variant share it (samplers: t.params)
             if v == "warm":
                 n_coarse, n_fine = tr.warm_split()
-                pre = warm_at.get((coarse["L"], coarse["beta"])) if tr.ladder else None
+                pre = warm_at.get((coarse["L"], coarse["beta"])) if tr.ladder and tr.rung == "final" else None
                 if pre is None:  # the same flow: its parameters move to L unchanged
                     pre = Task(f"pretrain-{_point_tag(coarse)}", pipeline.train_flow_task,
                                {"point": coarse, "variant": "gaussian", "steps": n_coarse, "flow": flow, **train_kw})
@@ -304,7 +329,7 @@ def build(params: Params) -> list[Task]:
                          deps=(pre.name,))
                 warm_at[(p.L, p.beta)] = t
             elif v in prior_gather:
-                below = coarse_at.get((v, coarse["L"], coarse["beta"])) if tr.ladder else None
+                below = rung_below(v, coarse, flow) if tr.ladder else None
                 t = Task(f"train-{v}-{tag}", pipeline.train_flow_task,
                          {"point": fine, "variant": v, "steps": tr.warm_split()[1] if below else tr.steps,
                           "flow": flow, **_prior_kw(v, p, params), **train_kw},
@@ -438,11 +463,13 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
                         continue
                     v = s(g["variant"][()])
                     curves.append((g, v, "o-"))
-                    # where the warm flow comes from: a pretraining at L/2, or the ladder's rung below
-                    pre = [tasks[m] for m in tasks if m.startswith(f"pretrain-L{ell // 2}-")]
-                    pre += [tasks[m] for m in (f"train-warm-L{ell // 2}",) if m in tasks]
-                    if v == "warm" and pre:
-                        curves.append((pre[0], f"warm: its training at L = {ell // 2}", "o--"))
+                    # where a warm flow comes from: a pretraining at L/2, or the ladder's rung below (a
+                    # coarse-prior flow's rung below is on the L/2 row, unless it is a pretraining)
+                    head = f"pretrain-L{ell // 2}-" if v == "warm" else f"pretrain-{v}-L{ell // 2}-"
+                    pre = [tasks[m] for m in tasks if m.startswith(head)]
+                    pre += [tasks[m] for m in (f"train-warm-L{ell // 2}",) if v == "warm" and m in tasks]
+                    if pre:
+                        curves.append((pre[0], f"{v}: its training at L = {ell // 2}", "o--"))
                 for g, v, style in curves:
                     for col, (x, y) in enumerate([("metric_step", "acceptance"), ("metric_step", "ess"),
                                                   ("metric_seconds", "acceptance"), ("metric_seconds", "ess")]):

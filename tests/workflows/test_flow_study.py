@@ -137,6 +137,28 @@ class TestGraph:
         assert off["train-coarse-L32"].deps == ("gather-L16-beta0.634",)
         assert off["train-coarse-L32"].params["steps"] == steps
 
+    def test_pretrain_rungs_give_every_flow_the_same_steps(self) -> None:
+        """With rung 'pretrain', a warm or coarse-prior flow at L starts from its own training at (L/2, beta_coarse)
+        for the coarse share of the steps, with that point's prior (a coarse-prior one: the study's point there, whose
+        beta_coarse gives the ensemble), so that coarse + fine steps equal the Gaussian flow's. The study's flows at
+        L/2 are left as they are; without a point at L/2 a coarse-prior flow trains from scratch."""
+        pts = [{"L": 16, "beta": 0.634, "beta_coarse": 0.576}, {"L": 32, "beta": 0.66, "beta_coarse": 0.634}]
+        training = {"rung": "pretrain", "warm_fraction": 0.25, "steps": 2000}
+        by = {t.name: t for t in flow_study.build(_params(points=pts, variants=["gaussian", "warm", "coarse_bilinear"],
+                                                          training=training, flow_hmc={"variants": []}))}
+        steps = by["train-gaussian-L32"].params["steps"]
+        pre = by["pretrain-coarse_bilinear-L16-beta0.634"]
+        assert pre.deps == ("gather-L8-beta0.576",)
+        assert pre.params["point"]["L"] == 16 and pre.params["prior_point"] == {"L": 8, "beta": 0.576, "lam": 0.5}
+        assert by["train-coarse_bilinear-L32"].deps == ("gather-L16-beta0.634", pre.name)
+        assert by["train-warm-L32"].deps == ("pretrain-L16-beta0.634",)
+        for v, first in (("coarse_bilinear", pre), ("warm", by["pretrain-L16-beta0.634"])):
+            assert first.params["steps"] == steps // 4
+            assert first.params["steps"] + by[f"train-{v}-L32"].params["steps"] == steps
+        assert by["train-coarse_bilinear-L16"].params["steps"] == steps  # the smallest rung trains from scratch
+        assert by["train-coarse_bilinear-L16"].deps == ("gather-L8-beta0.576",)
+        assert "pretrain-coarse_bilinear-L8-beta0.576" not in by
+
     def test_tuned_md_steps_reach_the_hmc_tasks(self) -> None:
         """tune_acceptance reaches plain HMC and flow-HMC, each its own; unset, the fixed n_steps are used."""
         tuned = {t.name: t for t in flow_study.build(_params(hmc={"tune_acceptance": 0.8},
@@ -196,6 +218,9 @@ class TestGraph:
     ("  points: [{L: 8, beta: 0.5}]\n  variants: [gaussian, coarse_bilinar]", "params.variants.1"),
     ("  points: [{L: 8, beta: 0.5}]\n  hmc: {tune_acceptance: 1.5}", "params.hmc.tune_acceptance"),
     ("  points: [{L: 8, beta: 0.5}]\n  training: {ladder: maybe}", "params.training.ladder"),
+    ("  points: [{L: 8, beta: 0.5}]\n  training: {ladder: false, rung: pretrain}",
+     "params.training: Value error, rung 'pretrain' needs ladder: true"),
+    ("  points: [{L: 8, beta: 0.5}]\n  training: {rung: first}", "params.training.rung"),
     ("  points: [{L: 8, beta: 0.5}]\n  flow_hmc: {n_chains: 16}\n  hmc: {n_chains: 8}",
      "params.hmc: Value error, n_chains (8) is below flow_hmc.n_chains (16)"),
     ("  points: [{L: 8, beta: 0.5}]\n  flow_hmc: {start: hot}", "params.flow_hmc.start"),
