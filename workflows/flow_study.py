@@ -465,8 +465,8 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
                     curves.append((g, v, "o-"))
                     # where a warm flow comes from: a pretraining at L/2, or the ladder's rung below (a
                     # coarse-prior flow's rung below is on the L/2 row, unless it is a pretraining)
-                    head = f"pretrain-L{ell // 2}-" if v == "warm" else f"pretrain-{v}-L{ell // 2}-"
-                    pre = [tasks[m] for m in tasks if m.startswith(head)]
+                    prefix = f"pretrain-L{ell // 2}-" if v == "warm" else f"pretrain-{v}-L{ell // 2}-"
+                    pre = [tasks[m] for m in tasks if m.startswith(prefix)]
                     pre += [tasks[m] for m in (f"train-warm-L{ell // 2}",) if v == "warm" and m in tasks]
                     if pre:
                         curves.append((pre[0], f"{v}: its training at L = {ell // 2}", "o--"))
