@@ -46,7 +46,7 @@ from olrg_hpc.report import Table, WorkflowReport
 from olrg_hpc.tasks import Task
 from workflows.phi4_ensembles import HMCChains
 
-Variant = Literal["gaussian", "coarse", "coarse_bilinear", "coarse_noise", "same_L", "warm"]
+Variant = Literal["gaussian", "coarse", "coarse_bilinear", "coarse_noise", "same_L", "warm", "multilevel"]
 
 
 class Point(Strict):
@@ -206,6 +206,24 @@ class Params(Strict):
             raise ValueError(f"each variant at most once (got {v})")
         return v
 
+    @field_validator("variants")
+    @classmethod
+    def _multilevel_lattices(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if "multilevel" in v:
+            for i, p in enumerate(info.data.get("points", [])):
+                if p.L % 4:
+                    raise ValueError(f"points[{i}] (L = {p.L}): the multilevel variant needs L divisible by 4 "
+                                     "(its coarse flow at L/2 has a checkerboard)")
+        return v
+
+    @field_validator("training")
+    @classmethod
+    def _multilevel_rung(cls, v: Training, info: ValidationInfo) -> Training:
+        if "multilevel" in info.data.get("variants", []) and v.rung == "pretrain":
+            raise ValueError("the multilevel variant refines the study's flow at L/2 (rung: final); rung 'pretrain' "
+                             "does not apply to it")
+        return v
+
     @model_validator(mode="after")
     def _same_L_has_beta_prior(self) -> Params:
         if "same_L" in self.variants:
@@ -246,7 +264,9 @@ def _flow_params(params: Params, variant: str) -> dict[str, Any]:
         del spec["pointwise"]
     if variant in pipeline.ENSEMBLE_VARIANTS:
         spec["free_field"] = False
-    if sublattice and variant in pipeline.COARSE_VARIANTS:
+    if variant == "multilevel":  # the refined coarse field is correlated already, and it lives on the 2 x 2 cell
+        spec["free_field"] = False
+    if sublattice and variant in (*pipeline.COARSE_VARIANTS, "multilevel"):
         spec["sublattice"] = True
     return spec
 
@@ -271,6 +291,8 @@ def build(params: Params) -> list[Task]:
     tasks: list[Task] = []
     samplers: list[str] = []
     warm_at: dict[tuple[int, float], Task] = {}  # trained warm flows by (L, beta): the ladder's rungs
+    multilevel_at: dict[tuple[int, float], Task] = {}  # trained multilevel flows by (L, beta): theirs
+    pretrains: dict[str, Task] = {}  # Gaussian pretrainings at L/2, by name: warm and multilevel may share one
     coarse_at: dict[tuple[str, int, float], Task] = {}  # trained coarse-prior flows by (variant, L, beta): theirs
     gathers: dict[str, Task] = {}  # pooled HMC ensembles of the priors, by point: one per point, however many use it
 
@@ -304,6 +326,16 @@ def build(params: Params) -> list[Task]:
         tasks.append(t)
         return t
 
+    def pretrain_at(coarse: dict[str, float]) -> Task:
+        """The Gaussian-prior flow trained at ``coarse`` for the coarse share of the steps (warm_fraction)."""
+        name = f"pretrain-{_point_tag(coarse)}"
+        if name not in pretrains:
+            pretrains[name] = Task(name, pipeline.train_flow_task,
+                                   {"point": coarse, "variant": "gaussian", "steps": tr.warm_split()[0],
+                                    "flow": _flow_params(params, "gaussian"), **train_kw})
+            tasks.append(pretrains[name])
+        return pretrains[name]
+
     for p in sorted(params.points, key=lambda q: q.L):
         fine, coarse = p.fine(lam), p.coarse(lam)
         tag = f"L{p.L}"
@@ -318,16 +350,20 @@ def build(params: Params) -> list[Task]:
         for v in params.variants:
             flow = _flow_params(params, v)  # training and samplers of a variant share it (samplers: t.params)
             if v == "warm":
-                n_coarse, n_fine = tr.warm_split()
                 pre = warm_at.get((coarse["L"], coarse["beta"])) if tr.ladder and tr.rung == "final" else None
-                if pre is None:  # the same flow: its parameters move to L unchanged
-                    pre = Task(f"pretrain-{_point_tag(coarse)}", pipeline.train_flow_task,
-                               {"point": coarse, "variant": "gaussian", "steps": n_coarse, "flow": flow, **train_kw})
-                    tasks.append(pre)
+                pre = pre or pretrain_at(coarse)  # the same flow: its parameters move to L unchanged
                 t = Task(f"train-warm-{tag}", pipeline.train_flow_task,
-                         {"point": fine, "variant": "warm", "steps": n_fine, "flow": flow, **train_kw},
+                         {"point": fine, "variant": "warm", "steps": tr.warm_split()[1], "flow": flow, **train_kw},
                          deps=(pre.name,))
                 warm_at[(p.L, p.beta)] = t
+            elif v == "multilevel":
+                pre = multilevel_at.get((coarse["L"], coarse["beta"])) if tr.ladder else None
+                pre = pre or pretrain_at(coarse)
+                flow = {**flow, "refine": {"coarse": pre.params["flow"], "scale": (p.beta / coarse["beta"]) ** 0.5}}
+                t = Task(f"train-multilevel-{tag}", pipeline.train_flow_task,
+                         {"point": fine, "variant": v, "steps": tr.warm_split()[1], "flow": flow, **train_kw},
+                         deps=(pre.name,))
+                multilevel_at[(p.L, p.beta)] = t
             elif v in prior_gather:
                 below = rung_below(v, coarse, flow) if tr.ladder else None
                 t = Task(f"train-{v}-{tag}", pipeline.train_flow_task,
@@ -463,11 +499,12 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
                         continue
                     v = s(g["variant"][()])
                     curves.append((g, v, "o-"))
-                    # where a warm flow comes from: a pretraining at L/2, or the ladder's rung below (a
-                    # coarse-prior flow's rung below is on the L/2 row, unless it is a pretraining)
-                    prefix = f"pretrain-L{ell // 2}-" if v == "warm" else f"pretrain-{v}-L{ell // 2}-"
+                    # where a warm or multilevel flow comes from: a Gaussian pretraining at L/2, or the ladder's
+                    # rung below (a coarse-prior flow's rung below is on the L/2 row, unless it is a pretraining)
+                    gaussian_below = v in ("warm", "multilevel")
+                    prefix = f"pretrain-L{ell // 2}-" if gaussian_below else f"pretrain-{v}-L{ell // 2}-"
                     pre = [tasks[m] for m in tasks if m.startswith(prefix)]
-                    pre += [tasks[m] for m in (f"train-warm-L{ell // 2}",) if v == "warm" and m in tasks]
+                    pre += [tasks[m] for m in (f"train-{v}-L{ell // 2}",) if gaussian_below and m in tasks]
                     if pre:
                         curves.append((pre[0], f"{v}: its training at L = {ell // 2}", "o--"))
                 for g, v, style in curves:

@@ -38,12 +38,15 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["interleave", "deinterleave", "CoarsePrior", "EnsemblePrior", "RefinePrior", "refine_sigma",
-           "transfer_params"]
+from olrg_hpc.flows.model import Flow
+
+__all__ = ["interleave", "deinterleave", "CoarsePrior", "EnsemblePrior", "RefinePrior", "RefineFlow",
+           "refine_sigma", "transfer_params"]
 
 
 def interleave(coarse: jax.Array) -> jax.Array:
@@ -179,6 +182,55 @@ class RefinePrior:
         log_norm = jnp.log(jnp.asarray(self.sigma, z.dtype)) + 0.5 * math.log(2 * math.pi)
         return (-self.action.action(cf / self.scale) - n_c * log_s
                 - 0.5 * jnp.sum(eps**2, axis=(-3, -2, -1)) - 3 * n_c * log_norm)
+
+
+class RefineFlow(nn.Module):
+    """A flow at ``L/2`` refined to ``L``: :class:`RefinePrior` with a coarse *flow* in place of the ensemble.
+
+    Input ``x``, ``(*batch, L1, L2)`` (standard normal under a Gaussian prior). Its even sublattice is the coarse
+    flow's input, ``phi_c = F_c(x(2x, 2y))``; the three others are the noise: ``y(2x, 2y) = s phi_c(x, y)`` and
+    ``y(2x + a, 2y + b) = m_ab(x, y) + sigma_ab x(2x + a, 2y + b)``, with ``m_ab`` the bilinear interpolation of
+    ``s phi_c`` (``interpolate``) or 0, as in :class:`RefinePrior`, and one trainable width per sublattice,
+    ``sigma_ab = e^{log_sigma_ab}`` (parameter ``log_sigma (3,)``; zeros at initialisation, i.e. ``sigma = 1``:
+    set it, e.g. from :func:`refine_sigma` of the coarse flow's samples). ``s``: the field factor between the two
+    tutorial normalisations (``scale``, fixed). The map is triangular, so
+    ``log_det = log det F_c + (V/4) [log s + sum_ab log sigma_ab]``.
+
+    It is a bijection of the whole lattice: a Gaussian-prior flow whose first layer is a ``RefineFlow`` samples
+    ``L`` through ``L/2`` (and ``L/4``, ..., when the coarse flow begins with one too) with an exact density,
+    and trains end to end by reverse KL, the coarse flow included. Unlike :class:`RefinePrior` nothing is drawn
+    from an HMC ensemble, so flow-MH pays no prior. Parameters ``{"coarse": <the coarse flow's>, "log_sigma"}``;
+    a coarse flow's trained parameters drop in unchanged. Z2-equivariant when the coarse flow is.
+    """
+
+    coarse: Flow
+    scale: float = 1.0
+    interpolate: bool = True
+
+    def setup(self) -> None:
+        self.log_sigma = self.param("log_sigma", nn.initializers.zeros_init(), (3,))
+
+    def _widths(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``sigma_ab`` shaped for the ``(*b, 3, l1, l2)`` noise sublattices, and this layer's own ``log_det``."""
+        log_sig = self.log_sigma.astype(x.dtype)
+        n_c = math.prod(x.shape[-2:]) // 4
+        return jnp.exp(log_sig)[:, None, None], n_c * (math.log(self.scale) + jnp.sum(log_sig))
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        subs = deinterleave(x)
+        phi_c, log_det = self.coarse(subs[..., 0, :, :])
+        cf = self.scale * phi_c
+        sig, log_det_own = self._widths(x)
+        rest = _refine_means(cf, self.interpolate) + sig * subs[..., 1:, :, :]
+        return interleave(jnp.concatenate([cf[..., None, :, :], rest], axis=-3)), log_det + log_det_own
+
+    def inverse(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+        subs = deinterleave(y)
+        cf = subs[..., 0, :, :]
+        sig, log_det_own = self._widths(y)
+        eps = (subs[..., 1:, :, :] - _refine_means(cf, self.interpolate)) / sig
+        xc, log_det_inv = self.coarse.inverse(cf / self.scale)
+        return interleave(jnp.concatenate([xc[..., None, :, :], eps], axis=-3)), log_det_inv - log_det_own
 
 
 def refine_sigma(ensemble: Any, scale: float, interpolate: bool) -> float:

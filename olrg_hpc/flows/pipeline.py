@@ -14,7 +14,12 @@ Conventions (science.md section 2; Albandea et al. arXiv:2310.03381, arXiv:2302.
   configuration of an HMC ensemble at the same ``L`` and a nearby, usually smaller, ``beta_prior``), ``warm``
   (Gaussian prior; parameters of a flow first trained at the coarse point ``(L/2, beta_coarse)``, moved to ``L``
   by :func:`~olrg_hpc.flows.coarse.transfer_params`; its step and seconds axes continue those of the coarse
-  training). The ensemble variants (``ENSEMBLE_VARIANTS``) draw from the ensemble at ``prior_point``.
+  training), ``multilevel`` (Gaussian prior; the flow at ``L`` is the flow trained at ``(L/2, beta_coarse)``
+  refined to ``L`` by a :class:`~olrg_hpc.flows.coarse.RefineFlow` (its field on the even sublattice, bilinear
+  means plus trainable noise on the others) followed by couplings with heads per sublattice, trained end to end:
+  the bilinear prior ``coarse_bilinear`` with a flow in place of the HMC ensemble, so that flow-MH pays no prior
+  ensemble; :func:`refine_init`). The ensemble variants (``ENSEMBLE_VARIANTS``) draw from the ensemble at
+  ``prior_point``.
 * Timings: ``compile_s`` is the time JAX spent tracing, lowering and compiling (from ``jax.monitoring``
   events); ``run_s = wall_s - compile_s``. Training curves use training seconds without compilation and
   without the time spent measuring. Sampling cost: ``seconds_per_sample = run_s / (n_chains x steps)``
@@ -74,9 +79,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from olrg_hpc.flows.coarse import CoarsePrior, EnsemblePrior, RefinePrior, refine_sigma, transfer_params
+from olrg_hpc.flows.coarse import CoarsePrior, EnsemblePrior, RefineFlow, RefinePrior, refine_sigma, transfer_params
 from olrg_hpc.flows.mcmc import FlowedAction, flow_hmc, flow_imh
-from olrg_hpc.flows.model import Flow, GaussianPrior, count_params, init_flow, tutorial_flow, z2_flow
+from olrg_hpc.flows.model import Flow, GaussianPrior, count_params, init_flow, sample_flow, tutorial_flow, z2_flow
 from olrg_hpc.flows.train import evaluate, make_mesh, train
 from olrg_hpc.jaxsetup import enable_x64
 from olrg_hpc.jaxtiming import compile_clock, compile_seconds
@@ -91,6 +96,7 @@ __all__ = [
     "ENSEMBLE_VARIANTS",
     "make_flow",
     "params_from_tree",
+    "refine_init",
     "gather_coarse_ensemble",
     "train_flow_task",
     "flow_imh_task",
@@ -105,7 +111,7 @@ REFINE_VARIANTS = ("coarse_bilinear", "coarse_noise")
 COARSE_VARIANTS = ("coarse", *REFINE_VARIANTS)
 #: prior variants that draw from a stored HMC ensemble (at ``prior_point``): the coarse ones and ``same_L``
 ENSEMBLE_VARIANTS = (*COARSE_VARIANTS, "same_L")
-VARIANTS = ("gaussian", *ENSEMBLE_VARIANTS, "warm")
+VARIANTS = ("gaussian", *ENSEMBLE_VARIANTS, "warm", "multilevel")
 
 # ------------------------------------------------------------------------------------------------ models
 def make_flow(spec: Mapping[str, Any]) -> Flow:
@@ -115,21 +121,28 @@ def make_flow(spec: Mapping[str, Any]) -> Flow:
     free-field layer (:class:`~olrg_hpc.flows.layers.FreeFieldScaling`) before the couplings; ``sublattice``:
     couplings with one head per sublattice of the 2 x 2 cell (:class:`~olrg_hpc.flows.layers.AffineCoupling`);
     ``pointwise`` (z2 only, 0 = none): a site-wise odd map (:class:`~olrg_hpc.flows.layers.SitewiseOddMap`) before
-    every ``pointwise``-th coupling."""
+    every ``pointwise``-th coupling; ``refine`` (``{"coarse": <spec of a flow at L/2>, "scale": s}``): the flow at
+    ``L/2`` refined to ``L`` by a :class:`~olrg_hpc.flows.coarse.RefineFlow` (field factor ``s``) before the
+    couplings, recursively (the multilevel variant)."""
     kind = spec.get("kind", "z2")
     hidden = tuple(int(h) for h in spec.get("hidden", ()))
     n_layers, k = int(spec.get("n_layers", 2)), int(spec.get("kernel_size", 3))
     free_field, sublattice = bool(spec.get("free_field", False)), bool(spec.get("sublattice", False))
     pointwise = int(spec.get("pointwise", 0))
     if kind == "z2":
-        return z2_flow(n_layers=n_layers, hidden=hidden, kernel_size=k, rescale=True, free_field=free_field,
+        flow = z2_flow(n_layers=n_layers, hidden=hidden, kernel_size=k, rescale=True, free_field=free_field,
                        sublattice=sublattice, pointwise=pointwise)
-    for key, value in (("free_field", free_field), ("pointwise", pointwise)):
-        if value:
-            raise ValueError(f"{key} needs kind z2 (got kind {kind!r})")
-    if kind == "tutorial":
-        return tutorial_flow(n_layers=n_layers, hidden=hidden, kernel_size=k, sublattice=sublattice)
-    raise ValueError(f"unknown flow kind {kind!r} (z2, tutorial)")
+    elif kind == "tutorial":
+        for key, value in (("free_field", free_field), ("pointwise", pointwise)):
+            if value:
+                raise ValueError(f"{key} needs kind z2 (got kind {kind!r})")
+        flow = tutorial_flow(n_layers=n_layers, hidden=hidden, kernel_size=k, sublattice=sublattice)
+    else:
+        raise ValueError(f"unknown flow kind {kind!r} (z2, tutorial)")
+    refine = spec.get("refine")
+    if refine is None:
+        return flow
+    return Flow((RefineFlow(make_flow(refine["coarse"]), scale=float(refine["scale"])), *flow.layers))
 
 
 def params_from_tree(flow: Flow, shape: tuple[int, int], stored: Mapping[str, Any], dtype: Any = jnp.float32) -> Any:
@@ -140,6 +153,31 @@ def params_from_tree(flow: Flow, shape: tuple[int, int], stored: Mapping[str, An
         return jax.tree.map(lambda t, s: jnp.asarray(np.asarray(s), t.dtype).reshape(t.shape), template, dict(stored))
     except (ValueError, TypeError) as exc:
         raise ValueError(f"stored flow parameters do not fit the flow ({exc})") from None
+
+
+def refine_init(model: Flow, below: Mapping[str, Any], key: jax.Array, L: int, n_samples: int = 1024) -> Any:
+    """Initial parameters of a multilevel flow at ``L`` (first layer a :class:`~olrg_hpc.flows.coarse.RefineFlow`)
+    from ``below``, the training result of the flow it refines (at ``L/2``, Gaussian prior): that flow's trained
+    parameters as the coarse flow. When ``below`` is a multilevel flow itself (the ladder), its own refinement
+    level, noise widths and couplings, is copied too: along a line of constant physics each level refines by the
+    same factor 2, so the level below is the natural start. Otherwise (the smallest rung) the couplings are fresh
+    and the widths are :func:`~olrg_hpc.flows.coarse.refine_sigma` of ``n_samples`` of the coarse flow's samples
+    (bilinear: half the rms nearest-neighbour difference)."""
+    refine = model.layers[0]
+    if not isinstance(refine, RefineFlow):
+        raise ValueError("a multilevel flow starts with a RefineFlow layer")
+    k_init, k_sample = jax.random.split(key)
+    params = init_flow(model, k_init, (L, L), jnp.float32)
+    coarse = params_from_tree(refine.coarse, (L // 2, L // 2), below["params"])
+    tree = params["params"]
+    if str(below["variant"]) == "multilevel":
+        tree.update({name: p for name, p in coarse["params"].items() if name != "layers_0"})
+        log_sigma = coarse["params"]["layers_0"]["log_sigma"]
+    else:
+        phi_c, _ = sample_flow(refine.coarse, coarse, GaussianPrior((L // 2, L // 2)), k_sample, n_samples)
+        log_sigma = jnp.full((3,), np.log(refine_sigma(np.asarray(phi_c), refine.scale, refine.interpolate)))
+    tree["layers_0"] = {"coarse": coarse["params"], "log_sigma": jnp.asarray(log_sigma, jnp.float32)}
+    return params
 
 
 def _devices_for(batch: int) -> int:
@@ -166,7 +204,7 @@ def _dep_with(deps: Mapping[str, Mapping[str, Any]] | None, key: str) -> Mapping
 def _prior(variant: str, point: Mapping[str, float], prior_point: Mapping[str, float] | None,
            deps: Mapping[str, Mapping[str, Any]] | None, prior_sigma: float | None = None) -> Any:
     L = int(point["L"])
-    if variant in ("gaussian", "warm"):
+    if variant in ("gaussian", "warm", "multilevel"):
         return GaussianPrior((L, L), "float32")
     if variant not in ENSEMBLE_VARIANTS:
         raise ValueError(f"unknown prior variant {variant!r} ({', '.join(VARIANTS)})")
@@ -214,8 +252,9 @@ def train_flow_task(point: Mapping[str, float], variant: str, flow: Mapping[str,
     fresh samples at step 0 and every ``metrics_every`` steps: ``metric_step``, ``acceptance`` (independent
     MH), ``ess`` (per sample), ``metric_loss``, ``logw_var`` (variance of ``log w``: comparable across priors),
     ``metric_seconds`` (training seconds without compilation and
-    measurement); for ``warm``, and for a rung of the coarse-prior ladder (a dependency with ``params``: the same
-    variant's flow at the coarse point), both axes continue from the flow below (``step_offset``,
+    measurement); for ``warm``, ``multilevel`` (its dependency with ``params`` is the flow it refines), and for a
+    rung of the coarse-prior ladder (a dependency with ``params``: the same variant's flow at the coarse point),
+    both axes continue from the flow below (``step_offset``,
     ``seconds_offset``), and for the ensemble variants the seconds axis adds the HMC run seconds of the prior's
     ensemble (the flow could not be trained without it). ``work_offset``: the training below in steps at this
     ``L`` (each rung's steps times its volume over this one's: at fixed batch a step's work is about its volume;
@@ -231,9 +270,12 @@ def train_flow_task(point: Mapping[str, float], variant: str, flow: Mapping[str,
     k_init, k_train, k_eval = jax.random.split(_int_seed(seed), 3)
     step_offset, seconds_offset, work_offset = 0, 0.0, 0.0
     if variant == "warm" or any("params" in d for d in (deps or {}).values()):
-        # a warm flow, or a rung of the coarse-prior ladder: start from the flow below and continue its axes
+        # a warm or multilevel flow, or a rung of the coarse-prior ladder: start from the flow below, continue its axes
         pre = _dep_with(deps, "params")
-        params = transfer_params(params_from_tree(model, (L, L), pre["params"]), jnp.float32)
+        if variant == "multilevel":
+            params = refine_init(model, pre, k_init, L)
+        else:
+            params = transfer_params(params_from_tree(model, (L, L), pre["params"]), jnp.float32)
         step_offset = int(pre["step_offset"]) + int(pre["steps"])
         seconds_offset = float(pre["seconds_offset"]) + float(pre["train_seconds"])
         work_offset = (float(pre["work_offset"]) + int(pre["steps"])) * (int(pre["L"]) / L) ** 2

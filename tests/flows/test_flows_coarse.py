@@ -12,6 +12,7 @@ import pytest
 from olrg_hpc.flows.coarse import (
     CoarsePrior,
     EnsemblePrior,
+    RefineFlow,
     RefinePrior,
     _choose4,
     deinterleave,
@@ -19,7 +20,7 @@ from olrg_hpc.flows.coarse import (
     refine_sigma,
     transfer_params,
 )
-from olrg_hpc.flows.model import albandea_flow, init_flow
+from olrg_hpc.flows.model import Flow, albandea_flow, init_flow, z2_flow
 from olrg_hpc.flows.train import train
 from olrg_hpc.jaxsetup import enable_x64
 from olrg_hpc.lattice.hmc import run_chain
@@ -185,3 +186,36 @@ def test_coarse_to_fine_training_improves_on_prior() -> None:
     after = evaluate(flow, res.state.params, prior, act_f, jax.random.key(9), 2048)
     assert after["loss"] < before["loss"]
     assert after["ess"] > before["ess"]
+
+
+def test_refine_flow_puts_the_coarse_flow_on_the_cell_and_nests() -> None:
+    """RefineFlow (float64): the even sublattice is s F_c(x_c), the others the bilinear means of it plus sigma_ab
+    times their input; nested twice (8 -> 4 -> 2), log_det against the jacrev Jacobian (1e-10) and the inverse
+    (1e-12)."""
+    coarse = z2_flow(n_layers=2, hidden=(3,), free_field=True)
+    layer = RefineFlow(coarse, scale=1.3)
+    params = init_flow(Flow((layer,)), 0, (4, 4), jnp.float64)
+    params["params"]["layers_0"]["log_sigma"] = jnp.log(jnp.array([0.2, 0.3, 0.4]))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 4, 4)))
+    y, _ = Flow((layer,)).apply(params, x)
+    sub_x, sub_y = deinterleave(x), deinterleave(y)
+    phi_c, _ = coarse.apply({"params": params["params"]["layers_0"]["coarse"]}, sub_x[:, 0])
+    np.testing.assert_allclose(np.asarray(sub_y[:, 0]), 1.3 * np.asarray(phi_c), atol=1e-12)
+    cf = np.asarray(sub_y[:, 0])
+    right, down = np.roll(cf, -1, -1), np.roll(cf, -1, -2)
+    means = [(cf + right) / 2, (cf + down) / 2, (cf + right + down + np.roll(down, -1, -1)) / 4]
+    for k, (m, sig) in enumerate(zip(means, (0.2, 0.3, 0.4), strict=True)):
+        np.testing.assert_allclose(np.asarray(sub_y[:, k + 1]), m + sig * np.asarray(sub_x[:, k + 1]), atol=1e-12)
+
+    nested = Flow((RefineFlow(Flow((RefineFlow(coarse, scale=1.1), *z2_flow(2, (3,), sublattice=True).layers)),
+                              scale=0.9), *z2_flow(2, (3,), sublattice=True).layers))
+    p2 = init_flow(nested, 3, (8, 8), jnp.float64)
+    p2 = jax.tree.map(lambda a: a + 0.2 * np.random.default_rng(2).normal(size=a.shape), p2)
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 8, 8)))
+    jac, (y, ld), (x2, ld_inv) = jax.jit(lambda v: (
+        jax.jacrev(lambda u: nested.apply(p2, u[None])[0][0])(v[0]), nested.apply(p2, v),
+        nested.apply(p2, nested.apply(p2, v)[0], method="inverse")))(x)
+    _, logabs = np.linalg.slogdet(np.asarray(jac).reshape(64, 64))
+    assert abs(float(ld[0]) - logabs) < 1e-10
+    np.testing.assert_allclose(np.asarray(x2), np.asarray(x), atol=1e-12)
+    np.testing.assert_allclose(np.asarray(ld_inv), -np.asarray(ld), atol=1e-12)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
+from olrg_hpc.flows.coarse import RefineFlow
 from olrg_hpc.flows.layers import (
     AffineCoupling,
     FreeFieldLinear,
@@ -74,6 +75,10 @@ FLOWS = {
     "tutorial_sublattice": tutorial_flow(n_layers=2, hidden=(4,), sublattice=True),
     "sitewise": Flow((SitewiseOddMap(),)),
     "z2_pointwise": z2_flow(n_layers=3, hidden=(3,), free_field=True, pointwise=2),
+    # a 2 x 2 flow refined to 4 x 4, then couplings with heads (the multilevel variant's flow)
+    "multilevel": Flow((RefineFlow(z2_flow(n_layers=2, hidden=(3,), free_field=True, pointwise=1), scale=1.2),
+                        *z2_flow(n_layers=2, hidden=(3,), sublattice=True).layers)),
+    "refine_noise": Flow((RefineFlow(tutorial_flow(n_layers=2, hidden=(3,)), scale=0.8, interpolate=False),)),
 }
 
 
@@ -107,7 +112,7 @@ def test_log_det_and_inverse_are_exact(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["z2_coupling", "z2_deep", "albandea", "z2_free_field", "z2_sublattice", "z2_pointwise"]
+    "name", ["z2_coupling", "z2_deep", "albandea", "z2_free_field", "z2_sublattice", "z2_pointwise", "multilevel"]
 )
 def test_z2_equivariance(name: str) -> None:
     flow = FLOWS[name]
@@ -190,6 +195,8 @@ def test_parameter_counts() -> None:
     assert count_params(shapes(z2_flow(n_layers=2, sublattice=True))) == 2 * 4 * 9 + 1  # four output channels
     # a site-wise map (a, 4 b_k, 4 log s_k) before couplings 0 and 2 of 3
     assert count_params(shapes(z2_flow(n_layers=3, pointwise=2))) == 3 * 2 * 9 + 1 + 2 * 9
+    # a refined flow: the coarse flow's parameters plus three noise widths
+    assert count_params(shapes(Flow((RefineFlow(albandea_flow(3)),)))) == 37 + 3
 
 
 def test_gaussian_prior_and_model_density() -> None:

@@ -17,6 +17,8 @@ from olrg_hpc import store
 from olrg_hpc.config import load_study
 from olrg_hpc.errors import UserError
 from olrg_hpc.flows import pipeline
+from olrg_hpc.flows.coarse import refine_sigma
+from olrg_hpc.flows.model import GaussianPrior, sample_flow
 from olrg_hpc.jaxtiming import compile_clock
 from olrg_hpc.lattice.ensemble import action_for, hmc_ensemble
 from workflows import flow_study
@@ -159,6 +161,38 @@ class TestGraph:
         assert by["train-coarse_bilinear-L16"].deps == ("gather-L8-beta0.576",)
         assert "pretrain-coarse_bilinear-L8-beta0.576" not in by
 
+    def test_multilevel_ladder(self) -> None:
+        """A multilevel flow at L refines the study's multilevel flow at (L/2, beta_coarse) (its flow spec nested
+        under "refine", field factor sqrt(beta / beta_coarse)); the smallest rung refines the Gaussian pretraining at
+        L/2, the same task the warm flow starts from. Every rung trains the fine share of the steps; its couplings
+        have heads and no free-field layer; the sampler has the training's flow. Ladder off: each refines a fresh
+        pretraining."""
+        pts = [{"L": 32, "beta": 0.66, "beta_coarse": 0.634}, {"L": 8, "beta": 0.576},
+               {"L": 16, "beta": 0.634, "beta_coarse": 0.576}]
+        variants = ["gaussian", "warm", "multilevel"]
+        tasks = flow_study.build(_params(points=pts, variants=variants, flow={"free_field": True}))
+        by = {t.name: t for t in tasks}
+        assert len(by) == len(tasks)  # the shared pretraining is one task
+        assert by["train-multilevel-L8"].deps == by["train-warm-L8"].deps == ("pretrain-L4-beta0.576",)
+        assert by["train-multilevel-L16"].deps == ("train-multilevel-L8",)
+        assert by["train-multilevel-L32"].deps == ("train-multilevel-L16",)
+        flows = {ell: by[f"train-multilevel-L{ell}"].params["flow"] for ell in (8, 16, 32)}
+        assert flows[8]["refine"]["coarse"] == by["pretrain-L4-beta0.576"].params["flow"]
+        assert flows[8]["refine"]["coarse"]["free_field"]
+        for ell, coarse_beta, beta in ((16, 0.576, 0.634), (32, 0.634, 0.66)):
+            scale = pytest.approx((beta / coarse_beta) ** 0.5)
+            assert flows[ell]["refine"] == {"coarse": flows[ell // 2], "scale": scale}
+        assert all(f["sublattice"] and not f["free_field"] for f in flows.values())
+        assert by["imh-multilevel-L32"].params["flow"] == flows[32]
+        n_coarse, n_fine = _params(points=pts).training.warm_split()
+        assert by["pretrain-L4-beta0.576"].params["steps"] == n_coarse
+        assert all(by[f"train-multilevel-L{ell}"].params["steps"] == n_fine for ell in (8, 16, 32))
+        off = {t.name: t for t in flow_study.build(_params(points=pts, variants=["multilevel"],
+                                                           training={"ladder": False}, flow_hmc={"variants": []}))}
+        assert off["train-multilevel-L32"].deps == ("pretrain-L16-beta0.634",)
+        assert off["train-multilevel-L32"].params["flow"]["refine"]["coarse"] == off["pretrain-L16-beta0.634"].params[
+            "flow"]
+
     def test_tuned_md_steps_reach_the_hmc_tasks(self) -> None:
         """tune_acceptance reaches plain HMC and flow-HMC, each its own; unset, the fixed n_steps are used."""
         tuned = {t.name: t for t in flow_study.build(_params(hmc={"tune_acceptance": 0.8},
@@ -232,6 +266,10 @@ class TestGraph:
     ("  points: [{L: 8, beta: 0.5}]\n  flow: {kind: tutorial, pointwise: 2}",
      "params.flow: Value error, pointwise needs kind z2 (got kind 'tutorial')"),
     ("  points: [{L: 8, beta: 0.5}]\n  flow: {pointwise: -1}", "params.flow.pointwise"),
+    ("  points: [{L: 8, beta: 0.5}]\n  variants: [gaussian, multilevel]\n  training: {rung: pretrain}",
+     "params.training: Value error, the multilevel variant refines the study's flow at L/2"),
+    ("  points: [{L: 8, beta: 0.5}, {L: 6, beta: 0.5}]\n  variants: [gaussian, multilevel]",
+     "params.variants: Value error, points[1] (L = 6): the multilevel variant needs L divisible by 4"),
 ])
 def test_bad_params_are_one_line(tmp_path: Path, params: str, where: str) -> None:
     cfg = tmp_path / "bad.yaml"
@@ -400,6 +438,42 @@ def test_free_field_flow_trains_and_transfers_through_shards(tmp_path: Path) -> 
     assert pre["n_params"] == 39 and pre["params"]["params"]["layers_0"]["log_m2"].shape == ()
     warm = pipeline.train_flow_task(FINE, "warm", steps=2, seed=2, deps={"pretrain": pre}, **train)
     assert warm["n_params"] == 39 and np.all(np.isfinite(warm["loss"]))
+
+
+def test_multilevel_flow_refines_the_flow_below_through_shards(tmp_path: Path) -> None:
+    """The multilevel variant at toy size, through HDF5 shards: 2 -> 4 refines the Gaussian pretraining (its
+    parameters as the coarse flow, noise widths from refine_sigma of its samples, fresh couplings), 4 -> 8 refines
+    that multilevel flow (its widths and couplings copied too); axes continue; flow-MH runs on the nested flow."""
+    pre = _through_shard(tmp_path, "pre", pipeline.train_flow_task(COARSE, "gaussian", steps=2, seed=1, **TRAIN))
+    train = {k: v for k, v in TRAIN.items() if k != "flow"}
+    flow4 = {**TINY_FLOW, "sublattice": True, "refine": {"coarse": TINY_FLOW, "scale": 1.05}}
+    key = jax.random.key(4)
+    init4 = pipeline.refine_init(pipeline.make_flow(flow4), pre, key, 4)["params"]
+    jax.tree.map(np.testing.assert_array_equal, init4["layers_0"]["coarse"], dict(pre["params"]["params"]))
+    coarse_model = pipeline.make_flow(TINY_FLOW)
+    phi_c, _ = sample_flow(coarse_model, pipeline.params_from_tree(coarse_model, (2, 2), pre["params"]),
+                                    GaussianPrior((2, 2)), jax.random.split(key)[1], 1024)
+    sigma = refine_sigma(np.asarray(phi_c), 1.05, True)
+    np.testing.assert_allclose(np.exp(init4["layers_0"]["log_sigma"]), [sigma] * 3, rtol=1e-6)
+    ml4 = _through_shard(tmp_path, "ml4", pipeline.train_flow_task(FINE, "multilevel", steps=2, seed=2, flow=flow4,
+                                                                   deps={"pre": pre}, **train))
+    assert ml4["n_params"] == 37 + 3 + (2 * 4 * 9 + 1) and np.all(np.isfinite(ml4["loss"]))
+    np.testing.assert_array_equal(ml4["metric_step"], [2, 4])  # continues the pretraining's axes
+
+    fine8 = {"L": 8, "beta": 0.55, "lam": 0.5}
+    flow8 = {**TINY_FLOW, "sublattice": True, "refine": {"coarse": flow4, "scale": (0.55 / 0.5) ** 0.5}}
+    init8 = pipeline.refine_init(pipeline.make_flow(flow8), ml4, key, 8)["params"]
+    below = ml4["params"]["params"]
+    for name in ("layers_1", "layers_2", "layers_3"):  # the ladder: couplings and rescaling from the rung below
+        jax.tree.map(np.testing.assert_array_equal, init8[name], dict(below[name]))
+    np.testing.assert_array_equal(init8["layers_0"]["log_sigma"], below["layers_0"]["log_sigma"])  # its widths too
+    jax.tree.map(np.testing.assert_array_equal, init8["layers_0"]["coarse"], dict(below))
+    ml8 = _through_shard(tmp_path, "ml8", pipeline.train_flow_task(fine8, "multilevel", steps=2, seed=3, flow=flow8,
+                                                                   deps={"ml4": ml4}, **train))
+    assert ml8["step_offset"] == 4 and ml8["work_offset"] == pytest.approx((2 + 2 * 0.25) * 0.25)
+    imh = pipeline.flow_imh_task(fine8, "multilevel", flow8, n_chains=4, n_steps=20, n_therm=2, seed=5,
+                                 deps={"ml8": ml8})
+    assert 0 <= imh["acceptance"] <= 1 and np.all(np.isfinite(imh["M"])) and "prior_reuse" not in imh
 
 
 # ------------------------------------------------------------------------------------------------ reduced study
