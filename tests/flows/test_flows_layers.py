@@ -307,3 +307,51 @@ def test_scanned_flow_equals_layer_by_layer(name: str) -> None:
     for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), atol=1e-12, rtol=1e-12)
     np.testing.assert_allclose(np.asarray(a[2]), np.asarray(x), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(("hidden", "k", "sublattice", "z2"), [
+    ((3,), 3, True, True), ((3,), 3, False, True), ((), 3, True, True), ((4, 2), 3, True, False),
+    ((2,), 5, False, False), ((3,), 2, True, False)])
+def test_coupling_scale_shift_matches_a_flax_conv_net(hidden: tuple[int, ...], k: int, sublattice: bool,
+                                                      z2: bool) -> None:
+    """The couplings' (s, t) (batch-last, hand-written convolutions) equal a plain flax.linen.Conv net (padding
+    CIRCULAR, batch-first) on the masked 4 x 6 field, heads chosen by row, masked to the active sites; both parities,
+    with and without bias and final tanh; values and the cotangents of input and parameters (float64, 1e-12)."""
+    import flax.linen as nn
+
+    from olrg_hpc.flows.layers import _scale_shift_bl
+
+    cfg = AffineCoupling(parity=0, hidden=hidden, kernel_size=k, activation="tanh", final_tanh=not z2, z2=z2,
+                         sublattice=sublattice)
+    params = _perturbed(Flow((cfg,)), seed=len(hidden) + k)["params"]["layers_0"]
+    x = _normal(11, (4, 6, 3))  # batch-last (L1, L2, N)
+    g = _normal(12, (2, 4, 6, 3))
+    feats = (*hidden, 4 if sublattice else 2)
+
+    def ref(p: dict, v: jax.Array, active: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h = jnp.moveaxis(v * (1 - active), -1, 0)[..., None]  # NHWC
+        for n, f in enumerate(feats):
+            conv = nn.Conv(f, (k, k), padding="CIRCULAR", use_bias=not z2)
+            h = conv.apply({"params": p["net"][f"conv_{n}"]}, h)
+            h = jnp.tanh(h) if n < len(feats) - 1 or not z2 else h
+        out = jnp.moveaxis(h, (0, 3), (3, 0))  # (C_out, L1, L2, N)
+        if sublattice:
+            even = (jnp.arange(4) % 2 == 0)[:, None, None]
+            out = jnp.stack([jnp.where(even, out[0], out[2]), jnp.where(even, out[1], out[3])])
+        s = -jnp.abs(out[0]) if z2 else out[0]
+        return active * s, active * out[1]
+
+    def ours(p: dict, v: jax.Array, active: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return _scale_shift_bl(cfg, p, v, active)
+
+    for parity in (0, 1):
+        active = checkerboard_mask((4, 6), parity, jnp.float64)[:, :, None]
+
+        @jax.jit
+        def both(p: dict, v: jax.Array, active: jax.Array = active) -> tuple[tuple[jax.Array, ...], ...]:
+            (y1, f1), (y2, f2) = jax.vjp(partial(ref, active=active), p, v), jax.vjp(partial(ours, active=active), p, v)
+            return (y1, y2), (f1((g[0], g[1])), f2((g[0], g[1])))
+
+        (y1, y2), (c1, c2) = both(params, x)
+        for a, b in zip(jax.tree.leaves((y1, c1)), jax.tree.leaves((y2, c2)), strict=True):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-12, rtol=0)
