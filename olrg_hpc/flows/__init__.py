@@ -18,7 +18,16 @@ from olrg_hpc.flows.layers import (
     SitewiseOddMap,
     checkerboard_mask,
 )
-from olrg_hpc.flows.mcmc import FlowedAction, FlowHMCResult, IMHResult, flow_hmc, flow_imh, map_to_target
+from olrg_hpc.flows.mcmc import (
+    FlowedAction,
+    FlowHMCResult,
+    IMHResult,
+    MultiMHResult,
+    flow_hmc,
+    flow_imh,
+    flow_multi_mh,
+    map_to_target,
+)
 from olrg_hpc.flows.model import (
     Flow,
     GaussianPrior,
@@ -69,6 +78,8 @@ __all__ = [
     "evaluate",
     "flow_hmc",
     "flow_imh",
+    "flow_multi_mh",
+    "MultiMHResult",
     "flow_log_prob",
     "imh_acceptance",
     "init_flow",

@@ -1,4 +1,5 @@
-"""Markov chains with flows: independent Metropolis-Hastings (flow as proposal) and flow-HMC.
+"""Markov chains with flows: independent Metropolis-Hastings (flow as proposal), its multiple-proposal form, and
+flow-HMC.
 
 Conventions (science.md section 2; Albergo et al. arXiv:2101.08176 section IV; Albandea et al.
 arXiv:2302.08408, arXiv:2310.03381):
@@ -12,6 +13,17 @@ arXiv:2302.08408, arXiv:2310.03381):
   measurements of the proposals), and the final configurations are gathered from the last accepted proposal.
   The random numbers of step ``k`` do not depend on ``block``: every ``block`` gives the same chains, up to the
   rounding of the flow on a larger batch (the default ``block``: :data:`IMH_SITES_PER_CALL`).
+* Multiple-proposal MH (:func:`flow_multi_mh`; Tjelmeland, Stat. Comput. 2004; Calderhead, PNAS 111 (2014)
+  17408; with independent proposals it is the iterated sampling-importance-resampling kernel of Andrieu, Lee and
+  Vihola, Bernoulli 24 (2018) 842): at every step each chain forms ``N = n_candidates`` candidates, its current
+  state and ``N - 1`` fresh flow proposals, and selects the next state among them with probability
+  ``p_j = w_j / sum_i w_i`` (``jax.random.categorical``). The chain leaves ``p`` invariant for any ``N`` (the
+  candidates given the current state are the conditional of the extended target ``p(x_J) prod_{i != J} q(x_i)``,
+  and ``J`` given the candidates is ``~ w_J``). The step's estimate of an observable is the Rao-Blackwellised
+  ``sum_j p_j O(x_j)``, the expectation of ``O`` at the next state given the candidates, so no proposal is
+  wasted: as ``N`` grows it approaches self-normalised importance sampling with the flow, while staying a Markov
+  chain with Gamma-method errors. One step costs ``N - 1`` proposals; the proposals of ``block`` steps go
+  through the flow in one call, and step ``k``'s random numbers come from ``fold_in(key, k)`` as above.
 * Flow-HMC (:func:`flow_hmc`): HMC in the flowed variables ``z`` with the effective action
   ``S~(z) = S(F(z)) - log det J_F(z)`` (forces ``-dS~/dz`` by ``jax.grad``), run by
   :func:`olrg_hpc.lattice.hmc.run_chain` (same integrators, random numbers and Metropolis test as plain
@@ -34,7 +46,8 @@ from olrg_hpc.flows.model import Flow, Prior
 from olrg_hpc.flows.train import compiler_options, flowed_log_weights, log_weights
 from olrg_hpc.lattice.hmc import run_chain
 
-__all__ = ["IMHResult", "flow_imh", "FlowedAction", "FlowHMCResult", "flow_hmc", "map_to_target"]
+__all__ = ["IMHResult", "flow_imh", "MultiMHResult", "flow_multi_mh", "FlowedAction", "FlowHMCResult", "flow_hmc",
+           "map_to_target"]
 
 Params = Any
 
@@ -62,6 +75,38 @@ def _identity(phi: jax.Array) -> jax.Array:
     return phi
 
 
+def _step_proposals(flow: Flow, params: Params, prior: Prior, action: Any, key: jax.Array, ks: jax.Array,
+                    n: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``n`` proposals for each step of ``ks`` from ``fold_in(key, k)``: ``phi`` ``(len(ks), n, L1, L2)``, their
+    ``log w`` ``(len(ks), n)``, and each step's second key (for its accept or select decision)."""
+    keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(key, k)))(ks)
+    z = jax.vmap(lambda k: prior.sample(k, n))(keys[:, 0])
+    phi, lw = flowed_log_weights(flow, params, prior, action, z.reshape((-1, *z.shape[2:])))
+    return phi.reshape(z.shape), lw.reshape(ks.shape[0], n), keys[:, 1]
+
+
+def _block_steps(n_steps: int, block: int) -> jax.Array:
+    """Step numbers ``1 .. n_blocks x block`` as ``(n_blocks, block)``; those past ``n_steps`` are never taken."""
+    n_blocks = -(-n_steps // block)
+    return jnp.arange(1, n_blocks * block + 1).reshape(n_blocks, block)
+
+
+def _last_taken(phi: jax.Array, candidates: jax.Array, last: jax.Array) -> jax.Array:
+    """Each chain's state after a block: its proposal ``candidates[last, chain]`` (``(n, n_chains, L1, L2)``), or
+    ``phi`` where it took none (``last < 0``)."""
+    taken = candidates[jnp.maximum(last, 0), jnp.arange(phi.shape[0])]
+    return jnp.where((last >= 0)[:, None, None], taken, phi)
+
+
+def _checked_block(block: int | None, n_steps: int, per_step: int, prior: Prior) -> int:
+    """``block``, or about :data:`IMH_SITES_PER_CALL` sites per call for ``per_step`` proposals per step."""
+    if block is None:
+        block = max(1, IMH_SITES_PER_CALL // (per_step * math.prod(prior.shape)))
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    return min(int(block), max(int(n_steps), 1))
+
+
 def _imh(
     flow: Flow,
     params: Params,
@@ -77,17 +122,10 @@ def _imh(
     measure = _identity if measure is None else measure
     phi0, lw0 = log_weights(flow, params, prior, action, jax.random.fold_in(key, 0), n_chains)
 
-    def proposals(ks: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Proposals, their ``log w`` and the uniform variates of steps ``ks``: ``(block, n_chains, ...)``."""
-        keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(key, k)))(ks)
-        z = jax.vmap(lambda k: prior.sample(k, n_chains))(keys[:, 0])
-        phi, lw = flowed_log_weights(flow, params, prior, action, z.reshape((-1, *z.shape[2:])))
-        log_u = jax.vmap(lambda k: jnp.log(jax.random.uniform(k, (n_chains,), dtype=lw.dtype)))(keys[:, 1])
-        return phi.reshape(z.shape), lw.reshape(ks.shape[0], n_chains), log_u
-
     def run_block(carry: tuple[jax.Array, jax.Array, Any], ks: jax.Array) -> tuple[Any, Any]:
         phi, lw, obs = carry
-        props, lwp, log_u = proposals(ks)
+        props, lwp, keys = _step_proposals(flow, params, prior, action, key, ks, n_chains)
+        log_u = jax.vmap(lambda k: jnp.log(jax.random.uniform(k, (n_chains,), dtype=lwp.dtype)))(keys)
         obs_p = jax.vmap(measure)(props)
 
         def step(c: tuple[jax.Array, Any, jax.Array], x: tuple[jax.Array, ...]) -> tuple[Any, Any]:
@@ -101,13 +139,9 @@ def _imh(
 
         idx = jnp.arange(ks.shape[0])
         (lw, obs, last), out = jax.lax.scan(step, (lw, obs, jnp.full((n_chains,), -1)), (idx, ks, lwp, log_u, obs_p))
-        taken = props[jnp.maximum(last, 0), jnp.arange(n_chains)]
-        phi = jnp.where((last >= 0)[:, None, None], taken, phi)
-        return (phi, lw, obs), out
+        return (_last_taken(phi, props, last), lw, obs), out
 
-    n_blocks = -(-n_steps // block)
-    ks = jnp.arange(1, n_blocks * block + 1).reshape(n_blocks, block)
-    (phi, _, _), (obs, acc, lws) = jax.lax.scan(run_block, (phi0, lw0, measure(phi0)), ks)
+    (phi, _, _), (obs, acc, lws) = jax.lax.scan(run_block, (phi0, lw0, measure(phi0)), _block_steps(n_steps, block))
     obs, acc, lws = jax.tree.map(lambda a: a.reshape((-1, *a.shape[2:]))[:n_steps], (obs, acc, lws))
     return IMHResult(phi, obs, acc, lws, jnp.mean(acc.astype(lws.dtype)))
 
@@ -141,13 +175,101 @@ def flow_imh(
     (any ``block >= 1`` gives the same chains; module docstring); ``None`` chooses about
     :data:`IMH_SITES_PER_CALL` lattice sites per call.
     """
-    if block is None:
-        block = max(1, IMH_SITES_PER_CALL // (n_chains * math.prod(prior.shape)))
-    if block < 1:
-        raise ValueError(f"block must be >= 1, got {block}")
     imh = _imh_jit(jax.default_backend())
     return imh(flow, params, prior, action, key, n_steps=n_steps, n_chains=n_chains, measure=measure,
-               block=min(int(block), max(int(n_steps), 1)))
+               block=_checked_block(block, n_steps, n_chains, prior))
+
+
+class MultiMHResult(NamedTuple):
+    """``phi``: final states ``(n_chains, L1, L2)``; ``estimates``: at every step, ``measure`` of the step's
+    candidates averaged with their selection probabilities (the Rao-Blackwellised estimates; leading axis
+    ``n_steps``); ``moved``: ``(n_steps, n_chains)``, whether a fresh candidate was selected; ``acceptance``:
+    mean of ``moved``."""
+
+    phi: jax.Array
+    estimates: Any
+    moved: jax.Array
+    acceptance: jax.Array
+
+
+def _multi_mh(
+    flow: Flow,
+    params: Params,
+    prior: Prior,
+    action: Any,
+    key: jax.Array,
+    *,
+    n_steps: int,
+    n_chains: int,
+    n_candidates: int,
+    measure: Callable[[jax.Array], Any],
+    block: int,
+) -> MultiMHResult:
+    fresh = n_candidates - 1
+    phi0, lw0 = log_weights(flow, params, prior, action, jax.random.fold_in(key, 0), n_chains)
+
+    def run_block(carry: tuple[jax.Array, jax.Array, Any], ks: jax.Array) -> tuple[Any, Any]:
+        phi, lw, obs = carry
+        props, lwp, keys = _step_proposals(flow, params, prior, action, key, ks, fresh * n_chains)
+        props = props.reshape(ks.shape[0], fresh, n_chains, *props.shape[2:])
+        lwp = lwp.reshape(ks.shape[0], fresh, n_chains)
+        obs_p = jax.vmap(jax.vmap(measure))(props)
+        chains = jnp.arange(n_chains)
+
+        def step(c: tuple[jax.Array, Any, jax.Array], x: tuple[Any, ...]) -> tuple[Any, Any]:
+            lw_c, obs_c, last = c
+            i, k, lw_i, key_i, obs_i = x
+            lw_all = jnp.concatenate([lw_c[None], lw_i])  # (n_candidates, n_chains); the current state first
+            obs_all = jax.tree.map(lambda cur, new: jnp.concatenate([cur[None], new]), obs_c, obs_i)
+            p = jax.nn.softmax(lw_all, axis=0)
+            est = jax.tree.map(lambda a: jnp.sum(p.reshape(p.shape + (1,) * (a.ndim - 2)) * a, axis=0), obs_all)
+            j = jnp.where(k <= n_steps, jax.random.categorical(key_i, lw_all, axis=0), 0)  # past n_steps: stay
+            obs_c = jax.tree.map(lambda a: a[j, chains], obs_all)
+            last = jnp.where(j > 0, i * fresh + j - 1, last)
+            return (lw_all[j, chains], obs_c, last), (est, j > 0)
+
+        idx = jnp.arange(ks.shape[0])
+        (lw, obs, last), out = jax.lax.scan(step, (lw, obs, jnp.full((n_chains,), -1)), (idx, ks, lwp, keys, obs_p))
+        return (_last_taken(phi, props.reshape(-1, *props.shape[2:]), last), lw, obs), out
+
+    (phi, _, _), (est, moved) = jax.lax.scan(run_block, (phi0, lw0, measure(phi0)), _block_steps(n_steps, block))
+    est, moved = jax.tree.map(lambda a: a.reshape((-1, *a.shape[2:]))[:n_steps], (est, moved))
+    return MultiMHResult(phi, est, moved, jnp.mean(moved.astype(lw0.dtype)))
+
+
+@cache
+def _multi_mh_jit(backend: str) -> Callable[..., MultiMHResult]:
+    """``_multi_mh`` compiled for ``backend`` with the same CPU options as :func:`_imh_jit`."""
+    return jax.jit(_multi_mh, static_argnames=("flow", "n_steps", "n_chains", "n_candidates", "measure", "block"),
+                   compiler_options=compiler_options([backend]))
+
+
+def flow_multi_mh(
+    flow: Flow,
+    params: Params,
+    prior: Prior,
+    action: Any,
+    key: jax.Array,
+    n_steps: int,
+    n_chains: int,
+    n_candidates: int,
+    measure: Callable[[jax.Array], Any],
+    block: int | None = None,
+) -> MultiMHResult:
+    """Multiple-proposal Metropolis-Hastings with the flow as independent proposal, and its Rao-Blackwellised
+    estimator (module docstring), jitted ``lax.scan``.
+
+    ``n_candidates`` (at least 2): the current state and ``n_candidates - 1`` fresh proposals per step and chain.
+    ``measure`` (hashable) maps ``(n_chains, L1, L2) -> pytree`` of arrays with leading axis ``n_chains``; its
+    estimates average it over the candidates, so measure every primary observable itself (``M^2``, not ``M``
+    alone). ``block``: steps whose proposals go through the flow in one call (any ``block >= 1`` gives the same
+    chains); ``None``: about :data:`IMH_SITES_PER_CALL` sites per call.
+    """
+    if n_candidates < 2:
+        raise ValueError(f"n_candidates must be >= 2 (the current state and fresh proposals), got {n_candidates}")
+    run = _multi_mh_jit(jax.default_backend())
+    return run(flow, params, prior, action, key, n_steps=n_steps, n_chains=n_chains, n_candidates=n_candidates,
+               measure=measure, block=_checked_block(block, n_steps, (n_candidates - 1) * n_chains, prior))
 
 
 def _flat(z: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
