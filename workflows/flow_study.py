@@ -18,7 +18,9 @@ Graph, per fine point ``(L, beta, lam)`` (beta/lambda convention of arXiv:2310.0
    ``training.rung: pretrain`` both start instead from a training at ``(L/2, beta_coarse)`` for the coarse share
    of the steps, ``pretrain-Ll`` and ``pretrain-<variant>-Ll``, so that every flow trains ``steps`` steps in all);
    each records acceptance and ESS versus training step and seconds and holds its trained parameters;
-3. sampling in parallel: ``imh-<variant>-L`` (flow independent Metropolis-Hastings), ``fhmc-<variant>-L``
+3. sampling in parallel: ``imh-<variant>-L`` (flow independent Metropolis-Hastings; ``imhN-<variant>-L`` the
+   multiple-proposal chain with ``N`` candidates per step, for each ``N > 1`` in ``imh.candidates``),
+   ``fhmc-<variant>-L``
    (flow-HMC, for ``flow_hmc.variants``; with ``flow_hmc.start: hmc``, the default, after ``hmc-L``, whose
    final configurations, mapped back by ``F^-1``, are its starting points), ``hmc-L`` (plain HMC on the fine
    lattice);
@@ -153,6 +155,28 @@ class IMH(Strict):
     n_therm: int = Field(50, ge=0)
     block: int | None = Field(None, ge=1, description="steps whose proposals go through the flow in one call "
                               "(default: about 65536 sites per call); the chains do not depend on it")
+    candidates: list[int] = Field([1], min_length=1, description="one flow-MH run per entry: 1 is the plain "
+                                  "chain (task imh-...), N > 1 the multiple-proposal chain with N candidates per "
+                                  "step and Rao-Blackwellised estimates (task imhN-...), whose n_steps and n_therm "
+                                  "are divided by N - 1 (rounded up) so that it draws as many proposals; for the "
+                                  "variants without a prior ensemble (gaussian, warm, multilevel)")
+
+    @field_validator("candidates")
+    @classmethod
+    def _distinct_candidates(cls, v: list[int]) -> list[int]:
+        if min(v) < 1 or len(set(v)) != len(v):
+            raise ValueError(f"distinct counts of at least 1 (got {v})")
+        return v
+
+    def run(self, candidates: int) -> dict[str, Any]:
+        """:func:`~olrg_hpc.flows.pipeline.flow_imh_task` arguments of the run with ``candidates`` (the plain
+        chain's without a ``candidates`` entry, so that studies from before it keep their task keys)."""
+        kw = self.model_dump(exclude={"candidates"})
+        if candidates == 1:
+            return kw
+        per_step = candidates - 1
+        return {**kw, "n_steps": -(-self.n_steps // per_step), "n_therm": -(-self.n_therm // per_step),
+                "candidates": candidates}
 
 
 _TUNE = ("tune the molecular-dynamics steps per L: the smallest count whose pilot acceptance reaches this "
@@ -381,10 +405,13 @@ def build(params: Params) -> list[Task]:
             flow = t.params["flow"]
             deps = (t.name, prior_gather[v].name) if v in prior_gather else (t.name,)
             extra = _prior_kw(v, p, params) if v in prior_gather else {}
-            s = Task(f"imh-{v}-{tag}", pipeline.flow_imh_task,
-                     {"point": fine, "variant": v, "flow": flow, **params.imh.model_dump(), **extra}, deps=deps)
-            tasks.append(s)
-            samplers.append(s.name)
+            for n in params.imh.candidates:
+                if n > 1 and v in pipeline.ENSEMBLE_VARIANTS:
+                    continue
+                s = Task(f"imh{n if n > 1 else ''}-{v}-{tag}", pipeline.flow_imh_task,
+                         {"point": fine, "variant": v, "flow": flow, **params.imh.run(n), **extra}, deps=deps)
+                tasks.append(s)
+                samplers.append(s.name)
             if v in params.flow_hmc.variants:
                 fh = params.flow_hmc.model_dump(exclude={"variants"})
                 start = (hmc_t.name,) if fh["start"] == "hmc" else ()
@@ -626,7 +653,9 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
                                 "included, also over HMC's at the same L; pulls vs HMC for |M|, chi2, U; run length "
                                 "per chain / thermalisation in tau_int(M^2), errors trustworthy from "
                                 f"{pipeline.MIN_CHAIN_TAUS:.0f} / {pipeline.MIN_THERM_TAUS:.0f}; flow-MH with an "
-                                "ensemble prior also draws each independent prior configuration at most once)",
+                                "ensemble prior also draws each independent prior configuration at most once; "
+                                "flow-MH xN: s/sample per step of N - 1 proposals, tau_int the effective one of its "
+                                "Rao-Blackwellised estimates, run length in their own tau_int)",
                                 ["sampler", "L", "acceptance", "tau_int(M^2)", "s/sample", "s/indep. sample",
                                  "cost / HMC", "train s", "<|M|>", "chi2", "Binder U", "pulls",
                                  "run / therm. (tau)"], rows))

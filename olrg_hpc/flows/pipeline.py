@@ -26,6 +26,8 @@ Conventions (science.md section 2; Albandea et al. arXiv:2310.03381, arXiv:2302.
   (thermalisation included in the steps), and the cost of one independent chi2 estimate
   ``cost_per_independent = seconds_per_sample x 2 tau_int(M^2)`` (tau_int = 0.5 for uncorrelated data,
   so an uncorrelated sampler pays ``seconds_per_sample``), with an ensemble prior's HMC included (below).
+  Multiple-proposal flow-MH (``candidates > 1``) pays per step for ``candidates - 1`` proposals, and its
+  ``tau_int(M^2)`` is the effective one of its Rao-Blackwellised estimates (:func:`_chain_result`).
 * Step counts: plain HMC and flow-HMC take ``n_steps`` molecular-dynamics steps, or, with ``tune_acceptance``,
   the smallest count whose pilot acceptance reaches it (:func:`olrg_hpc.lattice.hmc.tune_n_steps`, run from the
   start configurations before thermalisation); ``n_steps`` and the pilots (``tuning_steps``,
@@ -80,7 +82,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from olrg_hpc.flows.coarse import CoarsePrior, EnsemblePrior, RefineFlow, RefinePrior, refine_sigma, transfer_params
-from olrg_hpc.flows.mcmc import FlowedAction, flow_hmc, flow_imh
+from olrg_hpc.flows.mcmc import FlowedAction, flow_hmc, flow_imh, flow_multi_mh
 from olrg_hpc.flows.model import Flow, GaussianPrior, count_params, init_flow, sample_flow, tutorial_flow, z2_flow
 from olrg_hpc.flows.train import evaluate, make_mesh, train
 from olrg_hpc.jaxsetup import enable_x64
@@ -327,6 +329,17 @@ def _m_phi2(phi: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.mean(phi, axis=(-2, -1)), jnp.mean(phi * phi, axis=(-2, -1))
 
 
+def _primaries(phi: jax.Array) -> dict[str, jax.Array]:
+    """The primary observables :func:`~olrg_hpc.lattice.ensemble.summarize_primaries` reads, of one batch."""
+    M, phi2 = _m_phi2(phi)
+    return {"abs_M": jnp.abs(M), "M2": M * M, "M4": M**4, "phi2": phi2}
+
+
+def _series(M: np.ndarray, phi2: np.ndarray) -> dict[str, np.ndarray]:
+    """The histories :func:`_chain_result` reads, from those of ``M`` and ``phi^2``."""
+    return {"M": M, "abs_M": np.abs(M), "M2": M * M, "M4": M**4, "phi2": phi2}
+
+
 #: a sampler's run counts as reliable with at least this many tau_int(M^2) per chain ...
 MIN_CHAIN_TAUS = 100.0
 #: ... and this many tau_int(M^2) of thermalisation (module docstring, "Run length") ...
@@ -338,11 +351,19 @@ MAX_PRIOR_REUSE = 1.0
 MAX_THERM_ROUNDS = 5
 
 
-def _chain_result(M: np.ndarray, phi2: np.ndarray, volume: int, clock: Mapping[str, float], n_therm: int,
+def _chain_result(series: Mapping[str, np.ndarray], volume: int, clock: Mapping[str, float], n_therm: int,
                   n_chains: int, acceptance: float | np.ndarray, dH: np.ndarray | None = None,
-                  per_sample: int = 1) -> dict[str, Any]:
-    """Histories ``(n, n_chains)`` stored every ``per_sample`` steps after ``n_therm`` steps -> observables,
-    tau_int, cost and run length in units of tau_int (module docstring).
+                  per_sample: int = 1, estimates: bool = False) -> dict[str, Any]:
+    """Histories ``(n, n_chains)`` stored every ``per_sample`` steps after ``n_therm`` steps (``series``: ``abs_M``,
+    ``M2``, ``M4``, ``phi2``, and ``M`` where there is one) -> observables, tau_int, cost and run length in units
+    of tau_int (module docstring).
+
+    ``estimates``: the histories are per-step estimates (Rao-Blackwellised: :func:`flow_imh_task` with
+    ``candidates > 1``), whose variance is below that of the observable itself; ``tau_int_M2`` is then the
+    effective one,
+    ``n err^2(M^2) / (2 Var(M^2))`` with ``Var(M^2) = <M^4> - <M^2>^2`` (for a plain chain this is its tau_int by
+    the Gamma method's own definition), so that ``2 tau_int_M2`` steps still cost one independent sample, and
+    the estimates' own tau_int, which sets the run length and thermalisation, is ``tau_int_M2_series``.
 
     ``acceptance`` is either the sampler's rate or its accept/reject history aligned with ``M``; a history is
     cut like ``M``, so acceptance and the stored ``accepted`` cover exactly the steps the observables use.
@@ -353,33 +374,46 @@ def _chain_result(M: np.ndarray, phi2: np.ndarray, volume: int, clock: Mapping[s
     the rule holds for the tau_int the result reports. ``therm_steps`` records the total. The cost still counts
     every step run.
     """
-    def summarize(m: np.ndarray, p2: np.ndarray) -> dict[str, Any]:
-        out = ensemble.summarize(m, p2, volume, dH if dH is not None else np.zeros(1))
-        return out if dH is not None else {k: v for k, v in out.items() if not k.startswith("exp_minus_dH")}
+    def summarize(first: int) -> dict[str, Any]:
+        h = {k: np.asarray(series[k])[first:] for k in ("abs_M", "M2", "M4", "phi2")}
+        out = ensemble.summarize_primaries(h["abs_M"], h["M2"], h["M4"], h["phi2"], volume,
+                                           dH if dH is not None else np.zeros(1))
+        if dH is None:
+            out = {k: v for k, v in out.items() if not k.startswith("exp_minus_dH")}
+        if estimates:
+            m2, m4 = float(np.mean(h["M2"])), float(np.mean(h["M4"]))
+            eff = h["M2"].size * float(out["M2_err"]) ** 2 / (2.0 * max(m4 - m2 * m2, np.finfo(float).tiny))
+            own = float(out["tau_int_M2"])
+            out.update(tau_int_M2_series=own, tau_int_M2=eff, tau_int_M2_err=float(out["tau_int_M2_err"]) * eff / own)
+        return out
 
-    summary = summarize(M, phi2)
-    n_total = n_therm + M.shape[0] * per_sample
+    def run_tau(summary: Mapping[str, Any]) -> float:
+        return float(summary.get("tau_int_M2_series", summary["tau_int_M2"]))
+
+    n_meas = np.asarray(series["M2"]).shape[0]
+    summary = summarize(0)
+    n_total = n_therm + n_meas * per_sample
     drop = 0
     for _ in range(MAX_THERM_ROUNDS):  # the shorter chain's tau_int may be longer: drop again until consistent
-        missing = MIN_THERM_TAUS * float(summary["tau_int_M2"]) * per_sample - n_therm  # in steps
-        more = min(int(np.ceil(max(missing, 0.0) / per_sample)), M.shape[0] // 2)
+        missing = MIN_THERM_TAUS * run_tau(summary) * per_sample - n_therm  # in steps
+        more = min(int(np.ceil(max(missing, 0.0) / per_sample)), n_meas // 2)
         if more <= drop:
             break
         drop = more
-        summary = summarize(M[drop:], phi2[drop:])
-    M, phi2 = M[drop:], phi2[drop:]
+        summary = summarize(drop)
+    histories = {k: np.asarray(v)[drop:] for k, v in series.items() if estimates or k not in ("M2", "M4")}
     therm_steps = n_therm + drop * per_sample
     history = {}
     if np.ndim(acceptance):
         kept = np.asarray(acceptance)[drop:]
         acceptance, history = float(np.mean(kept)), {"accepted": kept.astype(np.int8)}
     seconds_per_sample = clock["run_s"] / (n_total * n_chains) * per_sample
-    tau = float(summary["tau_int_M2"])
-    return {"M": M, "abs_M": np.abs(M), "phi2": phi2, "acceptance": float(acceptance), "summary": summary,
+    tau, own = float(summary["tau_int_M2"]), run_tau(summary)
+    return {**histories, "acceptance": float(acceptance), "summary": summary,
             "run_seconds": clock["run_s"], "compile_seconds": clock["compile_s"], "wall_seconds": clock["wall_s"],
             "seconds_per_sample": seconds_per_sample, "cost_per_independent": seconds_per_sample * 2.0 * tau,
-            "chain_over_tau": M.shape[0] / tau, "therm_steps": therm_steps,
-            "therm_over_tau": therm_steps / (tau * per_sample), "n_chains": n_chains, "L": int(round(volume**0.5)),
+            "chain_over_tau": (n_meas - drop) / own, "therm_steps": therm_steps,
+            "therm_over_tau": therm_steps / (own * per_sample), "n_chains": n_chains, "L": int(round(volume**0.5)),
             **history}
 
 
@@ -397,23 +431,40 @@ def _md_steps(action: Any, x0: jax.Array, key: jax.Array, n_steps: int, tau: flo
 
 def flow_imh_task(point: Mapping[str, float], variant: str, flow: Mapping[str, Any], n_chains: int, n_steps: int,
                   n_therm: int, seed: int, prior_point: Mapping[str, float] | None = None,
-                  prior_sigma: float | None = None, block: int | None = None,
+                  prior_sigma: float | None = None, block: int | None = None, candidates: int = 1,
                   deps: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """``n_chains`` independent Metropolis-Hastings chains with the trained flow of ``variant`` as proposal
     (:func:`~olrg_hpc.flows.mcmc.flow_imh`, ``block`` steps of proposals per flow call); the first ``n_therm``
-    steps are dropped."""
+    steps are dropped. ``candidates > 1``: the multiple-proposal chain with that many candidates per step and
+    its Rao-Blackwellised estimates (:func:`~olrg_hpc.flows.mcmc.flow_multi_mh`; method ``flow-MH xN``, each
+    step costing ``N - 1`` proposals, ``acceptance`` the rate of moves, ``tau_int_M2`` the effective one of
+    :func:`_chain_result`; not with an ensemble prior, whose cost model counts one chain step per proposal)."""
+    if candidates > 1 and variant in ENSEMBLE_VARIANTS:
+        raise ValueError(f"candidates > 1 needs a prior without an HMC ensemble, not the {variant} variant")
     L = int(point["L"])
     action, c = _point_action(point)
     model = make_flow(flow)
     trained = _dep_with(deps, "params")
     params = params_from_tree(model, (L, L), trained["params"])
     prior = _prior(variant, point, prior_point, deps, prior_sigma)
+    key = _int_seed(seed)
     with compile_clock() as clock:
-        res = jax.block_until_ready(flow_imh(model, params, prior, action, _int_seed(seed), n_therm + n_steps,
-                                             n_chains, measure=_m_phi2, block=block))
-    M, phi2 = (np.asarray(a, np.float64)[n_therm:] for a in res.measurements)
-    out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm, n_chains, np.asarray(res.accepted)[n_therm:])
-    out.update(method="flow-MH", variant=variant, train_seconds=float(trained["total_train_seconds"]))
+        if candidates == 1:
+            res = jax.block_until_ready(flow_imh(model, params, prior, action, key, n_therm + n_steps, n_chains,
+                                                 measure=_m_phi2, block=block))
+        else:
+            res = jax.block_until_ready(flow_multi_mh(model, params, prior, action, key, n_therm + n_steps, n_chains,
+                                                      candidates, measure=_primaries, block=block))
+    if candidates == 1:
+        M, phi2 = (np.asarray(a, np.float64)[n_therm:] for a in res.measurements)
+        series, moves, estimates, method = _series(c * M, c * c * phi2), res.accepted, False, "flow-MH"
+    else:
+        power = {"abs_M": 1, "M2": 2, "M4": 4, "phi2": 2}
+        series = {k: c ** power[k] * np.asarray(v, np.float64)[n_therm:] for k, v in res.estimates.items()}
+        moves, estimates, method = res.moved, True, f"flow-MH x{candidates}"
+    out = _chain_result(series, L * L, clock, n_therm, n_chains, np.asarray(moves)[n_therm:], estimates=estimates)
+    out.update(method=method, variant=variant, train_seconds=float(trained["total_train_seconds"]),
+               candidates=int(candidates))
     if variant in ENSEMBLE_VARIANTS:
         _charge_prior(out, _dep_with(deps, "configs"), prior.members_per_draw, n_chains * (n_therm + n_steps))
     return out
@@ -471,7 +522,7 @@ def flow_hmc_task(point: Mapping[str, float], variant: str, flow: Mapping[str, A
         res = jax.block_until_ready(flow_hmc(model, params, action, z0, n_traj, krun, tau=tau, n_steps=n_steps,
                                              integrator=integrator, n_therm=n_therm, measure=_m_phi2))
     M, phi2 = (np.asarray(a, np.float64) for a in res.phi)
-    out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm, n_chains, float(res.acceptance),
+    out = _chain_result(_series(c * M, c * c * phi2), L * L, clock, n_therm, n_chains, float(res.acceptance),
                         dH=np.asarray(res.dH))
     out.update(method="flow-HMC", variant=variant, train_seconds=float(trained["total_train_seconds"]),
                dH=np.asarray(res.dH), start=start, **md)
@@ -494,7 +545,7 @@ def hmc_task(point: Mapping[str, float], n_chains: int, n_therm: int, n_traj: in
                                                   integrator=integrator, tau_jitter=tau_jitter,
                                                   meas_every=meas_every, n_therm=n_therm, measure=_m_phi2))
     M, phi2 = (np.asarray(a, np.float64) for a in res.measurements)
-    out = _chain_result(c * M, c * c * phi2, L * L, clock, n_therm, n_chains, float(res.acceptance),
+    out = _chain_result(_series(c * M, c * c * phi2), L * L, clock, n_therm, n_chains, float(res.acceptance),
                         dH=np.asarray(res.dH), per_sample=meas_every)
     out.update(method="HMC", variant="", train_seconds=0.0, dH=np.asarray(res.dH),
                final_configs=c * np.asarray(res.phi, np.float64), **md)

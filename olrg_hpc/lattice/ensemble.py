@@ -48,7 +48,13 @@ def _history(phi: jax.Array) -> dict[str, jax.Array]:
 
 def summarize(M: np.ndarray, phi2: np.ndarray, volume: int, dH: np.ndarray) -> dict[str, Any]:
     """Observables with Gamma-method errors from ``(n_meas, n_chains)`` histories (chains = replicas)."""
-    absM, M2, M4 = np.abs(M), M**2, M**4
+    return summarize_primaries(np.abs(M), M**2, M**4, phi2, volume, dH)
+
+
+def summarize_primaries(absM: np.ndarray, M2: np.ndarray, M4: np.ndarray, phi2: np.ndarray, volume: int,
+                        dH: np.ndarray) -> dict[str, Any]:
+    """:func:`summarize` from histories of the primary observables ``|M|``, ``M^2``, ``M^4`` and ``phi^2``
+    themselves (for estimators that average each one separately, e.g. Rao-Blackwellised ones)."""
     out: dict[str, Any] = {}
     for name, series in (("abs_M", absM), ("M2", M2), ("phi2", phi2)):
         mean, err, tau = autocorr.mean_error(series)

@@ -55,6 +55,23 @@ class TestGraph:
         prior = {t.name: t for t in flow_study.build(_params(flow_hmc={"start": "prior"}))}
         assert prior["fhmc-gaussian-L8"].deps == ("train-gaussian-L8",)
 
+    def test_multiple_proposal_runs_draw_as_many_proposals(self) -> None:
+        """imh.candidates [1, 64]: the plain chain keeps its task name and arguments (no candidates entry) and an
+        imh64 task per variant without a prior ensemble and L runs n_steps and n_therm / 63, rounded up, with the
+        same flow and dependencies; compare sees both. The coarse variant (an HMC ensemble prior, whose cost model
+        counts one step per proposal) gets none."""
+        imh = {"n_steps": 16000, "n_therm": 200}
+        plain = {t.name: t for t in flow_study.build(_params(imh=imh))}
+        both = {t.name: t for t in flow_study.build(_params(imh={**imh, "candidates": [1, 64]}))}
+        assert set(both) - set(plain) == {f"imh64-{v}-L{ell}" for v in ("gaussian", "warm") for ell in (8, 12)}
+        assert both["imh-warm-L8"].params == plain["imh-warm-L8"].params
+        assert "candidates" not in plain["imh-warm-L8"].params
+        multi = both["imh64-warm-L12"]
+        assert multi.params["candidates"] == 64 and multi.params["n_steps"] == 254 and multi.params["n_therm"] == 4
+        single = both["imh-warm-L12"]
+        assert multi.deps == single.deps and multi.params["flow"] == single.params["flow"]
+        assert {"imh64-warm-L12", "imh-warm-L12"} <= set(both["compare"].deps)
+
     def test_free_field_layer_only_after_a_gaussian_prior(self) -> None:
         """Trainings and samplers of one variant share its flow; the coarse-ensemble variants never get the layer."""
         by = {t.name: t for t in flow_study.build(_params(flow={"free_field": True}, flow_hmc={"variants": ["coarse"]},
@@ -259,6 +276,10 @@ class TestGraph:
      "params.hmc: Value error, n_chains (8) is below flow_hmc.n_chains (16)"),
     ("  points: [{L: 8, beta: 0.5}]\n  flow_hmc: {start: hot}", "params.flow_hmc.start"),
     ("  points: [{L: 8, beta: 0.5}]\n  imh: {block: 0}", "params.imh.block"),
+    ("  points: [{L: 8, beta: 0.5}]\n  imh: {candidates: [1, 64, 1]}",
+     "params.imh.candidates: Value error, distinct counts of at least 1 (got [1, 64, 1])"),
+    ("  points: [{L: 8, beta: 0.5}]\n  imh: {candidates: [0]}",
+     "params.imh.candidates: Value error, distinct counts of at least 1 (got [0])"),
     ("  points: [{L: 8, beta: 0.5, beta_prior: 0.4}, {L: 16, beta: 0.6}]\n  variants: [gaussian, same_L]",
      "points[1] (L = 16): the same_L variant needs beta_prior"),
     ("  points: [{L: 8, beta: 0.5}]\n  flow: {kind: tutorial, free_field: true}",
@@ -352,6 +373,9 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
                                  prior_point=COARSE, deps={"train": trained, "gather": gather})
     kept = 30 - (imh["therm_steps"] - 5)  # thermalisation follows tau_int (test_thermalisation_follows_tau_int)
     assert imh["M"].shape == imh["accepted"].shape == (kept, 4) and 0 < imh["acceptance"] < 1
+    with pytest.raises(ValueError, match="candidates > 1 needs a prior without an HMC ensemble, not the coarse"):
+        pipeline.flow_imh_task(FINE, "coarse", TINY_FLOW, n_chains=4, n_steps=30, n_therm=5, seed=4, candidates=4,
+                               prior_point=COARSE, deps={"train": trained, "gather": gather})
     # the coarse prior draws 4 of the N independent configurations per proposal: c_prior = 4 x the ensemble's HMC
     # seconds (both replicas) / N per proposal (module docstring, "Prior reuse and cost")
     n_ind = imh["prior_independent_configs"]
@@ -474,6 +498,13 @@ def test_multilevel_flow_refines_the_flow_below_through_shards(tmp_path: Path) -
     imh = pipeline.flow_imh_task(fine8, "multilevel", flow8, n_chains=4, n_steps=20, n_therm=2, seed=5,
                                  deps={"ml8": ml8})
     assert 0 <= imh["acceptance"] <= 1 and np.all(np.isfinite(imh["M"])) and "prior_reuse" not in imh
+    multi = pipeline.flow_imh_task(fine8, "multilevel", flow8, n_chains=4, n_steps=20, n_therm=2, seed=5,
+                                   candidates=4, deps={"ml8": ml8})
+    assert multi["method"] == "flow-MH x4" and multi["candidates"] == 4 and 0 <= multi["acceptance"] <= 1
+    n = 20 - (multi["therm_steps"] - 2)
+    assert all(multi[k].shape == (n, 4) and np.all(np.isfinite(multi[k])) for k in ("abs_M", "M2", "M4", "phi2"))
+    assert multi["accepted"].shape == (n, 4) and "M" not in multi
+    assert multi["summary"]["tau_int_M2_series"] > 0 and multi["summary"]["chi2"] > 0
 
 
 # ------------------------------------------------------------------------------------------------ reduced study
@@ -483,7 +514,7 @@ REDUCED = """\
   flow: {kind: z2, n_layers: 4, hidden: [8], free_field: true}
   ensembles: {replicas: 2, n_chains: 8, n_therm: 50, n_traj: 200, meas_every: 2}
   training: {steps: 800, batch_size: 64, lr: 0.005, metrics_every: 200, metrics_batch: 512}
-  imh: {n_chains: 16, n_steps: 5000, n_therm: 50}
+  imh: {n_chains: 16, n_steps: 5000, n_therm: 50, candidates: [1, 8]}
   flow_hmc: {variants: [gaussian], n_chains: 8, n_traj: 300, n_therm: 20}
   hmc: {n_chains: 8, n_traj: 1500, n_therm: 100}"""
 
@@ -497,7 +528,7 @@ def test_reduced_study_through_the_cli(tmp_path: Path) -> None:
     out = subprocess.run([*EXE, "run", str(cfg), "--cluster", str(prof), "--output", "st", "--no-progress"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr
-    assert "13 computed, 0 failed" in out.stderr
+    assert "15 computed, 0 failed" in out.stderr
     assert "Samplers" in out.stdout and "Flow training" in out.stdout
     report = tmp_path / "st" / "report"
     for fig in ("flow_training.png", "observables.png"):
@@ -517,10 +548,11 @@ def test_reduced_study_through_the_cli(tmp_path: Path) -> None:
         assert abs(hmc["exp_minus_dH"][()] - 1) < 4 * hmc["exp_minus_dH_err"][()]
         c = t["compare"]
         methods = [m.decode() for m in c["method"][()]]
-        assert sorted(methods) == ["HMC", "flow-HMC", "flow-MH", "flow-MH", "flow-MH"]
+        assert sorted(methods) == ["HMC", "flow-HMC", "flow-MH", "flow-MH", "flow-MH", "flow-MH x8", "flow-MH x8"]
         assert np.all(c["acceptance"][()] > 0.03)
         # every sampler is exact: |M|, chi2 and the Binder cumulant agree with HMC within combined errors, and every
-        # run is long enough for its errors to mean something (100 tau_int per chain, 5 of thermalisation).
+        # run is long enough for its errors to mean something (100 tau_int per chain, 5 of thermalisation); the
+        # multiple-proposal runs (8 candidates, 715 steps: as many proposals) are held to the same standard.
         # Margins, three seeds of this config with 3000 flow-MH steps: flow-MH gaussian / warm 900-1600 tau_int per
         # chain (acceptance 0.5-0.6 with the free-field layer; 15-50 at 1500 steps without it), flow-HMC 230-250,
         # the coarse flow-MH (acceptance 0.10-0.13, no free-field layer after a coarse prior) 108-280, hence 5000
@@ -646,22 +678,47 @@ def test_thermalisation_follows_tau_int() -> None:
         return 0.3 + 0.05 * x
 
     M = ar1(4000, 0.95)
-    out = pipeline._chain_result(M, M**2, 16, clock, 10, 8, 0.5)
+    out = pipeline._chain_result(pipeline._series(M, M**2), 16, clock, 10, 8, 0.5)
     tau = out["summary"]["tau_int_M2"]
     assert 10 < tau < 40  # (1 + rho) / (2 (1 - rho)) = 19.5 for M; M^2 of a shifted AR(1) is close
     assert out["therm_steps"] > 10 and out["therm_over_tau"] >= pipeline.MIN_THERM_TAUS
     # a start that is white but five times wider hides the correlation: tau_int of the whole chain is short, and
     # grows once that start is dropped; the rule must hold for the tau_int reported (one round left 3.97 tau_int)
     mixed = np.concatenate([0.3 + 0.25 * rng.normal(size=(50, 8)), M[50:]])
-    again = pipeline._chain_result(mixed, mixed**2, 16, clock, 10, 8, 0.5)
+    again = pipeline._chain_result(pipeline._series(mixed, mixed**2), 16, clock, 10, 8, 0.5)
     assert again["therm_steps"] > 60 and again["therm_over_tau"] >= pipeline.MIN_THERM_TAUS
     assert out["M"].shape[0] == 4000 - (out["therm_steps"] - 10)
-    white = pipeline._chain_result(rng.normal(size=(4000, 8)), np.ones((4000, 8)), 16, clock, 10, 8, 0.5)
+    white = pipeline._chain_result(pipeline._series(rng.normal(size=(4000, 8)), np.ones((4000, 8))), 16, clock, 10, 8,
+                                   0.5)
     assert white["therm_steps"] == 10 and white["M"].shape[0] == 4000
-    short = pipeline._chain_result(M[:60], M[:60] ** 2, 16, clock, 0, 8, 0.5)
+    short = pipeline._chain_result(pipeline._series(M[:60], M[:60] ** 2), 16, clock, 0, 8, 0.5)
     assert short["M"].shape[0] == 30  # never more than half
     assert out["seconds_per_sample"] == pytest.approx(1.0 / (4010 * 8))  # every step run counts in the cost
     # an accept/reject history is cut like the chain: rejections only in the dropped steps -> acceptance 1
     hist = np.arange(4000)[:, None] >= out["therm_steps"] - 10
-    cut = pipeline._chain_result(M, M**2, 16, clock, 10, 8, np.broadcast_to(hist, M.shape))
+    cut = pipeline._chain_result(pipeline._series(M, M**2), 16, clock, 10, 8, np.broadcast_to(hist, M.shape))
     assert cut["acceptance"] == 1.0 and cut["accepted"].shape == out["M"].shape and "accepted" not in out
+
+
+def test_effective_tau_int_of_estimates() -> None:
+    """Per-step estimates (Rao-Blackwellised): tau_int_M2 is n err^2 / (2 Var(M^2)) with Var(M^2) = <M^4> -
+    <M^2>^2, so that it is the Gamma method's own tau_int for a plain chain (the same data read as estimates:
+    within 3%, the sampling error of Var(M^2) from 32000 values), and halves when every value is the average of
+    two independent ones, which halves the variance of each estimate but not that of M^2 (within 6%, the
+    sampling error of two Gamma-method errors); run length and thermalisation use the estimates' own tau_int."""
+    rng = np.random.default_rng(8)
+    clock = {"run_s": 1.0, "compile_s": 0.0, "wall_s": 1.0}
+    M, phi2 = rng.normal(size=(4000, 8)), np.ones((4000, 8))
+    plain = pipeline._chain_result(pipeline._series(M, phi2), 16, clock, 10, 8, 0.5)
+    same = pipeline._chain_result(pipeline._series(M, phi2), 16, clock, 10, 8, 0.5, estimates=True)
+    assert same["summary"]["tau_int_M2_series"] == plain["summary"]["tau_int_M2"]
+    assert same["summary"]["tau_int_M2"] == pytest.approx(plain["summary"]["tau_int_M2"], rel=0.03)
+    assert same["M2"].shape == same["M4"].shape == (4000, 8) and "M2" not in plain
+    M_b = rng.normal(size=(4000, 8))  # a second independent draw per step: estimates <.> = (f(M) + f(M_b)) / 2
+    series = {"abs_M": (np.abs(M) + np.abs(M_b)) / 2, "M2": (M**2 + M_b**2) / 2, "M4": (M**4 + M_b**4) / 2,
+              "phi2": phi2}
+    rb = pipeline._chain_result(series, 16, clock, 10, 8, 0.5, estimates=True)
+    assert rb["summary"]["tau_int_M2"] == pytest.approx(0.25, rel=0.06)
+    assert rb["summary"]["tau_int_M2_series"] == pytest.approx(0.5, rel=0.06)
+    assert rb["cost_per_independent"] == pytest.approx(rb["seconds_per_sample"] * 0.5, rel=0.06)
+    assert rb["chain_over_tau"] == pytest.approx(4000 / rb["summary"]["tau_int_M2_series"])
