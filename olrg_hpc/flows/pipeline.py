@@ -329,15 +329,15 @@ def _m_phi2(phi: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.mean(phi, axis=(-2, -1)), jnp.mean(phi * phi, axis=(-2, -1))
 
 
+def _series(M: Any, phi2: Any) -> dict[str, Any]:
+    """The histories :func:`_chain_result` reads, from those of ``M`` and ``phi^2`` (numpy or JAX arrays)."""
+    return {"M": M, "abs_M": abs(M), "M2": M * M, "M4": M**4, "phi2": phi2}
+
+
 def _primaries(phi: jax.Array) -> dict[str, jax.Array]:
-    """The primary observables :func:`~olrg_hpc.lattice.ensemble.summarize_primaries` reads, of one batch."""
-    M, phi2 = _m_phi2(phi)
-    return {"abs_M": jnp.abs(M), "M2": M * M, "M4": M**4, "phi2": phi2}
-
-
-def _series(M: np.ndarray, phi2: np.ndarray) -> dict[str, np.ndarray]:
-    """The histories :func:`_chain_result` reads, from those of ``M`` and ``phi^2``."""
-    return {"M": M, "abs_M": np.abs(M), "M2": M * M, "M4": M**4, "phi2": phi2}
+    """The primary observables :func:`~olrg_hpc.lattice.ensemble.summarize_primaries` reads, of one batch (the
+    per-candidate measurement of multiple-proposal flow-MH, whose estimates average each one)."""
+    return {k: v for k, v in _series(*_m_phi2(phi)).items() if k != "M"}
 
 
 #: a sampler's run counts as reliable with at least this many tau_int(M^2) per chain ...
