@@ -295,3 +295,33 @@ def test_one_more_site_comparison() -> None:
         assert plain[0][k].shape == one_more[0][k].shape == (2, len(blk.Tf))
     diff = max(np.abs(np.asarray(p - q)).max() for p, q in zip(plain[0], one_more[0], strict=True))
     assert diff > 1e-3  # grown by one more site: another correlator
+
+
+def test_local_consistency_trains_each_growth_map_alone() -> None:
+    """``consistency="local"``: past the exact scales a map's consistency term sees the grown set as a fixed input.
+
+    Identities: the loss value is the same as the joint one (only derivatives differ); the gradient of the local
+    loss in the maps of the exact scales equals that of the exact-target term alone (no consistency term past the
+    exact blocks reaches them); the last growth map's gradient equals the joint one (nothing comes after it to reach
+    it either way). Joint training does send the growth terms into earlier maps (the gradients differ by far more
+    than rounding), which is what lets jointly trained growth maps simplify what they pass on."""
+    kw = dict(n0=2, n_final=6, exact_weight=1.0, exact_max_n=4, sample_T=True, T=2.0)
+    joint, local = _cfg(**kw), _cfg(**kw, consistency="local")
+    assert local.exact_scales == [0, 1]  # blocks of 3 and 4 sites; blocks 5 and 6 only by consistency
+    batch = L.make_batch(joint, seed=2)
+    lin = M.LinearIsometryMap(complex_=True, keep_state=True, init_scale=0.3)
+    p = lin.init(jax.random.PRNGKey(1), 8, 4, joint.n_scales)
+    vg = {c.consistency: _jit(jax.value_and_grad(lambda p, c=c: L.olrg_loss(p, lin, c, batch)))(p)
+          for c in (joint, local)}
+    np.testing.assert_allclose(float(vg["local"][0]), float(vg["joint"][0]), rtol=1e-13)  # same value
+    gj, gl = vg["joint"][1], vg["local"][1]
+    # the exact scales' maps: local gradient = gradient of the loss restricted to the exact scales (n_final = 4)
+    exact_only = _cfg(**{**kw, "n_final": 4})
+    ge = _jit(jax.grad(lambda q: L.olrg_loss(q, lin, exact_only, batch)))({k: v[:2] for k, v in p.items()})
+    for k in p:
+        np.testing.assert_allclose(np.asarray(gl[k][:2]), np.asarray(ge[k]), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(gl[k][3]), np.asarray(gj[k][3]), rtol=1e-9, atol=1e-12)
+        assert np.abs(np.asarray(gl[k][2])).max() > 1e-6  # the first growth map is trained
+    assert max(np.abs(np.asarray(gj[k][:3] - gl[k][:3])).max() for k in p) > 1e-4
+    with pytest.raises(ValueError, match="consistency"):
+        _cfg(consistency="both")
