@@ -1,35 +1,30 @@
 """Flow study: trivializing flows for 2D phi^4 from Gaussian and coarse-lattice priors, against plain HMC.
 
-Graph, per fine point ``(L, beta, lam)`` (beta/lambda convention of arXiv:2310.03381):
+The prior kinds are the objects of :data:`olrg_hpc.flows.priors.KINDS`; ``params.variants`` names the ones a
+study trains. The graph is built by one loop over the fine points ``(L, beta, lam)`` (beta/lambda convention of
+arXiv:2310.03381) and, per point, over the kinds; every dependency is handed to its task under a role
+(:data:`olrg_hpc.flows.pipeline.ROLES`):
 
-1. ``ens-L<l>-beta<b>-rR``: ``ensembles.replicas`` HMC ensembles (configurations stored) in parallel at each
-   point an ensemble prior draws from, ``(L/2, beta_coarse)`` for the coarse variants and ``(L, beta_prior)`` for
-   ``same_L`` (:func:`olrg_hpc.lattice.ensemble.hmc_ensemble`) -> ``gather-L<l>-beta<b>``: configurations pooled,
-   observables; a point that several variants or fine points need is run once;
-2. training, one task per prior variant at equal ``steps x batch``: ``train-gaussian-L`` (N(0, 1) prior),
-   ``train-coarse-L`` (interleaved coarse configurations), ``train-coarse_bilinear-L`` and
-   ``train-coarse_noise-L`` (one coarse configuration plus noise sublattices, about its bilinear interpolation
-   or about 0), ``train-same_L-L`` (one configuration at the same L and ``beta_prior``), ``train-warm-L``
-   (Gaussian prior, parameters of ``pretrain-Ll``, a flow trained at the coarse
-   point for ``warm_fraction`` of the steps; with ``training.ladder``, when the study also has the coarse point
-   ``(L/2, beta_coarse)``, the parameters of that point's ``train-warm`` instead: 8 -> 16 -> 32 ..., every rung
-   training the fine share of the steps; with ``training.ladder`` a coarse-prior flow likewise starts from the
-   same variant's flow at ``(L/2, beta_coarse)`` when the study has that point, and trains the fine share; with
-   ``training.rung: pretrain`` both start instead from a training at ``(L/2, beta_coarse)`` for the coarse share
-   of the steps, ``pretrain-Ll`` and ``pretrain-<variant>-Ll``, so that every flow trains ``steps`` steps in all);
-   each records acceptance and ESS versus training step and seconds and holds its trained parameters;
-3. sampling in parallel: ``imh-<variant>-L`` (flow independent Metropolis-Hastings; ``imhN-<variant>-L`` the
-   multiple-proposal chain with ``N`` candidates per step, for each ``N > 1`` in ``imh.candidates``),
-   ``fhmc-<variant>-L``
-   (flow-HMC, for ``flow_hmc.variants``; with ``flow_hmc.start: hmc``, the default, after ``hmc-L``, whose
-   final configurations, mapped back by ``F^-1``, are its starting points), ``hmc-L`` (plain HMC on the fine
-   lattice);
-4. ``compare``: observables (|M|, chi2, Binder) with Gamma-method errors, tau_int(M^2), cost per
-   independent chi2 sample (seconds per sample x 2 tau_int), pulls against HMC.
+1. ``ens-L<l>-beta<b>-rR``: ``ensembles.replicas`` HMC ensembles (configurations stored) at each point a kind's
+   prior draws from (:meth:`Point.prior`) -> ``gather-L<l>-beta<b>`` (role ``prior_ensemble``); a point that
+   several kinds or fine points need is run once;
+2. ``train-<kind>-L<l>``, one per kind at equal ``steps x batch``. A kind that starts from a flow at ``L/2``
+   (role ``below``) takes the study's own flow of the same kind at ``(L/2, beta_coarse)`` when ``training.ladder``
+   is on and the study has that point (8 -> 16 -> 32 ...), else its pretraining there,
+   ``pretrain-<pretrain kind>-L<l/2>-beta<b>`` (the Gaussian one for ``warm`` and ``multilevel``, shared), for
+   the coarse share of the steps (``warm_fraction``); ``training.rung: pretrain`` always takes the pretraining,
+   so that every flow at a point trains ``steps`` steps in all. A flow with a flow below trains the fine share;
+   one without, all ``steps``;
+3. samplers: ``imh-<kind>-L`` (flow independent Metropolis-Hastings; ``imhN-<kind>-L`` the multiple-proposal
+   chain with ``N`` candidates per step, for each ``N > 1`` in ``imh.candidates`` and each kind without an
+   ensemble), ``fhmc-<kind>-L`` (flow-HMC for ``flow_hmc.variants``; with ``flow_hmc.start: hmc`` it starts
+   from ``hmc-L``'s final configurations, role ``hmc_start``), ``hmc-L`` (plain HMC on the fine lattice);
+4. ``compare``: observables (|M|, chi2, Binder) with Gamma-method errors, tau_int(M^2), cost per independent
+   chi2 sample (seconds per sample x 2 tau_int), pulls against HMC.
 
-Report: acceptance and ESS versus training step and seconds per variant; tau_int and cost versus L per
-sampler (with several L); observables with error bars per sampler; tables. Task functions live in
-:mod:`olrg_hpc.flows.pipeline`.
+Report (:func:`report`): what was computed and a verdict per sampler first, then acceptance and Var(log w)
+versus training step and seconds per L, observables per sampler against the HMC band, tau_int and cost versus L
+(several L only), tables. Task functions live in :mod:`olrg_hpc.flows.pipeline`.
 """
 
 from __future__ import annotations
@@ -43,20 +38,23 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from olrg_hpc.config import Strict
 from olrg_hpc.flows import pipeline
+from olrg_hpc.flows.model import FlowSpec
+from olrg_hpc.flows.priors import KINDS, PriorKind
 from olrg_hpc.lattice import ensemble
 from olrg_hpc.report import Table, WorkflowReport
 from olrg_hpc.tasks import Task
 from workflows.phi4_ensembles import HMCChains
 
-Variant = Literal["gaussian", "coarse", "coarse_bilinear", "coarse_noise", "same_L", "warm", "multilevel"]
+#: the names a study may list under ``variants`` (the registry's, in its order)
+Variant = Literal[tuple(KINDS)]  # type: ignore[valid-type]
 
 
 class Point(Strict):
     L: int = Field(ge=4, description="fine lattice extent (L x L, periodic, even)")
     beta: float = Field(gt=0, description="fine hopping coupling (beta/lambda convention)")
     beta_coarse: float | None = Field(None, gt=0, description="coupling of the L/2 prior lattice (default: beta)")
-    beta_prior: float | None = Field(None, gt=0, description="coupling of the same-L prior ensemble (variant same_L; "
-                                     "usually a smaller beta)")
+    beta_prior: float | None = Field(None, gt=0, description="coupling of the same-L prior ensemble (kinds whose "
+                                     "ensemble is at beta_prior: same_L; usually a smaller beta)")
 
     @model_validator(mode="after")
     def _even(self) -> Point:
@@ -70,35 +68,12 @@ class Point(Strict):
     def coarse(self, lam: float) -> dict[str, float]:
         return {"L": self.L // 2, "beta": self.beta if self.beta_coarse is None else self.beta_coarse, "lam": lam}
 
-    def prior(self, variant: str, lam: float) -> dict[str, float]:
-        """The point of the HMC ensemble an ensemble-prior variant draws from."""
-        if variant != "same_L":
+    def prior(self, k: PriorKind, lam: float) -> dict[str, float]:
+        """The point of the HMC ensemble the prior of kind ``k`` draws from."""
+        if k.ensemble_at == "coarse":
             return self.coarse(lam)
         assert self.beta_prior is not None  # Params checks it
         return {"L": self.L, "beta": self.beta_prior, "lam": lam}
-
-
-class FlowSettings(Strict):
-    kind: Literal["z2", "tutorial"] = Field("z2", description="z2: Z2-equivariant couplings + global rescaling")
-    n_layers: int = Field(4, ge=1, description="coupling layers (alternating checkerboard parity)")
-    hidden: list[int] = Field(default_factory=lambda: [8], description="hidden channels of each coupling's net")
-    kernel_size: int = Field(3, ge=1)
-    free_field: bool = Field(False, description="z2 only: a trainable free-field layer (mass, normalisation) first, "
-                             "in the flows with a Gaussian prior (gaussian, warm); never after an ensemble prior")
-    sublattice: bool = Field(True, description="couplings with one head per sublattice of the 2 x 2 cell, in the "
-                             "flows with a coarse-lattice prior (coarse, coarse_bilinear, coarse_noise), which puts "
-                             "different things on the cell's four sites")
-    pointwise: int = Field(0, ge=0, description="z2 only: a site-wise odd monotone map before every n-th coupling, "
-                           "in every variant's flow (0: none)")
-
-    @model_validator(mode="after")
-    def _odd_kernel(self) -> FlowSettings:
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd (got {self.kernel_size})")
-        for key in ("free_field", "pointwise"):
-            if getattr(self, key) and self.kind != "z2":
-                raise ValueError(f"{key} needs kind z2 (got kind {self.kind!r})")
-        return self
 
 
 class Ensembles(HMCChains):
@@ -115,24 +90,24 @@ class Ensembles(HMCChains):
 
 
 class Training(Strict):
-    steps: int = Field(1000, ge=2, description="optimizer steps per variant (warm: coarse + fine together)")
+    steps: int = Field(1000, ge=2, description="optimizer steps per flow (with a flow below: coarse + fine)")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(5e-3, gt=0)
     cosine: bool = Field(True, description="cosine-anneal the learning rate to 0")
     metrics_every: int = Field(100, ge=1, description="steps between acceptance/ESS measurements")
     metrics_batch: int = Field(1024, ge=16, description="fresh flow samples per measurement")
-    warm_fraction: float = Field(0.5, gt=0, lt=1, description="share of the warm variant's steps spent at L/2 "
-                                 "(and of a laddered coarse-prior flow's)")
-    ladder: bool = Field(True, description="a warm flow starts from the study's warm flow at (L/2, beta_coarse) "
-                         "when there is one (8 -> 16 -> 32 ...), else from a fresh pretraining at L/2; a coarse-prior "
-                         "flow (coarse, coarse_bilinear, coarse_noise) from the same variant's flow there, if any, "
-                         "training the fine share of the steps")
+    warm_fraction: float = Field(0.5, gt=0, lt=1, description="share of the steps a pretraining at L/2 takes "
+                                 "(the rest: the fine flow that starts from it, or a rung of the ladder)")
+    ladder: bool = Field(True, description="a flow that starts from a flow at L/2 takes the study's flow of the same "
+                         "kind at (L/2, beta_coarse) when there is one (8 -> 16 -> 32 ...), training the fine share "
+                         "of the steps; else warm and multilevel start from a Gaussian pretraining at L/2 and the "
+                         "coarse-prior kinds train from scratch")
     rung: Literal["final", "pretrain"] = Field(
-        "final", description="with ladder, what a fine flow starts from. final: the study's flow of the same variant "
+        "final", description="with ladder, what a fine flow starts from. final: the study's flow of the same kind "
         "at (L/2, beta_coarse), which trained its own full steps, all counted on the step axis; pretrain: a training "
-        "of that variant at (L/2, beta_coarse) for the coarse share of the steps (warm_fraction), so that every "
-        "flow at a point trains `steps` steps in all, as the Gaussian flow does (a coarse-prior flow's pretraining "
-        "takes its prior from the study's point at L/2; without that point the flow trains from scratch)")
+        "at (L/2, beta_coarse) for the coarse share of the steps (warm_fraction), so that every flow at a point "
+        "trains `steps` steps in all, as the Gaussian flow does (a coarse-prior kind's pretraining takes its prior "
+        "from the study's point at L/2; without that point the flow trains from scratch)")
 
     @model_validator(mode="after")
     def _split(self) -> Training:
@@ -143,10 +118,14 @@ class Training(Strict):
         return self
 
     def warm_split(self) -> tuple[int, int]:
-        """(coarse steps, fine steps) of the warm variant, each a multiple of ``metrics_every``."""
+        """(coarse steps, fine steps) of a flow with a flow below, each a multiple of ``metrics_every``."""
         n = self.steps // self.metrics_every
         k = min(max(round(self.warm_fraction * n), 1), n - 1)
         return k * self.metrics_every, (n - k) * self.metrics_every
+
+    def task_kw(self) -> dict[str, Any]:
+        """The :func:`~olrg_hpc.flows.pipeline.train_flow_task` arguments every training shares."""
+        return self.model_dump(include={"batch_size", "lr", "cosine", "metrics_every", "metrics_batch"})
 
 
 class IMH(Strict):
@@ -159,7 +138,7 @@ class IMH(Strict):
                                   "chain (task imh-...), N > 1 the multiple-proposal chain with N candidates per "
                                   "step and Rao-Blackwellised estimates (task imhN-...), whose n_steps and n_therm "
                                   "are divided by N - 1 (rounded up) so that it draws as many proposals; for the "
-                                  "variants without a prior ensemble (gaussian, warm, multilevel)")
+                                  "kinds without a prior ensemble (gaussian, warm, multilevel)")
 
     @field_validator("candidates")
     @classmethod
@@ -169,12 +148,9 @@ class IMH(Strict):
         return v
 
     def run(self, candidates: int) -> dict[str, Any]:
-        """:func:`~olrg_hpc.flows.pipeline.flow_imh_task` arguments of the run with ``candidates`` (the plain
-        chain's without a ``candidates`` entry, so that studies from before it keep their task keys)."""
+        """:func:`~olrg_hpc.flows.pipeline.flow_imh_task` arguments of the run with ``candidates``."""
         kw = self.model_dump(exclude={"candidates"})
-        if candidates == 1:
-            return kw
-        per_step = candidates - 1
+        per_step = max(candidates - 1, 1)
         return {**kw, "n_steps": -(-self.n_steps // per_step), "n_therm": -(-self.n_therm // per_step),
                 "candidates": candidates}
 
@@ -205,10 +181,14 @@ class HMCBaseline(HMCChains):
 class Params(Strict):
     lam: float = Field(0.5, ge=0, description="quartic coupling (beta/lambda convention)")
     points: list[Point] = Field(min_length=1)
-    variants: list[Variant] = Field(default_factory=lambda: ["gaussian", "coarse", "warm"], min_length=1)
-    prior_sigma: float | None = Field(None, gt=0, description="noise width of coarse_bilinear / coarse_noise "
-                                      "(fine tutorial units; default from the coarse ensemble)")
-    flow: FlowSettings = FlowSettings()
+    variants: list[Variant] = Field(default_factory=lambda: ["gaussian", "coarse", "warm"], min_length=1,
+                                    description="prior kinds to train (olrg_hpc.flows.priors.KINDS)")
+    prior_sigma: float | None = Field(None, gt=0, description="noise width of the kinds with noise sublattices "
+                                      "(coarse_bilinear, coarse_noise; fine tutorial units; default from the "
+                                      "coarse ensemble)")
+    flow: FlowSpec = Field(FlowSpec(), description="the Gaussian flow's architecture; each prior kind adjusts it "
+                           "(free-field layer only after a Gaussian prior, heads per sublattice after a prior on "
+                           "the 2 x 2 cell)")
     ensembles: Ensembles = Ensembles()
     training: Training = Training()
     imh: IMH = IMH()
@@ -225,35 +205,40 @@ class Params(Strict):
 
     @field_validator("variants")
     @classmethod
-    def _distinct_variants(cls, v: list[str]) -> list[str]:
+    def _distinct_variants(cls, v: list[str], info: ValidationInfo) -> list[str]:
         if len(set(v)) != len(v):
             raise ValueError(f"each variant at most once (got {v})")
+        for name in v:
+            if KINDS[name].refines:
+                for i, p in enumerate(info.data.get("points", [])):
+                    if p.L % 4:
+                        raise ValueError(f"points[{i}] (L = {p.L}): the {name} variant needs L divisible by 4 "
+                                         "(its coarse flow at L/2 has a checkerboard)")
         return v
 
-    @field_validator("variants")
+    @field_validator("flow")
     @classmethod
-    def _multilevel_lattices(cls, v: list[str], info: ValidationInfo) -> list[str]:
-        if "multilevel" in v:
-            for i, p in enumerate(info.data.get("points", [])):
-                if p.L % 4:
-                    raise ValueError(f"points[{i}] (L = {p.L}): the multilevel variant needs L divisible by 4 "
-                                     "(its coarse flow at L/2 has a checkerboard)")
+    def _no_refine(cls, v: FlowSpec) -> FlowSpec:
+        if v.refine is not None:
+            raise ValueError("refine is set by a refining prior kind (multilevel), not in the study's flow")
         return v
 
     @field_validator("training")
     @classmethod
-    def _multilevel_rung(cls, v: Training, info: ValidationInfo) -> Training:
-        if "multilevel" in info.data.get("variants", []) and v.rung == "pretrain":
-            raise ValueError("the multilevel variant refines the study's flow at L/2 (rung: final); rung 'pretrain' "
-                             "does not apply to it")
+    def _refine_rung(cls, v: Training, info: ValidationInfo) -> Training:
+        for name in info.data.get("variants", []):
+            if KINDS[name].refines and v.rung == "pretrain":
+                raise ValueError(f"the {name} variant refines the study's flow at L/2 (rung: final); rung "
+                                 "'pretrain' does not apply to it")
         return v
 
     @model_validator(mode="after")
-    def _same_L_has_beta_prior(self) -> Params:
-        if "same_L" in self.variants:
-            for i, p in enumerate(self.points):
-                if p.beta_prior is None:
-                    raise ValueError(f"points[{i}] (L = {p.L}): the same_L variant needs beta_prior")
+    def _beta_prior(self) -> Params:
+        for name in self.variants:
+            if KINDS[name].ensemble_at == "beta_prior":
+                for i, p in enumerate(self.points):
+                    if p.beta_prior is None:
+                        raise ValueError(f"points[{i}] (L = {p.L}): the {name} variant needs beta_prior")
         return self
 
     @field_validator("flow_hmc")
@@ -274,153 +259,130 @@ class Params(Strict):
                              "start 'hmc' takes one HMC configuration per chain")
         return v
 
-
-def _flow_params(params: Params, variant: str) -> dict[str, Any]:
-    """The flow of one variant. The free-field layer turns white noise into a free field, so it goes only into
-    flows with a Gaussian prior: draws of an HMC-ensemble prior are correlated already, and in the reduced study
-    (L = 6, three seeds) the coarse flow-MH fell from acceptance 0.13-0.14 without the layer to 0.08-0.11 with it.
-    Heads per sublattice go only into flows with a coarse-lattice prior, the priors built on the 2 x 2 cell (the key
-    is left out otherwise, so that other flows keep their task seeds). The site-wise maps (``pointwise``) go into
-    every variant's flow; the key is left out when it is 0, for the same reason."""
-    spec = params.flow.model_dump()
-    sublattice = spec.pop("sublattice")
-    if not spec["pointwise"]:
-        del spec["pointwise"]
-    if variant in pipeline.ENSEMBLE_VARIANTS:
-        spec["free_field"] = False
-    if variant == "multilevel":  # the refined coarse field is correlated already, and it lives on the 2 x 2 cell
-        spec["free_field"] = False
-    if sublattice and variant in (*pipeline.COARSE_VARIANTS, "multilevel"):
-        spec["sublattice"] = True
-    return spec
-
-
-def _prior_kw(variant: str, p: Point, params: Params) -> dict[str, Any]:
-    """Prior arguments of an ensemble-prior variant (``prior_sigma`` only for the one-configuration priors)."""
-    kw: dict[str, Any] = {"prior_point": p.prior(variant, params.lam)}
-    if variant in pipeline.REFINE_VARIANTS and params.prior_sigma is not None:
-        kw["prior_sigma"] = params.prior_sigma
-    return kw
+    def kinds(self) -> list[PriorKind]:
+        """The kinds the study trains, in the order of ``variants``."""
+        return [KINDS[v] for v in self.variants]
 
 
 def _point_tag(point: Mapping[str, float]) -> str:
     return f"L{point['L']}-beta{point['beta']:g}"
 
 
-def build(params: Params) -> list[Task]:
-    tr = params.training
-    lam = params.lam
-    train_kw = {"batch_size": tr.batch_size, "lr": tr.lr, "cosine": tr.cosine,
-                "metrics_every": tr.metrics_every, "metrics_batch": tr.metrics_batch}
-    tasks: list[Task] = []
-    samplers: list[str] = []
-    warm_at: dict[tuple[int, float], Task] = {}  # trained warm flows by (L, beta): the ladder's rungs
-    multilevel_at: dict[tuple[int, float], Task] = {}  # trained multilevel flows by (L, beta): theirs
-    pretrains: dict[str, Task] = {}  # Gaussian pretrainings at L/2, by name: warm and multilevel may share one
-    coarse_at: dict[tuple[str, int, float], Task] = {}  # trained coarse-prior flows by (variant, L, beta): theirs
-    gathers: dict[str, Task] = {}  # pooled HMC ensembles of the priors, by point: one per point, however many use it
+class _Graph:
+    """The study's tasks as they are built: each ensemble point and each training once, found by what it is."""
 
-    def gather_at(point: dict[str, float]) -> Task:
-        ptag = _point_tag(point)
-        if ptag not in gathers:
-            ens = params.ensembles
-            reps = []
-            for r in range(ens.replicas):
-                t = Task(f"ens-{ptag}-r{r}", ensemble.hmc_ensemble,
-                         {"point": point, "n_chains": ens.n_chains, "n_therm": ens.n_therm, "n_traj": ens.n_traj,
-                          "meas_every": ens.meas_every, "store_configs": True, "replica": r, **ens.hmc.model_dump()})
-                tasks.append(t)
-                reps.append(t.name)
-            gathers[ptag] = Task(f"gather-{ptag}", pipeline.gather_coarse_ensemble, {}, deps=tuple(reps))
-            tasks.append(gathers[ptag])
-        return gathers[ptag]
+    def __init__(self, params: Params) -> None:
+        self.p = params
+        self.tasks: list[Task] = []
+        self.gathers: dict[str, Task] = {}  # pooled HMC ensembles, by point tag
+        self.trained: dict[tuple[str, int, float], Task] = {}  # the study's flows, by (kind, L, beta)
+        self.pretrains: dict[str, Task] = {}  # trainings at L/2 for the coarse share of the steps, by name
 
-    def rung_below(variant: str, coarse: dict[str, float], flow: dict[str, Any]) -> Task | None:
-        """The flow a coarse-prior flow at L starts from (``training.rung``), or ``None``: train from scratch."""
-        if variant not in pipeline.COARSE_VARIANTS:
+    def add(self, task: Task) -> Task:
+        self.tasks.append(task)
+        return task
+
+    def gather(self, point: dict[str, float]) -> Task:
+        """The pooled HMC ensemble at ``point`` (its replicas added the first time)."""
+        tag = _point_tag(point)
+        if tag not in self.gathers:
+            ens = self.p.ensembles
+            reps = [self.add(Task(f"ens-{tag}-r{r}", ensemble.hmc_ensemble,
+                                  {"point": point, "n_chains": ens.n_chains, "n_therm": ens.n_therm,
+                                   "n_traj": ens.n_traj, "meas_every": ens.meas_every, "store_configs": True,
+                                   "replica": r, **ens.hmc.model_dump()})).name for r in range(ens.replicas)]
+            self.gathers[tag] = self.add(Task(f"gather-{tag}", pipeline.gather_coarse_ensemble, {}, deps=tuple(reps)))
+        return self.gathers[tag]
+
+    def prior_inputs(self, k: PriorKind, p: Point) -> tuple[dict[str, str], dict[str, Any]]:
+        """``(inputs, arguments)`` of kind ``k``'s prior at the study point ``p``: its ensemble and prior point."""
+        if k.ensemble_at is None:
+            return {}, {}
+        point = p.prior(k, self.p.lam)
+        kw: dict[str, Any] = {"prior_point": point}
+        if k.noise and self.p.prior_sigma is not None:
+            kw["prior_sigma"] = self.p.prior_sigma
+        return {"prior_ensemble": self.gather(point).name}, kw
+
+    def train_task(self, name: str, k: PriorKind, p: Point, point: dict[str, float], steps: int, flow: FlowSpec,
+                   below: Task | None = None) -> Task:
+        """A training of kind ``k`` at ``point`` (the study point ``p`` or its coarse point) with its prior."""
+        inputs, kw = self.prior_inputs(k, p)
+        if below is not None:
+            inputs["below"] = below.name
+        return self.add(Task(name, pipeline.train_flow_task,
+                             {"point": point, "variant": k.name, "steps": steps, "flow": flow.model_dump(mode="json"),
+                              "inputs": inputs, **kw, **self.p.training.task_kw()}, deps=tuple(inputs.values())))
+
+    def pretrain(self, k: PriorKind, p: Point) -> Task | None:
+        """The training of kind ``k`` at ``p``'s coarse point for the coarse share of the steps (``None`` when its
+        prior needs an ensemble there and the study has no point at ``(L/2, beta_coarse)`` to take it from)."""
+        coarse = p.coarse(self.p.lam)
+        name = f"pretrain-{k.name}-{_point_tag(coarse)}"
+        if name not in self.pretrains:
+            q = p
+            if k.ensemble_at is not None:
+                q = next((x for x in self.p.points if (x.L, x.beta) == (coarse["L"], coarse["beta"])), None)
+                if q is None:
+                    return None
+            self.pretrains[name] = self.train_task(name, k, q, coarse, self.p.training.warm_split()[0],
+                                                   k.flow(self.p.flow))
+        return self.pretrains[name]
+
+    def below(self, k: PriorKind, p: Point) -> Task | None:
+        """The flow at ``L/2`` kind ``k``'s flow at ``p`` starts from (module docstring), or ``None``."""
+        tr = self.p.training
+        if k.below == "none":
             return None
-        if tr.rung == "final":
-            return coarse_at.get((variant, coarse["L"], coarse["beta"]))
-        q = next((x for x in params.points if (x.L, x.beta) == (coarse["L"], coarse["beta"])), None)
-        if q is None:
-            return None
-        t = Task(f"pretrain-{variant}-{_point_tag(coarse)}", pipeline.train_flow_task,
-                 {"point": coarse, "variant": variant, "steps": tr.warm_split()[0], "flow": flow,
-                  **_prior_kw(variant, q, params), **train_kw}, deps=(gather_at(q.prior(variant, lam)).name,))
-        tasks.append(t)
+        coarse = p.coarse(self.p.lam)
+        if tr.ladder and tr.rung == "final":
+            rung = self.trained.get((k.name, coarse["L"], coarse["beta"]))
+            if rung is not None:
+                return rung
+        if k.below == "required" or (tr.ladder and tr.rung == "pretrain"):
+            return self.pretrain(KINDS[k.pretrain or k.name], p)
+        return None
+
+    def train(self, k: PriorKind, p: Point) -> Task:
+        """The flow of kind ``k`` at the study point ``p``."""
+        below = self.below(k, p)
+        flow = k.flow(self.p.flow, FlowSpec.model_validate(below.params["flow"]) if below else None,
+                      (p.beta / p.coarse(self.p.lam)["beta"]) ** 0.5)
+        steps = self.p.training.warm_split()[1] if below else self.p.training.steps
+        t = self.train_task(f"train-{k.name}-L{p.L}", k, p, p.fine(self.p.lam), steps, flow, below)
+        self.trained[(k.name, p.L, p.beta)] = t
         return t
 
-    def pretrain_at(coarse: dict[str, float]) -> Task:
-        """The Gaussian-prior flow trained at ``coarse`` for the coarse share of the steps (warm_fraction)."""
-        name = f"pretrain-{_point_tag(coarse)}"
-        if name not in pretrains:
-            pretrains[name] = Task(name, pipeline.train_flow_task,
-                                   {"point": coarse, "variant": "gaussian", "steps": tr.warm_split()[0],
-                                    "flow": _flow_params(params, "gaussian"), **train_kw})
-            tasks.append(pretrains[name])
-        return pretrains[name]
 
+def build(params: Params) -> list[Task]:
+    g = _Graph(params)
+    samplers: list[str] = []
     for p in sorted(params.points, key=lambda q: q.L):
-        fine, coarse = p.fine(lam), p.coarse(lam)
-        tag = f"L{p.L}"
-        prior_gather = {v: gather_at(p.prior(v, lam)) for v in params.variants if v in pipeline.ENSEMBLE_VARIANTS}
+        fine, tag = p.fine(params.lam), f"L{p.L}"
         h = params.hmc
-        hmc_t = Task(f"hmc-{tag}", pipeline.hmc_task,
-                     {"point": fine, "n_chains": h.n_chains, "n_therm": h.n_therm, "n_traj": h.n_traj,
-                      "meas_every": h.meas_every, "tune_acceptance": h.tune_acceptance, **h.hmc.model_dump()})
-        tasks.append(hmc_t)
+        hmc_t = g.add(Task(f"hmc-{tag}", pipeline.hmc_task,
+                           {"point": fine, "n_chains": h.n_chains, "n_therm": h.n_therm, "n_traj": h.n_traj,
+                            "meas_every": h.meas_every, "tune_acceptance": h.tune_acceptance, **h.hmc.model_dump()}))
         samplers.append(hmc_t.name)
-        trained: dict[str, Task] = {}
-        for v in params.variants:
-            flow = _flow_params(params, v)  # training and samplers of a variant share it (samplers: t.params)
-            if v == "warm":
-                pre = warm_at.get((coarse["L"], coarse["beta"])) if tr.ladder and tr.rung == "final" else None
-                pre = pre or pretrain_at(coarse)  # the same flow: its parameters move to L unchanged
-                t = Task(f"train-warm-{tag}", pipeline.train_flow_task,
-                         {"point": fine, "variant": "warm", "steps": tr.warm_split()[1], "flow": flow, **train_kw},
-                         deps=(pre.name,))
-                warm_at[(p.L, p.beta)] = t
-            elif v == "multilevel":
-                pre = multilevel_at.get((coarse["L"], coarse["beta"])) if tr.ladder else None
-                pre = pre or pretrain_at(coarse)
-                flow = {**flow, "refine": {"coarse": pre.params["flow"], "scale": (p.beta / coarse["beta"]) ** 0.5}}
-                t = Task(f"train-multilevel-{tag}", pipeline.train_flow_task,
-                         {"point": fine, "variant": v, "steps": tr.warm_split()[1], "flow": flow, **train_kw},
-                         deps=(pre.name,))
-                multilevel_at[(p.L, p.beta)] = t
-            elif v in prior_gather:
-                below = rung_below(v, coarse, flow) if tr.ladder else None
-                t = Task(f"train-{v}-{tag}", pipeline.train_flow_task,
-                         {"point": fine, "variant": v, "steps": tr.warm_split()[1] if below else tr.steps,
-                          "flow": flow, **_prior_kw(v, p, params), **train_kw},
-                         deps=(prior_gather[v].name, *((below.name,) if below else ())))
-                if v in pipeline.COARSE_VARIANTS:
-                    coarse_at[(v, p.L, p.beta)] = t
-            else:
-                t = Task(f"train-{v}-{tag}", pipeline.train_flow_task,
-                         {"point": fine, "variant": v, "steps": tr.steps, "flow": flow, **train_kw})
-            tasks.append(t)
-            trained[v] = t
-        for v, t in trained.items():
-            flow = t.params["flow"]
-            deps = (t.name, prior_gather[v].name) if v in prior_gather else (t.name,)
-            extra = _prior_kw(v, p, params) if v in prior_gather else {}
+        trained = [(k, g.train(k, p)) for k in params.kinds()]
+        for k, t in trained:
+            prior_inputs, prior_kw = g.prior_inputs(k, p)
+            inputs = {"flow": t.name, **prior_inputs}
+            common = {"point": fine, "variant": k.name, "flow": t.params["flow"], **prior_kw}
             for n in params.imh.candidates:
-                if n > 1 and v in pipeline.ENSEMBLE_VARIANTS:
+                if n > 1 and not k.multi_proposal:
                     continue
-                s = Task(f"imh{n if n > 1 else ''}-{v}-{tag}", pipeline.flow_imh_task,
-                         {"point": fine, "variant": v, "flow": flow, **params.imh.run(n), **extra}, deps=deps)
-                tasks.append(s)
+                s = g.add(Task(f"imh{n if n > 1 else ''}-{k.name}-{tag}", pipeline.flow_imh_task,
+                               {**common, **params.imh.run(n), "inputs": inputs}, deps=tuple(inputs.values())))
                 samplers.append(s.name)
-            if v in params.flow_hmc.variants:
+            if k.name in params.flow_hmc.variants:
                 fh = params.flow_hmc.model_dump(exclude={"variants"})
-                start = (hmc_t.name,) if fh["start"] == "hmc" else ()
-                s = Task(f"fhmc-{v}-{tag}", pipeline.flow_hmc_task,
-                         {"point": fine, "variant": v, "flow": flow, **fh, **extra}, deps=deps + start)
-                tasks.append(s)
+                fh_inputs = {**inputs, **({"hmc_start": hmc_t.name} if fh["start"] == "hmc" else {})}
+                s = g.add(Task(f"fhmc-{k.name}-{tag}", pipeline.flow_hmc_task,
+                               {**common, **fh, "inputs": fh_inputs}, deps=tuple(fh_inputs.values())))
                 samplers.append(s.name)
-    tasks.append(Task("compare", pipeline.compare_samplers, {}, deps=tuple(samplers)))
-    return tasks
+    g.add(Task("compare", pipeline.compare_samplers, {}, deps=tuple(samplers)))
+    return g.tasks
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -481,7 +443,7 @@ def head_start_rows(groups: Mapping[str, Any]) -> list[list[Any]]:
         target = float(np.asarray(ref["acceptance"])[-1])
         t_ref = float(np.asarray(ref["metric_seconds"])[-1])
         v_target = float(np.asarray(ref["logw_var"])[-1]) if "logw_var" in ref else float("nan")
-        for v in pipeline.VARIANTS[1:]:
+        for v in list(KINDS)[1:]:
             g = variants.get(v)
             if g is None:
                 continue
