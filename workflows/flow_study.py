@@ -386,13 +386,50 @@ def build(params: Params) -> list[Task]:
 
 
 # ------------------------------------------------------------------------------------------------ report
-def _sampler_label(method: str, variant: str) -> str:
-    return f"{method} ({variant})" if variant else method
-
+#: a flow sampler agrees with HMC when no observable's pull exceeds this (combined standard deviations) ...
+AGREE_SIGMA = 2.0
+#: ... and is in tension up to this; beyond it they disagree
+TENSION_SIGMA = 3.0
+#: issue #6's goal for the training head start: a fraction of the Gaussian flow's training at most this
+HEAD_START_GOAL = 0.5
 
 #: training-task results that :func:`head_start_rows` reads (``logw_var`` and ``work_offset`` where stored)
 HEAD_START_KEYS = ("variant", "L", "metric_step", "acceptance", "metric_seconds", "step_offset", "logw_var",
                    "work_offset")
+
+_COMPARED = (("abs_M", "<|M|>"), ("chi2", "chi2"), ("binder", "U"))
+
+
+def sig3(x: Any) -> str:
+    """``x`` with three significant digits ("-" when not finite)."""
+    v = float(x)
+    return f"{v:.3g}" if np.isfinite(v) else "-"
+
+
+def value_error(x: Any, err: Any) -> str:
+    """``x`` with its error in parentheses, the error to two significant digits and ``x`` to the same decimal
+    place: ``value_error(3.0394, 0.0481) == "3.039(48)"``, ``value_error(1234.5, 56) == "1234(56)"`` (the plain
+    three significant digits of :func:`sig3` when the error is not positive and finite)."""
+    v, e = float(x), float(err)
+    if not (np.isfinite(v) and np.isfinite(e) and e > 0):
+        return sig3(v)
+    decimals = 1 - int(np.floor(np.log10(e)))
+    if decimals > 0:
+        return f"{v:.{decimals}f}({round(e * 10**decimals):d})"
+    step = 10.0 ** (-decimals)
+    return f"{round(v / step) * step:.0f}({round(e / step) * step:.0f})"
+
+
+def agreement(pulls: Mapping[str, float]) -> str:
+    """Verdict on a sampler's pulls against HMC (``{observable: pull}``): the largest one and what it means."""
+    finite = {k: float(v) for k, v in pulls.items() if np.isfinite(float(v))}
+    if not finite:
+        return "no HMC at this L"
+    key = max(finite, key=lambda k: abs(finite[k]))
+    worst = abs(finite[key])
+    word = ("agrees" if worst <= AGREE_SIGMA else
+            f"tension ({AGREE_SIGMA:.0f}-{TENSION_SIGMA:.0f} sigma)" if worst <= TENSION_SIGMA else "disagrees")
+    return f"{word}: max |pull| {worst:.1f} sigma ({key})"
 
 
 def first_reaching(steps: np.ndarray, values: np.ndarray, target: float, below: bool = False) -> int | None:
@@ -415,15 +452,15 @@ def _fractions(g: Mapping[str, Any], step: int, n_ref: int, t_ref: float) -> lis
 
 def head_start_rows(groups: Mapping[str, Any]) -> list[list[Any]]:
     """Issue #6's coarse-lattice criterion, per L: steps (and work, and seconds) a coarse-derived flow needs to
-    reach the acceptance the Gaussian-prior flow ends with, as a fraction of the Gaussian flow's (goal: <= 0.5);
-    and the same for the Gaussian flow's final Var(log w) (reached when at or below it). At low acceptance the MH
-    acceptance of a 2048-sample measurement is mostly noise (a Gaussian-prior flow at L = 16 read 0.045 / 0.007 /
-    0.045 / 0.010 at steps 3000-4500, while its Var(log w) read 10.3 / 9.2 / 9.8 / 8.1), so the Var(log w)
-    criterion is the steadier of the two; both are reported.
+    reach the acceptance the Gaussian-prior flow ends with, as a fraction of the Gaussian flow's (goal:
+    :data:`HEAD_START_GOAL`); and the same for the Gaussian flow's final Var(log w) (reached when at or below it).
+    At low acceptance the MH acceptance of a 2048-sample measurement is mostly noise (a Gaussian-prior flow at
+    L = 16 read 0.045 / 0.007 / 0.045 / 0.010 at steps 3000-4500, while its Var(log w) read 10.3 / 9.2 / 9.8 /
+    8.1), so the Var(log w) criterion is the steadier of the two; both are reported.
 
     ``groups`` maps ``train-*`` task names to their results (``variant``, ``L``, ``metric_step``, ``acceptance``,
     ``metric_seconds``, ``step_offset``, optionally ``logw_var`` and ``work_offset``). Three measures of the
-    training that a warm or laddered flow had at coarser L: the step fraction counts every step there at full
+    training that a flow with a flow below had at coarser L: the step fraction counts every step there at full
     weight (an upper bound on the work), the work fraction counts each at its volume over this L's (a step at L/2
     is a quarter of one here: ``train_flow_task``'s ``work_offset``), the seconds fraction counts what it cost on
     this machine (with the prior ensembles' HMC). Row: L, flow, target acceptance, Gaussian steps, step reached,
@@ -464,161 +501,304 @@ def head_start_rows(groups: Mapping[str, Any]) -> list[list[Any]]:
     return rows
 
 
-def report(study_file: Path, out_dir: Path) -> WorkflowReport:
-    import h5py
+def head_start_table_row(r: list[Any]) -> list[Any]:
+    """A :func:`head_start_rows` row for the report: three significant digits and a verdict per criterion, judged
+    on the work fraction (the step fraction for a study file without ``work_offset``)."""
+    def fmt(x: Any) -> Any:
+        return x if isinstance(x, (str, int)) else sig3(x)
+
+    def goal(reached: Any, step_fraction: Any, work_fraction: Any) -> str:
+        if reached == "not reached":
+            return "missed (not reached)"
+        if reached == "-":
+            return "-"
+        fraction = step_fraction if isinstance(work_fraction, str) else work_fraction
+        return "met" if fraction <= HEAD_START_GOAL else "missed"
+
+    return [*r[:2], sig3(r[2]), *r[3:6], *map(fmt, r[6:9]), goal(r[4], r[6], r[7]), sig3(r[9]), r[10],
+            *map(fmt, r[11:14]), goal(r[10], r[11], r[12])]
+
+
+def _text(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def _params_of(group: Any) -> dict[str, Any]:
+    """A task's parameters, from its group's provenance attribute."""
+    import json
+
+    return json.loads(_text(group.attrs.get("params", "{}")))
+
+
+def _flow_text(flow: Mapping[str, Any]) -> str:
+    extras = [name for key, name in (("free_field", "free-field layer"), ("sublattice", "heads per sublattice"))
+              if flow.get(key)]
+    if flow.get("pointwise"):
+        extras.append(f"site-wise map before every {flow['pointwise']}. coupling")
+    if flow.get("refine"):
+        extras.append("refines the flow at L/2")
+    return (f"{flow.get('kind')}, {flow.get('n_layers')} couplings, hidden {list(flow.get('hidden', []))}, kernel "
+            f"{flow.get('kernel_size')}" + "".join(f", {e}" for e in extras))
+
+
+def computed_rows(tasks: Any) -> list[list[str]]:
+    """What the study computed, read from its tasks' parameters: the action, the points (fine and prior), the
+    flows (kind, architecture, training), the samplers and what their costs mean."""
+    rows = [["action", "2D phi^4, beta/lambda convention (arXiv:2310.03381 eq. 1): S = sum_x [-beta sum_mu "
+                       "phi_x phi_x+mu + (1 - 2 lam) phi_x^2 + lam phi_x^4], periodic L x L"]]
+    hmc = {int(h["point"]["L"]): h for n in tasks if n.startswith("hmc-") and (h := _params_of(tasks[n]))}
+    if hmc:
+        rows.append(["lam", sig3(next(iter(hmc.values()))["point"]["lam"])])
+    train = {n: t for n in sorted(tasks) if n.startswith("train-") and (t := _params_of(tasks[n]))}
+    for ell, h in sorted(hmc.items()):
+        priors = sorted({(int(t["prior_point"]["L"]), float(t["prior_point"]["beta"])) for t in train.values()
+                         if "prior_point" in t and int(t["point"]["L"]) == ell})
+        where = "; prior ensembles at " + ", ".join(f"L = {pl}, beta = {pb:g}" for pl, pb in priors) if priors else ""
+        rows.append([f"L = {ell}", f"beta = {h['point']['beta']:g}{where}"])
+    for name, t in train.items():
+        below = t.get("inputs", {}).get("below")
+        rows.append([f"flow {name.removeprefix('train-')}",
+                     f"{KINDS[t['variant']].description}; {_flow_text(t['flow'])}; {t['steps']} steps x batch "
+                     f"{t['batch_size']}" + (f" after {below}" if below else "")])
+    samplers: dict[str, list[str]] = {}
+    for n in sorted(tasks):
+        if not n.startswith(("hmc-", "imh", "fhmc-")):
+            continue
+        q = _params_of(tasks[n])
+        if not q:  # a hand-made study file
+            continue
+        if n.startswith("hmc-"):
+            what = f"HMC: {q['n_chains']} chains x {q['n_traj']} trajectories"
+        elif n.startswith("fhmc-"):
+            what = f"flow-HMC: {q['n_chains']} chains x {q['n_traj']} trajectories, start {q['start']}"
+        else:
+            n_cand = int(q.get("candidates", 1))
+            label = "flow-MH" if n_cand == 1 else f"flow-MH x{n_cand} (multiple proposals)"
+            what = f"{label}: {q['n_chains']} chains x {q['n_steps']} steps"
+        samplers.setdefault(what, [])
+        if q.get("variant") and q["variant"] not in samplers[what]:
+            samplers[what].append(q["variant"])
+    for what, kinds in samplers.items():
+        rows.append(["sampler", what + (f", flows {', '.join(kinds)}" if kinds else "")])
+    rows.append(["observables", "<|M|>, chi2 = V <M^2>, Binder U = 1 - <M^4> / (3 <M^2>^2); Gamma-method errors "
+                                "(S = 1.5, chains as replicas); pull = (x - x_HMC) / sqrt(err^2 + err_HMC^2)"])
+    rows.append(["costs", "wall-clock seconds of each task on the machine that ran it (compilation excluded): "
+                          "other jobs on that machine move them; cost per independent chi2 sample = s/sample x "
+                          "2 tau_int(M^2), training excluded, an ensemble prior's HMC included"])
+    return rows
+
+
+def verdict_rows(c: Any) -> list[list[str]]:
+    """One row per sampler: chi2 against HMC's at its L, the agreement of |M|, chi2 and U (:func:`agreement`),
+    whether its run is long enough for its errors, and the cost goal (below HMC's per independent sample)."""
+    names = [_text(x) for x in c["labels"][()]]
+    method, variant = [_text(x) for x in c["method"][()]], [_text(x) for x in c["variant"][()]]
+    L = c["L"][()]
+    hmc_at = {int(L[i]): i for i in range(len(names)) if method[i] == "HMC"}
+    rows = []
+    for i in sorted(range(len(names)), key=lambda i: (L[i], method[i] != "HMC", method[i], variant[i])):
+        chi2 = value_error(c["chi2"][()][i], c["chi2_err"][()][i])
+        ref = hmc_at.get(int(L[i]))
+        ref_chi2 = value_error(c["chi2"][()][ref], c["chi2_err"][()][ref]) if ref is not None else "-"
+        if "reliable" not in c:
+            run = "-"
+        elif bool(c["reliable"][()][i]):
+            run = f"long enough ({c['chain_over_tau'][()][i]:.0f} tau per chain)"
+        elif "prior_reuse" in c and float(c["prior_reuse"][()][i]) > pipeline.MAX_PRIOR_REUSE:
+            run = f"errors too small: prior reused {float(c['prior_reuse'][()][i]):.2g}x"
+        else:
+            run = f"too short for its errors ({c['chain_over_tau'][()][i]:.0f} tau per chain)"
+        if method[i] == "HMC":
+            rows.append([int(L[i]), "HMC", chi2, ref_chi2, "reference", run, "reference"])
+            continue
+        pulls = {label: c[f"pull_{key}"][()][i] for key, label in _COMPARED}
+        ratio = float(c["cost_over_hmc"][()][i]) if "cost_over_hmc" in c else float("nan")
+        cost = (f"{sig3(ratio)} x HMC: {'met' if ratio < 1 else 'missed'}" if np.isfinite(ratio) else "-")
+        rows.append([int(L[i]), f"{method[i]} ({variant[i]})", chi2, ref_chi2, agreement(pulls), run, cost])
+    return rows
+
+
+def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    def s(x: Any) -> str:
-        return x.decode() if isinstance(x, bytes) else str(x)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _training_figure(tasks: Any, train_names: list[str], out: Path) -> Path | None:
+    """Acceptance and Var(log w) versus training step and seconds, one row of panels per L; a flow with a flow
+    below also shows that flow's curve (dashed), found by its ``below`` input."""
+    import matplotlib.pyplot as plt
+
+    Ls = sorted({int(tasks[n]["L"][()]) for n in train_names})
+    fig, axes = plt.subplots(len(Ls), 4, figsize=(15, 3.4 * len(Ls)), squeeze=False)
+    panels = [("metric_step", "acceptance"), ("metric_step", "logw_var"), ("metric_seconds", "acceptance"),
+              ("metric_seconds", "logw_var")]
+    for row, ell in enumerate(Ls):
+        for n in train_names:
+            g = tasks[n]
+            if int(g["L"][()]) != ell:
+                continue
+            v = _text(g["variant"][()])
+            curves = [(g, v, "o-")]
+            below = _params_of(g).get("inputs", {}).get("below")
+            if below is not None and below in tasks:
+                curves.append((tasks[below], f"{v}: {below}", "o--"))
+            for h, label, style in curves:
+                if h["metric_step"].shape[0] < 2:  # a single measurement is not a curve
+                    continue
+                for col, (x, y) in enumerate(panels):
+                    if y in h:
+                        axes[row, col].plot(h[x][()], h[y][()], style, ms=3, label=label)
+        for col, (x, y) in enumerate(panels):
+            ax = axes[row, col]
+            ax.set_xlabel("training step" if x == "metric_step" else "training seconds (wall clock, this machine)")
+            ax.set_ylabel("MH acceptance" if y == "acceptance" else "Var(log w)")
+            ax.set_title(f"{'MH acceptance' if y == 'acceptance' else 'Var(log w)'}, L = {ell}", fontsize=9)
+            if y == "logw_var":
+                ax.set_yscale("log")
+            if ax.lines:
+                ax.legend(fontsize=7)
+    return _save(fig, out / "flow_training.png")
+
+
+def _observables_figure(c: Any, out: Path) -> Path:
+    """Per L, |M|, chi2 and U of every flow sampler with its error bar against the HMC run's band."""
+    import matplotlib.pyplot as plt
+
+    names = [_text(x) for x in c["labels"][()]]
+    method, variant = [_text(x) for x in c["method"][()]], [_text(x) for x in c["variant"][()]]
+    L = c["L"][()]
+    Ls = sorted(set(L.tolist()))
+    fig, axes = plt.subplots(len(Ls), 3, figsize=(13, 3.4 * len(Ls)), squeeze=False)
+    for row, ell in enumerate(Ls):
+        idx = sorted((i for i in range(len(names)) if L[i] == ell and method[i] != "HMC"),
+                     key=lambda i: (method[i], variant[i]))
+        ref = [i for i in range(len(names)) if L[i] == ell and method[i] == "HMC"]
+        for col, (key, title) in enumerate((("abs_M", "<|M|>"), ("chi2", "chi2 = V <M^2>"), ("binder", "Binder U"))):
+            ax = axes[row, col]
+            val, err = c[key][()], c[f"{key}_err"][()]
+            for i in ref:
+                ax.axhspan(val[i] - err[i], val[i] + err[i], color="0.8", zorder=0, label="HMC, 1 sigma band")
+                ax.axhline(val[i], color="0.4", lw=0.8, zorder=1, label="HMC mean")
+            ax.errorbar(range(len(idx)), val[idx], yerr=err[idx], fmt="o", capsize=3,
+                        label="flow samplers, 1 sigma error")
+            ax.set_xticks(range(len(idx)))
+            ax.set_xticklabels([f"{method[i]} ({variant[i]})" for i in idx], rotation=30, ha="right", fontsize=7)
+            ax.set_ylabel(title)
+            ax.set_title(f"{title}, L = {ell}", fontsize=9)
+            ax.legend(fontsize=7)
+    return _save(fig, out / "observables.png")
+
+
+def _cost_figure(c: Any, out: Path) -> Path | None:
+    """tau_int(M^2) and cost per independent chi2 sample versus L, one line per sampler run at two L or more."""
+    import matplotlib.pyplot as plt
+
+    method, variant = [_text(x) for x in c["method"][()]], [_text(x) for x in c["variant"][()]]
+    labels = [f"{m} ({v})" if v else m for m, v in zip(method, variant, strict=True)]
+    L = c["L"][()]
+    series = {k: sorted((i for i in range(len(labels)) if labels[i] == k), key=lambda i: L[i]) for k in set(labels)}
+    series = {k: idx for k, idx in sorted(series.items()) if len(idx) > 1}
+    if not series:
+        return None
+    fig, (ax_t, ax_c) = plt.subplots(1, 2, figsize=(11, 4))
+    for k, idx in series.items():
+        ax_t.errorbar(L[idx], c["tau_int_M2"][()][idx], yerr=c["tau_int_M2_err"][()][idx], fmt="o-", capsize=3,
+                      label=k)
+        ax_c.plot(L[idx], c["cost_per_independent"][()][idx], "o-", label=k)
+    ax_t.set_title("tau_int(M^2) versus L", fontsize=9)
+    ax_c.set_title("cost per independent chi2 sample versus L (wall clock, this machine)", fontsize=9)
+    for ax, yl in ((ax_t, "tau_int(M^2) (samples)"), (ax_c, "seconds per independent chi2 sample")):
+        ax.set_xlabel("L")
+        ax.set_ylabel(yl)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    return _save(fig, out / "cost_vs_L.png")
+
+
+def report(study_file: Path, out_dir: Path) -> WorkflowReport:
+    import h5py
 
     rep = WorkflowReport()
     with h5py.File(study_file, "r") as f:
         tasks = f["tasks"]
+        rep.tables.append(Table("What was computed", ["item", "value"], computed_rows(tasks)))
+        if "compare" in tasks:
+            rep.tables.append(Table(
+                f"Verdict per sampler: agreement with HMC at the same L (agrees: every |pull| <= {AGREE_SIGMA:.0f}; "
+                f"tension: <= {TENSION_SIGMA:.0f}), run length (Gamma-method errors trustworthy from "
+                f"{pipeline.MIN_CHAIN_TAUS:.0f} tau_int per chain and {pipeline.MIN_THERM_TAUS:.0f} of "
+                "thermalisation), cost goal: cost per independent chi2 sample below HMC's (wall clock, training "
+                "excluded)", ["L", "sampler", "chi2", "chi2 HMC", "agreement with HMC", "run", "cost goal"],
+                verdict_rows(tasks["compare"])))
         train_names = sorted(n for n in tasks if n.startswith("train-"))
-        Ls = sorted({int(tasks[n]["L"][()]) for n in train_names})
-
-        # 1. acceptance and ESS versus training step and seconds, one row of panels per L
-        if train_names:
-            fig, axes = plt.subplots(len(Ls), 4, figsize=(15, 3.2 * len(Ls)), squeeze=False)
-            for row, ell in enumerate(Ls):
-                curves = []
-                for n in train_names:
-                    g = tasks[n]
-                    if int(g["L"][()]) != ell:
-                        continue
-                    v = s(g["variant"][()])
-                    curves.append((g, v, "o-"))
-                    # where a warm or multilevel flow comes from: a Gaussian pretraining at L/2, or the ladder's
-                    # rung below (a coarse-prior flow's rung below is on the L/2 row, unless it is a pretraining)
-                    gaussian_below = v in ("warm", "multilevel")
-                    prefix = f"pretrain-L{ell // 2}-" if gaussian_below else f"pretrain-{v}-L{ell // 2}-"
-                    pre = [tasks[m] for m in tasks if m.startswith(prefix)]
-                    pre += [tasks[m] for m in (f"train-{v}-L{ell // 2}",) if gaussian_below and m in tasks]
-                    if pre:
-                        curves.append((pre[0], f"{v}: its training at L = {ell // 2}", "o--"))
-                for g, v, style in curves:
-                    for col, (x, y) in enumerate([("metric_step", "acceptance"), ("metric_step", "ess"),
-                                                  ("metric_seconds", "acceptance"), ("metric_seconds", "ess")]):
-                        axes[row, col].plot(g[x][()], g[y][()], style, ms=3, label=v)
-                for col, (xl, yl) in enumerate([("training step", "MH acceptance"), ("training step", "ESS"),
-                                                ("training seconds", "MH acceptance"), ("training seconds", "ESS")]):
-                    ax = axes[row, col]
-                    ax.set_xlabel(xl)
-                    ax.set_ylabel(f"{yl} (L = {ell})")
-                    if yl == "ESS":
-                        ax.set_yscale("log")
-                    ax.legend(fontsize=7)
-            fig.tight_layout()
-            path = out_dir / "flow_training.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            rep.figures.append(path)
-
-        rows = []
-        for n in train_names:
-            g = tasks[n]
-            rows.append([n.removeprefix("train-"), int(g["L"][()]), int(g["n_params"][()]),
-                         int(g["metric_step"][()][-1]), int(g["batch_size"][()]), float(g["acceptance"][()][0]),
-                         float(g["acceptance"][()][-1]), float(g["ess"][()][-1]),
-                         *(float(g["logw_var"][()][i]) if "logw_var" in g else float("nan") for i in (0, -1)),
-                         float(g["metric_seconds"][()][-1]), float(g["compile_seconds"][()])])
-        if rows:
-            rep.tables.append(Table("Flow training (warm: steps and seconds include the training at coarser L; "
-                                    "ensemble priors: seconds include their HMC ensemble; seconds exclude "
-                                    "compilation and measurements)",
-                                    ["flow", "L", "params", "steps", "batch", "acc. start", "acceptance", "ESS",
-                                     "var log w start", "var log w", "train s", "compile s"], rows))
         head = head_start_rows({n: {k: tasks[n][k][()] for k in HEAD_START_KEYS if k in tasks[n]}
                                 for n in train_names})
         if head:
-            rep.tables.append(Table("Head start from the coarse lattice: first step at which each flow reaches the "
-                                    "Gaussian-prior flow's final acceptance, and its final var log w (goal: "
-                                    "fraction <= 0.5; steps count the training at coarser L at full weight, work "
-                                    "at its volume, seconds at its cost)",
-                                    ["L", "flow", "target acc.", "Gaussian steps", "step reached", "fine steps",
-                                     "step fraction", "work fraction", "seconds fraction", "target var log w",
-                                     "step reached (var)", "step fraction (var)", "work fraction (var)",
-                                     "seconds fraction (var)"], head))
+            rows = [head_start_table_row(r) for r in head]
+            rep.tables.append(Table(
+                "Head start from the coarse lattice: first step at which each flow reaches the Gaussian-prior flow's "
+                f"final acceptance, and its final Var(log w) (goal: fraction <= {HEAD_START_GOAL}, judged on the work "
+                "fraction, which counts steps at coarser L at their volume; the step fraction counts them at full "
+                "weight, the seconds fraction at their wall-clock cost on this machine)",
+                ["L", "flow", "target acc.", "Gaussian steps", "step reached", "fine steps", "step fraction",
+                 "work fraction", "seconds fraction", "goal", "target Var(log w)", "step reached (var)",
+                 "step fraction (var)", "work fraction (var)", "seconds fraction (var)", "goal (var)"], rows))
+
+        if train_names:
+            rep.figures.append(_training_figure(tasks, train_names, out_dir))
+            rows = []
+            for n in train_names:
+                g = tasks[n]
+                logw = [sig3(g["logw_var"][()][i]) if "logw_var" in g else "-" for i in (0, -1)]
+                rows.append([n.removeprefix("train-"), int(g["L"][()]), int(g["n_params"][()]),
+                             int(g["metric_step"][()][-1]), int(g["batch_size"][()]), sig3(g["acceptance"][()][0]),
+                             sig3(g["acceptance"][()][-1]), sig3(g["ess"][()][-1]), *logw,
+                             sig3(g["metric_seconds"][()][-1]), sig3(g["compile_seconds"][()])])
+            rep.tables.append(Table(
+                "Flow training (steps and seconds include the training of the flow below; an ensemble prior's "
+                "seconds include its HMC ensemble; seconds: wall clock on this machine, compilation and "
+                "measurements excluded)",
+                ["flow", "L", "params", "steps", "batch", "acc. start", "acceptance", "ESS", "Var(log w) start",
+                 "Var(log w)", "train s", "compile s"], rows))
 
         if "compare" not in tasks:
             return rep
         c = tasks["compare"]
-        names = [s(x) for x in c["labels"][()]]
-        method = [s(x) for x in c["method"][()]]
-        variant = [s(x) for x in c["variant"][()]]
+        rep.figures.append(_observables_figure(c, out_dir))
+        cost_fig = _cost_figure(c, out_dir)
+        if cost_fig is not None:
+            rep.figures.append(cost_fig)
+
+        method, variant = [_text(x) for x in c["method"][()]], [_text(x) for x in c["variant"][()]]
         L = c["L"][()]
-        labels = [_sampler_label(m, v) for m, v in zip(method, variant, strict=True)]
-        kinds = sorted(set(labels), key=lambda x: (x.startswith("HMC"), x))
-
-        # 2. observables with error bars per sampler (HMC band as reference)
-        obs = [("abs_M", "<|M|>"), ("chi2", "chi2 = V <M^2>"), ("binder", "Binder U")]
-        fig, axes = plt.subplots(len(set(L.tolist())), 3, figsize=(13, 3.2 * len(set(L.tolist()))), squeeze=False)
-        for row, ell in enumerate(sorted(set(L.tolist()))):
-            idx = sorted((i for i in range(len(names)) if L[i] == ell), key=lambda i: (method[i] != "HMC", labels[i]))
-            for col, (key, title) in enumerate(obs):
-                ax = axes[row, col]
-                val, err = c[key][()], c[f"{key}_err"][()]
-                for j, i in enumerate(idx):
-                    ax.errorbar([j], [val[i]], yerr=[err[i]], fmt="o", capsize=3)
-                    if method[i] == "HMC":
-                        ax.axhspan(val[i] - err[i], val[i] + err[i], color="0.85", zorder=0)
-                ax.set_xticks(range(len(idx)))
-                ax.set_xticklabels([labels[i] for i in idx], rotation=30, ha="right", fontsize=7)
-                ax.set_title(f"{title}, L = {ell}", fontsize=9)
-        fig.tight_layout()
-        path = out_dir / "observables.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        rep.figures.append(path)
-
-        # 3. tau_int and cost per independent sample versus L (several L only)
-        if len(set(L.tolist())) > 1:
-            fig, (ax_t, ax_c) = plt.subplots(1, 2, figsize=(11, 4))
-            for k in kinds:
-                idx = sorted((i for i in range(len(names)) if labels[i] == k), key=lambda i: L[i])
-                ax_t.errorbar(L[idx], c["tau_int_M2"][()][idx], yerr=c["tau_int_M2_err"][()][idx], fmt="o-",
-                              capsize=3, label=k)
-                ax_c.plot(L[idx], c["cost_per_independent"][()][idx], "o-", label=k)
-            for ax, yl in ((ax_t, "tau_int(M^2)"), (ax_c, "seconds per independent chi2 sample")):
-                ax.set_xlabel("L")
-                ax.set_ylabel(yl)
-                ax.set_xscale("log", base=2)
-                ax.set_yscale("log")
-                ax.legend(fontsize=7)
-            fig.tight_layout()
-            path = out_dir / "cost_vs_L.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            rep.figures.append(path)
 
         def pm(key: str, i: int) -> str:
-            return f"{c[key][()][i]:.4g} ± {c[key + '_err'][()][i]:.2g}"
+            return value_error(c[key][()][i], c[key + "_err"][()][i])
 
         def run_length(i: int) -> str:
             if "reliable" not in c:  # a study file written before run lengths were recorded
                 return "-"
-            text = f"{c['chain_over_tau'][()][i]:.0f} / {c['therm_over_tau'][()][i]:.1f}"
-            reuse = float(c["prior_reuse"][()][i]) if "prior_reuse" in c else 0.0
-            if reuse > pipeline.MAX_PRIOR_REUSE:
-                return f"{text} prior reused {reuse:.2g}x"
-            return text + ("" if c["reliable"][()][i] else " too short")
+            return f"{c['chain_over_tau'][()][i]:.0f} / {c['therm_over_tau'][()][i]:.1f}"
 
         rows = []
-        for i in sorted(range(len(names)), key=lambda i: (L[i], method[i] != "HMC", labels[i])):
-            rows.append([labels[i], int(L[i]), float(c["acceptance"][()][i]), pm("tau_int_M2", i),
-                         float(c["seconds_per_sample"][()][i]), float(c["cost_per_independent"][()][i]),
-                         float(c["cost_over_hmc"][()][i]) if "cost_over_hmc" in c else float("nan"),
-                         float(c["train_seconds"][()][i]), pm("abs_M", i), pm("chi2", i), pm("binder", i),
-                         " ".join(f"{c['pull_' + k][()][i]:+.1f}" for k, _ in obs), run_length(i)])
-        rep.tables.append(Table("Samplers (errors: Gamma method, S = 1.5, chains as replicas; cost = s/sample x "
-                                "2 tau_int(M^2), compilation and training excluded, an ensemble prior's HMC "
-                                "included, also over HMC's at the same L; pulls vs HMC for |M|, chi2, U; run length "
-                                "per chain / thermalisation in tau_int(M^2), errors trustworthy from "
-                                f"{pipeline.MIN_CHAIN_TAUS:.0f} / {pipeline.MIN_THERM_TAUS:.0f}; flow-MH with an "
-                                "ensemble prior also draws each independent prior configuration at most once; "
-                                "flow-MH xN: s/sample per step of N - 1 proposals, tau_int the effective one of its "
-                                "Rao-Blackwellised estimates, run length in their own tau_int)",
-                                ["sampler", "L", "acceptance", "tau_int(M^2)", "s/sample", "s/indep. sample",
-                                 "cost / HMC", "train s", "<|M|>", "chi2", "Binder U", "pulls",
-                                 "run / therm. (tau)"], rows))
+        for i in sorted(range(len(method)), key=lambda i: (L[i], method[i] != "HMC", method[i], variant[i])):
+            rows.append([f"{method[i]} ({variant[i]})" if variant[i] else method[i], int(L[i]),
+                         sig3(c["acceptance"][()][i]), pm("tau_int_M2", i), sig3(c["seconds_per_sample"][()][i]),
+                         sig3(c["cost_per_independent"][()][i]),
+                         sig3(c["cost_over_hmc"][()][i]) if "cost_over_hmc" in c else "-",
+                         sig3(c["train_seconds"][()][i]), pm("abs_M", i), pm("chi2", i), pm("binder", i),
+                         " ".join(f"{c['pull_' + k][()][i]:+.1f}" for k, _ in _COMPARED), run_length(i)])
+        rep.tables.append(Table(
+            "Samplers (errors: Gamma method, S = 1.5, chains as replicas; s/sample: wall clock on this machine, "
+            "compilation and training excluded, an ensemble prior's HMC included; cost = s/sample x 2 "
+            "tau_int(M^2), also over HMC's at the same L; pulls vs HMC for |M|, chi2, U; run length per chain / "
+            "thermalisation in tau_int(M^2); flow-MH xN: s/sample per step of N - 1 proposals, tau_int the "
+            "effective one of its Rao-Blackwellised estimates, run length in their own tau_int)",
+            ["sampler", "L", "acceptance", "tau_int(M^2)", "s/sample", "s/indep. sample", "cost / HMC", "train s",
+             "<|M|>", "chi2", "Binder U", "pulls", "run / therm. (tau)"], rows))
     return rep

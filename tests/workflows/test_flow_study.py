@@ -3,6 +3,7 @@ through the command line on a LocalCluster, checked against plain HMC (slow)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -620,27 +621,66 @@ def test_cost_over_hmc_is_per_L() -> None:
 
 
 def test_report_with_several_L(tmp_path: Path) -> None:
-    """The report draws tau_int and cost versus L when the study has several L (fabricated study file)."""
+    """The report (fabricated study file, two L) opens with what was computed and a verdict per sampler, draws
+    tau_int and cost versus L, and gives numbers to three significant digits or with their errors."""
     rng = np.random.default_rng(0)
     samplers = {f"{m}-{v}-L{ell}": _fake_sampler(m, v, ell, 0.5 * ell, rng)
                 for ell in (8, 16) for m, v in (("HMC", ""), ("flow-MH", "coarse"), ("flow-HMC", "gaussian"))}
+    for name, res in samplers.items():  # every flow sampler at HMC's values, but chi2 of the coarse one at L = 8
+        res["summary"].update({k: samplers[f"HMC--L{res['L']}"]["summary"][k] for k in ("abs_M", "chi2", "binder")})
+    samplers["flow-MH-coarse-L8"]["summary"]["chi2"] += 0.05  # 0.05 / (0.01 sqrt 2): 3.5 sigma
+    samplers["flow-MH-coarse-L8"]["cost_per_independent"] = 0.5 * samplers["HMC--L8"]["cost_per_independent"]
     study = tmp_path / "study.h5"
     with h5py.File(study, "w") as f:
         t = f.create_group("tasks")
         store._write_value(t, "compare", pipeline.compare_samplers(samplers))
-        for ell in (8, 16):
+        for ell, beta in ((8, 0.576), (16, 0.634)):
+            t.create_group(f"hmc-L{ell}").attrs["params"] = json.dumps(
+                {"point": {"L": ell, "beta": beta, "lam": 0.5}, "n_chains": 8, "n_traj": 1000})
             for v, acc in (("coarse", [0.1, 0.5]), ("gaussian", [0.0, 0.3])):
                 store._write_value(t, f"train-{v}-L{ell}", {
                     "variant": v, "L": ell, "n_params": 37, "batch_size": 64, "compile_seconds": 1.0,
                     "metric_step": np.array([0, 10]), "metric_seconds": np.array([0.0, 1.0]), "step_offset": 0,
                     "acceptance": np.array(acc), "ess": np.array([0.05, 0.3])})
+                t[f"train-{v}-L{ell}"].attrs["params"] = json.dumps(
+                    {"point": {"L": ell, "beta": beta, "lam": 0.5}, "variant": v, "steps": 10, "batch_size": 64,
+                     "flow": {"kind": "z2", "n_layers": 2, "hidden": [], "kernel_size": 3},
+                     **({"prior_point": {"L": ell // 2, "beta": 0.5, "lam": 0.5}} if v == "coarse" else {})})
     rep = flow_study.report(study, tmp_path)
     assert sorted(p.name for p in rep.figures) == ["cost_vs_L.png", "flow_training.png", "observables.png"]
+    computed = {r[0]: r[1] for r in rep.tables[0].rows}
+    assert rep.tables[0].title == "What was computed" and computed["lam"] == "0.5"
+    assert computed["L = 16"] == "beta = 0.634; prior ensembles at L = 8, beta = 0.5"
+    assert computed["flow coarse-L8"].startswith("four L/2 configurations interleaved; z2, 2 couplings")
+    assert "wall-clock" in computed["costs"]
+    verdict = {(r[0], r[1]): r for r in rep.tables[1].rows}
+    assert rep.tables[1].title.startswith("Verdict per sampler")
+    assert verdict[(8, "flow-MH (coarse)")][4] == "disagrees: max |pull| 3.5 sigma (chi2)"
+    assert verdict[(8, "flow-MH (coarse)")][6] == "0.5 x HMC: met"
+    assert verdict[(16, "flow-HMC (gaussian)")][4] == "agrees: max |pull| 0.0 sigma (<|M|>)"
+    assert verdict[(8, "HMC")][4] == "reference"
     head = next(t for t in rep.tables if t.title.startswith("Head start"))
-    assert [r[:5] for r in head.rows] == [[8, "coarse", 0.3, 10, 10], [16, "coarse", 0.3, 10, 10]]
+    assert [r[:5] for r in head.rows] == [[8, "coarse", "0.3", 10, 10], [16, "coarse", "0.3", 10, 10]]
+    assert head.rows[0][9] == "missed"  # the whole of the Gaussian flow's steps: fraction 1
     samplers_table = rep.tables[-1]
     assert len(samplers_table.rows) == 6 and samplers_table.rows[0][0] == "HMC" and samplers_table.rows[0][1] == 8
     assert samplers_table.rows[0][-1] == "1000 / 25.0"  # tau_int = 4: long enough, no "too short"
+    assert samplers_table.rows[0][3] == "4.00(10)"  # tau_int with its error
+    assert all(not isinstance(c, float) for table in rep.tables for row in table.rows for c in row)
+
+
+def test_value_error_and_agreement() -> None:
+    """Numbers with errors: the error to two significant digits, the value to its decimal place; the agreement
+    verdict names the worst pull against the 2 and 3 sigma thresholds."""
+    assert flow_study.value_error(3.0394, 0.0481) == "3.039(48)"
+    assert flow_study.value_error(0.17612, 0.00153) == "0.1761(15)"
+    assert flow_study.value_error(1234.5, 56) == "1234(56)"  # rounds half to even
+    assert flow_study.value_error(12345.0, 567.0) == "12340(570)"
+    assert flow_study.value_error(2.5, 0.0) == "2.5" and flow_study.value_error(2.5, float("nan")) == "2.5"
+    assert flow_study.sig3(0.000121151) == "0.000121" and flow_study.sig3(float("inf")) == "-"
+    assert flow_study.agreement({"chi2": -1.94, "U": 0.3}) == "agrees: max |pull| 1.9 sigma (chi2)"
+    assert flow_study.agreement({"chi2": 0.1, "U": 2.6}).startswith("tension (2-3 sigma): max |pull| 2.6")
+    assert flow_study.agreement({"chi2": float("nan")}) == "no HMC at this L"
 
 
 def test_head_start_counts_steps_to_the_gaussian_acceptance() -> None:
