@@ -47,8 +47,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from olrg_hpc.flows.mcmc import flow_imh  # noqa: E402
-from olrg_hpc.flows.model import GaussianPrior, init_flow  # noqa: E402
-from olrg_hpc.flows.pipeline import make_flow  # noqa: E402
+from olrg_hpc.flows.model import GaussianPrior, init_flow, make_flow  # noqa: E402
 from olrg_hpc.jaxsetup import enable_x64  # noqa: E402
 from olrg_hpc.lattice import hmc  # noqa: E402
 from olrg_hpc.lattice.ensemble import action_for  # noqa: E402

@@ -33,7 +33,7 @@ enable_x64()
 
 L = 4
 BATCH = 16
-FLOW = tutorial_flow(n_layers=2, hidden=(4,))
+FLOW = tutorial_flow(n_layers=2, hidden=(4,), kernel_size=3)
 PRIOR = GaussianPrior((L, L), "float64")
 ACTION = Phi4Action(-4.0, 8.0)
 

@@ -626,7 +626,7 @@ def test_report_with_several_L(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     samplers = {f"{m}-{v}-L{ell}": _fake_sampler(m, v, ell, 0.5 * ell, rng)
                 for ell in (8, 16) for m, v in (("HMC", ""), ("flow-MH", "coarse"), ("flow-HMC", "gaussian"))}
-    for name, res in samplers.items():  # every flow sampler at HMC's values, but chi2 of the coarse one at L = 8
+    for res in samplers.values():  # every flow sampler at HMC's values, but chi2 of the coarse one at L = 8
         res["summary"].update({k: samplers[f"HMC--L{res['L']}"]["summary"][k] for k in ("abs_M", "chi2", "binder")})
     samplers["flow-MH-coarse-L8"]["summary"]["chi2"] += 0.05  # 0.05 / (0.01 sqrt 2): 3.5 sigma
     samplers["flow-MH-coarse-L8"]["cost_per_independent"] = 0.5 * samplers["HMC--L8"]["cost_per_independent"]
