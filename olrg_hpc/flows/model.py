@@ -1,6 +1,7 @@
 """Flow models (compositions of :mod:`olrg_hpc.flows.layers`), the Gaussian prior, and sampling helpers.
 
-Conventions (science.md section 2; Albergo et al. arXiv:2101.08176; Albandea et al. arXiv:2310.03381):
+Conventions (docs/phi4-hmc.md, "Actions and conversions"; Albergo et al. arXiv:2101.08176; Albandea et al.
+arXiv:2310.03381):
 
 * The flow ``F`` maps prior samples ``z ~ r`` to fields ``phi = F(z)``; ``flow.apply(params, z)`` returns
   ``(phi, log_det)`` with ``log_det = log |det dF/dz|``. The model density is

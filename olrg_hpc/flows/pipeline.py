@@ -1,6 +1,6 @@
 """Flow study steps as self-contained computations (the tasks the ``flow_study`` workflow fans out; no Dask).
 
-Conventions (science.md section 2; Albandea et al. arXiv:2310.03381, arXiv:2302.08408):
+Conventions (docs/phi4-hmc.md, "Actions and conversions"; Albandea et al. arXiv:2310.03381, arXiv:2302.08408):
 
 * A *point* is ``{"L": 8, "beta": 0.634, "lam": 0.5}`` in the beta/lambda convention; every stored field
   and observable is in that convention (``chi = c phi_tut``, ``c = sqrt(2 / beta)``), as in

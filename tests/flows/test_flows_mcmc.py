@@ -18,7 +18,7 @@ from olrg_hpc.lattice.phi4 import Phi4Action
 
 enable_x64()
 
-# science.md section 2, exact free-field values (tutorial convention, L = 8, m2 = 1)
+# exact free-field values (G(p) = 1 / [2 (p_hat^2 + m2)], docs/phi4-hmc.md) (tutorial convention, L = 8, m2 = 1)
 PHI2_L8_M1 = 0.1270869988
 NN_L8_M1 = 0.0338587486
 
