@@ -340,6 +340,25 @@ def test_compile_clock_separates_compilation() -> None:
     assert first["run_s"] == pytest.approx(first["wall_s"] - first["compile_s"])
 
 
+def test_compile_clock_counts_its_own_thread_only() -> None:
+    """Two tasks in two threads of one worker: a compilation in the other thread is not taken off this thread's
+    clock (a shared counter made a task's run seconds read 0), and a compilation in the other thread's block is."""
+    import threading
+
+    other: dict[str, float] = {}
+
+    def compile_elsewhere() -> None:
+        with compile_clock() as clock:
+            jax.block_until_ready(jax.jit(lambda x: jnp.tanh(x) * 2.5 + jnp.cos(x))(jnp.ones(5)))
+        other.update(clock)
+
+    with compile_clock() as mine:
+        worker = threading.Thread(target=compile_elsewhere)
+        worker.start()
+        worker.join()
+    assert other["compile_s"] > 0 and mine["compile_s"] == 0 and mine["run_s"] == mine["wall_s"]
+
+
 def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     ens = {f"ens-r{r}": _through_shard(tmp_path, f"ens{r}", hmc_ensemble(
         COARSE, n_chains=2, n_therm=5, n_traj=10, meas_every=1, tau=1.0, n_steps=4, integrator="leapfrog",
