@@ -645,7 +645,8 @@ def _training_figure(tasks: Any, train_names: list[str], out: Path) -> Path | No
             curves = [(g, v, "o-")]
             below = _params_of(g).get("inputs", {}).get("below")
             if below is not None and below in tasks:
-                curves.append((tasks[below], f"{v}: {below}", "o--"))
+                curves.append((tasks[below], f"{v}: the flow below, at L = {int(tasks[below]['L'][()])} ({below})",
+                               "o--"))
             for h, label, style in curves:
                 if h["metric_step"].shape[0] < 2:  # a single measurement is not a curve
                     continue
