@@ -52,8 +52,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from olrg_hpc.flows.coarse import transfer_params  # noqa: E402
-from olrg_hpc.flows.model import GaussianPrior, count_params, init_flow  # noqa: E402
-from olrg_hpc.flows.pipeline import make_flow  # noqa: E402
+from olrg_hpc.flows.model import GaussianPrior, count_params, init_flow, make_flow  # noqa: E402
 from olrg_hpc.flows.train import train  # noqa: E402
 from olrg_hpc.lattice.phi4 import Phi4Action  # noqa: E402
 

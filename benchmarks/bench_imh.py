@@ -2,8 +2,8 @@
 
 Issue #6 asks flow-MH or flow-HMC to beat HMC in cost per independent chi2 sample, ``seconds per step x
 2 tau_int(M^2)``. This script measures the first factor for every sampler on the same field; ``tau_int`` comes
-from the study (``configs/flow_line.yaml``). A flow's cost does not depend on its training, so the flow here is
-freshly initialised, with ``configs/flow_line.yaml``'s architecture (12 Z2 couplings, hidden [12], kernel 3, a
+from the study (``experiments/flow_line/config.yaml``). A flow's cost does not depend on its training, so the
+flow here is freshly initialised, with that study's architecture (12 Z2 couplings, hidden [12], kernel 3, a
 free-field layer first; float32 as in the study; ``--pointwise n`` adds site-wise odd maps).
 
 * flow-MH: ``flow_imh`` with ``--n-chains`` chains for ``--imh-steps`` steps, with proposals drawn ``block``
@@ -47,8 +47,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from olrg_hpc.flows.mcmc import flow_imh  # noqa: E402
-from olrg_hpc.flows.model import GaussianPrior, init_flow  # noqa: E402
-from olrg_hpc.flows.pipeline import make_flow  # noqa: E402
+from olrg_hpc.flows.model import GaussianPrior, init_flow, make_flow  # noqa: E402
 from olrg_hpc.jaxsetup import enable_x64  # noqa: E402
 from olrg_hpc.lattice import hmc  # noqa: E402
 from olrg_hpc.lattice.ensemble import action_for  # noqa: E402

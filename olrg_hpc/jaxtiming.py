@@ -5,11 +5,17 @@ seconds JAX reports for tracing, lowering and compiling (``jax.monitoring`` dura
 :func:`compile_clock` subtracts them from a block's wall time: ``run_s = wall_s - compile_s``. Samplers and
 trainings report ``run_s`` as their cost, so that a cost does not depend on whether the process had compiled the
 same function before.
+
+JAX reports a compilation in the thread that compiles, and the counter is kept per thread: a Dask worker with
+several threads runs several tasks at once, and one task's clock must not subtract another's compilation (with a
+shared counter a task's ``run_s`` could read 0).
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,21 +27,23 @@ __all__ = ["compile_seconds", "compile_clock"]
 _COMPILE_EVENTS = frozenset({"/jax/core/compile/jaxpr_trace_duration",
                              "/jax/core/compile/jaxpr_to_mlir_module_duration",
                              "/jax/core/compile/backend_compile_duration"})
-_compile_total = [0.0]
+_compile_total: defaultdict[int, float] = defaultdict(float)  # by thread ident
 _listening = [False]
+_register = threading.Lock()
 
 
 def _on_duration(event: str, duration: float, **_: Any) -> None:
     if event in _COMPILE_EVENTS:
-        _compile_total[0] += duration
+        _compile_total[threading.get_ident()] += duration
 
 
 def compile_seconds() -> float:
-    """Seconds JAX has spent compiling in this process since the first call (monotone counter)."""
-    if not _listening[0]:
-        jax.monitoring.register_event_duration_secs_listener(_on_duration)
-        _listening[0] = True
-    return _compile_total[0]
+    """Seconds JAX has spent compiling in the calling thread since the first call (monotone counter)."""
+    with _register:
+        if not _listening[0]:
+            jax.monitoring.register_event_duration_secs_listener(_on_duration)
+            _listening[0] = True
+    return _compile_total[threading.get_ident()]
 
 
 @contextmanager

@@ -117,9 +117,13 @@ def _module_cmd(kind: str, params: Mapping[str, Any]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ (a) throughput
 def quench_params(i: int, n_tasks: int, model: str, n_sites: int, t_max: float, n_times: int) -> dict[str, Any]:
-    x = i / n_tasks  # each task its own coupling, so that no two tasks are the same computation
-    couplings = {"tfim": {"J": 1.0, "h": 0.5 + x}, "mixed_field_ising": {"J": 1.0, "h": 1.0, "g": x},
-                 "xxz": {"J": 1.0, "delta": 0.5 + x, "hz": 0.0}}[model]
+    from olrg_hpc.spins.models import MODELS
+
+    # each task its own coupling, so that no two tasks are the same computation: the model's defaults, its last
+    # coupling shifted by i / n_tasks
+    couplings = dict(MODELS[model].couplings)
+    last = MODELS[model].coupling_names[-1]
+    couplings[last] += i / n_tasks
     return {"model": model, "n_sites": n_sites, "couplings": couplings, "method": "ed", "t_max": t_max,
             "n_times": n_times, "initial": "up", "profile_sites": 2}
 

@@ -19,15 +19,14 @@ from pydantic import Field, field_validator, model_validator
 from olrg_hpc.config import Strict
 from olrg_hpc.report import Table, WorkflowReport
 from olrg_hpc.spins import quench, tobc
+from olrg_hpc.spins.models import MODELS, ModelName
 from olrg_hpc.tasks import Task
 
-MODELS = ("tfim", "mixed_field_ising", "xxz")
-COUPLINGS = {"tfim": ("J", "h"), "mixed_field_ising": ("J", "h", "g"), "xxz": ("J", "delta", "hz")}
 ED_MAX_SITES = 20
 
 
 class Sweep(Strict):
-    model: Literal["tfim", "mixed_field_ising", "xxz"]
+    model: ModelName
     n_sites: list[int] = Field(min_length=1)
     couplings: dict[str, list[float]] = Field(default_factory=dict, description="grid: name -> values")
     methods: list[Literal["ed", "free_fermion"]] = Field(default_factory=lambda: ["ed"], min_length=1)
@@ -42,14 +41,15 @@ class Sweep(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Sweep:
-        allowed = COUPLINGS[self.model]
+        allowed = MODELS[self.model].coupling_names
         for name, values in self.couplings.items():
             if name not in allowed:
                 raise ValueError(f"coupling {name!r} is not a coupling of {self.model} (allowed: {', '.join(allowed)})")
             if not values:
                 raise ValueError(f"coupling {name!r} needs at least one value")
-        if "free_fermion" in self.methods and self.model != "tfim":
-            raise ValueError(f"method free_fermion is exact only for tfim, not {self.model}")
+        if "free_fermion" in self.methods and not MODELS[self.model].free_fermion:
+            exact = [k for k, m in MODELS.items() if m.free_fermion]
+            raise ValueError(f"method free_fermion is exact only for {', '.join(exact)}, not {self.model}")
         if "ed" in self.methods and max(self.n_sites) > ED_MAX_SITES:
             raise ValueError(f"method ed is limited to {ED_MAX_SITES} sites (got n_sites {max(self.n_sites)}); "
                              "use free_fermion for long TFIM chains")

@@ -1,35 +1,30 @@
 """Flow study: trivializing flows for 2D phi^4 from Gaussian and coarse-lattice priors, against plain HMC.
 
-Graph, per fine point ``(L, beta, lam)`` (beta/lambda convention of arXiv:2310.03381):
+The prior kinds are the objects of :data:`olrg_hpc.flows.priors.KINDS`; ``params.variants`` names the ones a
+study trains. The graph is built by one loop over the fine points ``(L, beta, lam)`` (beta/lambda convention of
+arXiv:2310.03381) and, per point, over the kinds; every dependency is handed to its task under a role
+(:data:`olrg_hpc.flows.pipeline.ROLES`):
 
-1. ``ens-L<l>-beta<b>-rR``: ``ensembles.replicas`` HMC ensembles (configurations stored) in parallel at each
-   point an ensemble prior draws from, ``(L/2, beta_coarse)`` for the coarse variants and ``(L, beta_prior)`` for
-   ``same_L`` (:func:`olrg_hpc.lattice.ensemble.hmc_ensemble`) -> ``gather-L<l>-beta<b>``: configurations pooled,
-   observables; a point that several variants or fine points need is run once;
-2. training, one task per prior variant at equal ``steps x batch``: ``train-gaussian-L`` (N(0, 1) prior),
-   ``train-coarse-L`` (interleaved coarse configurations), ``train-coarse_bilinear-L`` and
-   ``train-coarse_noise-L`` (one coarse configuration plus noise sublattices, about its bilinear interpolation
-   or about 0), ``train-same_L-L`` (one configuration at the same L and ``beta_prior``), ``train-warm-L``
-   (Gaussian prior, parameters of ``pretrain-Ll``, a flow trained at the coarse
-   point for ``warm_fraction`` of the steps; with ``training.ladder``, when the study also has the coarse point
-   ``(L/2, beta_coarse)``, the parameters of that point's ``train-warm`` instead: 8 -> 16 -> 32 ..., every rung
-   training the fine share of the steps; with ``training.ladder`` a coarse-prior flow likewise starts from the
-   same variant's flow at ``(L/2, beta_coarse)`` when the study has that point, and trains the fine share; with
-   ``training.rung: pretrain`` both start instead from a training at ``(L/2, beta_coarse)`` for the coarse share
-   of the steps, ``pretrain-Ll`` and ``pretrain-<variant>-Ll``, so that every flow trains ``steps`` steps in all);
-   each records acceptance and ESS versus training step and seconds and holds its trained parameters;
-3. sampling in parallel: ``imh-<variant>-L`` (flow independent Metropolis-Hastings; ``imhN-<variant>-L`` the
-   multiple-proposal chain with ``N`` candidates per step, for each ``N > 1`` in ``imh.candidates``),
-   ``fhmc-<variant>-L``
-   (flow-HMC, for ``flow_hmc.variants``; with ``flow_hmc.start: hmc``, the default, after ``hmc-L``, whose
-   final configurations, mapped back by ``F^-1``, are its starting points), ``hmc-L`` (plain HMC on the fine
-   lattice);
-4. ``compare``: observables (|M|, chi2, Binder) with Gamma-method errors, tau_int(M^2), cost per
-   independent chi2 sample (seconds per sample x 2 tau_int), pulls against HMC.
+1. ``ens-L<l>-beta<b>-rR``: ``ensembles.replicas`` HMC ensembles (configurations stored) at each point a kind's
+   prior draws from (:meth:`Point.prior`) -> ``gather-L<l>-beta<b>`` (role ``prior_ensemble``); a point that
+   several kinds or fine points need is run once;
+2. ``train-<kind>-L<l>``, one per kind at equal ``steps x batch``. A kind that starts from a flow at ``L/2``
+   (role ``below``) takes the study's own flow of the same kind at ``(L/2, beta_coarse)`` when ``training.ladder``
+   is on and the study has that point (8 -> 16 -> 32 ...), else its pretraining there,
+   ``pretrain-<pretrain kind>-L<l/2>-beta<b>`` (the Gaussian one for ``warm`` and ``multilevel``, shared), for
+   the coarse share of the steps (``warm_fraction``); ``training.rung: pretrain`` always takes the pretraining,
+   so that every flow at a point trains ``steps`` steps in all. A flow with a flow below trains the fine share;
+   one without, all ``steps``;
+3. samplers: ``imh-<kind>-L`` (flow independent Metropolis-Hastings; ``imhN-<kind>-L`` the multiple-proposal
+   chain with ``N`` candidates per step, for each ``N > 1`` in ``imh.candidates`` and each kind without an
+   ensemble), ``fhmc-<kind>-L`` (flow-HMC for ``flow_hmc.variants``; with ``flow_hmc.start: hmc`` it starts
+   from ``hmc-L``'s final configurations, role ``hmc_start``), ``hmc-L`` (plain HMC on the fine lattice);
+4. ``compare``: observables (|M|, chi2, Binder) with Gamma-method errors, tau_int(M^2), cost per independent
+   chi2 sample (seconds per sample x 2 tau_int), pulls against HMC.
 
-Report: acceptance and ESS versus training step and seconds per variant; tau_int and cost versus L per
-sampler (with several L); observables with error bars per sampler; tables. Task functions live in
-:mod:`olrg_hpc.flows.pipeline`.
+Report (:func:`report`): what was computed and a verdict per sampler first, then acceptance and Var(log w)
+versus training step and seconds per L, observables per sampler against the HMC band, tau_int and cost versus L
+(several L only), tables. Task functions live in :mod:`olrg_hpc.flows.pipeline`.
 """
 
 from __future__ import annotations
@@ -43,20 +38,23 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from olrg_hpc.config import Strict
 from olrg_hpc.flows import pipeline
+from olrg_hpc.flows.model import FlowSpec
+from olrg_hpc.flows.priors import KINDS, PriorKind
 from olrg_hpc.lattice import ensemble
 from olrg_hpc.report import Table, WorkflowReport
 from olrg_hpc.tasks import Task
 from workflows.phi4_ensembles import HMCChains
 
-Variant = Literal["gaussian", "coarse", "coarse_bilinear", "coarse_noise", "same_L", "warm", "multilevel"]
+#: the names a study may list under ``variants`` (the registry's, in its order)
+Variant = Literal[tuple(KINDS)]  # type: ignore[valid-type]
 
 
 class Point(Strict):
     L: int = Field(ge=4, description="fine lattice extent (L x L, periodic, even)")
     beta: float = Field(gt=0, description="fine hopping coupling (beta/lambda convention)")
     beta_coarse: float | None = Field(None, gt=0, description="coupling of the L/2 prior lattice (default: beta)")
-    beta_prior: float | None = Field(None, gt=0, description="coupling of the same-L prior ensemble (variant same_L; "
-                                     "usually a smaller beta)")
+    beta_prior: float | None = Field(None, gt=0, description="coupling of the same-L prior ensemble (kinds whose "
+                                     "ensemble is at beta_prior: same_L; usually a smaller beta)")
 
     @model_validator(mode="after")
     def _even(self) -> Point:
@@ -70,35 +68,12 @@ class Point(Strict):
     def coarse(self, lam: float) -> dict[str, float]:
         return {"L": self.L // 2, "beta": self.beta if self.beta_coarse is None else self.beta_coarse, "lam": lam}
 
-    def prior(self, variant: str, lam: float) -> dict[str, float]:
-        """The point of the HMC ensemble an ensemble-prior variant draws from."""
-        if variant != "same_L":
+    def prior(self, k: PriorKind, lam: float) -> dict[str, float]:
+        """The point of the HMC ensemble the prior of kind ``k`` draws from."""
+        if k.ensemble_at == "coarse":
             return self.coarse(lam)
         assert self.beta_prior is not None  # Params checks it
         return {"L": self.L, "beta": self.beta_prior, "lam": lam}
-
-
-class FlowSettings(Strict):
-    kind: Literal["z2", "tutorial"] = Field("z2", description="z2: Z2-equivariant couplings + global rescaling")
-    n_layers: int = Field(4, ge=1, description="coupling layers (alternating checkerboard parity)")
-    hidden: list[int] = Field(default_factory=lambda: [8], description="hidden channels of each coupling's net")
-    kernel_size: int = Field(3, ge=1)
-    free_field: bool = Field(False, description="z2 only: a trainable free-field layer (mass, normalisation) first, "
-                             "in the flows with a Gaussian prior (gaussian, warm); never after an ensemble prior")
-    sublattice: bool = Field(True, description="couplings with one head per sublattice of the 2 x 2 cell, in the "
-                             "flows with a coarse-lattice prior (coarse, coarse_bilinear, coarse_noise), which puts "
-                             "different things on the cell's four sites")
-    pointwise: int = Field(0, ge=0, description="z2 only: a site-wise odd monotone map before every n-th coupling, "
-                           "in every variant's flow (0: none)")
-
-    @model_validator(mode="after")
-    def _odd_kernel(self) -> FlowSettings:
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd (got {self.kernel_size})")
-        for key in ("free_field", "pointwise"):
-            if getattr(self, key) and self.kind != "z2":
-                raise ValueError(f"{key} needs kind z2 (got kind {self.kind!r})")
-        return self
 
 
 class Ensembles(HMCChains):
@@ -115,24 +90,24 @@ class Ensembles(HMCChains):
 
 
 class Training(Strict):
-    steps: int = Field(1000, ge=2, description="optimizer steps per variant (warm: coarse + fine together)")
+    steps: int = Field(1000, ge=2, description="optimizer steps per flow (with a flow below: coarse + fine)")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(5e-3, gt=0)
     cosine: bool = Field(True, description="cosine-anneal the learning rate to 0")
     metrics_every: int = Field(100, ge=1, description="steps between acceptance/ESS measurements")
     metrics_batch: int = Field(1024, ge=16, description="fresh flow samples per measurement")
-    warm_fraction: float = Field(0.5, gt=0, lt=1, description="share of the warm variant's steps spent at L/2 "
-                                 "(and of a laddered coarse-prior flow's)")
-    ladder: bool = Field(True, description="a warm flow starts from the study's warm flow at (L/2, beta_coarse) "
-                         "when there is one (8 -> 16 -> 32 ...), else from a fresh pretraining at L/2; a coarse-prior "
-                         "flow (coarse, coarse_bilinear, coarse_noise) from the same variant's flow there, if any, "
-                         "training the fine share of the steps")
+    warm_fraction: float = Field(0.5, gt=0, lt=1, description="share of the steps a pretraining at L/2 takes "
+                                 "(the rest: the fine flow that starts from it, or a rung of the ladder)")
+    ladder: bool = Field(True, description="a flow that starts from a flow at L/2 takes the study's flow of the same "
+                         "kind at (L/2, beta_coarse) when there is one (8 -> 16 -> 32 ...), training the fine share "
+                         "of the steps; else warm and multilevel start from a Gaussian pretraining at L/2 and the "
+                         "coarse-prior kinds train from scratch")
     rung: Literal["final", "pretrain"] = Field(
-        "final", description="with ladder, what a fine flow starts from. final: the study's flow of the same variant "
+        "final", description="with ladder, what a fine flow starts from. final: the study's flow of the same kind "
         "at (L/2, beta_coarse), which trained its own full steps, all counted on the step axis; pretrain: a training "
-        "of that variant at (L/2, beta_coarse) for the coarse share of the steps (warm_fraction), so that every "
-        "flow at a point trains `steps` steps in all, as the Gaussian flow does (a coarse-prior flow's pretraining "
-        "takes its prior from the study's point at L/2; without that point the flow trains from scratch)")
+        "at (L/2, beta_coarse) for the coarse share of the steps (warm_fraction), so that every flow at a point "
+        "trains `steps` steps in all, as the Gaussian flow does (a coarse-prior kind's pretraining takes its prior "
+        "from the study's point at L/2; without that point the flow trains from scratch)")
 
     @model_validator(mode="after")
     def _split(self) -> Training:
@@ -143,10 +118,14 @@ class Training(Strict):
         return self
 
     def warm_split(self) -> tuple[int, int]:
-        """(coarse steps, fine steps) of the warm variant, each a multiple of ``metrics_every``."""
+        """(coarse steps, fine steps) of a flow with a flow below, each a multiple of ``metrics_every``."""
         n = self.steps // self.metrics_every
         k = min(max(round(self.warm_fraction * n), 1), n - 1)
         return k * self.metrics_every, (n - k) * self.metrics_every
+
+    def task_kw(self) -> dict[str, Any]:
+        """The :func:`~olrg_hpc.flows.pipeline.train_flow_task` arguments every training shares."""
+        return self.model_dump(include={"batch_size", "lr", "cosine", "metrics_every", "metrics_batch"})
 
 
 class IMH(Strict):
@@ -159,7 +138,7 @@ class IMH(Strict):
                                   "chain (task imh-...), N > 1 the multiple-proposal chain with N candidates per "
                                   "step and Rao-Blackwellised estimates (task imhN-...), whose n_steps and n_therm "
                                   "are divided by N - 1 (rounded up) so that it draws as many proposals; for the "
-                                  "variants without a prior ensemble (gaussian, warm, multilevel)")
+                                  "kinds without a prior ensemble (gaussian, warm, multilevel)")
 
     @field_validator("candidates")
     @classmethod
@@ -169,12 +148,9 @@ class IMH(Strict):
         return v
 
     def run(self, candidates: int) -> dict[str, Any]:
-        """:func:`~olrg_hpc.flows.pipeline.flow_imh_task` arguments of the run with ``candidates`` (the plain
-        chain's without a ``candidates`` entry, so that studies from before it keep their task keys)."""
+        """:func:`~olrg_hpc.flows.pipeline.flow_imh_task` arguments of the run with ``candidates``."""
         kw = self.model_dump(exclude={"candidates"})
-        if candidates == 1:
-            return kw
-        per_step = candidates - 1
+        per_step = max(candidates - 1, 1)
         return {**kw, "n_steps": -(-self.n_steps // per_step), "n_therm": -(-self.n_therm // per_step),
                 "candidates": candidates}
 
@@ -205,10 +181,14 @@ class HMCBaseline(HMCChains):
 class Params(Strict):
     lam: float = Field(0.5, ge=0, description="quartic coupling (beta/lambda convention)")
     points: list[Point] = Field(min_length=1)
-    variants: list[Variant] = Field(default_factory=lambda: ["gaussian", "coarse", "warm"], min_length=1)
-    prior_sigma: float | None = Field(None, gt=0, description="noise width of coarse_bilinear / coarse_noise "
-                                      "(fine tutorial units; default from the coarse ensemble)")
-    flow: FlowSettings = FlowSettings()
+    variants: list[Variant] = Field(default_factory=lambda: ["gaussian", "coarse", "warm"], min_length=1,
+                                    description="prior kinds to train (olrg_hpc.flows.priors.KINDS)")
+    prior_sigma: float | None = Field(None, gt=0, description="noise width of the kinds with noise sublattices "
+                                      "(coarse_bilinear, coarse_noise; fine tutorial units; default from the "
+                                      "coarse ensemble)")
+    flow: FlowSpec = Field(FlowSpec(), description="the Gaussian flow's architecture; each prior kind adjusts it "
+                           "(free-field layer only after a Gaussian prior, heads per sublattice after a prior on "
+                           "the 2 x 2 cell)")
     ensembles: Ensembles = Ensembles()
     training: Training = Training()
     imh: IMH = IMH()
@@ -225,35 +205,40 @@ class Params(Strict):
 
     @field_validator("variants")
     @classmethod
-    def _distinct_variants(cls, v: list[str]) -> list[str]:
+    def _distinct_variants(cls, v: list[str], info: ValidationInfo) -> list[str]:
         if len(set(v)) != len(v):
             raise ValueError(f"each variant at most once (got {v})")
+        for name in v:
+            if KINDS[name].refines:
+                for i, p in enumerate(info.data.get("points", [])):
+                    if p.L % 4:
+                        raise ValueError(f"points[{i}] (L = {p.L}): the {name} variant needs L divisible by 4 "
+                                         "(its coarse flow at L/2 has a checkerboard)")
         return v
 
-    @field_validator("variants")
+    @field_validator("flow")
     @classmethod
-    def _multilevel_lattices(cls, v: list[str], info: ValidationInfo) -> list[str]:
-        if "multilevel" in v:
-            for i, p in enumerate(info.data.get("points", [])):
-                if p.L % 4:
-                    raise ValueError(f"points[{i}] (L = {p.L}): the multilevel variant needs L divisible by 4 "
-                                     "(its coarse flow at L/2 has a checkerboard)")
+    def _no_refine(cls, v: FlowSpec) -> FlowSpec:
+        if v.refine is not None:
+            raise ValueError("refine is set by a refining prior kind (multilevel), not in the study's flow")
         return v
 
     @field_validator("training")
     @classmethod
-    def _multilevel_rung(cls, v: Training, info: ValidationInfo) -> Training:
-        if "multilevel" in info.data.get("variants", []) and v.rung == "pretrain":
-            raise ValueError("the multilevel variant refines the study's flow at L/2 (rung: final); rung 'pretrain' "
-                             "does not apply to it")
+    def _refine_rung(cls, v: Training, info: ValidationInfo) -> Training:
+        for name in info.data.get("variants", []):
+            if KINDS[name].refines and v.rung == "pretrain":
+                raise ValueError(f"the {name} variant refines the study's flow at L/2 (rung: final); rung "
+                                 "'pretrain' does not apply to it")
         return v
 
     @model_validator(mode="after")
-    def _same_L_has_beta_prior(self) -> Params:
-        if "same_L" in self.variants:
-            for i, p in enumerate(self.points):
-                if p.beta_prior is None:
-                    raise ValueError(f"points[{i}] (L = {p.L}): the same_L variant needs beta_prior")
+    def _beta_prior(self) -> Params:
+        for name in self.variants:
+            if KINDS[name].ensemble_at == "beta_prior":
+                for i, p in enumerate(self.points):
+                    if p.beta_prior is None:
+                        raise ValueError(f"points[{i}] (L = {p.L}): the {name} variant needs beta_prior")
         return self
 
     @field_validator("flow_hmc")
@@ -274,163 +259,177 @@ class Params(Strict):
                              "start 'hmc' takes one HMC configuration per chain")
         return v
 
-
-def _flow_params(params: Params, variant: str) -> dict[str, Any]:
-    """The flow of one variant. The free-field layer turns white noise into a free field, so it goes only into
-    flows with a Gaussian prior: draws of an HMC-ensemble prior are correlated already, and in the reduced study
-    (L = 6, three seeds) the coarse flow-MH fell from acceptance 0.13-0.14 without the layer to 0.08-0.11 with it.
-    Heads per sublattice go only into flows with a coarse-lattice prior, the priors built on the 2 x 2 cell (the key
-    is left out otherwise, so that other flows keep their task seeds). The site-wise maps (``pointwise``) go into
-    every variant's flow; the key is left out when it is 0, for the same reason."""
-    spec = params.flow.model_dump()
-    sublattice = spec.pop("sublattice")
-    if not spec["pointwise"]:
-        del spec["pointwise"]
-    if variant in pipeline.ENSEMBLE_VARIANTS:
-        spec["free_field"] = False
-    if variant == "multilevel":  # the refined coarse field is correlated already, and it lives on the 2 x 2 cell
-        spec["free_field"] = False
-    if sublattice and variant in (*pipeline.COARSE_VARIANTS, "multilevel"):
-        spec["sublattice"] = True
-    return spec
-
-
-def _prior_kw(variant: str, p: Point, params: Params) -> dict[str, Any]:
-    """Prior arguments of an ensemble-prior variant (``prior_sigma`` only for the one-configuration priors)."""
-    kw: dict[str, Any] = {"prior_point": p.prior(variant, params.lam)}
-    if variant in pipeline.REFINE_VARIANTS and params.prior_sigma is not None:
-        kw["prior_sigma"] = params.prior_sigma
-    return kw
+    def kinds(self) -> list[PriorKind]:
+        """The kinds the study trains, in the order of ``variants``."""
+        return [KINDS[v] for v in self.variants]
 
 
 def _point_tag(point: Mapping[str, float]) -> str:
     return f"L{point['L']}-beta{point['beta']:g}"
 
 
-def build(params: Params) -> list[Task]:
-    tr = params.training
-    lam = params.lam
-    train_kw = {"batch_size": tr.batch_size, "lr": tr.lr, "cosine": tr.cosine,
-                "metrics_every": tr.metrics_every, "metrics_batch": tr.metrics_batch}
-    tasks: list[Task] = []
-    samplers: list[str] = []
-    warm_at: dict[tuple[int, float], Task] = {}  # trained warm flows by (L, beta): the ladder's rungs
-    multilevel_at: dict[tuple[int, float], Task] = {}  # trained multilevel flows by (L, beta): theirs
-    pretrains: dict[str, Task] = {}  # Gaussian pretrainings at L/2, by name: warm and multilevel may share one
-    coarse_at: dict[tuple[str, int, float], Task] = {}  # trained coarse-prior flows by (variant, L, beta): theirs
-    gathers: dict[str, Task] = {}  # pooled HMC ensembles of the priors, by point: one per point, however many use it
+class _Graph:
+    """The study's tasks as they are built: each ensemble point and each training once, found by what it is."""
 
-    def gather_at(point: dict[str, float]) -> Task:
-        ptag = _point_tag(point)
-        if ptag not in gathers:
-            ens = params.ensembles
-            reps = []
-            for r in range(ens.replicas):
-                t = Task(f"ens-{ptag}-r{r}", ensemble.hmc_ensemble,
-                         {"point": point, "n_chains": ens.n_chains, "n_therm": ens.n_therm, "n_traj": ens.n_traj,
-                          "meas_every": ens.meas_every, "store_configs": True, "replica": r, **ens.hmc.model_dump()})
-                tasks.append(t)
-                reps.append(t.name)
-            gathers[ptag] = Task(f"gather-{ptag}", pipeline.gather_coarse_ensemble, {}, deps=tuple(reps))
-            tasks.append(gathers[ptag])
-        return gathers[ptag]
+    def __init__(self, params: Params) -> None:
+        self.p = params
+        self.tasks: list[Task] = []
+        self.gathers: dict[str, Task] = {}  # pooled HMC ensembles, by point tag
+        self.trained: dict[tuple[str, int, float], Task] = {}  # the study's flows, by (kind, L, beta)
+        self.pretrains: dict[str, Task] = {}  # trainings at L/2 for the coarse share of the steps, by name
 
-    def rung_below(variant: str, coarse: dict[str, float], flow: dict[str, Any]) -> Task | None:
-        """The flow a coarse-prior flow at L starts from (``training.rung``), or ``None``: train from scratch."""
-        if variant not in pipeline.COARSE_VARIANTS:
+    def add(self, task: Task) -> Task:
+        self.tasks.append(task)
+        return task
+
+    def gather(self, point: dict[str, float]) -> Task:
+        """The pooled HMC ensemble at ``point`` (its replicas added the first time)."""
+        tag = _point_tag(point)
+        if tag not in self.gathers:
+            ens = self.p.ensembles
+            reps = [self.add(Task(f"ens-{tag}-r{r}", ensemble.hmc_ensemble,
+                                  {"point": point, "n_chains": ens.n_chains, "n_therm": ens.n_therm,
+                                   "n_traj": ens.n_traj, "meas_every": ens.meas_every, "store_configs": True,
+                                   "replica": r, **ens.hmc.model_dump()})).name for r in range(ens.replicas)]
+            self.gathers[tag] = self.add(Task(f"gather-{tag}", pipeline.gather_coarse_ensemble, {}, deps=tuple(reps)))
+        return self.gathers[tag]
+
+    def prior_inputs(self, k: PriorKind, p: Point) -> tuple[dict[str, str], dict[str, Any]]:
+        """``(inputs, arguments)`` of kind ``k``'s prior at the study point ``p``: its ensemble and prior point."""
+        if k.ensemble_at is None:
+            return {}, {}
+        point = p.prior(k, self.p.lam)
+        kw: dict[str, Any] = {"prior_point": point}
+        if k.noise and self.p.prior_sigma is not None:
+            kw["prior_sigma"] = self.p.prior_sigma
+        return {"prior_ensemble": self.gather(point).name}, kw
+
+    def train_task(self, name: str, k: PriorKind, p: Point, point: dict[str, float], steps: int, flow: FlowSpec,
+                   below: Task | None = None) -> Task:
+        """A training of kind ``k`` at ``point`` (the study point ``p`` or its coarse point) with its prior."""
+        inputs, kw = self.prior_inputs(k, p)
+        if below is not None:
+            inputs["below"] = below.name
+        return self.add(Task(name, pipeline.train_flow_task,
+                             {"point": point, "variant": k.name, "steps": steps, "flow": flow.model_dump(mode="json"),
+                              "inputs": inputs, **kw, **self.p.training.task_kw()}, deps=tuple(inputs.values())))
+
+    def pretrain(self, k: PriorKind, p: Point) -> Task | None:
+        """The training of kind ``k`` at ``p``'s coarse point for the coarse share of the steps (``None`` when its
+        prior needs an ensemble there and the study has no point at ``(L/2, beta_coarse)`` to take it from)."""
+        coarse = p.coarse(self.p.lam)
+        name = f"pretrain-{k.name}-{_point_tag(coarse)}"
+        if name not in self.pretrains:
+            q = p
+            if k.ensemble_at is not None:
+                q = next((x for x in self.p.points if (x.L, x.beta) == (coarse["L"], coarse["beta"])), None)
+                if q is None:
+                    return None
+            self.pretrains[name] = self.train_task(name, k, q, coarse, self.p.training.warm_split()[0],
+                                                   k.flow(self.p.flow))
+        return self.pretrains[name]
+
+    def below(self, k: PriorKind, p: Point) -> Task | None:
+        """The flow at ``L/2`` kind ``k``'s flow at ``p`` starts from (module docstring), or ``None``."""
+        tr = self.p.training
+        if k.below == "none":
             return None
-        if tr.rung == "final":
-            return coarse_at.get((variant, coarse["L"], coarse["beta"]))
-        q = next((x for x in params.points if (x.L, x.beta) == (coarse["L"], coarse["beta"])), None)
-        if q is None:
-            return None
-        t = Task(f"pretrain-{variant}-{_point_tag(coarse)}", pipeline.train_flow_task,
-                 {"point": coarse, "variant": variant, "steps": tr.warm_split()[0], "flow": flow,
-                  **_prior_kw(variant, q, params), **train_kw}, deps=(gather_at(q.prior(variant, lam)).name,))
-        tasks.append(t)
+        coarse = p.coarse(self.p.lam)
+        if tr.ladder and tr.rung == "final":
+            rung = self.trained.get((k.name, coarse["L"], coarse["beta"]))
+            if rung is not None:
+                return rung
+        if k.below == "required" or (tr.ladder and tr.rung == "pretrain"):
+            return self.pretrain(KINDS[k.pretrain or k.name], p)
+        return None
+
+    def train(self, k: PriorKind, p: Point) -> Task:
+        """The flow of kind ``k`` at the study point ``p``."""
+        below = self.below(k, p)
+        flow = k.flow(self.p.flow, FlowSpec.model_validate(below.params["flow"]) if below else None,
+                      (p.beta / p.coarse(self.p.lam)["beta"]) ** 0.5)
+        steps = self.p.training.warm_split()[1] if below else self.p.training.steps
+        t = self.train_task(f"train-{k.name}-L{p.L}", k, p, p.fine(self.p.lam), steps, flow, below)
+        self.trained[(k.name, p.L, p.beta)] = t
         return t
 
-    def pretrain_at(coarse: dict[str, float]) -> Task:
-        """The Gaussian-prior flow trained at ``coarse`` for the coarse share of the steps (warm_fraction)."""
-        name = f"pretrain-{_point_tag(coarse)}"
-        if name not in pretrains:
-            pretrains[name] = Task(name, pipeline.train_flow_task,
-                                   {"point": coarse, "variant": "gaussian", "steps": tr.warm_split()[0],
-                                    "flow": _flow_params(params, "gaussian"), **train_kw})
-            tasks.append(pretrains[name])
-        return pretrains[name]
 
+def build(params: Params) -> list[Task]:
+    g = _Graph(params)
+    samplers: list[str] = []
     for p in sorted(params.points, key=lambda q: q.L):
-        fine, coarse = p.fine(lam), p.coarse(lam)
-        tag = f"L{p.L}"
-        prior_gather = {v: gather_at(p.prior(v, lam)) for v in params.variants if v in pipeline.ENSEMBLE_VARIANTS}
+        fine, tag = p.fine(params.lam), f"L{p.L}"
         h = params.hmc
-        hmc_t = Task(f"hmc-{tag}", pipeline.hmc_task,
-                     {"point": fine, "n_chains": h.n_chains, "n_therm": h.n_therm, "n_traj": h.n_traj,
-                      "meas_every": h.meas_every, "tune_acceptance": h.tune_acceptance, **h.hmc.model_dump()})
-        tasks.append(hmc_t)
+        hmc_t = g.add(Task(f"hmc-{tag}", pipeline.hmc_task,
+                           {"point": fine, "n_chains": h.n_chains, "n_therm": h.n_therm, "n_traj": h.n_traj,
+                            "meas_every": h.meas_every, "tune_acceptance": h.tune_acceptance, **h.hmc.model_dump()}))
         samplers.append(hmc_t.name)
-        trained: dict[str, Task] = {}
-        for v in params.variants:
-            flow = _flow_params(params, v)  # training and samplers of a variant share it (samplers: t.params)
-            if v == "warm":
-                pre = warm_at.get((coarse["L"], coarse["beta"])) if tr.ladder and tr.rung == "final" else None
-                pre = pre or pretrain_at(coarse)  # the same flow: its parameters move to L unchanged
-                t = Task(f"train-warm-{tag}", pipeline.train_flow_task,
-                         {"point": fine, "variant": "warm", "steps": tr.warm_split()[1], "flow": flow, **train_kw},
-                         deps=(pre.name,))
-                warm_at[(p.L, p.beta)] = t
-            elif v == "multilevel":
-                pre = multilevel_at.get((coarse["L"], coarse["beta"])) if tr.ladder else None
-                pre = pre or pretrain_at(coarse)
-                flow = {**flow, "refine": {"coarse": pre.params["flow"], "scale": (p.beta / coarse["beta"]) ** 0.5}}
-                t = Task(f"train-multilevel-{tag}", pipeline.train_flow_task,
-                         {"point": fine, "variant": v, "steps": tr.warm_split()[1], "flow": flow, **train_kw},
-                         deps=(pre.name,))
-                multilevel_at[(p.L, p.beta)] = t
-            elif v in prior_gather:
-                below = rung_below(v, coarse, flow) if tr.ladder else None
-                t = Task(f"train-{v}-{tag}", pipeline.train_flow_task,
-                         {"point": fine, "variant": v, "steps": tr.warm_split()[1] if below else tr.steps,
-                          "flow": flow, **_prior_kw(v, p, params), **train_kw},
-                         deps=(prior_gather[v].name, *((below.name,) if below else ())))
-                if v in pipeline.COARSE_VARIANTS:
-                    coarse_at[(v, p.L, p.beta)] = t
-            else:
-                t = Task(f"train-{v}-{tag}", pipeline.train_flow_task,
-                         {"point": fine, "variant": v, "steps": tr.steps, "flow": flow, **train_kw})
-            tasks.append(t)
-            trained[v] = t
-        for v, t in trained.items():
-            flow = t.params["flow"]
-            deps = (t.name, prior_gather[v].name) if v in prior_gather else (t.name,)
-            extra = _prior_kw(v, p, params) if v in prior_gather else {}
+        trained = [(k, g.train(k, p)) for k in params.kinds()]
+        for k, t in trained:
+            prior_inputs, prior_kw = g.prior_inputs(k, p)
+            inputs = {"flow": t.name, **prior_inputs}
+            common = {"point": fine, "variant": k.name, "flow": t.params["flow"], **prior_kw}
             for n in params.imh.candidates:
-                if n > 1 and v in pipeline.ENSEMBLE_VARIANTS:
+                if n > 1 and not k.multi_proposal:
                     continue
-                s = Task(f"imh{n if n > 1 else ''}-{v}-{tag}", pipeline.flow_imh_task,
-                         {"point": fine, "variant": v, "flow": flow, **params.imh.run(n), **extra}, deps=deps)
-                tasks.append(s)
+                s = g.add(Task(f"imh{n if n > 1 else ''}-{k.name}-{tag}", pipeline.flow_imh_task,
+                               {**common, **params.imh.run(n), "inputs": inputs}, deps=tuple(inputs.values())))
                 samplers.append(s.name)
-            if v in params.flow_hmc.variants:
+            if k.name in params.flow_hmc.variants:
                 fh = params.flow_hmc.model_dump(exclude={"variants"})
-                start = (hmc_t.name,) if fh["start"] == "hmc" else ()
-                s = Task(f"fhmc-{v}-{tag}", pipeline.flow_hmc_task,
-                         {"point": fine, "variant": v, "flow": flow, **fh, **extra}, deps=deps + start)
-                tasks.append(s)
+                fh_inputs = {**inputs, **({"hmc_start": hmc_t.name} if fh["start"] == "hmc" else {})}
+                s = g.add(Task(f"fhmc-{k.name}-{tag}", pipeline.flow_hmc_task,
+                               {**common, **fh, "inputs": fh_inputs}, deps=tuple(fh_inputs.values())))
                 samplers.append(s.name)
-    tasks.append(Task("compare", pipeline.compare_samplers, {}, deps=tuple(samplers)))
-    return tasks
+    g.add(Task("compare", pipeline.compare_samplers, {}, deps=tuple(samplers)))
+    return g.tasks
 
 
 # ------------------------------------------------------------------------------------------------ report
-def _sampler_label(method: str, variant: str) -> str:
-    return f"{method} ({variant})" if variant else method
-
+#: a flow sampler agrees with HMC when no observable's pull exceeds this (combined standard deviations) ...
+AGREE_SIGMA = 2.0
+#: ... and is in tension up to this; beyond it they disagree
+TENSION_SIGMA = 3.0
+#: issue #6's goal for the training head start: a fraction of the Gaussian flow's training at most this
+HEAD_START_GOAL = 0.5
 
 #: training-task results that :func:`head_start_rows` reads (``logw_var`` and ``work_offset`` where stored)
 HEAD_START_KEYS = ("variant", "L", "metric_step", "acceptance", "metric_seconds", "step_offset", "logw_var",
                    "work_offset")
+
+_COMPARED = (("abs_M", "<|M|>"), ("chi2", "chi2"), ("binder", "U"))
+
+
+def sig3(x: Any) -> str:
+    """``x`` with three significant digits ("-" when not finite)."""
+    v = float(x)
+    return f"{v:.3g}" if np.isfinite(v) else "-"
+
+
+def value_error(x: Any, err: Any) -> str:
+    """``x`` with its error in parentheses, the error to two significant digits and ``x`` to the same decimal
+    place: ``value_error(3.0394, 0.0481) == "3.039(48)"``, ``value_error(1234.5, 56) == "1234(56)"`` (the plain
+    three significant digits of :func:`sig3` when the error is not positive and finite)."""
+    v, e = float(x), float(err)
+    if not (np.isfinite(v) and np.isfinite(e) and e > 0):
+        return sig3(v)
+    decimals = 1 - int(np.floor(np.log10(e)))
+    if decimals > 0:
+        return f"{v:.{decimals}f}({round(e * 10**decimals):d})"
+    step = 10.0 ** (-decimals)
+    return f"{round(v / step) * step:.0f}({round(e / step) * step:.0f})"
+
+
+def agreement(pulls: Mapping[str, float]) -> str:
+    """Verdict on a sampler's pulls against HMC (``{observable: pull}``): the largest one and what it means."""
+    finite = {k: float(v) for k, v in pulls.items() if np.isfinite(float(v))}
+    if not finite:
+        return "no HMC at this L"
+    key = max(finite, key=lambda k: abs(finite[k]))
+    worst = abs(finite[key])
+    word = ("agrees" if worst <= AGREE_SIGMA else
+            f"tension ({AGREE_SIGMA:.0f}-{TENSION_SIGMA:.0f} sigma)" if worst <= TENSION_SIGMA else "disagrees")
+    return f"{word}: max |pull| {worst:.1f} sigma ({key})"
 
 
 def first_reaching(steps: np.ndarray, values: np.ndarray, target: float, below: bool = False) -> int | None:
@@ -453,15 +452,15 @@ def _fractions(g: Mapping[str, Any], step: int, n_ref: int, t_ref: float) -> lis
 
 def head_start_rows(groups: Mapping[str, Any]) -> list[list[Any]]:
     """Issue #6's coarse-lattice criterion, per L: steps (and work, and seconds) a coarse-derived flow needs to
-    reach the acceptance the Gaussian-prior flow ends with, as a fraction of the Gaussian flow's (goal: <= 0.5);
-    and the same for the Gaussian flow's final Var(log w) (reached when at or below it). At low acceptance the MH
-    acceptance of a 2048-sample measurement is mostly noise (a Gaussian-prior flow at L = 16 read 0.045 / 0.007 /
-    0.045 / 0.010 at steps 3000-4500, while its Var(log w) read 10.3 / 9.2 / 9.8 / 8.1), so the Var(log w)
-    criterion is the steadier of the two; both are reported.
+    reach the acceptance the Gaussian-prior flow ends with, as a fraction of the Gaussian flow's (goal:
+    :data:`HEAD_START_GOAL`); and the same for the Gaussian flow's final Var(log w) (reached when at or below it).
+    At low acceptance the MH acceptance of a 2048-sample measurement is mostly noise (a Gaussian-prior flow at
+    L = 16 read 0.045 / 0.007 / 0.045 / 0.010 at steps 3000-4500, while its Var(log w) read 10.3 / 9.2 / 9.8 /
+    8.1), so the Var(log w) criterion is the steadier of the two; both are reported.
 
     ``groups`` maps ``train-*`` task names to their results (``variant``, ``L``, ``metric_step``, ``acceptance``,
     ``metric_seconds``, ``step_offset``, optionally ``logw_var`` and ``work_offset``). Three measures of the
-    training that a warm or laddered flow had at coarser L: the step fraction counts every step there at full
+    training that a flow with a flow below had at coarser L: the step fraction counts every step there at full
     weight (an upper bound on the work), the work fraction counts each at its volume over this L's (a step at L/2
     is a quarter of one here: ``train_flow_task``'s ``work_offset``), the seconds fraction counts what it cost on
     this machine (with the prior ensembles' HMC). Row: L, flow, target acceptance, Gaussian steps, step reached,
@@ -481,7 +480,7 @@ def head_start_rows(groups: Mapping[str, Any]) -> list[list[Any]]:
         target = float(np.asarray(ref["acceptance"])[-1])
         t_ref = float(np.asarray(ref["metric_seconds"])[-1])
         v_target = float(np.asarray(ref["logw_var"])[-1]) if "logw_var" in ref else float("nan")
-        for v in pipeline.VARIANTS[1:]:
+        for v in list(KINDS)[1:]:
             g = variants.get(v)
             if g is None:
                 continue
@@ -502,161 +501,305 @@ def head_start_rows(groups: Mapping[str, Any]) -> list[list[Any]]:
     return rows
 
 
-def report(study_file: Path, out_dir: Path) -> WorkflowReport:
-    import h5py
+def head_start_table_row(r: list[Any]) -> list[Any]:
+    """A :func:`head_start_rows` row for the report: three significant digits and a verdict per criterion, judged
+    on the work fraction (the step fraction for a study file without ``work_offset``)."""
+    def fmt(x: Any) -> Any:
+        return x if isinstance(x, (str, int)) else sig3(x)
+
+    def goal(reached: Any, step_fraction: Any, work_fraction: Any) -> str:
+        if reached == "not reached":
+            return "missed (not reached)"
+        if reached == "-":
+            return "-"
+        fraction = step_fraction if isinstance(work_fraction, str) else work_fraction
+        return "met" if fraction <= HEAD_START_GOAL else "missed"
+
+    return [*r[:2], sig3(r[2]), *r[3:6], *map(fmt, r[6:9]), goal(r[4], r[6], r[7]), sig3(r[9]), r[10],
+            *map(fmt, r[11:14]), goal(r[10], r[11], r[12])]
+
+
+def _text(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def _params_of(group: Any) -> dict[str, Any]:
+    """A task's parameters, from its group's provenance attribute."""
+    import json
+
+    return json.loads(_text(group.attrs.get("params", "{}")))
+
+
+def _flow_text(flow: Mapping[str, Any]) -> str:
+    extras = [name for key, name in (("free_field", "free-field layer"), ("sublattice", "heads per sublattice"))
+              if flow.get(key)]
+    if flow.get("pointwise"):
+        extras.append(f"site-wise map before every {flow['pointwise']}. coupling")
+    if flow.get("refine"):
+        extras.append("refines the flow at L/2")
+    return (f"{flow.get('kind')}, {flow.get('n_layers')} couplings, hidden {list(flow.get('hidden', []))}, kernel "
+            f"{flow.get('kernel_size')}" + "".join(f", {e}" for e in extras))
+
+
+def computed_rows(tasks: Any) -> list[list[str]]:
+    """What the study computed, read from its tasks' parameters: the action, the points (fine and prior), the
+    flows (kind, architecture, training), the samplers and what their costs mean."""
+    rows = [["action", "2D phi^4, beta/lambda convention (arXiv:2310.03381 eq. 1): S = sum_x [-beta sum_mu "
+                       "phi_x phi_x+mu + (1 - 2 lam) phi_x^2 + lam phi_x^4], periodic L x L"]]
+    hmc = {int(h["point"]["L"]): h for n in tasks if n.startswith("hmc-") and (h := _params_of(tasks[n]))}
+    if hmc:
+        rows.append(["lam", sig3(next(iter(hmc.values()))["point"]["lam"])])
+    train = {n: t for n in sorted(tasks) if n.startswith("train-") and (t := _params_of(tasks[n]))}
+    for ell, h in sorted(hmc.items()):
+        priors = sorted({(int(t["prior_point"]["L"]), float(t["prior_point"]["beta"])) for t in train.values()
+                         if "prior_point" in t and int(t["point"]["L"]) == ell})
+        where = "; prior ensembles at " + ", ".join(f"L = {pl}, beta = {pb:g}" for pl, pb in priors) if priors else ""
+        rows.append([f"L = {ell}", f"beta = {h['point']['beta']:g}{where}"])
+    for name, t in train.items():
+        below = t.get("inputs", {}).get("below")
+        rows.append([f"flow {name.removeprefix('train-')}",
+                     f"{KINDS[t['variant']].description}; {_flow_text(t['flow'])}; {t['steps']} steps x batch "
+                     f"{t['batch_size']}" + (f" after {below}" if below else "")])
+    samplers: dict[str, list[str]] = {}
+    for n in sorted(tasks):
+        if not n.startswith(("hmc-", "imh", "fhmc-")):
+            continue
+        q = _params_of(tasks[n])
+        if not q:  # a hand-made study file
+            continue
+        if n.startswith("hmc-"):
+            what = f"HMC: {q['n_chains']} chains x {q['n_traj']} trajectories"
+        elif n.startswith("fhmc-"):
+            what = f"flow-HMC: {q['n_chains']} chains x {q['n_traj']} trajectories, start {q['start']}"
+        else:
+            n_cand = int(q.get("candidates", 1))
+            label = "flow-MH" if n_cand == 1 else f"flow-MH x{n_cand} (multiple proposals)"
+            what = f"{label}: {q['n_chains']} chains x {q['n_steps']} steps"
+        samplers.setdefault(what, [])
+        if q.get("variant") and q["variant"] not in samplers[what]:
+            samplers[what].append(q["variant"])
+    for what, kinds in samplers.items():
+        rows.append(["sampler", what + (f", flows {', '.join(kinds)}" if kinds else "")])
+    rows.append(["observables", "<|M|>, chi2 = V <M^2>, Binder U = 1 - <M^4> / (3 <M^2>^2); Gamma-method errors "
+                                "(S = 1.5, chains as replicas); pull = (x - x_HMC) / sqrt(err^2 + err_HMC^2)"])
+    rows.append(["costs", "wall-clock seconds of each task on the machine that ran it (compilation excluded): "
+                          "other jobs on that machine move them; cost per independent chi2 sample = s/sample x "
+                          "2 tau_int(M^2), training excluded, an ensemble prior's HMC included"])
+    return rows
+
+
+def verdict_rows(c: Any) -> list[list[str]]:
+    """One row per sampler: chi2 against HMC's at its L, the agreement of |M|, chi2 and U (:func:`agreement`),
+    whether its run is long enough for its errors, and the cost goal (below HMC's per independent sample)."""
+    names = [_text(x) for x in c["labels"][()]]
+    method, variant = [_text(x) for x in c["method"][()]], [_text(x) for x in c["variant"][()]]
+    L = c["L"][()]
+    hmc_at = {int(L[i]): i for i in range(len(names)) if method[i] == "HMC"}
+    rows = []
+    for i in sorted(range(len(names)), key=lambda i: (L[i], method[i] != "HMC", method[i], variant[i])):
+        chi2 = value_error(c["chi2"][()][i], c["chi2_err"][()][i])
+        ref = hmc_at.get(int(L[i]))
+        ref_chi2 = value_error(c["chi2"][()][ref], c["chi2_err"][()][ref]) if ref is not None else "-"
+        if "reliable" not in c:
+            run = "-"
+        elif bool(c["reliable"][()][i]):
+            run = f"long enough ({c['chain_over_tau'][()][i]:.0f} tau per chain)"
+        elif "prior_reuse" in c and float(c["prior_reuse"][()][i]) > pipeline.MAX_PRIOR_REUSE:
+            run = f"errors too small: prior reused {float(c['prior_reuse'][()][i]):.2g}x"
+        else:
+            run = f"too short for its errors ({c['chain_over_tau'][()][i]:.0f} tau per chain)"
+        if method[i] == "HMC":
+            rows.append([int(L[i]), "HMC", chi2, ref_chi2, "reference", run, "reference"])
+            continue
+        pulls = {label: c[f"pull_{key}"][()][i] for key, label in _COMPARED}
+        ratio = float(c["cost_over_hmc"][()][i]) if "cost_over_hmc" in c else float("nan")
+        cost = (f"{sig3(ratio)} x HMC: {'met' if ratio < 1 else 'missed'}" if np.isfinite(ratio) else "-")
+        rows.append([int(L[i]), f"{method[i]} ({variant[i]})", chi2, ref_chi2, agreement(pulls), run, cost])
+    return rows
+
+
+def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    def s(x: Any) -> str:
-        return x.decode() if isinstance(x, bytes) else str(x)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _training_figure(tasks: Any, train_names: list[str], out: Path) -> Path | None:
+    """Acceptance and Var(log w) versus training step and seconds, one row of panels per L; a flow with a flow
+    below also shows that flow's curve (dashed), found by its ``below`` input."""
+    import matplotlib.pyplot as plt
+
+    Ls = sorted({int(tasks[n]["L"][()]) for n in train_names})
+    fig, axes = plt.subplots(len(Ls), 4, figsize=(15, 3.4 * len(Ls)), squeeze=False)
+    panels = [("metric_step", "acceptance"), ("metric_step", "logw_var"), ("metric_seconds", "acceptance"),
+              ("metric_seconds", "logw_var")]
+    for row, ell in enumerate(Ls):
+        for n in train_names:
+            g = tasks[n]
+            if int(g["L"][()]) != ell:
+                continue
+            v = _text(g["variant"][()])
+            curves = [(g, v, "o-")]
+            below = _params_of(g).get("inputs", {}).get("below")
+            if below is not None and below in tasks:
+                curves.append((tasks[below], f"{v}: the flow below, at L = {int(tasks[below]['L'][()])} ({below})",
+                               "o--"))
+            for h, label, style in curves:
+                if h["metric_step"].shape[0] < 2:  # a single measurement is not a curve
+                    continue
+                for col, (x, y) in enumerate(panels):
+                    if y in h:
+                        axes[row, col].plot(h[x][()], h[y][()], style, ms=3, label=label)
+        for col, (x, y) in enumerate(panels):
+            ax = axes[row, col]
+            ax.set_xlabel("training step" if x == "metric_step" else "training seconds (wall clock, this machine)")
+            ax.set_ylabel("MH acceptance" if y == "acceptance" else "Var(log w)")
+            ax.set_title(f"{'MH acceptance' if y == 'acceptance' else 'Var(log w)'}, L = {ell}", fontsize=9)
+            if y == "logw_var":
+                ax.set_yscale("log")
+            if ax.lines:
+                ax.legend(fontsize=7)
+    return _save(fig, out / "flow_training.png")
+
+
+def _observables_figure(c: Any, out: Path) -> Path:
+    """Per L, |M|, chi2 and U of every flow sampler with its error bar against the HMC run's band."""
+    import matplotlib.pyplot as plt
+
+    names = [_text(x) for x in c["labels"][()]]
+    method, variant = [_text(x) for x in c["method"][()]], [_text(x) for x in c["variant"][()]]
+    L = c["L"][()]
+    Ls = sorted(set(L.tolist()))
+    fig, axes = plt.subplots(len(Ls), 3, figsize=(13, 3.4 * len(Ls)), squeeze=False)
+    for row, ell in enumerate(Ls):
+        idx = sorted((i for i in range(len(names)) if L[i] == ell and method[i] != "HMC"),
+                     key=lambda i: (method[i], variant[i]))
+        ref = [i for i in range(len(names)) if L[i] == ell and method[i] == "HMC"]
+        for col, (key, title) in enumerate((("abs_M", "<|M|>"), ("chi2", "chi2 = V <M^2>"), ("binder", "Binder U"))):
+            ax = axes[row, col]
+            val, err = c[key][()], c[f"{key}_err"][()]
+            for i in ref:
+                ax.axhspan(val[i] - err[i], val[i] + err[i], color="0.8", zorder=0, label="HMC, 1 sigma band")
+                ax.axhline(val[i], color="0.4", lw=0.8, zorder=1, label="HMC mean")
+            ax.errorbar(range(len(idx)), val[idx], yerr=err[idx], fmt="o", capsize=3,
+                        label="flow samplers, 1 sigma error")
+            ax.set_xticks(range(len(idx)))
+            ax.set_xticklabels([f"{method[i]} ({variant[i]})" for i in idx], rotation=30, ha="right", fontsize=7)
+            ax.set_ylabel(title)
+            ax.set_title(f"{title}, L = {ell}", fontsize=9)
+            ax.legend(fontsize=7)
+    return _save(fig, out / "observables.png")
+
+
+def _cost_figure(c: Any, out: Path) -> Path | None:
+    """tau_int(M^2) and cost per independent chi2 sample versus L, one line per sampler run at two L or more."""
+    import matplotlib.pyplot as plt
+
+    method, variant = [_text(x) for x in c["method"][()]], [_text(x) for x in c["variant"][()]]
+    labels = [f"{m} ({v})" if v else m for m, v in zip(method, variant, strict=True)]
+    L = c["L"][()]
+    series = {k: sorted((i for i in range(len(labels)) if labels[i] == k), key=lambda i: L[i]) for k in set(labels)}
+    series = {k: idx for k, idx in sorted(series.items()) if len(idx) > 1}
+    if not series:
+        return None
+    fig, (ax_t, ax_c) = plt.subplots(1, 2, figsize=(11, 4))
+    for k, idx in series.items():
+        ax_t.errorbar(L[idx], c["tau_int_M2"][()][idx], yerr=c["tau_int_M2_err"][()][idx], fmt="o-", capsize=3,
+                      label=k)
+        ax_c.plot(L[idx], c["cost_per_independent"][()][idx], "o-", label=k)
+    ax_t.set_title("tau_int(M^2) versus L", fontsize=9)
+    ax_c.set_title("cost per independent chi2 sample versus L (wall clock, this machine)", fontsize=9)
+    for ax, yl in ((ax_t, "tau_int(M^2) (samples)"), (ax_c, "seconds per independent chi2 sample")):
+        ax.set_xlabel("L")
+        ax.set_ylabel(yl)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    return _save(fig, out / "cost_vs_L.png")
+
+
+def report(study_file: Path, out_dir: Path) -> WorkflowReport:
+    import h5py
 
     rep = WorkflowReport()
     with h5py.File(study_file, "r") as f:
         tasks = f["tasks"]
+        rep.tables.append(Table("What was computed", ["item", "value"], computed_rows(tasks)))
+        if "compare" in tasks:
+            rep.tables.append(Table(
+                f"Verdict per sampler: agreement with HMC at the same L (agrees: every |pull| <= {AGREE_SIGMA:.0f}; "
+                f"tension: <= {TENSION_SIGMA:.0f}), run length (Gamma-method errors trustworthy from "
+                f"{pipeline.MIN_CHAIN_TAUS:.0f} tau_int per chain and {pipeline.MIN_THERM_TAUS:.0f} of "
+                "thermalisation), cost goal: cost per independent chi2 sample below HMC's (wall clock, training "
+                "excluded)", ["L", "sampler", "chi2", "chi2 HMC", "agreement with HMC", "run", "cost goal"],
+                verdict_rows(tasks["compare"])))
         train_names = sorted(n for n in tasks if n.startswith("train-"))
-        Ls = sorted({int(tasks[n]["L"][()]) for n in train_names})
-
-        # 1. acceptance and ESS versus training step and seconds, one row of panels per L
-        if train_names:
-            fig, axes = plt.subplots(len(Ls), 4, figsize=(15, 3.2 * len(Ls)), squeeze=False)
-            for row, ell in enumerate(Ls):
-                curves = []
-                for n in train_names:
-                    g = tasks[n]
-                    if int(g["L"][()]) != ell:
-                        continue
-                    v = s(g["variant"][()])
-                    curves.append((g, v, "o-"))
-                    # where a warm or multilevel flow comes from: a Gaussian pretraining at L/2, or the ladder's
-                    # rung below (a coarse-prior flow's rung below is on the L/2 row, unless it is a pretraining)
-                    gaussian_below = v in ("warm", "multilevel")
-                    prefix = f"pretrain-L{ell // 2}-" if gaussian_below else f"pretrain-{v}-L{ell // 2}-"
-                    pre = [tasks[m] for m in tasks if m.startswith(prefix)]
-                    pre += [tasks[m] for m in (f"train-{v}-L{ell // 2}",) if gaussian_below and m in tasks]
-                    if pre:
-                        curves.append((pre[0], f"{v}: its training at L = {ell // 2}", "o--"))
-                for g, v, style in curves:
-                    for col, (x, y) in enumerate([("metric_step", "acceptance"), ("metric_step", "ess"),
-                                                  ("metric_seconds", "acceptance"), ("metric_seconds", "ess")]):
-                        axes[row, col].plot(g[x][()], g[y][()], style, ms=3, label=v)
-                for col, (xl, yl) in enumerate([("training step", "MH acceptance"), ("training step", "ESS"),
-                                                ("training seconds", "MH acceptance"), ("training seconds", "ESS")]):
-                    ax = axes[row, col]
-                    ax.set_xlabel(xl)
-                    ax.set_ylabel(f"{yl} (L = {ell})")
-                    if yl == "ESS":
-                        ax.set_yscale("log")
-                    ax.legend(fontsize=7)
-            fig.tight_layout()
-            path = out_dir / "flow_training.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            rep.figures.append(path)
-
-        rows = []
-        for n in train_names:
-            g = tasks[n]
-            rows.append([n.removeprefix("train-"), int(g["L"][()]), int(g["n_params"][()]),
-                         int(g["metric_step"][()][-1]), int(g["batch_size"][()]), float(g["acceptance"][()][0]),
-                         float(g["acceptance"][()][-1]), float(g["ess"][()][-1]),
-                         *(float(g["logw_var"][()][i]) if "logw_var" in g else float("nan") for i in (0, -1)),
-                         float(g["metric_seconds"][()][-1]), float(g["compile_seconds"][()])])
-        if rows:
-            rep.tables.append(Table("Flow training (warm: steps and seconds include the training at coarser L; "
-                                    "ensemble priors: seconds include their HMC ensemble; seconds exclude "
-                                    "compilation and measurements)",
-                                    ["flow", "L", "params", "steps", "batch", "acc. start", "acceptance", "ESS",
-                                     "var log w start", "var log w", "train s", "compile s"], rows))
         head = head_start_rows({n: {k: tasks[n][k][()] for k in HEAD_START_KEYS if k in tasks[n]}
                                 for n in train_names})
         if head:
-            rep.tables.append(Table("Head start from the coarse lattice: first step at which each flow reaches the "
-                                    "Gaussian-prior flow's final acceptance, and its final var log w (goal: "
-                                    "fraction <= 0.5; steps count the training at coarser L at full weight, work "
-                                    "at its volume, seconds at its cost)",
-                                    ["L", "flow", "target acc.", "Gaussian steps", "step reached", "fine steps",
-                                     "step fraction", "work fraction", "seconds fraction", "target var log w",
-                                     "step reached (var)", "step fraction (var)", "work fraction (var)",
-                                     "seconds fraction (var)"], head))
+            rows = [head_start_table_row(r) for r in head]
+            rep.tables.append(Table(
+                "Head start from the coarse lattice: first step at which each flow reaches the Gaussian-prior flow's "
+                f"final acceptance, and its final Var(log w) (goal: fraction <= {HEAD_START_GOAL}, judged on the work "
+                "fraction, which counts steps at coarser L at their volume; the step fraction counts them at full "
+                "weight, the seconds fraction at their wall-clock cost on this machine)",
+                ["L", "flow", "target acc.", "Gaussian steps", "step reached", "fine steps", "step fraction",
+                 "work fraction", "seconds fraction", "goal", "target Var(log w)", "step reached (var)",
+                 "step fraction (var)", "work fraction (var)", "seconds fraction (var)", "goal (var)"], rows))
+
+        if train_names:
+            rep.figures.append(_training_figure(tasks, train_names, out_dir))
+            rows = []
+            for n in train_names:
+                g = tasks[n]
+                logw = [sig3(g["logw_var"][()][i]) if "logw_var" in g else "-" for i in (0, -1)]
+                rows.append([n.removeprefix("train-"), int(g["L"][()]), int(g["n_params"][()]),
+                             int(g["metric_step"][()][-1]), int(g["batch_size"][()]), sig3(g["acceptance"][()][0]),
+                             sig3(g["acceptance"][()][-1]), sig3(g["ess"][()][-1]), *logw,
+                             sig3(g["metric_seconds"][()][-1]), sig3(g["compile_seconds"][()])])
+            rep.tables.append(Table(
+                "Flow training (steps and seconds include the training of the flow below; an ensemble prior's "
+                "seconds include its HMC ensemble; seconds: wall clock on this machine, compilation and "
+                "measurements excluded)",
+                ["flow", "L", "params", "steps", "batch", "acc. start", "acceptance", "ESS", "Var(log w) start",
+                 "Var(log w)", "train s", "compile s"], rows))
 
         if "compare" not in tasks:
             return rep
         c = tasks["compare"]
-        names = [s(x) for x in c["labels"][()]]
-        method = [s(x) for x in c["method"][()]]
-        variant = [s(x) for x in c["variant"][()]]
+        rep.figures.append(_observables_figure(c, out_dir))
+        cost_fig = _cost_figure(c, out_dir)
+        if cost_fig is not None:
+            rep.figures.append(cost_fig)
+
+        method, variant = [_text(x) for x in c["method"][()]], [_text(x) for x in c["variant"][()]]
         L = c["L"][()]
-        labels = [_sampler_label(m, v) for m, v in zip(method, variant, strict=True)]
-        kinds = sorted(set(labels), key=lambda x: (x.startswith("HMC"), x))
-
-        # 2. observables with error bars per sampler (HMC band as reference)
-        obs = [("abs_M", "<|M|>"), ("chi2", "chi2 = V <M^2>"), ("binder", "Binder U")]
-        fig, axes = plt.subplots(len(set(L.tolist())), 3, figsize=(13, 3.2 * len(set(L.tolist()))), squeeze=False)
-        for row, ell in enumerate(sorted(set(L.tolist()))):
-            idx = sorted((i for i in range(len(names)) if L[i] == ell), key=lambda i: (method[i] != "HMC", labels[i]))
-            for col, (key, title) in enumerate(obs):
-                ax = axes[row, col]
-                val, err = c[key][()], c[f"{key}_err"][()]
-                for j, i in enumerate(idx):
-                    ax.errorbar([j], [val[i]], yerr=[err[i]], fmt="o", capsize=3)
-                    if method[i] == "HMC":
-                        ax.axhspan(val[i] - err[i], val[i] + err[i], color="0.85", zorder=0)
-                ax.set_xticks(range(len(idx)))
-                ax.set_xticklabels([labels[i] for i in idx], rotation=30, ha="right", fontsize=7)
-                ax.set_title(f"{title}, L = {ell}", fontsize=9)
-        fig.tight_layout()
-        path = out_dir / "observables.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        rep.figures.append(path)
-
-        # 3. tau_int and cost per independent sample versus L (several L only)
-        if len(set(L.tolist())) > 1:
-            fig, (ax_t, ax_c) = plt.subplots(1, 2, figsize=(11, 4))
-            for k in kinds:
-                idx = sorted((i for i in range(len(names)) if labels[i] == k), key=lambda i: L[i])
-                ax_t.errorbar(L[idx], c["tau_int_M2"][()][idx], yerr=c["tau_int_M2_err"][()][idx], fmt="o-",
-                              capsize=3, label=k)
-                ax_c.plot(L[idx], c["cost_per_independent"][()][idx], "o-", label=k)
-            for ax, yl in ((ax_t, "tau_int(M^2)"), (ax_c, "seconds per independent chi2 sample")):
-                ax.set_xlabel("L")
-                ax.set_ylabel(yl)
-                ax.set_xscale("log", base=2)
-                ax.set_yscale("log")
-                ax.legend(fontsize=7)
-            fig.tight_layout()
-            path = out_dir / "cost_vs_L.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            rep.figures.append(path)
 
         def pm(key: str, i: int) -> str:
-            return f"{c[key][()][i]:.4g} ± {c[key + '_err'][()][i]:.2g}"
+            return value_error(c[key][()][i], c[key + "_err"][()][i])
 
         def run_length(i: int) -> str:
             if "reliable" not in c:  # a study file written before run lengths were recorded
                 return "-"
-            text = f"{c['chain_over_tau'][()][i]:.0f} / {c['therm_over_tau'][()][i]:.1f}"
-            reuse = float(c["prior_reuse"][()][i]) if "prior_reuse" in c else 0.0
-            if reuse > pipeline.MAX_PRIOR_REUSE:
-                return f"{text} prior reused {reuse:.2g}x"
-            return text + ("" if c["reliable"][()][i] else " too short")
+            return f"{c['chain_over_tau'][()][i]:.0f} / {c['therm_over_tau'][()][i]:.1f}"
 
         rows = []
-        for i in sorted(range(len(names)), key=lambda i: (L[i], method[i] != "HMC", labels[i])):
-            rows.append([labels[i], int(L[i]), float(c["acceptance"][()][i]), pm("tau_int_M2", i),
-                         float(c["seconds_per_sample"][()][i]), float(c["cost_per_independent"][()][i]),
-                         float(c["cost_over_hmc"][()][i]) if "cost_over_hmc" in c else float("nan"),
-                         float(c["train_seconds"][()][i]), pm("abs_M", i), pm("chi2", i), pm("binder", i),
-                         " ".join(f"{c['pull_' + k][()][i]:+.1f}" for k, _ in obs), run_length(i)])
-        rep.tables.append(Table("Samplers (errors: Gamma method, S = 1.5, chains as replicas; cost = s/sample x "
-                                "2 tau_int(M^2), compilation and training excluded, an ensemble prior's HMC "
-                                "included, also over HMC's at the same L; pulls vs HMC for |M|, chi2, U; run length "
-                                "per chain / thermalisation in tau_int(M^2), errors trustworthy from "
-                                f"{pipeline.MIN_CHAIN_TAUS:.0f} / {pipeline.MIN_THERM_TAUS:.0f}; flow-MH with an "
-                                "ensemble prior also draws each independent prior configuration at most once; "
-                                "flow-MH xN: s/sample per step of N - 1 proposals, tau_int the effective one of its "
-                                "Rao-Blackwellised estimates, run length in their own tau_int)",
-                                ["sampler", "L", "acceptance", "tau_int(M^2)", "s/sample", "s/indep. sample",
-                                 "cost / HMC", "train s", "<|M|>", "chi2", "Binder U", "pulls",
-                                 "run / therm. (tau)"], rows))
+        for i in sorted(range(len(method)), key=lambda i: (L[i], method[i] != "HMC", method[i], variant[i])):
+            rows.append([f"{method[i]} ({variant[i]})" if variant[i] else method[i], int(L[i]),
+                         sig3(c["acceptance"][()][i]), pm("tau_int_M2", i), sig3(c["seconds_per_sample"][()][i]),
+                         sig3(c["cost_per_independent"][()][i]),
+                         sig3(c["cost_over_hmc"][()][i]) if "cost_over_hmc" in c else "-",
+                         sig3(c["train_seconds"][()][i]), pm("abs_M", i), pm("chi2", i), pm("binder", i),
+                         " ".join(f"{c['pull_' + k][()][i]:+.1f}" for k, _ in _COMPARED), run_length(i)])
+        rep.tables.append(Table(
+            "Samplers (errors: Gamma method, S = 1.5, chains as replicas; s/sample: wall clock on this machine, "
+            "compilation and training excluded, an ensemble prior's HMC included; cost = s/sample x 2 "
+            "tau_int(M^2), also over HMC's at the same L; pulls vs HMC for |M|, chi2, U; run length per chain / "
+            "thermalisation in tau_int(M^2); flow-MH xN: s/sample per step of N - 1 proposals, tau_int the "
+            "effective one of its Rao-Blackwellised estimates, run length in their own tau_int)",
+            ["sampler", "L", "acceptance", "tau_int(M^2)", "s/sample", "s/indep. sample", "cost / HMC", "train s",
+             "<|M|>", "chi2", "Binder U", "pulls", "run / therm. (tau)"], rows))
     return rep

@@ -30,6 +30,7 @@ from pydantic import Field, field_validator, model_validator
 from olrg_hpc import scaling
 from olrg_hpc.config import Strict
 from olrg_hpc.report import Table, WorkflowReport
+from olrg_hpc.spins.models import ModelName
 from olrg_hpc.tasks import Task
 
 Mode = Literal["strong", "weak"]
@@ -49,7 +50,7 @@ class Throughput(Strict):
     workers: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
     strong_tasks: int = Field(48, ge=1, description="tasks at every worker count (strong scaling)")
     weak_tasks_per_worker: int = Field(24, ge=1, description="tasks per worker (weak scaling)")
-    model: Literal["tfim", "mixed_field_ising", "xxz"] = "tfim"
+    model: ModelName = "tfim"
     n_sites: int = Field(10, ge=2, le=16, description="chain length of each task (ED)")
     t_max: float = Field(2.0, gt=0)
     n_times: int = Field(21, ge=2)

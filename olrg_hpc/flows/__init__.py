@@ -2,10 +2,10 @@
 
 References: Albandea et al., "Learning Trivializing Flows in a phi^4 theory from coarser lattices",
 arXiv:2310.03381, and "Learning Trivializing Flows", arXiv:2302.08408; Albergo et al., "Introduction to
-normalizing flows for lattice field theory", arXiv:2101.08176. Conventions: science.md section 2 and the
-module docstrings (layers: invertible layers; model: compositions and priors; coarse: coarse-lattice priors;
-train: reverse-KL training, sharding, checkpoints; mcmc: independent MH and flow-HMC; pipeline: the flow
-study's task functions, imported on their own).
+normalizing flows for lattice field theory", arXiv:2101.08176. Conventions: docs/phi4-hmc.md ("Actions and
+conversions") and the module docstrings (layers: invertible layers; model: compositions, priors and the flow
+spec; coarse: coarse-lattice priors; priors: the flow study's prior kinds; train: reverse-KL training, sharding,
+checkpoints; mcmc: independent MH and flow-HMC; pipeline: the flow study's task functions, imported on their own).
 """
 
 from olrg_hpc.flows.coarse import CoarsePrior, EnsemblePrior, deinterleave, interleave, transfer_params
@@ -30,11 +30,13 @@ from olrg_hpc.flows.mcmc import (
 )
 from olrg_hpc.flows.model import (
     Flow,
+    FlowSpec,
     GaussianPrior,
     albandea_flow,
     count_params,
     flow_log_prob,
     init_flow,
+    make_flow,
     sample_flow,
     tutorial_flow,
     z2_flow,
@@ -60,6 +62,7 @@ __all__ = [
     "EnsemblePrior",
     "Flow",
     "FlowHMCResult",
+    "FlowSpec",
     "FlowedAction",
     "FreeFieldLinear",
     "FreeFieldScaling",
@@ -85,6 +88,7 @@ __all__ = [
     "init_flow",
     "interleave",
     "load_checkpoint",
+    "make_flow",
     "make_mesh",
     "make_optimizer",
     "map_to_target",

@@ -1,6 +1,6 @@
 """Priors from coarser lattices (Albandea et al., arXiv:2310.03381) and coarse-to-fine weight transfer.
 
-Conventions (science.md section 2):
+Conventions (docs/phi4-hmc.md, "Actions and conversions"):
 
 * Interleaving (``d = 2``): four coarse configurations ``phi_c^{(k)}``, ``k = 2a + b``, of size
   ``(L1/2) x (L2/2)`` make one fine configuration ``phi(2x + a, 2y + b) = phi_c^{(2a+b)}(x, y)``

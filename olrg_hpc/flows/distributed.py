@@ -55,8 +55,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     import jax
     import jax.numpy as jnp
 
-    from olrg_hpc.flows.model import GaussianPrior, init_flow
-    from olrg_hpc.flows.pipeline import make_flow
+    from olrg_hpc.flows.model import GaussianPrior, init_flow, make_flow
     from olrg_hpc.flows.train import save_checkpoint, train
     from olrg_hpc.lattice.ensemble import action_for
 

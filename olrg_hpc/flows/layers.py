@@ -1,6 +1,6 @@
 """Invertible layers for normalizing flows on 2D periodic lattices (JAX + ``flax.linen``).
 
-Conventions (science.md section 2; Albergo et al., arXiv:2101.08176 section III; Albandea et al.,
+Conventions (docs/phi4-hmc.md, "Actions and conversions"; Albergo et al., arXiv:2101.08176 section III; Albandea et al.,
 arXiv:2310.03381 and arXiv:2302.08408):
 
 * A field has shape ``(batch, L_1, L_2)``; the lattice is the last two axes, periodic. Networks see it as

@@ -1,7 +1,7 @@
 """Markov chains with flows: independent Metropolis-Hastings (flow as proposal), its multiple-proposal form, and
 flow-HMC.
 
-Conventions (science.md section 2; Albergo et al. arXiv:2101.08176 section IV; Albandea et al.
+Conventions (docs/phi4-hmc.md, "Actions and conversions"; Albergo et al. arXiv:2101.08176 section IV; Albandea et al.
 arXiv:2302.08408, arXiv:2310.03381):
 
 * Independent MH (:func:`flow_imh`): ``n_chains`` independent chains; at every step each chain draws a fresh

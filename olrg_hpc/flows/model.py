@@ -1,6 +1,7 @@
 """Flow models (compositions of :mod:`olrg_hpc.flows.layers`), the Gaussian prior, and sampling helpers.
 
-Conventions (science.md section 2; Albergo et al. arXiv:2101.08176; Albandea et al. arXiv:2310.03381):
+Conventions (docs/phi4-hmc.md, "Actions and conversions"; Albergo et al. arXiv:2101.08176; Albandea et al.
+arXiv:2310.03381):
 
 * The flow ``F`` maps prior samples ``z ~ r`` to fields ``phi = F(z)``; ``flow.apply(params, z)`` returns
   ``(phi, log_det)`` with ``log_det = log |det dF/dz|``. The model density is
@@ -10,20 +11,23 @@ Conventions (science.md section 2; Albergo et al. arXiv:2101.08176; Albandea et 
   JAX pytrees, so they can be passed to jitted functions.
 * Fields are in the *tutorial* convention of the target :class:`~olrg_hpc.lattice.phi4.Phi4Action`.
 * Framework: ``flax.linen``; parameters are plain pytrees (nested dicts of arrays).
+* Architecture: a :class:`FlowSpec` (pydantic) says what a flow is; :func:`make_flow` builds it. The study config,
+  the task parameters and the library share this one model, so its defaults are the only ones.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from olrg_hpc.flows.layers import (
     AffineCoupling,
@@ -38,6 +42,9 @@ from olrg_hpc.flows.layers import (
 )
 
 __all__ = [
+    "FlowSpec",
+    "Refine",
+    "make_flow",
     "Prior",
     "GaussianPrior",
     "Flow",
@@ -46,7 +53,6 @@ __all__ = [
     "albandea_flow",
     "init_flow",
     "count_params",
-    "cast_params",
     "sample_flow",
     "flow_log_prob",
 ]
@@ -158,15 +164,17 @@ def _scan_couplings(
 
 
 def tutorial_flow(
-    n_layers: int = 16,
-    hidden: Sequence[int] = (8, 8),
-    kernel_size: int = 3,
+    *,
+    n_layers: int,
+    hidden: Sequence[int],
+    kernel_size: int,
     activation: str = "leaky_relu",
     final_tanh: bool = True,
     sublattice: bool = False,
 ) -> Flow:
     """Real-NVP flow of arXiv:2101.08176: ``n_layers`` affine couplings with alternating parity (``sublattice``:
-    see :class:`~olrg_hpc.flows.layers.AffineCoupling`)."""
+    see :class:`~olrg_hpc.flows.layers.AffineCoupling`; arXiv:2101.08176 uses ``n_layers = 16, hidden = (8, 8),
+    kernel_size = 3``). The architecture has no defaults here: :class:`FlowSpec` holds them."""
     return Flow(
         tuple(
             AffineCoupling(
@@ -183,9 +191,10 @@ def tutorial_flow(
 
 
 def z2_flow(
-    n_layers: int = 2,
-    hidden: Sequence[int] = (),
-    kernel_size: int = 3,
+    *,
+    n_layers: int,
+    hidden: Sequence[int],
+    kernel_size: int,
     rescale: bool = True,
     free_field: bool = False,
     sublattice: bool = False,
@@ -195,7 +204,7 @@ def z2_flow(
     (``free_field``), then ``n_layers`` couplings ``y = x e^{-|s|} + t`` (odd nets, tanh), alternating parity,
     with one head per sublattice if ``sublattice``, optionally followed by a :class:`GlobalRescaling`. With
     ``pointwise = n > 0`` a :class:`~olrg_hpc.flows.layers.SitewiseOddMap` goes before every ``n``-th coupling
-    (couplings ``0, n, 2n, ...``)."""
+    (couplings ``0, n, 2n, ...``). The architecture has no defaults here: :class:`FlowSpec` holds them."""
     if pointwise < 0:
         raise ValueError(f"pointwise must be >= 0, got {pointwise}")
     layers: list[nn.Module] = [FreeFieldScaling()] if free_field else []
@@ -219,9 +228,65 @@ def albandea_flow(kernel_size: int = 3) -> Flow:
     return z2_flow(n_layers=2, hidden=(), kernel_size=kernel_size, rescale=True)
 
 
-def cast_params(params: Params, dtype: Any) -> Params:
-    """All floating leaves cast to ``dtype``."""
-    return jax.tree.map(lambda p: jnp.asarray(p).astype(dtype), params)
+class _Spec(BaseModel):
+    """Unknown keys are errors and values are frozen, as in every study config model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Refine(_Spec):
+    """A :class:`~olrg_hpc.flows.coarse.RefineFlow` first: the flow ``coarse`` at ``L/2`` refined to ``L`` with
+    field factor ``scale`` (the multilevel prior kind, :mod:`olrg_hpc.flows.priors`)."""
+
+    coarse: FlowSpec
+    scale: float = Field(gt=0, description="field factor between the two points' tutorial normalisations")
+
+
+class FlowSpec(_Spec):
+    """A flow's architecture: what a study config's ``flow`` block holds, what the flow study's tasks receive, and
+    what :func:`make_flow` builds. These are the only defaults of a flow's architecture in the package."""
+
+    kind: Literal["z2", "tutorial"] = Field("z2", description="z2: Z2-equivariant couplings + global rescaling; "
+                                            "tutorial: the Real-NVP couplings of arXiv:2101.08176")
+    n_layers: int = Field(4, ge=1, description="coupling layers (alternating checkerboard parity)")
+    hidden: tuple[int, ...] = Field((8,), description="hidden channels of each coupling's net")
+    kernel_size: int = Field(3, ge=1, description="odd convolution kernel of the couplings' nets")
+    free_field: bool = Field(False, description="z2 only: a trainable free-field layer first (FreeFieldScaling)")
+    sublattice: bool = Field(False, description="couplings with one head per sublattice of the 2 x 2 cell")
+    pointwise: int = Field(0, ge=0, description="z2 only: a site-wise odd monotone map before every n-th coupling "
+                           "(0: none)")
+    refine: Refine | None = Field(None, description="the flow at L/2 refined to L before the couplings")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FlowSpec:
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (got {self.kernel_size})")
+        for key in ("free_field", "pointwise"):
+            if getattr(self, key) and self.kind != "z2":
+                raise ValueError(f"{key} needs kind z2 (got kind {self.kind!r})")
+        return self
+
+
+Refine.model_rebuild()
+
+
+def make_flow(spec: FlowSpec | Mapping[str, Any]) -> Flow:
+    """The flow of a :class:`FlowSpec` (a mapping is validated into one first): ``kind`` ``"z2"``
+    (:func:`z2_flow` with a global rescaling; ``n_layers = 2, hidden = ()`` is the 37-parameter model of
+    arXiv:2310.03381) or ``"tutorial"`` (:func:`tutorial_flow`); with ``refine`` the flow at ``L/2`` refined to
+    ``L`` by a :class:`~olrg_hpc.flows.coarse.RefineFlow` comes first, recursively."""
+    spec = FlowSpec.model_validate(spec)
+    arch = {"n_layers": spec.n_layers, "hidden": spec.hidden, "kernel_size": spec.kernel_size,
+            "sublattice": spec.sublattice}
+    if spec.kind == "z2":
+        flow = z2_flow(**arch, rescale=True, free_field=spec.free_field, pointwise=spec.pointwise)
+    else:
+        flow = tutorial_flow(**arch)
+    if spec.refine is None:
+        return flow
+    from olrg_hpc.flows.coarse import RefineFlow  # coarse.py builds on this module
+
+    return Flow((RefineFlow(make_flow(spec.refine.coarse), scale=spec.refine.scale), *flow.layers))
 
 
 def init_flow(flow: Flow, key: Any, shape: tuple[int, int], dtype: Any = jnp.float32) -> Params:

@@ -1,25 +1,19 @@
 """Flow study steps as self-contained computations (the tasks the ``flow_study`` workflow fans out; no Dask).
 
-Conventions (science.md section 2; Albandea et al. arXiv:2310.03381, arXiv:2302.08408):
+Conventions (docs/phi4-hmc.md, "Actions and conversions"; Albandea et al. arXiv:2310.03381, arXiv:2302.08408):
 
 * A *point* is ``{"L": 8, "beta": 0.634, "lam": 0.5}`` in the beta/lambda convention; every stored field
   and observable is in that convention (``chi = c phi_tut``, ``c = sqrt(2 / beta)``), as in
   :mod:`olrg_hpc.lattice.ensemble`. Flows act on tutorial-convention fields of the target action.
-* Prior variants of the fine flow (same architecture, same ``steps x batch``):
-  ``gaussian`` (N(0, 1) prior, fresh parameters), ``coarse`` (:class:`~olrg_hpc.flows.coarse.CoarsePrior`:
-  four configurations of a coarse ``L/2`` HMC ensemble at ``beta_coarse``, interleaved), ``coarse_bilinear`` and
-  ``coarse_noise`` (:class:`~olrg_hpc.flows.coarse.RefinePrior`: one coarse configuration on the even sublattice,
-  Gaussian noise of width ``prior_sigma`` (default :func:`~olrg_hpc.flows.coarse.refine_sigma`) about its bilinear
-  interpolation or about 0 on the other three), ``same_L`` (:class:`~olrg_hpc.flows.coarse.EnsemblePrior`: one
-  configuration of an HMC ensemble at the same ``L`` and a nearby, usually smaller, ``beta_prior``), ``warm``
-  (Gaussian prior; parameters of a flow first trained at the coarse point ``(L/2, beta_coarse)``, moved to ``L``
-  by :func:`~olrg_hpc.flows.coarse.transfer_params`; its step and seconds axes continue those of the coarse
-  training), ``multilevel`` (Gaussian prior; the flow at ``L`` is the flow trained at ``(L/2, beta_coarse)``
-  refined to ``L`` by a :class:`~olrg_hpc.flows.coarse.RefineFlow` (its field on the even sublattice, bilinear
-  means plus trainable noise on the others) followed by couplings with heads per sublattice, trained end to end:
-  the bilinear prior ``coarse_bilinear`` with a flow in place of the HMC ensemble, so that flow-MH pays no prior
-  ensemble; :func:`refine_init`). The ensemble variants (``ENSEMBLE_VARIANTS``) draw from the ensemble at
-  ``prior_point``.
+* Prior kinds of the fine flow (``variant``, a name in :data:`olrg_hpc.flows.priors.KINDS`; same architecture,
+  same ``steps x batch``): each kind says which HMC ensemble its prior draws from (at ``prior_point``), whether it
+  starts from a flow trained at ``L/2`` and how, which flow settings it overrides and what it charges to flow-MH
+  (:mod:`olrg_hpc.flows.priors`). The flow is a :class:`~olrg_hpc.flows.model.FlowSpec` (task parameter ``flow``,
+  validated on arrival).
+* Dependencies have roles: a task's ``inputs`` maps a role to the name of the dependency that fills it,
+  ``below`` (the flow at ``L/2`` a training starts from; its step and seconds axes continue that flow's),
+  ``prior_ensemble`` (the gathered HMC ensemble of an ensemble prior), ``flow`` (the trained flow a sampler
+  uses) and ``hmc_start`` (the plain HMC run whose final configurations start flow-HMC).
 * Timings: ``compile_s`` is the time JAX spent tracing, lowering and compiling (from ``jax.monitoring``
   events); ``run_s = wall_s - compile_s``. Training curves use training seconds without compilation and
   without the time spent measuring. Sampling cost: ``seconds_per_sample = run_s / (n_chains x steps)``
@@ -43,7 +37,7 @@ Conventions (science.md section 2; Albandea et al. arXiv:2310.03381, arXiv:2302.
   sticks to rare configurations, tau_int reaches 100+ steps, and its error bars are too small. Thermalisation
   adapts to tau_int: a chain whose configured ``n_therm`` is below :data:`MIN_THERM_TAUS` tau_int loses the
   missing steps from its start too (at most half the chain; ``therm_steps`` records the total).
-* Prior reuse and cost (flow-MH with an ensemble prior, ``ENSEMBLE_VARIANTS``): its proposals are flowed
+* Prior reuse and cost (flow-MH with a prior kind that has an ensemble): its proposals are flowed
   draws from one finite HMC ensemble of ``N`` independent configurations (stored configurations / 2
   tau_int(M^2) of the ensemble, at most the number stored), each draw using ``k = members_per_draw`` of them
   (four for ``coarse``, one otherwise). Given the ensemble, the chain converges to the importance-weighted
@@ -81,9 +75,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from olrg_hpc.flows.coarse import CoarsePrior, EnsemblePrior, RefineFlow, RefinePrior, refine_sigma, transfer_params
 from olrg_hpc.flows.mcmc import FlowedAction, flow_hmc, flow_imh, flow_multi_mh
-from olrg_hpc.flows.model import Flow, GaussianPrior, count_params, init_flow, sample_flow, tutorial_flow, z2_flow
+from olrg_hpc.flows.model import FlowSpec, Prior, count_params, make_flow
+from olrg_hpc.flows.priors import EnsembleDraws, PriorKind, kind, params_from_tree
 from olrg_hpc.flows.train import evaluate, make_mesh, train
 from olrg_hpc.jaxsetup import enable_x64
 from olrg_hpc.jaxtiming import compile_clock, compile_seconds
@@ -92,13 +86,7 @@ from olrg_hpc.lattice import ensemble, hmc
 enable_x64()
 
 __all__ = [
-    "VARIANTS",
-    "COARSE_VARIANTS",
-    "REFINE_VARIANTS",
-    "ENSEMBLE_VARIANTS",
-    "make_flow",
-    "params_from_tree",
-    "refine_init",
+    "ROLES",
     "gather_coarse_ensemble",
     "train_flow_task",
     "flow_imh_task",
@@ -107,79 +95,8 @@ __all__ = [
     "compare_samplers",
 ]
 
-#: prior variants of one coarse configuration plus noise sublattices (``RefinePrior``; ``prior_sigma`` is its width)
-REFINE_VARIANTS = ("coarse_bilinear", "coarse_noise")
-#: prior variants that draw from the coarse ensemble
-COARSE_VARIANTS = ("coarse", *REFINE_VARIANTS)
-#: prior variants that draw from a stored HMC ensemble (at ``prior_point``): the coarse ones and ``same_L``
-ENSEMBLE_VARIANTS = (*COARSE_VARIANTS, "same_L")
-VARIANTS = ("gaussian", *ENSEMBLE_VARIANTS, "warm", "multilevel")
-
-# ------------------------------------------------------------------------------------------------ models
-def make_flow(spec: Mapping[str, Any]) -> Flow:
-    """Flow from a settings mapping: ``kind`` ``"z2"`` (Z2-equivariant couplings + global rescaling; with
-    ``n_layers = 2, hidden = []`` the 37-parameter model of arXiv:2310.03381) or ``"tutorial"`` (Real-NVP of
-    arXiv:2101.08176); ``n_layers``, ``hidden``, ``kernel_size``; ``free_field`` (z2 only): a trainable
-    free-field layer (:class:`~olrg_hpc.flows.layers.FreeFieldScaling`) before the couplings; ``sublattice``:
-    couplings with one head per sublattice of the 2 x 2 cell (:class:`~olrg_hpc.flows.layers.AffineCoupling`);
-    ``pointwise`` (z2 only, 0 = none): a site-wise odd map (:class:`~olrg_hpc.flows.layers.SitewiseOddMap`) before
-    every ``pointwise``-th coupling; ``refine`` (``{"coarse": <spec of a flow at L/2>, "scale": s}``): the flow at
-    ``L/2`` refined to ``L`` by a :class:`~olrg_hpc.flows.coarse.RefineFlow` (field factor ``s``) before the
-    couplings, recursively (the multilevel variant)."""
-    kind = spec.get("kind", "z2")
-    hidden = tuple(int(h) for h in spec.get("hidden", ()))
-    n_layers, k = int(spec.get("n_layers", 2)), int(spec.get("kernel_size", 3))
-    free_field, sublattice = bool(spec.get("free_field", False)), bool(spec.get("sublattice", False))
-    pointwise = int(spec.get("pointwise", 0))
-    if kind == "z2":
-        flow = z2_flow(n_layers=n_layers, hidden=hidden, kernel_size=k, rescale=True, free_field=free_field,
-                       sublattice=sublattice, pointwise=pointwise)
-    elif kind == "tutorial":
-        for key, value in (("free_field", free_field), ("pointwise", pointwise)):
-            if value:
-                raise ValueError(f"{key} needs kind z2 (got kind {kind!r})")
-        flow = tutorial_flow(n_layers=n_layers, hidden=hidden, kernel_size=k, sublattice=sublattice)
-    else:
-        raise ValueError(f"unknown flow kind {kind!r} (z2, tutorial)")
-    refine = spec.get("refine")
-    if refine is None:
-        return flow
-    return Flow((RefineFlow(make_flow(refine["coarse"]), scale=float(refine["scale"])), *flow.layers))
-
-
-def params_from_tree(flow: Flow, shape: tuple[int, int], stored: Mapping[str, Any], dtype: Any = jnp.float32) -> Any:
-    """Flow parameters from a stored nested mapping (a task result's ``params`` group), checked against the
-    flow's own parameter tree (same names and shapes) and cast to ``dtype``."""
-    template = init_flow(flow, 0, shape, dtype)
-    try:
-        return jax.tree.map(lambda t, s: jnp.asarray(np.asarray(s), t.dtype).reshape(t.shape), template, dict(stored))
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"stored flow parameters do not fit the flow ({exc})") from None
-
-
-def refine_init(model: Flow, below: Mapping[str, Any], key: jax.Array, L: int, n_samples: int = 1024) -> Any:
-    """Initial parameters of a multilevel flow at ``L`` (first layer a :class:`~olrg_hpc.flows.coarse.RefineFlow`)
-    from ``below``, the training result of the flow it refines (at ``L/2``, Gaussian prior): that flow's trained
-    parameters as the coarse flow. When ``below`` is a multilevel flow itself (the ladder), its own refinement
-    level, noise widths and couplings, is copied too: along a line of constant physics each level refines by the
-    same factor 2, so the level below is the natural start. Otherwise (the smallest rung) the couplings are fresh
-    and the widths are :func:`~olrg_hpc.flows.coarse.refine_sigma` of ``n_samples`` of the coarse flow's samples
-    (bilinear: half the rms nearest-neighbour difference)."""
-    refine = model.layers[0]
-    if not isinstance(refine, RefineFlow):
-        raise ValueError("a multilevel flow starts with a RefineFlow layer")
-    k_init, k_sample = jax.random.split(key)
-    params = init_flow(model, k_init, (L, L), jnp.float32)
-    coarse = params_from_tree(refine.coarse, (L // 2, L // 2), below["params"])
-    tree = params["params"]
-    if str(below["variant"]) == "multilevel":
-        tree.update({name: p for name, p in coarse["params"].items() if name != "layers_0"})
-        log_sigma = coarse["params"]["layers_0"]["log_sigma"]
-    else:
-        phi_c, _ = sample_flow(refine.coarse, coarse, GaussianPrior((L // 2, L // 2)), k_sample, n_samples)
-        log_sigma = jnp.full((3,), np.log(refine_sigma(np.asarray(phi_c), refine.scale, refine.interpolate)))
-    tree["layers_0"] = {"coarse": coarse["params"], "log_sigma": jnp.asarray(log_sigma, jnp.float32)}
-    return params
+#: the roles a dependency can fill (module docstring)
+ROLES = ("below", "prior_ensemble", "flow", "hmc_start")
 
 
 def _devices_for(batch: int) -> int:
@@ -196,37 +113,38 @@ def _point_action(point: Mapping[str, float]) -> tuple[Any, float]:
     return ensemble.action_for(point)
 
 
-def _dep_with(deps: Mapping[str, Mapping[str, Any]] | None, key: str) -> Mapping[str, Any]:
-    found = [d for d in (deps or {}).values() if key in d]
-    if len(found) != 1:
-        raise ValueError(f"expected exactly one dependency with {key!r}, got {len(found)}")
-    return found[0]
+def _role(deps: Mapping[str, Mapping[str, Any]] | None, inputs: Mapping[str, str] | None,
+          role: str) -> Mapping[str, Any] | None:
+    """The result of the dependency that fills ``role`` (``inputs[role]`` names it), ``None`` when no
+    dependency does."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r} ({', '.join(ROLES)})")
+    name = (inputs or {}).get(role)
+    if name is None:
+        return None
+    if deps is None or name not in deps:
+        raise ValueError(f"the {role} dependency {name!r} is not among this task's dependencies")
+    return deps[name]
 
 
-def _prior(variant: str, point: Mapping[str, float], prior_point: Mapping[str, float] | None,
-           deps: Mapping[str, Mapping[str, Any]] | None, prior_sigma: float | None = None) -> Any:
-    L = int(point["L"])
-    if variant in ("gaussian", "warm", "multilevel"):
-        return GaussianPrior((L, L), "float32")
-    if variant not in ENSEMBLE_VARIANTS:
-        raise ValueError(f"unknown prior variant {variant!r} ({', '.join(VARIANTS)})")
-    if prior_point is None:
-        raise ValueError(f"the {variant} variant needs prior_point")
-    act_p, c_p = _point_action(prior_point)
-    _, c_f = _point_action(point)
-    configs = np.asarray(_dep_with(deps, "configs")["configs"], np.float64)
-    need = (L, L) if variant == "same_L" else (L // 2, L // 2)
-    if configs.shape[-2:] != need:
-        raise ValueError(f"{variant} prior configurations are {configs.shape[-2:]}, need {need}")
-    # stored in the prior point's convention (chi = c_p phi_tut,p); the flow acts on fine tutorial fields
-    ens, scale = configs / c_p, c_p / c_f
-    if variant == "same_L":
-        return EnsemblePrior(act_p, jnp.asarray(ens, jnp.float32), scale)
-    if variant == "coarse":
-        return CoarsePrior(act_p, jnp.asarray(ens, jnp.float32), scale)
-    interpolate = variant == "coarse_bilinear"
-    sigma = refine_sigma(ens, scale, interpolate) if prior_sigma is None else float(prior_sigma)
-    return RefinePrior(act_p, jnp.asarray(ens, jnp.float32), scale, sigma, interpolate)
+def _needed(deps: Mapping[str, Mapping[str, Any]] | None, inputs: Mapping[str, str] | None,
+            role: str) -> Mapping[str, Any]:
+    found = _role(deps, inputs, role)
+    if found is None:
+        raise ValueError(f"this task needs a {role} dependency (inputs: {dict(inputs or {})})")
+    return found
+
+
+def _prior(k: PriorKind, point: Mapping[str, float], prior_point: Mapping[str, float] | None,
+           deps: Mapping[str, Mapping[str, Any]] | None, inputs: Mapping[str, str] | None,
+           prior_sigma: float | None) -> Prior:
+    """The prior of kind ``k`` at ``point`` (its ensemble from the ``prior_ensemble`` dependency)."""
+    draws = None
+    if k.ensemble_at is not None:
+        if prior_point is None:
+            raise ValueError(f"the {k.name} prior needs prior_point")
+        draws = EnsembleDraws.of(_needed(deps, inputs, "prior_ensemble"), prior_point, point)
+    return k.prior(int(point["L"]), draws, prior_sigma)
 
 
 # ------------------------------------------------------------------------------------------------ ensembles
@@ -243,48 +161,42 @@ def gather_coarse_ensemble(deps: Mapping[str, Mapping[str, Any]], thin: int = 1)
 
 
 # ------------------------------------------------------------------------------------------------ training
-def train_flow_task(point: Mapping[str, float], variant: str, flow: Mapping[str, Any], steps: int, batch_size: int,
-                    lr: float, cosine: bool, metrics_every: int, metrics_batch: int, seed: int,
-                    prior_point: Mapping[str, float] | None = None, prior_sigma: float | None = None,
+def train_flow_task(point: Mapping[str, float], variant: str, flow: FlowSpec | Mapping[str, Any], steps: int,
+                    batch_size: int, lr: float, cosine: bool, metrics_every: int, metrics_batch: int, seed: int,
+                    inputs: Mapping[str, str] | None = None, prior_point: Mapping[str, float] | None = None,
+                    prior_sigma: float | None = None,
                     deps: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """Train the flow of one prior variant at ``point`` (module docstring) with reverse KL (Adam, optionally
-    cosine-annealed), data parallel over the devices that divide ``batch_size``.
+    """Train the flow of the prior kind ``variant`` at ``point`` (module docstring) with reverse KL (Adam,
+    optionally cosine-annealed), data parallel over the devices that divide ``batch_size``.
 
     Returns the trained ``params`` (nested group), the per-step ``loss``, and metrics on ``metrics_batch``
     fresh samples at step 0 and every ``metrics_every`` steps: ``metric_step``, ``acceptance`` (independent
     MH), ``ess`` (per sample), ``metric_loss``, ``logw_var`` (variance of ``log w``: comparable across priors),
-    ``metric_seconds`` (training seconds without compilation and
-    measurement); for ``warm``, ``multilevel`` (its dependency with ``params`` is the flow it refines), and for a
-    rung of the coarse-prior ladder (a dependency with ``params``: the same variant's flow at the coarse point),
-    both axes continue from the flow below (``step_offset``,
-    ``seconds_offset``), and for the ensemble variants the seconds axis adds the HMC run seconds of the prior's
-    ensemble (the flow could not be trained without it). ``work_offset``: the training below in steps at this
-    ``L`` (each rung's steps times its volume over this one's: at fixed batch a step's work is about its volume;
-    8 -> 16 steps took 0.26 times as long on 2 cores), so the fine steps plus ``work_offset`` are the training's
-    work in units of one step here, a deterministic counterpart of the seconds axis. ``train_seconds``,
-    ``compile_seconds``, ``wall_seconds`` of this task, and ``total_train_seconds`` (``seconds_offset`` +
-    ``train_seconds``).
+    ``metric_seconds`` (training seconds without compilation and measurement). A training with a ``below``
+    input starts from that flow as its kind says (:meth:`~olrg_hpc.flows.priors.PriorKind.initial_params`) and
+    both axes continue from it (``step_offset``, ``seconds_offset``); for a kind with a ``prior_ensemble`` the
+    seconds axis adds the HMC run seconds of that ensemble (the flow could not be trained without it).
+    ``work_offset``: the training below in steps at this ``L`` (each rung's steps times its volume over this
+    one's: at fixed batch a step's work is about its volume; 8 -> 16 steps took 0.26 times as long on 2 cores),
+    so the fine steps plus ``work_offset`` are the training's work in units of one step here, a deterministic
+    counterpart of the seconds axis. ``train_seconds``, ``compile_seconds``, ``wall_seconds`` of this task, and
+    ``total_train_seconds`` (``seconds_offset`` + ``train_seconds``).
     """
     L = int(point["L"])
+    k = kind(variant)
     action, _ = _point_action(point)
     model = make_flow(flow)
-    prior = _prior(variant, point, prior_point, deps, prior_sigma)
+    prior = _prior(k, point, prior_point, deps, inputs, prior_sigma)
     k_init, k_train, k_eval = jax.random.split(_int_seed(seed), 3)
+    below = _role(deps, inputs, "below")
+    params = k.initial_params(model, L, k_init, below)
     step_offset, seconds_offset, work_offset = 0, 0.0, 0.0
-    if variant == "warm" or any("params" in d for d in (deps or {}).values()):
-        # a warm or multilevel flow, or a rung of the coarse-prior ladder: start from the flow below, continue its axes
-        pre = _dep_with(deps, "params")
-        if variant == "multilevel":
-            params = refine_init(model, pre, k_init, L)
-        else:
-            params = transfer_params(params_from_tree(model, (L, L), pre["params"]), jnp.float32)
-        step_offset = int(pre["step_offset"]) + int(pre["steps"])
-        seconds_offset = float(pre["seconds_offset"]) + float(pre["train_seconds"])
-        work_offset = (float(pre["work_offset"]) + int(pre["steps"])) * (int(pre["L"]) / L) ** 2
-    else:
-        params = init_flow(model, k_init, (L, L), jnp.float32)
-    if variant in ENSEMBLE_VARIANTS:
-        seconds_offset += float(_dep_with(deps, "configs")["run_seconds"])
+    if below is not None:  # continue the axes of the flow below
+        step_offset = int(below["step_offset"]) + int(below["steps"])
+        seconds_offset = float(below["seconds_offset"]) + float(below["train_seconds"])
+        work_offset = (float(below["work_offset"]) + int(below["steps"])) * (int(below["L"]) / L) ** 2
+    if k.ensemble_at is not None:
+        seconds_offset += float(_needed(deps, inputs, "prior_ensemble")["run_seconds"])
     n_dev = _devices_for(batch_size)
 
     t_start = time.perf_counter()
@@ -429,24 +341,27 @@ def _md_steps(action: Any, x0: jax.Array, key: jax.Array, n_steps: int, tau: flo
                   "tuning_acceptance": np.array([a for _, a in trials]), "tune_seconds": time.perf_counter() - t0}
 
 
-def flow_imh_task(point: Mapping[str, float], variant: str, flow: Mapping[str, Any], n_chains: int, n_steps: int,
-                  n_therm: int, seed: int, prior_point: Mapping[str, float] | None = None,
-                  prior_sigma: float | None = None, block: int | None = None, candidates: int = 1,
+def flow_imh_task(point: Mapping[str, float], variant: str, flow: FlowSpec | Mapping[str, Any], n_chains: int,
+                  n_steps: int, n_therm: int, seed: int, inputs: Mapping[str, str] | None = None,
+                  prior_point: Mapping[str, float] | None = None, prior_sigma: float | None = None,
+                  block: int | None = None, candidates: int = 1,
                   deps: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """``n_chains`` independent Metropolis-Hastings chains with the trained flow of ``variant`` as proposal
-    (:func:`~olrg_hpc.flows.mcmc.flow_imh`, ``block`` steps of proposals per flow call); the first ``n_therm``
-    steps are dropped. ``candidates > 1``: the multiple-proposal chain with that many candidates per step and
-    its Rao-Blackwellised estimates (:func:`~olrg_hpc.flows.mcmc.flow_multi_mh`; method ``flow-MH xN``, each
-    step costing ``N - 1`` proposals, ``acceptance`` the rate of moves, ``tau_int_M2`` the effective one of
-    :func:`_chain_result`; not with an ensemble prior, whose cost model counts one chain step per proposal)."""
-    if candidates > 1 and variant in ENSEMBLE_VARIANTS:
-        raise ValueError(f"candidates > 1 needs a prior without an HMC ensemble, not the {variant} variant")
+    """``n_chains`` independent Metropolis-Hastings chains with the trained flow (input ``flow``) of the prior
+    kind ``variant`` as proposal (:func:`~olrg_hpc.flows.mcmc.flow_imh`, ``block`` steps of proposals per flow
+    call); the first ``n_therm`` steps are dropped. ``candidates > 1``: the multiple-proposal chain with that
+    many candidates per step and its Rao-Blackwellised estimates (:func:`~olrg_hpc.flows.mcmc.flow_multi_mh`;
+    method ``flow-MH xN``, each step costing ``N - 1`` proposals, ``acceptance`` the rate of moves,
+    ``tau_int_M2`` the effective one of :func:`_chain_result`; only for a kind without an ensemble, whose cost
+    model counts one chain step per proposal). A kind with an ensemble charges it (:func:`_charge_prior`)."""
+    k = kind(variant)
+    if candidates > 1 and not k.multi_proposal:
+        raise ValueError(f"candidates > 1 needs a prior without an HMC ensemble, not the {variant} prior")
     L = int(point["L"])
     action, c = _point_action(point)
     model = make_flow(flow)
-    trained = _dep_with(deps, "params")
+    trained = _needed(deps, inputs, "flow")
     params = params_from_tree(model, (L, L), trained["params"])
-    prior = _prior(variant, point, prior_point, deps, prior_sigma)
+    prior = _prior(k, point, prior_point, deps, inputs, prior_sigma)
     key = _int_seed(seed)
     with compile_clock() as clock:
         if candidates == 1:
@@ -465,8 +380,9 @@ def flow_imh_task(point: Mapping[str, float], variant: str, flow: Mapping[str, A
     out = _chain_result(series, L * L, clock, n_therm, n_chains, np.asarray(moves)[n_therm:], estimates=estimates)
     out.update(method=method, variant=variant, train_seconds=float(trained["total_train_seconds"]),
                candidates=int(candidates))
-    if variant in ENSEMBLE_VARIANTS:
-        _charge_prior(out, _dep_with(deps, "configs"), prior.members_per_draw, n_chains * (n_therm + n_steps))
+    if k.ensemble_at is not None:
+        _charge_prior(out, _needed(deps, inputs, "prior_ensemble"), prior.members_per_draw,
+                      n_chains * (n_therm + n_steps))
     return out
 
 
@@ -484,35 +400,34 @@ def _charge_prior(out: dict[str, Any], ens: Mapping[str, Any], members_per_draw:
     out["cost_per_independent"] = out["seconds_per_sample"] * 2.0 * float(out["summary"]["tau_int_M2"])
 
 
-def flow_hmc_task(point: Mapping[str, float], variant: str, flow: Mapping[str, Any], n_chains: int, n_traj: int,
-                  n_therm: int, tau: float, n_steps: int, integrator: str, seed: int,
-                  prior_point: Mapping[str, float] | None = None, prior_sigma: float | None = None,
-                  tune_acceptance: float | None = None, start: str = "prior",
+def flow_hmc_task(point: Mapping[str, float], variant: str, flow: FlowSpec | Mapping[str, Any], n_chains: int,
+                  n_traj: int, n_therm: int, tau: float, n_steps: int, integrator: str, seed: int,
+                  inputs: Mapping[str, str] | None = None, prior_point: Mapping[str, float] | None = None,
+                  prior_sigma: float | None = None, tune_acceptance: float | None = None, start: str = "prior",
                   deps: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """HMC in the flowed variables of the trained flow of ``variant``
+    """HMC in the flowed variables of the trained flow (input ``flow``) of the prior kind ``variant``
     (:func:`~olrg_hpc.flows.mcmc.flow_hmc`, float64).
 
     ``start``: ``"prior"`` starts the chains from prior draws ``z ~ r``; ``"hmc"`` from the final configurations
-    of a plain HMC run at the same point (the dependency holding ``final_configs``, :func:`hmc_task`), mapped to
-    the flowed variables by ``z = F^{-1}(phi)``, one configuration per chain: an equilibrium start. A
-    reverse-KL flow concentrates its draws at small ``|M|``, and at L = 32 flow-HMC chains started there were
-    still 4 sigma low in chi2 after 1500 trajectories, though their tau_int(M^2) read 15 (docs/flows.md).
-    Neither start is charged to the cost.
+    of a plain HMC run at the same point (input ``hmc_start``, :func:`hmc_task`), mapped to the flowed variables
+    by ``z = F^{-1}(phi)``, one configuration per chain: an equilibrium start. A reverse-KL flow concentrates its
+    draws at small ``|M|``, and at L = 32 flow-HMC chains started there were still 4 sigma low in chi2 after 1500
+    trajectories, though their tau_int(M^2) read 15 (docs/flows.md). Neither start is charged to the cost.
     """
     L = int(point["L"])
     action, c = _point_action(point)
     model = make_flow(flow)
-    trained = _dep_with(deps, "params")
+    trained = _needed(deps, inputs, "flow")
     params = params_from_tree(model, (L, L), trained["params"], jnp.float64)
     k0, krun = jax.random.split(jax.random.key(int(seed) % (2**63), impl="rbg"))
     if start == "hmc":
-        configs = np.asarray(_dep_with(deps, "final_configs")["final_configs"], np.float64)
+        configs = np.asarray(_needed(deps, inputs, "hmc_start")["final_configs"], np.float64)
         if configs.shape[0] < n_chains or configs.shape[1:] != (L, L):
             raise ValueError(f"start 'hmc' needs {n_chains} configurations of {L}x{L}, "
                              f"the HMC run holds {configs.shape[0]} of {configs.shape[1:]}")
         z0 = model.apply(params, jnp.asarray(configs[:n_chains] / c), method=model.inverse)[0]
     elif start == "prior":
-        prior = _prior(variant, point, prior_point, deps, prior_sigma)
+        prior = _prior(kind(variant), point, prior_point, deps, inputs, prior_sigma)
         z0 = jnp.asarray(prior.sample(k0, n_chains), jnp.float64)
     else:
         raise ValueError(f"unknown start {start!r} (prior, hmc)")

@@ -1,6 +1,7 @@
 """Reverse-KL training of flows (optax Adam), data-parallel over all JAX devices, with HDF5 checkpoints.
 
-Conventions (science.md section 2; Albergo et al. arXiv:2101.08176 eq. (20); Albandea et al. arXiv:2310.03381):
+Conventions (docs/phi4-hmc.md, "Actions and conversions"; Albergo et al. arXiv:2101.08176 eq. (20); Albandea
+et al. arXiv:2310.03381):
 
 * Loss: ``L = (1/N) sum_i [log q(phi_i) + S(phi_i)]`` with ``phi_i = F(z_i)``, ``z_i ~ prior``; it equals
   ``KL(q || p) - log Z`` (``log Z`` unknown, so ``L`` is bounded below by ``-log Z``, not by 0).

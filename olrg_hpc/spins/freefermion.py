@@ -1,6 +1,6 @@
 """Exact transverse-field Ising results for any N by Jordan-Wigner / Majorana fermions.
 
-Convention (science.md section 1): ``H = J sum_{i<N-1} Z_i Z_{i+1} + h sum_i X_i``, open chain, sites
+Convention (docs/spin-chains.md): ``H = J sum_{i<N-1} Z_i Z_{i+1} + h sum_i X_i``, open chain, sites
 ``0..N-1``. Here ``Z Z`` is the "hopping" and ``X`` the on-site term, so the Jordan-Wigner string is built
 from ``X``. Majorana operators (``2N`` of them, ``{c_a, c_b} = 2 delta_ab``)::
 
@@ -10,14 +10,14 @@ from ``X``. Majorana operators (``2N`` of them, ``{c_a, c_b} = 2 delta_ab``)::
 Then ``H = (i/4) sum_{ab} A_ab c_a c_b`` with the real antisymmetric ``A``:
 ``A_{2i,2i+1} = 2h``, ``A_{2i+1,2i+2} = 2J`` (and ``A_ba = -A_ab``). Heisenberg equations:
 ``dc/dt = A c``, so ``c(t) = R(t) c`` with ``R(t) = exp(A t)`` and the Majorana covariance
-``Gamma_ab = (i/2) <[c_a, c_b]>`` evolves as ``Gamma(t) = R(t) Gamma(0) R(t)^T`` (science.md writes
+``Gamma_ab = (i/2) <[c_a, c_b]>`` evolves as ``Gamma(t) = R(t) Gamma(0) R(t)^T`` (often written
 ``e^{ht} Gamma_0 e^{h^T t}``; our ``A`` is its ``h``). Observables: ``<X_i> = Gamma_{2i,2i+1}``,
 ``<Z_i Z_{i+1}> = Gamma_{2i+1,2i+2}``. Factors are verified against ED in ``tests/spins``.
 
 Bipartite structure. ``A`` couples even ("e_i" = ``c_{2i}``) with odd ("o_i" = ``c_{2i+1}``) Majoranas
 only: ``A = [[0, M], [-M^T, 0]]`` in (even, odd) order with the lower-bidiagonal ``M_ii = 2h``,
 ``M_{i+1,i} = -2J``. Hence ``E0 = -sum_k s_k(M)/2 = -sum_k s_k(B)`` with ``B`` the bidiagonal matrix
-(``B_ii = h``, ``B_{i,i+1} = J``) of science.md, and single-particle energies ``eps_k = 2 s_k(B)``.
+(``B_ii = h``, ``B_{i,i+1} = J``), and single-particle energies ``eps_k = 2 s_k(B)``.
 ``R(t)`` is an analytic function of ``M M^T`` only::
 
     R_ee = cos(t sqrt(MM^T)),            R_eo = F(MM^T) M,      F(x) = sin(t sqrt x)/sqrt x,
@@ -62,7 +62,7 @@ _INITIAL = ("up", "plus")
 
 
 def tfim_bidiagonal(n: int, J: float, h: float) -> np.ndarray:
-    """science.md's ``n x n`` bidiagonal matrix ``B_ii = |h|``, ``B_{i,i+1} = |J|`` (E0 = -sum s_k(B))."""
+    """The ``n x n`` bidiagonal matrix ``B_ii = |h|``, ``B_{i,i+1} = |J|`` (E0 = -sum s_k(B))."""
     return np.diag(np.full(n, abs(float(h)))) + np.diag(np.full(n - 1, abs(float(J))), 1)
 
 
@@ -113,7 +113,7 @@ def tfim_ground_energy(n: int, J: float = 1.0, h: float = 1.0) -> float:
     """Exact ground-state energy of the open ``J ZZ + h X`` chain: ``E0 = -sum_k s_k(B)``.
 
     The spectrum depends on ``|J|`` and ``|h|`` only (``prod_i Z_i`` flips ``h``, ``prod_{odd i} X_i`` flips
-    ``J``). At ``|h| = |J| = 1``: ``E0 = 1 - 1/sin(pi/(4n+2))`` (science.md).
+    ``J``). At ``|h| = |J| = 1``: ``E0 = 1 - 1/sin(pi/(4n+2))``.
     """
     return -0.5 * float(np.sum(tfim_single_particle_energies(n, J, h)))
 
@@ -301,7 +301,7 @@ def tfim_quench(
     Parameters
     ----------
     initial:
-        ``"up"`` = ``|0...0>`` (all Z = +1, science.md's quench), ``"plus"`` = ``|+...+>``, or a covariance.
+        ``"up"`` = ``|0...0>`` (all Z = +1, the OLRG benchmark's quench), ``"plus"`` = ``|+...+>``, or a covariance.
     sites:
         Sites ``i`` (0-based). For "zz" the bond ``(i, i+1)``, so ``i <= n-2``; default all sites (all
         bonds). Science.md's ``C(t) = <Z_1 Z_2>`` is ``tfim_quench(..., sites=[0])["zz"][:, 0]``.

@@ -9,7 +9,8 @@
 - ``energy``: ``<H>(t)`` along the evolution (ED only; conserved: a built-in check of the integrator).
 
 ``method="ed"`` works for every model up to 20 sites (sparse ``expm_multiply``; dense above 2^12 states
-is avoided); ``method="free_fermion"`` is exact for the TFIM at any length (science.md, section 1).
+is avoided); ``method="free_fermion"`` is exact at any length for the models whose :class:`ModelKind` says
+``free_fermion`` (the TFIM, :mod:`olrg_hpc.spins.freefermion`).
 The paper's target ``C(t) = <Z_1 Z_2>(t)`` is ``zz[:, 0]``.
 """
 
@@ -35,8 +36,8 @@ def quench_task(model: str, n_sites: int, couplings: Mapping[str, float], method
     m = make_model(model, n_sites, **couplings)
     n_bonds, n_x = min(n_sites - 1, profile_sites), min(n_sites, profile_sites)
     if method == "free_fermion":
-        if model != "tfim":
-            raise ValueError(f"free fermions are exact for tfim only, not {model}")
+        if not m.kind.free_fermion:
+            raise ValueError(f"free fermions are not exact for {m.name}")
         J, h = m["J"], m["h"]
         zz = freefermion.tfim_quench(n_sites, J, h, times, initial=initial, observables=("zz",),
                                      sites=range(n_bonds))["zz"]

@@ -1,10 +1,10 @@
-"""Exact time-ordered boundary correlations (TOBCs) of an n-site block (science.md section 1, "Loss").
+"""Exact time-ordered boundary correlations (TOBCs) of an n-site block (docs/spin-chains.md).
 
 Definition
 ----------
 For a block Hamiltonian ``H`` (the n-site open chain of a :class:`~olrg_hpc.spins.models.ChainModel`),
 boundary operator ``B`` (default ``Z`` on the last site, ``n-1``), target ``O`` (default ``Z_0 Z_1``,
-science.md's ``Z_1 Z_2``) and initial state ``rho`` (default ``|0...0><0...0|``)::
+the OLRG paper's ``Z_1 Z_2``) and initial state ``rho`` (default ``|0...0><0...0|``)::
 
     chi_k(t_1..t_k; c_1..c_k; T) = Tr[ rho  ad_{B(t_k),c_k} ... ad_{B(t_1),c_1} ( O(T) ) ],
     ad_{A,c}(X) = A X + c X A,   A(t) = e^{iHt} A e^{-iHt}  (Heisenberg picture of the block alone).
@@ -281,7 +281,7 @@ def sample_tobc_inputs(
     """Draw TOBC samples for orders ``0..K`` with a seeded ``numpy.random.Generator`` (PCG64).
 
     Order ``k >= 1``: ``n_per_order`` samples, times i.i.d. uniform on ``[0, T]`` (or on the ``grid``-point
-    grid ``linspace(0, T, grid)`` when given, science.md "times drawn from a grid"), sorted descending
+    grid ``linspace(0, T, grid)`` when given, times drawn from a grid), sorted descending
     (``T >= t_1 >= ... >= t_k >= 0``, the Dyson ordering), signs uniform in ``{+1, -1}``. Order 0 has no
     times; it is deterministic, so ``n_order0`` (default 1) copies are included.
     """

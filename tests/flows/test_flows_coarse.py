@@ -192,7 +192,7 @@ def test_refine_flow_puts_the_coarse_flow_on_the_cell_and_nests() -> None:
     """RefineFlow (float64): the even sublattice is s F_c(x_c), the others the bilinear means of it plus sigma_ab
     times their input; nested twice (8 -> 4 -> 2), log_det against the jacrev Jacobian (1e-10) and the inverse
     (1e-12)."""
-    coarse = z2_flow(n_layers=2, hidden=(3,), free_field=True)
+    coarse = z2_flow(n_layers=2, hidden=(3,), kernel_size=3, free_field=True)
     layer = RefineFlow(coarse, scale=1.3)
     params = init_flow(Flow((layer,)), 0, (4, 4), jnp.float64)
     params["params"]["layers_0"]["log_sigma"] = jnp.log(jnp.array([0.2, 0.3, 0.4]))
@@ -207,8 +207,10 @@ def test_refine_flow_puts_the_coarse_flow_on_the_cell_and_nests() -> None:
     for k, (m, sig) in enumerate(zip(means, (0.2, 0.3, 0.4), strict=True)):
         np.testing.assert_allclose(np.asarray(sub_y[:, k + 1]), m + sig * np.asarray(sub_x[:, k + 1]), atol=1e-12)
 
-    nested = Flow((RefineFlow(Flow((RefineFlow(coarse, scale=1.1), *z2_flow(2, (3,), sublattice=True).layers)),
-                              scale=0.9), *z2_flow(2, (3,), sublattice=True).layers))
+    def heads() -> tuple:  # fresh modules each time: a flax module instance belongs to one parent
+        return z2_flow(n_layers=2, hidden=(3,), kernel_size=3, sublattice=True).layers
+
+    nested = Flow((RefineFlow(Flow((RefineFlow(coarse, scale=1.1), *heads())), scale=0.9), *heads()))
     p2 = init_flow(nested, 3, (8, 8), jnp.float64)
     p2 = jax.tree.map(lambda a: a + 0.2 * np.random.default_rng(2).normal(size=a.shape), p2)
     x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 8, 8)))

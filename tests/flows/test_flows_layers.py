@@ -64,21 +64,23 @@ FLOWS = {
     "coupling_p0": Flow((AffineCoupling(parity=0, hidden=(4, 4)),)),
     "coupling_p1": Flow((AffineCoupling(parity=1, hidden=(4,), kernel_size=5),)),
     "z2_coupling": Flow((AffineCoupling(parity=0, hidden=(), activation="tanh", z2=True),)),
-    "z2_deep": z2_flow(n_layers=3, hidden=(3,)),
+    "z2_deep": z2_flow(n_layers=3, hidden=(3,), kernel_size=3),
     "rescaling": Flow((GlobalRescaling(),)),
-    "tutorial4": tutorial_flow(n_layers=4, hidden=(8, 8)),
+    "tutorial4": tutorial_flow(n_layers=4, hidden=(8, 8), kernel_size=3),
     "albandea": albandea_flow(3),
     "free_field": Flow((FreeFieldLinear(0.5), GlobalRescaling())),
     "free_field_scaling": Flow((FreeFieldScaling(),)),
-    "z2_free_field": z2_flow(n_layers=2, hidden=(3,), free_field=True),
-    "z2_sublattice": z2_flow(n_layers=3, hidden=(3,), sublattice=True),
-    "tutorial_sublattice": tutorial_flow(n_layers=2, hidden=(4,), sublattice=True),
+    "z2_free_field": z2_flow(n_layers=2, hidden=(3,), kernel_size=3, free_field=True),
+    "z2_sublattice": z2_flow(n_layers=3, hidden=(3,), kernel_size=3, sublattice=True),
+    "tutorial_sublattice": tutorial_flow(n_layers=2, hidden=(4,), kernel_size=3, sublattice=True),
     "sitewise": Flow((SitewiseOddMap(),)),
-    "z2_pointwise": z2_flow(n_layers=3, hidden=(3,), free_field=True, pointwise=2),
+    "z2_pointwise": z2_flow(n_layers=3, hidden=(3,), kernel_size=3, free_field=True, pointwise=2),
     # a 2 x 2 flow refined to 4 x 4, then couplings with heads (the multilevel variant's flow)
-    "multilevel": Flow((RefineFlow(z2_flow(n_layers=2, hidden=(3,), free_field=True, pointwise=1), scale=1.2),
-                        *z2_flow(n_layers=2, hidden=(3,), sublattice=True).layers)),
-    "refine_noise": Flow((RefineFlow(tutorial_flow(n_layers=2, hidden=(3,)), scale=0.8, interpolate=False),)),
+    "multilevel": Flow((RefineFlow(z2_flow(n_layers=2, hidden=(3,), kernel_size=3, free_field=True, pointwise=1),
+                                   scale=1.2),
+                        *z2_flow(n_layers=2, hidden=(3,), kernel_size=3, sublattice=True).layers)),
+    "refine_noise": Flow((RefineFlow(tutorial_flow(n_layers=2, hidden=(3,), kernel_size=3), scale=0.8,
+                                     interpolate=False),)),
 }
 
 
@@ -190,11 +192,12 @@ def test_parameter_counts() -> None:
     assert count_params(init_flow(albandea_flow(3), jax.random.key(0), (L, L))) == 37
     assert count_params(shapes(albandea_flow(5))) == 2 * 2 * 25 + 1
     # tutorial: per layer (1*9+1)*8 + (8*9+1)*8 + (8*9+1)*2 = 80 + 584 + 146 = 810
-    assert count_params(shapes(tutorial_flow())) == 16 * 810
-    assert count_params(shapes(z2_flow(n_layers=2, free_field=True))) == 37 + 2  # + log_m2, log_z
-    assert count_params(shapes(z2_flow(n_layers=2, sublattice=True))) == 2 * 4 * 9 + 1  # four output channels
+    assert count_params(shapes(tutorial_flow(n_layers=16, hidden=(8, 8), kernel_size=3))) == 16 * 810
+    albandea = {"n_layers": 2, "hidden": (), "kernel_size": 3}
+    assert count_params(shapes(z2_flow(**albandea, free_field=True))) == 37 + 2  # + log_m2, log_z
+    assert count_params(shapes(z2_flow(**albandea, sublattice=True))) == 2 * 4 * 9 + 1  # four output channels
     # a site-wise map (a, 4 b_k, 4 log s_k) before couplings 0 and 2 of 3
-    assert count_params(shapes(z2_flow(n_layers=3, pointwise=2))) == 3 * 2 * 9 + 1 + 2 * 9
+    assert count_params(shapes(z2_flow(n_layers=3, hidden=(), kernel_size=3, pointwise=2))) == 3 * 2 * 9 + 1 + 2 * 9
     # a refined flow: the coarse flow's parameters plus three noise widths
     assert count_params(shapes(Flow((RefineFlow(albandea_flow(3)),)))) == 37 + 3
 
@@ -215,7 +218,7 @@ def test_gaussian_prior_and_model_density() -> None:
 
 
 def test_zero_params_are_identity() -> None:
-    flow = tutorial_flow(n_layers=2, hidden=(4,))
+    flow = tutorial_flow(n_layers=2, hidden=(4,), kernel_size=3)
     params = jax.tree.map(jnp.zeros_like, init_flow(flow, jax.random.key(0), (L, L), jnp.float64))
     x = _normal(1, (2, L, L))
     y, ld = flow.apply(params, x)

@@ -18,7 +18,7 @@ from olrg_hpc.lattice.phi4 import Phi4Action
 
 enable_x64()
 
-# science.md section 2, exact free-field values (tutorial convention, L = 8, m2 = 1)
+# exact free-field values (G(p) = 1 / [2 (p_hat^2 + m2)], docs/phi4-hmc.md) (tutorial convention, L = 8, m2 = 1)
 PHI2_L8_M1 = 0.1270869988
 NN_L8_M1 = 0.0338587486
 
@@ -179,7 +179,7 @@ def test_trained_flow_imh_matches_hmc_at_tutorial_point() -> None:
     times the seconds for ~0.4); IMH observables agree with plain HMC within errors. (After only 1500 steps of
     an 8-layer flow at lr 1e-3, acceptance ~0.05, IMH's |M| was 5 sigma low: too few large-weight proposals.)"""
     action = Phi4Action(-4.0, 8.0)
-    flow = tutorial_flow(n_layers=8, hidden=(8, 8))
+    flow = tutorial_flow(n_layers=8, hidden=(8, 8), kernel_size=3)
     prior = GaussianPrior((8, 8), "float32")
     res = train(flow, prior, action, n_steps=2000, batch_size=64, key=0, lr=1e-2, cosine=True, devices=1,
                 params=init_flow(flow, 0, (8, 8), jnp.float32))

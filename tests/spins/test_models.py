@@ -145,3 +145,28 @@ def test_quimb_ising_conversion(J, h):
     H_ours = ed.dense_hamiltonian(models.tfim(n, J, h))
     np.testing.assert_allclose(H_ours, H_quimb, atol=ATOL)
     assert models.from_quimb_ising(**q) == {"J": J, "h": h}
+
+
+def test_model_registry_carries_each_model():
+    """One ModelKind per model: positional couplings in its order, defaults for the rest, unknown or repeated
+    couplings refused like a function's keywords; the on-site matrix from the named terms is h X + g Z (Ising) and
+    hz S^z (XXZ), exactly; free fermions are the exact route of the TFIM alone; aliases fix their couplings; the
+    configs' model names are the registry's."""
+    from typing import get_args
+
+    tfim = models.MODELS["tfim"]
+    assert tfim(8, 0.7) == models.make_model("tfim", 8, J=0.7, h=1.0) and tfim.coupling_names == ("J", "h")
+    m = models.mixed_field_ising(4, 1.0, 0.9, 0.4)
+    np.testing.assert_array_equal(m.site_term(), 0.9 * models.X + 0.4 * models.Z)
+    np.testing.assert_array_equal(models.tfim(4, h=0.3).site_term(), 0.3 * models.X)
+    np.testing.assert_array_equal(models.xxz(4, hz=0.25).site_term(), 0.25 * models.SZ)
+    assert m.kind is models.MODELS["mixed_field_ising"] and m.boundary_ops() == ("Z",)
+    assert [k for k, v in models.MODELS.items() if v.free_fermion] == ["tfim"]
+    with pytest.raises(TypeError, match="has no coupling 'g'"):
+        models.tfim(4, g=0.1)
+    with pytest.raises(TypeError, match="given twice"):
+        models.tfim(4, 1.0, J=1.0)
+    with pytest.raises(TypeError, match="heisenberg fixes delta"):
+        models.make_model("heisenberg", 4, delta=0.5)
+    assert get_args(models.ModelName) == tuple(models.MODELS)
+    assert set(models.MODEL_NAMES) == {*models.MODELS, "ising", "tfi", "mfi", "mixed", "heisenberg"}

@@ -3,6 +3,7 @@ through the command line on a LocalCluster, checked against plain HMC (slow)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,8 @@ from olrg_hpc.config import load_study
 from olrg_hpc.errors import UserError
 from olrg_hpc.flows import pipeline
 from olrg_hpc.flows.coarse import refine_sigma
-from olrg_hpc.flows.model import GaussianPrior, sample_flow
+from olrg_hpc.flows.model import GaussianPrior, make_flow, sample_flow
+from olrg_hpc.flows.priors import KINDS, EnsembleDraws, params_from_tree, refine_init
 from olrg_hpc.jaxtiming import compile_clock
 from olrg_hpc.lattice.ensemble import action_for, hmc_ensemble
 from workflows import flow_study
@@ -46,8 +48,8 @@ class TestGraph:
         assert len(by) == 2 * 12 + 1
         assert by["train-coarse-L8"].deps == ("gather-L4-beta0.45",)
         assert by["gather-L4-beta0.45"].deps == ("ens-L4-beta0.45-r0", "ens-L4-beta0.45-r1")
-        assert by["train-warm-L8"].deps == ("pretrain-L4-beta0.45",)
-        assert by["pretrain-L6-beta0.55"].params["point"] == {"L": 6, "beta": 0.55, "lam": 0.5}
+        assert by["train-warm-L8"].deps == ("pretrain-gaussian-L4-beta0.45",)
+        assert by["pretrain-gaussian-L6-beta0.55"].params["point"] == {"L": 6, "beta": 0.55, "lam": 0.5}
         assert set(by["imh-coarse-L12"].deps) == {"train-coarse-L12", "gather-L6-beta0.55"}
         assert by["fhmc-gaussian-L8"].deps == ("train-gaussian-L8", "hmc-L8")  # starts from HMC's configurations
         assert by["fhmc-gaussian-L8"].params["start"] == "hmc"
@@ -56,20 +58,21 @@ class TestGraph:
         assert prior["fhmc-gaussian-L8"].deps == ("train-gaussian-L8",)
 
     def test_multiple_proposal_runs_draw_as_many_proposals(self) -> None:
-        """imh.candidates [1, 64]: the plain chain keeps its task name and arguments (no candidates entry) and an
-        imh64 task per variant without a prior ensemble and L runs n_steps and n_therm / 63, rounded up, with the
-        same flow and dependencies; compare sees both. The coarse variant (an HMC ensemble prior, whose cost model
-        counts one step per proposal) gets none."""
+        """imh.candidates [1, 64]: the plain chain keeps its task name and arguments and an imh64 task per kind
+        without a prior ensemble and L runs n_steps and n_therm / 63, rounded up, with the same flow and inputs;
+        compare sees both. The coarse kind (an HMC ensemble prior, whose cost model counts one step per proposal)
+        gets none."""
         imh = {"n_steps": 16000, "n_therm": 200}
         plain = {t.name: t for t in flow_study.build(_params(imh=imh))}
         both = {t.name: t for t in flow_study.build(_params(imh={**imh, "candidates": [1, 64]}))}
         assert set(both) - set(plain) == {f"imh64-{v}-L{ell}" for v in ("gaussian", "warm") for ell in (8, 12)}
         assert both["imh-warm-L8"].params == plain["imh-warm-L8"].params
-        assert "candidates" not in plain["imh-warm-L8"].params
+        assert plain["imh-warm-L8"].params["candidates"] == 1
         multi = both["imh64-warm-L12"]
         assert multi.params["candidates"] == 64 and multi.params["n_steps"] == 254 and multi.params["n_therm"] == 4
         single = both["imh-warm-L12"]
         assert multi.deps == single.deps and multi.params["flow"] == single.params["flow"]
+        assert multi.params["inputs"] == single.params["inputs"] == {"flow": "train-warm-L12"}
         assert {"imh64-warm-L12", "imh-warm-L12"} <= set(both["compare"].deps)
 
     def test_free_field_layer_only_after_a_gaussian_prior(self) -> None:
@@ -80,36 +83,35 @@ class TestGraph:
         assert {n for n, f in with_layer.items() if not f} == {
             f"{k}-{v}-L{ell}" for k in ("train", "imh") for v in ("coarse", "coarse_noise") for ell in (8, 12)} | {
             "fhmc-coarse-L8", "fhmc-coarse-L12"}
-        assert with_layer["pretrain-L4-beta0.45"] and with_layer["train-warm-L12"] and with_layer["imh-gaussian-L8"]
+        assert with_layer["pretrain-gaussian-L4-beta0.45"] and with_layer["train-warm-L12"]
+        assert with_layer["imh-gaussian-L8"]
 
-    def test_pointwise_maps_in_every_flow_and_absent_when_off(self) -> None:
-        """flow.pointwise reaches every variant's training and sampler tasks; at 0 (the default) the key is absent,
-        so the flows of earlier configs keep their task seeds."""
+    def test_pointwise_maps_in_every_flow(self) -> None:
+        """flow.pointwise reaches every kind's training and sampler tasks; 0 (the default) everywhere otherwise."""
         variants = ["gaussian", "coarse_bilinear", "warm"]
         on = {t.name: t for t in flow_study.build(_params(variants=variants, flow={"pointwise": 2}))}
         flows = {n: t.params["flow"] for n, t in on.items() if "flow" in t.params}
         assert flows and all(f["pointwise"] == 2 for f in flows.values())
         off = {t.name: t for t in flow_study.build(_params(variants=variants))}
-        assert not any("pointwise" in t.params["flow"] for t in off.values() if "flow" in t.params)
+        assert all(t.params["flow"]["pointwise"] == 0 for t in off.values() if "flow" in t.params)
 
-    def test_sublattice_heads_only_after_a_coarse_prior(self) -> None:
-        """Heads per sublattice go into the flows of the coarse-lattice priors (default on), not into the others,
-        whose flow settings do not even name the key (their task seeds stay as before); off when switched off."""
+    def test_sublattice_heads_after_a_prior_on_the_cell(self) -> None:
+        """Heads per sublattice go into the flows of the coarse-lattice priors (built on the 2 x 2 cell), not into
+        the others; flow.sublattice: true gives them to every flow."""
         variants = ["gaussian", "coarse", "coarse_bilinear", "same_L", "warm"]
         pts = [{"L": 8, "beta": 0.5, "beta_coarse": 0.45, "beta_prior": 0.45}]
         by = {t.name: t for t in flow_study.build(_params(points=pts, variants=variants))}
         flows = {n: by[n].params["flow"] for n in by if "flow" in by[n].params}
-        assert {n for n, f in flows.items() if "sublattice" in f} == {
+        assert {n for n, f in flows.items() if f["sublattice"]} == {
             f"{k}-{v}-L8" for k in ("train", "imh") for v in ("coarse", "coarse_bilinear")}
-        assert all(flows[n]["sublattice"] for n in flows if "sublattice" in flows[n])
-        off = flow_study.build(_params(points=pts, variants=variants, flow={"sublattice": False}))
-        assert not any("sublattice" in t.params.get("flow", {}) for t in off)
+        on = flow_study.build(_params(points=pts, variants=variants, flow={"sublattice": True}))
+        assert all(t.params["flow"]["sublattice"] for t in on if "flow" in t.params)
 
     def test_equal_training_compute(self) -> None:
         by = {t.name: t for t in flow_study.build(_params())}
         steps = by["train-gaussian-L8"].params["steps"]
         assert by["train-coarse-L8"].params["steps"] == steps
-        assert by["pretrain-L4-beta0.45"].params["steps"] + by["train-warm-L8"].params["steps"] == steps
+        assert by["pretrain-gaussian-L4-beta0.45"].params["steps"] + by["train-warm-L8"].params["steps"] == steps
         assert len({by[n].params["batch_size"] for n in by if "train" in n}) == 1
 
     def test_warm_ladder(self) -> None:
@@ -118,18 +120,18 @@ class TestGraph:
         pts = [{"L": 32, "beta": 0.66, "beta_coarse": 0.634}, {"L": 8, "beta": 0.576},
                {"L": 16, "beta": 0.634, "beta_coarse": 0.576}, {"L": 64, "beta": 0.674, "beta_coarse": 0.65}]
         by = {t.name: t for t in flow_study.build(_params(points=pts, variants=["gaussian", "warm"]))}
-        assert by["train-warm-L8"].deps == ("pretrain-L4-beta0.576",)
+        assert by["train-warm-L8"].deps == ("pretrain-gaussian-L4-beta0.576",)
         assert by["train-warm-L16"].deps == ("train-warm-L8",)
         assert by["train-warm-L32"].deps == ("train-warm-L16",)
-        assert by["train-warm-L64"].deps == ("pretrain-L32-beta0.65",)  # no study point at beta 0.65
-        assert not any(n.startswith("pretrain-L8") or n.startswith("pretrain-L16") for n in by)
+        assert by["train-warm-L64"].deps == ("pretrain-gaussian-L32-beta0.65",)  # no study point at beta 0.65
+        assert not any(n.startswith("pretrain-gaussian-L8") or n.startswith("pretrain-gaussian-L16") for n in by)
         n_fine = by["train-warm-L8"].params["steps"]
         assert all(by[f"train-warm-L{ell}"].params["steps"] == n_fine for ell in (16, 32, 64))
         gaussian = [n for n in by if n.startswith("train-gaussian")]
         assert gaussian == [f"train-gaussian-L{ell}" for ell in (8, 16, 32, 64)]  # points built in order of L
         off = {t.name: t for t in flow_study.build(_params(points=pts, variants=["warm"], training={"ladder": False},
                                                            flow_hmc={"variants": ["warm"]}))}
-        assert off["train-warm-L16"].deps == ("pretrain-L8-beta0.576",)
+        assert off["train-warm-L16"].deps == ("pretrain-gaussian-L8-beta0.576",)
 
     def test_coarse_prior_ladder(self) -> None:
         """A coarse-prior flow starts from the same variant's flow at the study's point (L/2, beta_coarse) and trains
@@ -170,8 +172,8 @@ class TestGraph:
         assert pre.deps == ("gather-L8-beta0.576",)
         assert pre.params["point"]["L"] == 16 and pre.params["prior_point"] == {"L": 8, "beta": 0.576, "lam": 0.5}
         assert by["train-coarse_bilinear-L32"].deps == ("gather-L16-beta0.634", pre.name)
-        assert by["train-warm-L32"].deps == ("pretrain-L16-beta0.634",)
-        for v, first in (("coarse_bilinear", pre), ("warm", by["pretrain-L16-beta0.634"])):
+        assert by["train-warm-L32"].deps == ("pretrain-gaussian-L16-beta0.634",)
+        for v, first in (("coarse_bilinear", pre), ("warm", by["pretrain-gaussian-L16-beta0.634"])):
             assert first.params["steps"] == steps // 4
             assert first.params["steps"] + by[f"train-{v}-L32"].params["steps"] == steps
         assert by["train-coarse_bilinear-L16"].params["steps"] == steps  # the smallest rung trains from scratch
@@ -190,25 +192,26 @@ class TestGraph:
         tasks = flow_study.build(_params(points=pts, variants=variants, flow={"free_field": True}))
         by = {t.name: t for t in tasks}
         assert len(by) == len(tasks)  # the shared pretraining is one task
-        assert by["train-multilevel-L8"].deps == by["train-warm-L8"].deps == ("pretrain-L4-beta0.576",)
+        assert by["train-multilevel-L8"].deps == by["train-warm-L8"].deps == ("pretrain-gaussian-L4-beta0.576",)
         assert by["train-multilevel-L16"].deps == ("train-multilevel-L8",)
         assert by["train-multilevel-L32"].deps == ("train-multilevel-L16",)
         flows = {ell: by[f"train-multilevel-L{ell}"].params["flow"] for ell in (8, 16, 32)}
-        assert flows[8]["refine"]["coarse"] == by["pretrain-L4-beta0.576"].params["flow"]
+        assert flows[8]["refine"]["coarse"] == by["pretrain-gaussian-L4-beta0.576"].params["flow"]
         assert flows[8]["refine"]["coarse"]["free_field"]
         for ell, coarse_beta, beta in ((16, 0.576, 0.634), (32, 0.634, 0.66)):
-            scale = pytest.approx((beta / coarse_beta) ** 0.5)
-            assert flows[ell]["refine"] == {"coarse": flows[ell // 2], "scale": scale}
+            assert flows[ell]["refine"]["coarse"] == flows[ell // 2]
+            assert flows[ell]["refine"]["scale"] == pytest.approx((beta / coarse_beta) ** 0.5)
+        assert by["train-multilevel-L16"].params["inputs"] == {"below": "train-multilevel-L8"}
         assert all(f["sublattice"] and not f["free_field"] for f in flows.values())
         assert by["imh-multilevel-L32"].params["flow"] == flows[32]
         n_coarse, n_fine = _params(points=pts).training.warm_split()
-        assert by["pretrain-L4-beta0.576"].params["steps"] == n_coarse
+        assert by["pretrain-gaussian-L4-beta0.576"].params["steps"] == n_coarse
         assert all(by[f"train-multilevel-L{ell}"].params["steps"] == n_fine for ell in (8, 16, 32))
         off = {t.name: t for t in flow_study.build(_params(points=pts, variants=["multilevel"],
                                                            training={"ladder": False}, flow_hmc={"variants": []}))}
-        assert off["train-multilevel-L32"].deps == ("pretrain-L16-beta0.634",)
-        assert off["train-multilevel-L32"].params["flow"]["refine"]["coarse"] == off["pretrain-L16-beta0.634"].params[
-            "flow"]
+        assert off["train-multilevel-L32"].deps == ("pretrain-gaussian-L16-beta0.634",)
+        pre = off["pretrain-gaussian-L16-beta0.634"]
+        assert off["train-multilevel-L32"].params["flow"]["refine"]["coarse"] == pre.params["flow"]
 
     def test_tuned_md_steps_reach_the_hmc_tasks(self) -> None:
         """tune_acceptance reaches plain HMC and flow-HMC, each its own; unset, the fixed n_steps are used."""
@@ -315,6 +318,8 @@ TINY_FLOW = {"kind": "z2", "n_layers": 2, "hidden": [], "kernel_size": 3}  # the
 FINE = {"L": 4, "beta": 0.5, "lam": 0.5}
 COARSE = {"L": 2, "beta": 0.45, "lam": 0.5}
 TRAIN = {"flow": TINY_FLOW, "batch_size": 16, "lr": 1e-2, "cosine": False, "metrics_every": 2, "metrics_batch": 64}
+ENS = {"prior_ensemble": "gather"}  # the roles of the dependencies in these calls
+SAMPLE = {"flow": "train", "prior_ensemble": "gather"}
 
 
 def _through_shard(tmp_path: Path, name: str, result: dict) -> dict:
@@ -335,6 +340,25 @@ def test_compile_clock_separates_compilation() -> None:
     assert first["run_s"] == pytest.approx(first["wall_s"] - first["compile_s"])
 
 
+def test_compile_clock_counts_its_own_thread_only() -> None:
+    """Two tasks in two threads of one worker: a compilation in the other thread is not taken off this thread's
+    clock (a shared counter made a task's run seconds read 0), and a compilation in the other thread's block is."""
+    import threading
+
+    other: dict[str, float] = {}
+
+    def compile_elsewhere() -> None:
+        with compile_clock() as clock:
+            jax.block_until_ready(jax.jit(lambda x: jnp.tanh(x) * 2.5 + jnp.cos(x))(jnp.ones(5)))
+        other.update(clock)
+
+    with compile_clock() as mine:
+        worker = threading.Thread(target=compile_elsewhere)
+        worker.start()
+        worker.join()
+    assert other["compile_s"] > 0 and mine["compile_s"] == 0 and mine["run_s"] == mine["wall_s"]
+
+
 def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     ens = {f"ens-r{r}": _through_shard(tmp_path, f"ens{r}", hmc_ensemble(
         COARSE, n_chains=2, n_therm=5, n_traj=10, meas_every=1, tau=1.0, n_steps=4, integrator="leapfrog",
@@ -345,14 +369,15 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     pre = _through_shard(tmp_path, "pre", pipeline.train_flow_task(COARSE, "gaussian", steps=4, seed=1, **TRAIN))
     assert pre["params"]["params"]["layers_2"]["log_scale"].shape == ()  # the flax tree itself, as a group
     np.testing.assert_array_equal(pre["metric_step"], [0, 2, 4])
-    warm = pipeline.train_flow_task(FINE, "warm", steps=2, seed=2, deps={"pretrain": pre}, **TRAIN)
+    warm = pipeline.train_flow_task(FINE, "warm", steps=2, seed=2, deps={"pretrain": pre}, inputs={"below": "pretrain"},
+                                    **TRAIN)
     np.testing.assert_array_equal(warm["metric_step"], [4, 6])  # continues the coarse training's axes
     assert warm["metric_seconds"][0] >= pre["metric_seconds"][-1] - 1e-9
     assert warm["total_train_seconds"] == pytest.approx(pre["train_seconds"] + warm["train_seconds"])
     assert pre["work_offset"] == 0 and warm["work_offset"] == pytest.approx(4 * (COARSE["L"] / FINE["L"]) ** 2)
 
     trained = _through_shard(tmp_path, "coarse", pipeline.train_flow_task(
-        FINE, "coarse", steps=2, seed=3, prior_point=COARSE, deps={"gather": gather}, **TRAIN))
+        FINE, "coarse", steps=2, seed=3, prior_point=COARSE, deps={"gather": gather}, inputs=ENS, **TRAIN))
     assert trained["n_params"] == 37 and np.all(np.isfinite(trained["loss"]))
     # the prior's ensemble is part of what the flow cost: its seconds axis starts at the ensemble's HMC seconds
     assert trained["seconds_offset"] == trained["metric_seconds"][0] == pytest.approx(gather["run_seconds"])
@@ -360,7 +385,8 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     # a rung of the coarse-prior ladder: starts from the flow below (here one at the same L, which the library
     # does not check) and continues its axes; its seconds add this prior's ensemble to everything below
     rung = pipeline.train_flow_task(FINE, "coarse", steps=2, seed=6, prior_point=COARSE,
-                                    deps={"gather": gather, "below": trained}, **TRAIN)
+                                    deps={"gather": gather, "below": trained}, inputs={**ENS, "below": "below"},
+                                    **TRAIN)
     np.testing.assert_array_equal(rung["metric_step"], [2, 4])
     # two Adam steps (each at most about lr per parameter) from the flow below, not a fresh initialisation
     moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.max(np.abs(np.asarray(a) - np.asarray(b))),
@@ -370,12 +396,12 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     assert rung["metric_seconds"][0] == pytest.approx(rung["seconds_offset"])
     assert rung["work_offset"] == pytest.approx(2.0)  # the flow below trained 2 steps at the same L here
     imh = pipeline.flow_imh_task(FINE, "coarse", TINY_FLOW, n_chains=4, n_steps=30, n_therm=5, seed=4,
-                                 prior_point=COARSE, deps={"train": trained, "gather": gather})
+                                 prior_point=COARSE, deps={"train": trained, "gather": gather}, inputs=SAMPLE)
     kept = 30 - (imh["therm_steps"] - 5)  # thermalisation follows tau_int (test_thermalisation_follows_tau_int)
     assert imh["M"].shape == imh["accepted"].shape == (kept, 4) and 0 < imh["acceptance"] < 1
     with pytest.raises(ValueError, match="candidates > 1 needs a prior without an HMC ensemble, not the coarse"):
         pipeline.flow_imh_task(FINE, "coarse", TINY_FLOW, n_chains=4, n_steps=30, n_therm=5, seed=4, candidates=4,
-                               prior_point=COARSE, deps={"train": trained, "gather": gather})
+                               prior_point=COARSE, deps={"train": trained, "gather": gather}, inputs=SAMPLE)
     # the coarse prior draws 4 of the N independent configurations per proposal: c_prior = 4 x the ensemble's HMC
     # seconds (both replicas) / N per proposal (module docstring, "Prior reuse and cost")
     n_ind = imh["prior_independent_configs"]
@@ -400,7 +426,7 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     assert pilots[tuned["n_steps"]] >= 0.8 and tuned["tune_seconds"] > 0
     fh = pipeline.flow_hmc_task(FINE, "coarse", TINY_FLOW, n_chains=2, n_traj=10, n_therm=2, tau=1.0, n_steps=3,
                                 integrator="leapfrog", seed=6, prior_point=COARSE, tune_acceptance=0.8,
-                                deps={"train": trained, "gather": gather})
+                                deps={"train": trained, "gather": gather}, inputs=SAMPLE)
     assert dict(zip(fh["tuning_steps"], fh["tuning_acceptance"], strict=True))[fh["n_steps"]] >= 0.8
     assert fh["start"] == "prior"
     # start "hmc": F^-1 of HMC's final configurations; trajectories of length 1e-4 barely move them, so every
@@ -409,18 +435,20 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     assert hmc["final_configs"].shape == (2, 4, 4)
     fh = pipeline.flow_hmc_task(FINE, "coarse", TINY_FLOW, n_chains=2, n_traj=10, n_therm=0, tau=1e-4, n_steps=1,
                                 integrator="leapfrog", seed=6, prior_point=COARSE, start="hmc",
-                                deps={"train": trained, "gather": gather, "hmc": hmc})
+                                deps={"train": trained, "gather": gather, "hmc": hmc},
+                                inputs={**SAMPLE, "hmc_start": "hmc"})
     assert fh["start"] == "hmc" and fh["acceptance"] == 1.0
     np.testing.assert_allclose(fh["M"][0], hmc["final_configs"].mean(axis=(1, 2)), atol=1e-3)
     with pytest.raises(ValueError, match="needs 3 configurations of 4x4, the HMC run holds 2"):
         pipeline.flow_hmc_task(FINE, "coarse", TINY_FLOW, n_chains=3, n_traj=10, n_therm=0, tau=1.0, n_steps=1,
-                               integrator="leapfrog", seed=6, start="hmc", deps={"train": trained, "hmc": hmc})
+                               integrator="leapfrog", seed=6, start="hmc", deps={"train": trained, "hmc": hmc},
+                               inputs={"flow": "train", "hmc_start": "hmc"})
     table = pipeline.compare_samplers({"imh-coarse-L4": imh, "hmc-L4": hmc})
     assert list(table["method"]) == ["HMC", "flow-MH"]
     assert table["pull_chi2"][0] == 0.0 and np.isfinite(table["pull_chi2"][1])
 
     bil = pipeline.train_flow_task(FINE, "coarse_bilinear", steps=2, seed=3, prior_point=COARSE,
-                                   deps={"gather": gather}, **TRAIN)
+                                   deps={"gather": gather}, inputs=ENS, **TRAIN)
     assert np.all(np.isfinite(bil["loss"])) and bil["variant"] == "coarse_bilinear"
 
     # same_L: an ensemble at the fine L and a smaller beta; a coarse ensemble is refused by shape
@@ -429,29 +457,34 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
         near, n_chains=2, n_therm=5, n_traj=10, meas_every=1, tau=1.0, n_steps=4, integrator="leapfrog", seed=7,
         replica=0))})
     same = pipeline.train_flow_task(FINE, "same_L", steps=2, seed=3, prior_point=near, deps={"gather": same_gather},
-                                    **TRAIN)
+                                    inputs=ENS, **TRAIN)
     assert np.all(np.isfinite(same["loss"])) and same["variant"] == "same_L"
     imh = pipeline.flow_imh_task(FINE, "same_L", TINY_FLOW, n_chains=4, n_steps=30, n_therm=5, seed=4,
-                                 prior_point=near, deps={"train": same, "gather": same_gather})
+                                 prior_point=near, deps={"train": same, "gather": same_gather}, inputs=SAMPLE)
     assert 0 < imh["acceptance"] <= 1
     # 4 x 35 proposals from 20 configurations of 2 chains x 10 trajectories, at most 20 of them independent
     assert imh["prior_independent_configs"] <= 20 and imh["prior_reuse"] >= 4 * 35 / 20
     assert imh["prior_seconds_per_sample"] == pytest.approx(
         same_gather["run_seconds"] / imh["prior_independent_configs"])  # one configuration per draw
     # identity: with the prior at the target point itself, log r = -S exactly (scale 1), so log w = 0
-    prior = pipeline._prior("same_L", FINE, FINE, {"gather": same_gather})
+    prior = KINDS["same_L"].prior(4, EnsembleDraws.of(same_gather, FINE, FINE))
     z = prior.sample(jax.random.key(0), 8)
     np.testing.assert_allclose(prior.log_prob(z), -action_for(FINE)[0].action(z), rtol=1e-6)
     with pytest.raises(ValueError, match=r"same_L prior configurations are \(2, 2\), need \(4, 4\)"):
-        pipeline.train_flow_task(FINE, "same_L", steps=2, seed=3, prior_point=near, deps={"gather": gather}, **TRAIN)
+        pipeline.train_flow_task(FINE, "same_L", steps=2, seed=3, prior_point=near, deps={"gather": gather},
+                                 inputs=ENS, **TRAIN)
 
     with pytest.raises(ValueError, match="free_field needs kind z2"):  # not dropped silently
-        pipeline.make_flow({"kind": "tutorial", "free_field": True})
+        make_flow({"kind": "tutorial", "free_field": True})
     with pytest.raises(ValueError, match="pointwise needs kind z2"):
-        pipeline.make_flow({"kind": "tutorial", "pointwise": 1})
+        make_flow({"kind": "tutorial", "pointwise": 1})
     with pytest.raises(ValueError, match="do not fit the flow"):  # parameters of another architecture
-        pipeline.params_from_tree(pipeline.make_flow({"kind": "z2", "n_layers": 4, "hidden": []}), (4, 4),
-                                  trained["params"])
+        params_from_tree(make_flow({"kind": "z2", "n_layers": 4, "hidden": []}), (4, 4), trained["params"])
+    with pytest.raises(ValueError, match="the warm prior starts from a flow trained at L/2"):  # a role is missing
+        pipeline.train_flow_task(FINE, "warm", steps=2, seed=2, deps={"pretrain": pre}, **TRAIN)
+    with pytest.raises(ValueError, match="the below dependency 'nope' is not among"):
+        pipeline.train_flow_task(FINE, "warm", steps=2, seed=2, deps={"pretrain": pre}, inputs={"below": "nope"},
+                                 **TRAIN)
 
 
 def test_free_field_flow_trains_and_transfers_through_shards(tmp_path: Path) -> None:
@@ -460,7 +493,8 @@ def test_free_field_flow_trains_and_transfers_through_shards(tmp_path: Path) -> 
     train = {**TRAIN, "flow": {**TINY_FLOW, "free_field": True}}
     pre = _through_shard(tmp_path, "pre", pipeline.train_flow_task(COARSE, "gaussian", steps=2, seed=1, **train))
     assert pre["n_params"] == 39 and pre["params"]["params"]["layers_0"]["log_m2"].shape == ()
-    warm = pipeline.train_flow_task(FINE, "warm", steps=2, seed=2, deps={"pretrain": pre}, **train)
+    warm = pipeline.train_flow_task(FINE, "warm", steps=2, seed=2, deps={"pretrain": pre}, inputs={"below": "pretrain"},
+                                    **train)
     assert warm["n_params"] == 39 and np.all(np.isfinite(warm["loss"]))
 
 
@@ -472,34 +506,36 @@ def test_multilevel_flow_refines_the_flow_below_through_shards(tmp_path: Path) -
     train = {k: v for k, v in TRAIN.items() if k != "flow"}
     flow4 = {**TINY_FLOW, "sublattice": True, "refine": {"coarse": TINY_FLOW, "scale": 1.05}}
     key = jax.random.key(4)
-    init4 = pipeline.refine_init(pipeline.make_flow(flow4), pre, key, 4)["params"]
+    init4 = refine_init(make_flow(flow4), pre, key, 4)["params"]
     jax.tree.map(np.testing.assert_array_equal, init4["layers_0"]["coarse"], dict(pre["params"]["params"]))
-    coarse_model = pipeline.make_flow(TINY_FLOW)
-    phi_c, _ = sample_flow(coarse_model, pipeline.params_from_tree(coarse_model, (2, 2), pre["params"]),
+    coarse_model = make_flow(TINY_FLOW)
+    phi_c, _ = sample_flow(coarse_model, params_from_tree(coarse_model, (2, 2), pre["params"]),
                                     GaussianPrior((2, 2)), jax.random.split(key)[1], 1024)
     sigma = refine_sigma(np.asarray(phi_c), 1.05, True)
     np.testing.assert_allclose(np.exp(init4["layers_0"]["log_sigma"]), [sigma] * 3, rtol=1e-6)
     ml4 = _through_shard(tmp_path, "ml4", pipeline.train_flow_task(FINE, "multilevel", steps=2, seed=2, flow=flow4,
-                                                                   deps={"pre": pre}, **train))
+                                                                   deps={"pre": pre}, inputs={"below": "pre"},
+                                                                   **train))
     assert ml4["n_params"] == 37 + 3 + (2 * 4 * 9 + 1) and np.all(np.isfinite(ml4["loss"]))
     np.testing.assert_array_equal(ml4["metric_step"], [2, 4])  # continues the pretraining's axes
 
     fine8 = {"L": 8, "beta": 0.55, "lam": 0.5}
     flow8 = {**TINY_FLOW, "sublattice": True, "refine": {"coarse": flow4, "scale": (0.55 / 0.5) ** 0.5}}
-    init8 = pipeline.refine_init(pipeline.make_flow(flow8), ml4, key, 8)["params"]
+    init8 = refine_init(make_flow(flow8), ml4, key, 8)["params"]
     below = ml4["params"]["params"]
     for name in ("layers_1", "layers_2", "layers_3"):  # the ladder: couplings and rescaling from the rung below
         jax.tree.map(np.testing.assert_array_equal, init8[name], dict(below[name]))
     np.testing.assert_array_equal(init8["layers_0"]["log_sigma"], below["layers_0"]["log_sigma"])  # its widths too
     jax.tree.map(np.testing.assert_array_equal, init8["layers_0"]["coarse"], dict(below))
     ml8 = _through_shard(tmp_path, "ml8", pipeline.train_flow_task(fine8, "multilevel", steps=2, seed=3, flow=flow8,
-                                                                   deps={"ml4": ml4}, **train))
+                                                                   deps={"ml4": ml4}, inputs={"below": "ml4"},
+                                                                   **train))
     assert ml8["step_offset"] == 4 and ml8["work_offset"] == pytest.approx((2 + 2 * 0.25) * 0.25)
     imh = pipeline.flow_imh_task(fine8, "multilevel", flow8, n_chains=4, n_steps=20, n_therm=2, seed=5,
-                                 deps={"ml8": ml8})
+                                 deps={"ml8": ml8}, inputs={"flow": "ml8"})
     assert 0 <= imh["acceptance"] <= 1 and np.all(np.isfinite(imh["M"])) and "prior_reuse" not in imh
     multi = pipeline.flow_imh_task(fine8, "multilevel", flow8, n_chains=4, n_steps=20, n_therm=2, seed=5,
-                                   candidates=4, deps={"ml8": ml8})
+                                   candidates=4, deps={"ml8": ml8}, inputs={"flow": "ml8"})
     assert multi["method"] == "flow-MH x4" and multi["candidates"] == 4 and 0 <= multi["acceptance"] <= 1
     n = 20 - (multi["therm_steps"] - 2)
     assert all(multi[k].shape == (n, 4) and np.all(np.isfinite(multi[k])) for k in ("abs_M", "M2", "M4", "phi2"))
@@ -604,27 +640,66 @@ def test_cost_over_hmc_is_per_L() -> None:
 
 
 def test_report_with_several_L(tmp_path: Path) -> None:
-    """The report draws tau_int and cost versus L when the study has several L (fabricated study file)."""
+    """The report (fabricated study file, two L) opens with what was computed and a verdict per sampler, draws
+    tau_int and cost versus L, and gives numbers to three significant digits or with their errors."""
     rng = np.random.default_rng(0)
     samplers = {f"{m}-{v}-L{ell}": _fake_sampler(m, v, ell, 0.5 * ell, rng)
                 for ell in (8, 16) for m, v in (("HMC", ""), ("flow-MH", "coarse"), ("flow-HMC", "gaussian"))}
+    for res in samplers.values():  # every flow sampler at HMC's values, but chi2 of the coarse one at L = 8
+        res["summary"].update({k: samplers[f"HMC--L{res['L']}"]["summary"][k] for k in ("abs_M", "chi2", "binder")})
+    samplers["flow-MH-coarse-L8"]["summary"]["chi2"] += 0.05  # 0.05 / (0.01 sqrt 2): 3.5 sigma
+    samplers["flow-MH-coarse-L8"]["cost_per_independent"] = 0.5 * samplers["HMC--L8"]["cost_per_independent"]
     study = tmp_path / "study.h5"
     with h5py.File(study, "w") as f:
         t = f.create_group("tasks")
         store._write_value(t, "compare", pipeline.compare_samplers(samplers))
-        for ell in (8, 16):
+        for ell, beta in ((8, 0.576), (16, 0.634)):
+            t.create_group(f"hmc-L{ell}").attrs["params"] = json.dumps(
+                {"point": {"L": ell, "beta": beta, "lam": 0.5}, "n_chains": 8, "n_traj": 1000})
             for v, acc in (("coarse", [0.1, 0.5]), ("gaussian", [0.0, 0.3])):
                 store._write_value(t, f"train-{v}-L{ell}", {
                     "variant": v, "L": ell, "n_params": 37, "batch_size": 64, "compile_seconds": 1.0,
                     "metric_step": np.array([0, 10]), "metric_seconds": np.array([0.0, 1.0]), "step_offset": 0,
                     "acceptance": np.array(acc), "ess": np.array([0.05, 0.3])})
+                t[f"train-{v}-L{ell}"].attrs["params"] = json.dumps(
+                    {"point": {"L": ell, "beta": beta, "lam": 0.5}, "variant": v, "steps": 10, "batch_size": 64,
+                     "flow": {"kind": "z2", "n_layers": 2, "hidden": [], "kernel_size": 3},
+                     **({"prior_point": {"L": ell // 2, "beta": 0.5, "lam": 0.5}} if v == "coarse" else {})})
     rep = flow_study.report(study, tmp_path)
     assert sorted(p.name for p in rep.figures) == ["cost_vs_L.png", "flow_training.png", "observables.png"]
+    computed = {r[0]: r[1] for r in rep.tables[0].rows}
+    assert rep.tables[0].title == "What was computed" and computed["lam"] == "0.5"
+    assert computed["L = 16"] == "beta = 0.634; prior ensembles at L = 8, beta = 0.5"
+    assert computed["flow coarse-L8"].startswith("four L/2 configurations interleaved; z2, 2 couplings")
+    assert "wall-clock" in computed["costs"]
+    verdict = {(r[0], r[1]): r for r in rep.tables[1].rows}
+    assert rep.tables[1].title.startswith("Verdict per sampler")
+    assert verdict[(8, "flow-MH (coarse)")][4] == "disagrees: max |pull| 3.5 sigma (chi2)"
+    assert verdict[(8, "flow-MH (coarse)")][6] == "0.5 x HMC: met"
+    assert verdict[(16, "flow-HMC (gaussian)")][4] == "agrees: max |pull| 0.0 sigma (<|M|>)"
+    assert verdict[(8, "HMC")][4] == "reference"
     head = next(t for t in rep.tables if t.title.startswith("Head start"))
-    assert [r[:5] for r in head.rows] == [[8, "coarse", 0.3, 10, 10], [16, "coarse", 0.3, 10, 10]]
+    assert [r[:5] for r in head.rows] == [[8, "coarse", "0.3", 10, 10], [16, "coarse", "0.3", 10, 10]]
+    assert head.rows[0][9] == "missed"  # the whole of the Gaussian flow's steps: fraction 1
     samplers_table = rep.tables[-1]
     assert len(samplers_table.rows) == 6 and samplers_table.rows[0][0] == "HMC" and samplers_table.rows[0][1] == 8
     assert samplers_table.rows[0][-1] == "1000 / 25.0"  # tau_int = 4: long enough, no "too short"
+    assert samplers_table.rows[0][3] == "4.00(10)"  # tau_int with its error
+    assert all(not isinstance(c, float) for table in rep.tables for row in table.rows for c in row)
+
+
+def test_value_error_and_agreement() -> None:
+    """Numbers with errors: the error to two significant digits, the value to its decimal place; the agreement
+    verdict names the worst pull against the 2 and 3 sigma thresholds."""
+    assert flow_study.value_error(3.0394, 0.0481) == "3.039(48)"
+    assert flow_study.value_error(0.17612, 0.00153) == "0.1761(15)"
+    assert flow_study.value_error(1234.5, 56) == "1234(56)"  # rounds half to even
+    assert flow_study.value_error(12345.0, 567.0) == "12340(570)"
+    assert flow_study.value_error(2.5, 0.0) == "2.5" and flow_study.value_error(2.5, float("nan")) == "2.5"
+    assert flow_study.sig3(0.000121151) == "0.000121" and flow_study.sig3(float("inf")) == "-"
+    assert flow_study.agreement({"chi2": -1.94, "U": 0.3}) == "agrees: max |pull| 1.9 sigma (chi2)"
+    assert flow_study.agreement({"chi2": 0.1, "U": 2.6}).startswith("tension (2-3 sigma): max |pull| 2.6")
+    assert flow_study.agreement({"chi2": float("nan")}) == "no HMC at this L"
 
 
 def test_head_start_counts_steps_to_the_gaussian_acceptance() -> None:

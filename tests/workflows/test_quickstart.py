@@ -31,7 +31,8 @@ def shrink(cfg: dict[str, Any]) -> dict[str, Any]:
     olrg["training"]["steps"] = min(olrg["training"]["steps"], 20)
     olrg["n_times"] = min(olrg["n_times"], 21)
     fl = parts["flows"]["params"]
-    fl["ensembles"].update(n_therm=50, n_traj=100)
+    if "ensembles" in fl:  # only a prior kind with an HMC ensemble needs them
+        fl["ensembles"].update(n_therm=50, n_traj=100)
     fl["training"].update(steps=200, metrics_every=50, metrics_batch=256)
     fl["imh"].update(n_steps=300)
     fl["flow_hmc"].update(n_traj=30, n_therm=5)
