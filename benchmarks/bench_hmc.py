@@ -13,11 +13,19 @@ Measured in one run, each next to its baseline:
   for L >= ``hmc.PAD_SHIFT_MIN_EXTENT`` the neighbour shifts are pad/select so that they fuse, before they
   were ``jnp.roll`` whose minor-axis concatenates were materialised, ~80 B/site. Fields up to L = 1024,
   8 MiB, fit in a 32 MiB L3, so fractions > 1 are possible there.)
-* MPI weak scaling: ``mpiexec -n r python -m olrg_hpc.lattice.mpi_hmc`` with a ``--mpi-local`` ^2 block
-  per rank (global 256x256, 512x256, 512x512 for r = 1, 2, 4), leapfrog, ``--mpi-n-traj`` trajectories
-  of 10 steps; time per MD step (slowest rank), halo-exchange share of MD time (time inside Sendrecv,
-  including waiting for a slower neighbour), efficiency t(1)/t(r).
-  Ranks beyond the physical cores are oversubscribed (MPICH busy-polls), which the table flags.
+* MPI program against the single-process JAX kernel (``--mpi-*`` flags), one XLA thread per process: for
+  every ``--mpi-local`` block edge l (sites per rank l^2) and every rank count r in ``--mpi-ranks`` (grids
+  1x1, 2x1, 2x2; global lattice l*dims), with every transport in ``--mpi-transports``:
+  (a) *kernel*: the jitted ``hmc.leapfrog`` of ``--mpi-n-steps`` steps on the rank's block, halos fetched
+  inside the program (what ``mpi_hmc`` runs), per-rank site-steps/s = l^2 n / t (t the slowest rank,
+  best of ``--mpi-calls``), against the same ``hmc.leapfrog`` on one periodic l x l field in one process;
+  (b) *program*: ``mpi_hmc.run_mpi_hmc`` for ``--mpi-n-traj`` trajectories (momenta, exchanges, global sums,
+  Metropolis; compile excluded), per-rank site-steps/s = l^2 n n_traj / run_s, against ``hmc.run_chain``
+  of one l x l chain (same trajectories, compile excluded). Ratios (MPI per rank / single process) and the
+  weak-scaling efficiency t(1 rank) / t(r ranks) are taken within each of ``--mpi-repeats`` interleaved
+  rounds (every configuration once per round) and reported as median, min and max over rounds. Ranks beyond
+  the physical cores are oversubscribed (MPICH busy-polls), which the table flags; the load average before
+  and after the section is recorded.
 * HMC cost per effectively independent sample of chi2 versus L at fixed physics (``--cost-*`` flags):
   the jitted batched HMC (:func:`olrg_hpc.lattice.hmc.run_chain`, ``--cost-chains`` independent chains)
   along the Albandea line lam = 0.5 (beta/lambda convention): L = 8, beta = 0.576 and L = 16,
@@ -141,81 +149,155 @@ def bench_jax_leapfrog(
     return rows
 
 
-def bench_mpi(ranks: list[int], local: int, n_traj: int, n_steps: int) -> list[dict[str, Any]]:
+_GRIDS = {1: (1, 1), 2: (2, 1), 4: (2, 2), 8: (4, 2), 16: (4, 4)}
+_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def _worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """One measurement of the MPI section, in a fresh process (under mpiexec when ``spec["ranks"]`` is set):
+    kernel seconds per call (slowest rank) and program seconds of ``n_traj`` trajectories."""
+    import jax
+    import jax.numpy as jnp
+
+    from olrg_hpc.jaxsetup import enable_x64
+    from olrg_hpc.lattice import hmc, mpi_hmc
+    from olrg_hpc.lattice.phi4 import Phi4Action
+
+    enable_x64()
+    act = Phi4Action(-4.0, 8.0)
+    local, n_steps, n_traj = spec["local"], spec["n_steps"], spec["n_traj"]
+    key = jax.random.key(1)
+    out: dict[str, Any] = {}
+    if spec.get("ranks"):
+        from mpi4py import MPI
+
+        from olrg_hpc.lattice.halo import Decomposition
+
+        comm = MPI.COMM_WORLD
+        dims = _GRIDS[comm.Get_size()]
+        shape = (local * dims[0], local * dims[1])
+        dec = Decomposition(comm, shape, dims, spec["transport"])
+        block = mpi_hmc._Block(act, dec)
+        md = jax.jit(lambda phi, p: hmc.leapfrog(block, phi, p, 0.01, n_steps))
+        phi = 0.5 * jax.random.normal(jax.random.fold_in(key, dec.rank), (local, local), dtype=jnp.float64)
+        mom = jax.random.normal(jax.random.fold_in(key, 1000 + dec.rank), (local, local), dtype=jnp.float64)
+        jax.block_until_ready(md(phi, mom))
+        times = []
+        for _ in range(spec["calls"]):
+            dec.cart.Barrier()
+            t0 = time.perf_counter()
+            jax.block_until_ready(md(phi, mom))
+            times.append(comm.allreduce(time.perf_counter() - t0, op=MPI.MAX))
+        dec.free()
+        res = mpi_hmc.run_mpi_hmc({"L": list(shape), "dims": list(dims), "m2": -4.0, "lam": 8.0, "seed": 1,
+                                   "n_traj": n_traj, "n_steps": n_steps, "transport": spec["transport"]}, comm)
+        out.update(kernel_s=min(times), program_s=res["timings"]["run_s"], transport=res["transport"],
+                   dims=list(dims))
+        if comm.Get_rank() != 0:
+            return {}
+    else:
+        md = jax.jit(lambda phi, p: hmc.leapfrog(act, phi, p, 0.01, n_steps))
+        phi = 0.5 * jax.random.normal(key, (local, local), dtype=jnp.float64)
+        mom = jax.random.normal(jax.random.fold_in(key, 1), (local, local), dtype=jnp.float64)
+        jax.block_until_ready(md(phi, mom))
+        times = []
+        for _ in range(spec["calls"]):
+            t0 = time.perf_counter()
+            jax.block_until_ready(md(phi, mom))
+            times.append(time.perf_counter() - t0)
+        kw = {"n_steps": n_steps, "measure": _no_measure}
+        jax.block_until_ready(hmc.run_chain(act, phi, n_traj, jax.random.key(2), **kw))  # compile
+        t0 = time.perf_counter()
+        jax.block_until_ready(hmc.run_chain(act, phi, n_traj, jax.random.key(3), **kw))
+        out.update(kernel_s=min(times), program_s=time.perf_counter() - t0)
+    return out
+
+
+def _no_measure(phi: Any) -> Any:
+    import jax.numpy as jnp
+
+    return jnp.zeros((), phi.dtype)
+
+
+def _run_worker(spec: dict[str, Any]) -> dict[str, Any] | None:
+    from olrg_hpc.mpi import mpi_launcher
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "XLA_FLAGS": _ONE_THREAD}
+    prefix = mpi_launcher(spec["ranks"], use_srun=False) if spec.get("ranks") else []
+    cmd = [*prefix, sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
+    if out.returncode != 0:
+        print(f"  worker {spec} failed:\n{out.stderr[-2000:]}", flush=True)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _spread(x: list[float]) -> dict[str, float]:
+    return {"median": float(np.median(x)), "min": float(np.min(x)), "max": float(np.max(x))}
+
+
+def bench_mpi(ranks: list[int], locals_: list[int], transports: list[str], n_steps: int, n_traj: int,
+              calls: int, repeats: int) -> dict[str, Any]:
+    """The MPI section (module docstring): interleaved rounds, per-round ratios and efficiencies."""
     from olrg_hpc.mpi import find_mpiexec
 
-    exe = find_mpiexec()
-    if exe is None:
-        print("  no mpiexec found: MPI weak scaling skipped")
-        return []
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    rows: list[dict[str, Any]] = []
+    if find_mpiexec() is None:
+        print("  no mpiexec found: MPI section skipped")
+        return {}
+    ranks = [r for r in ranks if r in _GRIDS]
     ncpu = os.cpu_count() or 1
-    for r in ranks:
-        dims = {1: (1, 1), 2: (2, 1), 4: (2, 2), 8: (4, 2), 16: (4, 4)}.get(r)
-        if dims is None:
-            print(f"  skipping {r} ranks (no square-ish grid)")
-            continue
-        shape = (local * dims[0], local * dims[1])
-        cmd = [
-            exe,
-            "-n",
-            str(r),
-            sys.executable,
-            "-m",
-            "olrg_hpc.lattice.mpi_hmc",
-            "--L",
-            str(shape[0]),
-            str(shape[1]),
-            "--dims",
-            str(dims[0]),
-            str(dims[1]),
-            "--m2",
-            "-4",
-            "--lam",
-            "8",
-            "--n-traj",
-            str(n_traj),
-            "--n-steps",
-            str(n_steps),
-            "--seed",
-            "1",
-        ]
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
-        if out.returncode != 0:
-            print(f"  {r} ranks failed:\n{out.stderr[-2000:]}")
-            continue
-        summary = json.loads(out.stdout.strip().splitlines()[-1])
-        t = summary["timings"]
-        md_steps = n_traj * n_steps
-        step_s = t["md_s"] / md_steps
-        row = {
-            "ranks": r,
-            "dims": summary["dims"],
-            "global_shape": list(shape),
-            "local_block": [local, local],
-            "oversubscribed": r > ncpu,
-            "md_step_s": step_s,
-            "halo_share": t["halo_s"] / t["md_s"],
-            "force_share": t["force_s"] / t["md_s"],
-            "site_updates_per_s_per_rank": local * local / step_s,
-            "site_updates_per_s_total": shape[0] * shape[1] / step_s,
-            "total_s": t["total_s"],
-            "acceptance": summary["acceptance"],
-        }
-        rows.append(row)
-    if rows:
-        t1 = next((row["md_step_s"] for row in rows if row["ranks"] == 1), rows[0]["md_step_s"])
-        for row in rows:
-            row["weak_efficiency"] = t1 / row["md_step_s"]
-            print(
-                f"  ranks={row['ranks']}  grid={row['dims']}  global={row['global_shape']}  "
-                f"step {row['md_step_s'] * 1e3:8.2f} ms  halo {100 * row['halo_share']:5.1f} %  "
-                f"{row['site_updates_per_s_total'] / 1e6:7.1f} M site-steps/s  efficiency "
-                f"{row['weak_efficiency']:5.2f}{'  (oversubscribed)' if row['oversubscribed'] else ''}",
-                flush=True,
-            )
-    return rows
+    raw: dict[str, list[dict[str, Any]]] = {}
+    load_before = os.getloadavg()
+    for rnd in range(repeats):
+        for local in locals_:
+            base = {"local": local, "n_steps": n_steps, "n_traj": n_traj, "calls": calls}
+            configs = [("single", base), *[(f"{t}-r{r}", {**base, "ranks": r, "transport": t})
+                                           for t in transports for r in ranks]]
+            for name, spec in configs:
+                got = _run_worker(spec)
+                if got is not None:
+                    raw.setdefault(f"l{local}-{name}", []).append({"round": rnd, **got})
+        print(f"  round {rnd + 1}/{repeats} done (load {os.getloadavg()[0]:.1f})", flush=True)
+    rows = []
+    for local in locals_:
+        single = {g["round"]: g for g in raw.get(f"l{local}-single", [])}
+        for t in transports:
+            one = {g["round"]: g for g in raw.get(f"l{local}-{t}-r1", [])}
+            for r in ranks:
+                got = {g["round"]: g for g in raw.get(f"l{local}-{t}-r{r}", [])}
+                rounds = sorted(set(got) & set(single))
+                if not rounds:
+                    continue
+                sites = local * local
+                row: dict[str, Any] = {
+                    "local_block": [local, local], "ranks": r, "dims": got[rounds[0]]["dims"],
+                    "transport": got[rounds[0]]["transport"], "oversubscribed": r > ncpu, "rounds": len(rounds),
+                    "kernel_site_steps_per_s_per_rank": _spread([sites * n_steps / got[i]["kernel_s"] for i in rounds]),
+                    "single_kernel_site_steps_per_s": _spread(
+                        [sites * n_steps / single[i]["kernel_s"] for i in rounds]),
+                    "kernel_ratio": _spread([single[i]["kernel_s"] / got[i]["kernel_s"] for i in rounds]),
+                    "program_site_steps_per_s_per_rank": _spread(
+                        [sites * n_steps * n_traj / got[i]["program_s"] for i in rounds]),
+                    "single_program_site_steps_per_s": _spread(
+                        [sites * n_steps * n_traj / single[i]["program_s"] for i in rounds]),
+                    "program_ratio": _spread([single[i]["program_s"] / got[i]["program_s"] for i in rounds]),
+                }
+                both = [i for i in rounds if i in one]
+                if both:
+                    row["weak_efficiency_kernel"] = _spread([one[i]["kernel_s"] / got[i]["kernel_s"] for i in both])
+                    row["weak_efficiency_program"] = _spread(
+                        [one[i]["program_s"] / got[i]["program_s"] for i in both])
+                rows.append(row)
+                eff = row.get("weak_efficiency_kernel", {}).get("median", float("nan"))
+                print(f"  l={local:4d} {row['transport']:8s} r={r} {row['dims']}: kernel "
+                      f"{row['kernel_site_steps_per_s_per_rank']['median'] / 1e6:7.1f} M/s per rank "
+                      f"(x{row['kernel_ratio']['median']:.2f} single), program "
+                      f"{row['program_site_steps_per_s_per_rank']['median'] / 1e6:7.1f} M/s "
+                      f"(x{row['program_ratio']['median']:.2f}), weak efficiency {eff:.2f}"
+                      f"{'  (oversubscribed)' if r > ncpu else ''}", flush=True)
+    return {"rows": rows, "raw": raw, "n_steps": n_steps, "n_traj": n_traj, "calls": calls, "repeats": repeats,
+            "xla_flags": _ONE_THREAD, "load_before": load_before, "load_after": os.getloadavg()}
 
 
 # ------------------------------------------------------------------------------------------ cost vs L
@@ -384,9 +466,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--target-s", type=float, default=0.5, help="approximate seconds per timed JAX call")
     ap.add_argument("--bw-mib", type=int, default=256, help="array size for the bandwidth copy")
     ap.add_argument("--mpi-ranks", type=int, nargs="*", default=[1, 2, 4])
-    ap.add_argument("--mpi-local", type=int, default=256, help="local block edge per rank (weak scaling)")
-    ap.add_argument("--mpi-n-traj", type=int, default=10)
+    ap.add_argument("--mpi-local", type=int, nargs="+", default=[256, 512], help="block edges per rank")
+    ap.add_argument("--mpi-transports", nargs="+", default=None,
+                    help="mpi4jax and/or callback (default: both when mpi4jax is installed)")
+    ap.add_argument("--mpi-n-traj", type=int, default=20)
     ap.add_argument("--mpi-n-steps", type=int, default=10)
+    ap.add_argument("--mpi-calls", type=int, default=5, help="timed kernel calls per measurement (best kept)")
+    ap.add_argument("--mpi-repeats", type=int, default=3, help="interleaved rounds")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--cost-sizes", type=int, nargs="*", default=[8, 16, 32],
                     help="L of the cost-per-independent-sample study (none: skip)")
     ap.add_argument("--cost-betas", type=float, nargs="*", default=None,
@@ -401,6 +488,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cost-seed", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/hmc.json")
     args = ap.parse_args(argv)
+    if args.worker:  # one measurement of the MPI section, in its own process
+        got = _worker(json.loads(args.worker))
+        if got:  # rank 0 of an MPI worker, or a single-process one
+            print(json.dumps(got))
+        return
 
     import jax
 
@@ -414,10 +506,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.sizes:
         print(f"JAX leapfrog (float64, bandwidth model {BYTES_PER_SITE_STEP} B/site/step):")
         jax_rows = bench_jax_leapfrog(args.sizes, args.repeat, args.target_s, bw["bytes_per_s"])
-    mpi_rows: list[dict[str, Any]] = []
+    mpi_rows: dict[str, Any] = {}
     if args.mpi_ranks:
-        print(f"MPI weak scaling ({args.mpi_local}^2 sites per rank, numpy + mpi4py):")
-        mpi_rows = bench_mpi(args.mpi_ranks, args.mpi_local, args.mpi_n_traj, args.mpi_n_steps)
+        from olrg_hpc.lattice.halo import TRANSPORTS, default_transport
+
+        transports = args.mpi_transports or (list(TRANSPORTS) if default_transport() == "mpi4jax" else ["callback"])
+        print(f"MPI program vs single-process JAX kernel ({args.mpi_local} sites per rank edge, {transports}, "
+              f"{args.mpi_repeats} interleaved rounds):")
+        mpi_rows = bench_mpi(args.mpi_ranks, args.mpi_local, transports, args.mpi_n_steps, args.mpi_n_traj,
+                             args.mpi_calls, args.mpi_repeats)
     cost: dict[str, Any] = {}
     if args.cost_sizes:
         print(f"HMC cost per independent chi2 sample vs L (lam = {args.cost_lam}, {args.cost_chains} chains x "
@@ -437,7 +534,7 @@ def main(argv: list[str] | None = None) -> None:
         "bandwidth": bw,
         "bytes_per_site_step_model": BYTES_PER_SITE_STEP,
         "jax_leapfrog": jax_rows,
-        "mpi_weak_scaling": mpi_rows,
+        "mpi_vs_single": mpi_rows,
         "cost_vs_L": cost,
         "load_average": os.getloadavg(),
     }

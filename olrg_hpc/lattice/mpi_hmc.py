@@ -32,8 +32,9 @@ Design
   rank, so all ranks take the same accept/reject decision (accept if ``u < exp(-dH)``; NaN rejected).
 * **Random numbers (decomposition independent).** Counter-based Threefry-2x32 (``jax.extend.random``): the
   stream of (trajectory ``k``, purpose ``q``) has the key ``threefry(seed_key, (k, q))``, ``seed_key =
-  (seed mod 2^32, seed div 2^32)``, and the number at global site ``i = y Lx + x`` is ``ndtri`` of the
-  53-bit uniform ``(b + 1/2) 2^-53`` from the 64 bits ``b`` of ``threefry(key, (i, 0))``. Momenta: purpose 1;
+  (seed mod 2^32, seed div 2^32)``, and the number at global site ``i = y Lx + x`` is the standard normal
+  ``sqrt(2) erfinv(2 u - 1)`` of the 53-bit uniform ``u = (b + 1/2) 2^-53``, ``b`` the top 53 of the 64 bits
+  of ``threefry(key, (i, 0))``. Momenta: purpose 1;
   the Metropolis uniform: purpose 2, site 0; a hot start ``init_scale * N(0, 1)``: purpose 0, trajectory 0.
   Every rank draws only its own sites, so 1, 2, 4 ranks produce the same chain (to the rounding of the
   global sums, ~1e-13).
@@ -56,8 +57,10 @@ Design
   ``action``, ``magnetization``, ``phi2``, ``phi``, ``acceptance``, ``field_scale``, ``dims``.
 
 Timings returned (each the maximum over ranks): ``compile_s`` (compiling the segment program), ``run_s``
-(running the trajectories, exchanges and sums included), ``checkpoint_s``, ``total_s``; and ``n_force``,
-the force evaluations per rank.
+(running the trajectories, exchanges and sums included; also as ``md_s``), ``checkpoint_s``, ``total_s``; and
+``n_force``, the force evaluations per rank. With ``profile`` the parts are timed afterwards, each in its own
+jitted loop on the block (:func:`_profile`), and scaled to the run: ``halo_s`` (``n_force + 2`` exchanges per
+trajectory), ``force_s``, ``rng_s`` (momenta), ``reduce_s`` (global sums).
 """
 
 from __future__ import annotations
@@ -122,6 +125,7 @@ _DEFAULTS: dict[str, Any] = {
     "dims": None,
     "transport": None,
     "watchdog_s": 300.0,
+    "profile": False,
 }
 
 
@@ -213,7 +217,8 @@ def _site_uniforms(seed: int, trajectory: Any, purpose: int, sites: Any) -> Any:
 def site_normals(seed: int, trajectory: Any, purpose: int, sites: Any) -> Any:
     """Standard normals at global sites ``sites`` of the stream (``trajectory``, ``purpose``), as JAX array;
     traceable (the kernel draws its block's momenta with it)."""
-    return jax.scipy.special.ndtri(_site_uniforms(seed, trajectory, purpose, sites))
+    u = _site_uniforms(seed, trajectory, purpose, sites)
+    return math.sqrt(2.0) * jax.scipy.special.erfinv(2.0 * u - 1.0)  # = ndtri(u), half the cost in XLA
 
 
 def _global_sites(shape: tuple[int, int]) -> np.ndarray:
@@ -296,6 +301,43 @@ def _segment_program(dec: Any, action: Any, seed: int, tau: float, n_steps: int,
     return jax.jit(segment)
 
 
+def _profile(dec: Any, action: Any, seed: int, phi: Any, reps: int = 20) -> dict[str, float]:
+    """Seconds per call of the kernel's parts, each in its own jitted loop of ``reps`` calls on this block (the
+    segment program is one compiled unit and cannot be timed in parts): ``halo`` (one exchange, waiting for
+    neighbours included), ``force`` (one force evaluation with given halos), ``momenta`` (one trajectory's
+    draw), ``sum`` (one global sum)."""
+    halos0 = dec.halos(phi)
+
+    def consume(phi: Any, x: Any) -> Any:  # a data dependence XLA cannot drop
+        return phi.at[0, 0].add(0.0 * x)
+
+    def halo_loop(phi: Any) -> Any:
+        def body(_: Any, ph: Any) -> Any:
+            edges = [e for pair in dec.halos(ph) for e in pair if e is not None]
+            return consume(ph, sum((jnp.sum(e) for e in edges), jnp.zeros(())))
+        return jax.lax.fori_loop(0, reps, body, phi)
+
+    def force_loop(phi: Any) -> Any:
+        return jax.lax.fori_loop(0, reps, lambda _, ph: ph + 1e-9 * hmc.force(action, ph, halos0), phi)
+
+    def momenta_loop(phi: Any) -> Any:
+        sites = dec.global_sites()
+        return jax.lax.fori_loop(0, reps, lambda k, ph: consume(ph, jnp.sum(site_normals(seed, k, 1, sites))), phi)
+
+    def sum_loop(phi: Any) -> Any:
+        return jax.lax.fori_loop(0, reps, lambda _, ph: consume(ph, dec.allsum(jnp.sum(ph)[None])[0]), phi)
+
+    out = {}
+    for name, fn in (("halo", halo_loop), ("force", force_loop), ("momenta", momenta_loop), ("sum", sum_loop)):
+        f = jax.jit(fn)
+        jax.block_until_ready(f(phi))  # compile
+        dec.cart.Barrier()
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(phi))
+        out[name] = (time.perf_counter() - t0) / reps
+    return out
+
+
 def _single_thread_xla() -> None:
     """One XLA CPU thread per rank (ranks are placed one per core), unless the user set ``XLA_FLAGS``."""
     if "XLA_FLAGS" not in os.environ:
@@ -308,7 +350,8 @@ CHECKPOINT_FORMAT = "olrg-hpc mpi_hmc checkpoint 1"
 _HISTORY = ("dH", "accepted", "action", "magnetization", "phi2")
 _PHYSICS_KEYS = ("m2", "lam", "Ly", "Lx", "seed", "tau", "n_steps", "integrator", "rng")
 _RNG = ("jax threefry-2x32 counter-based: key threefry((seed mod 2^32, seed div 2^32), (trajectory, purpose)), "
-        "site i = y Lx + x -> ndtri(53-bit uniform of threefry(key, (i, 0))); momenta purpose 1, accept 2 (site 0), "
+        "site i = y Lx + x -> sqrt(2) erfinv(2u - 1), u the 53-bit uniform of threefry(key, (i, 0)); momenta purpose "
+        "1, accept 2 (site 0), "
         "init 0")
 
 
@@ -415,7 +458,8 @@ def run_mpi_hmc(params: dict[str, Any], comm: Any) -> dict[str, Any]:
     ``integrator`` (``"leapfrog"``|``"omelyan"``), ``init`` (``"hot"``|``"cold"``), ``init_scale`` (0.5),
     ``phi0`` (global start field, tutorial normalisation; overrides ``init``), ``checkpoint`` (path),
     ``checkpoint_every`` (0 = only at the end), ``restart`` (resume from ``checkpoint`` if it exists),
-    ``out`` (results, HDF5), ``dims`` (process grid), ``transport`` (``"mpi4jax"`` | ``"callback"``; default:
+    ``out`` (results, HDF5), ``dims`` (process grid), ``profile`` (time the kernel's parts, module docstring),
+    ``transport`` (``"mpi4jax"`` | ``"callback"``; default:
     mpi4jax when installed), ``watchdog_s`` (300: end the run when a rank makes no progress for this long
     beyond the expected). Bad values, or a damaged or mismatched checkpoint, raise
     :class:`~olrg_hpc.errors.UserError` on every rank.
@@ -543,7 +587,13 @@ def run_mpi_hmc(params: dict[str, Any], comm: Any) -> dict[str, Any]:
             ckpt_s += time.perf_counter() - t0
         phi_final = dec.gather(np.asarray(phi))
         timings: dict[str, Any] = {"total_s": time.perf_counter() - t_start, "compile_s": compile_s, "run_s": run_s,
-                                   "checkpoint_s": ckpt_s}
+                                   "md_s": run_s, "checkpoint_s": ckpt_s}
+        if p["profile"]:
+            watchdog.expect(max(600.0, v["watchdog_s"]))
+            per = _profile(dec, Phi4Action(v["m2"], v["lam"]), seed, phi)
+            n_run = max(n_traj - start_traj, 0)
+            timings.update({"halo_s": per["halo"] * (n_force + 2) * n_run, "force_s": per["force"] * n_force * n_run,
+                            "rng_s": per["momenta"] * n_run, "reduce_s": per["sum"] * n_run})
         # the slowest rank defines the wall time
         timings = {key: cart.allreduce(val, op=dec.MPI.MAX) for key, val in timings.items()}
     timings.update({"n_force": n_force * max(n_traj - start_traj, 0), "n_traj_run": max(n_traj - start_traj, 0)})
@@ -596,6 +646,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=None, help="results file (HDF5, written atomically by rank 0)")
     ap.add_argument("--transport", choices=["mpi4jax", "callback"], default=None,
                     help="how halos travel (default: mpi4jax when installed)")
+    ap.add_argument("--profile", action="store_true", help="time the kernel's parts after the run")
     ap.add_argument("--watchdog-s", type=float, default=300.0,
                     help="end the run when no progress was made for this long beyond the expected")
     return ap
