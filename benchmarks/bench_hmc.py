@@ -46,6 +46,12 @@ Measured in one run, each next to its baseline:
   the errors of tau_int and of the block timings in quadrature. With >= 2 L a weighted fit
   ``tau_int ~ L^z`` (and ``cost ~ L^z_cost``).
 
+* Replica analysis (``--analysis-seeds N``): tau_int and errors of many-chain ensembles analysed with each
+  chain's fluctuations about its own mean (pyerrors' replicas as they are) and about the mean over all chains
+  (``olrg_hpc.lattice.autocorr``, Wolff), on the same data: AR(1) at tau_int 19.5 as 128 x 3000 and
+  4 x 96000 over N seeds (with the exact error of the mean), and an L = 16, beta = 0.634 HMC ensemble
+  (``--analysis-hmc CHAINS TRAJ THERM``). The cost study reports both tau_int(chi2) as well.
+
 Usage: ``python benchmarks/bench_hmc.py [--sizes 64 128 256 512 1024] [--out benchmarks/results/hmc.json]``;
 a section is skipped when its list is empty (``--sizes``, ``--mpi-ranks``, ``--cost-sizes`` with no values),
 e.g. only the cost study: ``python benchmarks/bench_hmc.py --sizes --mpi-ranks``, at larger L:
@@ -300,6 +306,85 @@ def bench_mpi(ranks: list[int], locals_: list[int], transports: list[str], n_ste
             "xla_flags": _ONE_THREAD, "load_before": load_before, "load_after": os.getloadavg()}
 
 
+# ------------------------------------------------------------------------------------------ replica analysis
+def per_chain_mean_analysis(series: np.ndarray, S: float = 1.5) -> tuple[float, float, float]:
+    """``(tau_int, dtau_int, error of the mean)`` of ``(n, chains)`` histories with pyerrors' replicas as they
+    are, each chain's fluctuations about its own mean: the analysis before ``autocorr.to_obs`` re-centred them
+    on the mean over all chains (kept here to measure what that changed)."""
+    from olrg_hpc.lattice.autocorr import pe  # pyerrors, imported with its deprecation warnings silenced
+
+    obs = pe.Obs([np.ascontiguousarray(series[:, r]) for r in range(series.shape[1])],
+                 [f"ens|r{r}" for r in range(series.shape[1])])
+    obs.gamma_method(S=S)
+    return float(obs.e_tauint["ens"]), float(obs.e_dtauint["ens"]), float(obs.dvalue)
+
+
+def bench_replica_analysis(seeds: int, hmc_chains: int, hmc_traj: int, hmc_therm: int) -> dict[str, Any]:
+    """tau_int and errors before (:func:`per_chain_mean_analysis`) and after (``olrg_hpc.lattice.autocorr``) on
+    the same data: AR(1) at rho = 0.95 (tau_int 19.5) as 128 x 3000 and 4 x 96000, averaged over ``seeds``
+    seeds, with the exact error of the mean; and an HMC ensemble at L = 16, beta = 0.634, lam = 0.5 (leapfrog,
+    10 steps, tau = 1): tau_int(M^2) and the errors of chi2 = V <M^2> and the Binder cumulant."""
+    import jax
+    import jax.numpy as jnp
+    from scipy.signal import lfilter
+
+    from olrg_hpc.lattice import autocorr, hmc
+    from olrg_hpc.lattice.autocorr import pe
+    from olrg_hpc.lattice.phi4 import Phi4Action
+
+    out: dict[str, Any] = {"ar1": []}
+    rho = 0.95
+    c0 = 1 / (1 - rho**2)
+    for chains, n in ((128, 3000), (4, 96_000)):
+        rows = []
+        for seed in range(seeds):
+            rng = np.random.default_rng(seed)
+            e = rng.normal(size=(n, chains))
+            e[0] /= np.sqrt(1 - rho**2)
+            x = lfilter([1.0], [1.0, -rho], e, axis=0)
+            tau_b, _, err_b = per_chain_mean_analysis(x)
+            tau_a, _ = autocorr.tau_int(x)
+            err_a = autocorr.mean_error(x)[1]
+            rows.append((tau_b, err_b, tau_a, err_a))
+        r = np.mean(rows, axis=0)
+        t = np.arange(1, n)
+        exact_err = float(np.sqrt(c0 / n * (1 + 2 * np.sum((1 - t / n) * rho**t)) / chains))
+        out["ar1"].append({"chains": chains, "length": n, "seeds": seeds, "tau_int_exact": (1 + rho) / (2 * (1 - rho)),
+                           "error_exact": exact_err, "tau_int_before": r[0], "error_before": r[1],
+                           "tau_int_after": r[2], "error_after": r[3]})
+        print(f"  AR(1) {chains} x {n}: tau_int {r[0]:.2f} -> {r[2]:.2f} (exact 19.5), error {r[1]:.5f} -> {r[3]:.5f}"
+              f" (exact {exact_err:.5f})", flush=True)
+    if hmc_chains:
+        L, beta, lam = 16, 0.634, 0.5
+        action, c = Phi4Action.from_beta_lambda(beta, lam)
+        key = jax.random.key(7, impl="rbg")
+        phi = 0.5 * jax.random.normal(jax.random.fold_in(key, 0), (hmc_chains, L, L), dtype=jnp.float64)
+        t0 = time.perf_counter()
+        res = hmc.run_chain(action, phi, hmc_traj, jax.random.fold_in(key, 1), n_steps=10, n_therm=hmc_therm,
+                            measure=_cost_measure)
+        M = c * np.asarray(res.measurements[0])  # (n_traj, chains), in the beta/lambda field
+        run_s = time.perf_counter() - t0
+        V = L * L
+        chi2_hist = V * M**2
+        tau_b, _, err_b = per_chain_mean_analysis(chi2_hist)
+        tau_a, dtau_a = autocorr.tau_int(chi2_hist)
+        chi2, err_a, _ = autocorr.mean_error(chi2_hist)
+        cols = lambda a: [np.ascontiguousarray(a[:, r]) for r in range(a.shape[1])]  # noqa: E731
+        names = [f"ens|r{r}" for r in range(hmc_chains)]
+        ub = (lambda m4, m2: 1.0 - m4 / (3.0 * m2**2))(pe.Obs(cols(M**4), names), pe.Obs(cols(M**2), names))
+        ub.gamma_method(S=autocorr.DEFAULT_S)
+        u, du = autocorr.derived(lambda m4, m2: 1.0 - m4 / (3.0 * m2**2), M**4, M**2)
+        out["hmc"] = {"L": L, "beta": beta, "lam": lam, "chains": hmc_chains, "trajectories": hmc_traj,
+                      "therm": hmc_therm, "n_steps": 10, "acceptance": float(res.acceptance), "seconds": run_s,
+                      "chi2": chi2, "tau_int_M2_before": tau_b, "tau_int_M2_after": tau_a,
+                      "tau_int_M2_after_err": dtau_a, "chi2_err_before": err_b, "chi2_err_after": err_a,
+                      "binder": u, "binder_err_before": float(ub.dvalue), "binder_err_after": du}
+        print(f"  HMC L = 16, beta = 0.634, {hmc_chains} x {hmc_traj}: tau_int(M^2) {tau_b:.2f} -> {tau_a:.2f}"
+              f"({dtau_a:.2f}), chi2 {chi2:.3f} error {err_b:.4f} -> {err_a:.4f}, Binder error {ub.dvalue:.5f} -> "
+              f"{du:.5f} (acceptance {float(res.acceptance):.2f}, {run_s:.0f} s)", flush=True)
+    return out
+
+
 # ------------------------------------------------------------------------------------------ cost vs L
 #: the constant-xi/L line at lam = 0.5: Albandea et al.'s coarse/fine points (L = 8, 16), L = 32 matched to
 #: xi_2nd/L = 0.247(3) of L = 16 by a scan here (beta = 0.655, 0.658, 0.661, 0.663 -> xi/L = 0.222, 0.219,
@@ -396,6 +481,7 @@ def _cost_point(L: int, beta: float, lam: float, n_chains: int, n_therm: int, n_
     xi2, xi2_err = autocorr.derived(lambda g0, gp: xi2_from_propagators(g0, gp, L), chi2_hist, G)
     xi = float(np.sqrt(max(xi2, 0.0)))
     binder, binder_err = autocorr.derived(lambda m4, m2: 1.0 - m4 / (3.0 * m2**2), M**4, M**2)
+    tau_pc, _, chi2_err_pc = per_chain_mean_analysis(chi2_hist)
     t = np.asarray(times)
     s_traj = float(np.min(t)) / block  # best of the blocks: load spikes of a shared machine removed
     s_traj_err = float(np.median(t) - np.min(t)) / block  # their spread, as the timing uncertainty
@@ -410,6 +496,7 @@ def _cost_point(L: int, beta: float, lam: float, n_chains: int, n_therm: int, n_
         "exp_minus_dH_err": float(np.std(w) / np.sqrt(w.size)),
         "n_chains": n_chains, "n_therm": n_therm, "n_traj": n_traj, "block": block,
         "chi2": chi2, "chi2_err": chi2_err, "tau_int_chi2": tau, "tau_int_chi2_err": dtau,
+        "tau_int_chi2_per_chain_mean": tau_pc, "chi2_err_per_chain_mean": chi2_err_pc,
         "xi2nd": xi, "xi2nd_err": float(xi2_err / (2 * xi)) if xi > 0 else float("nan"),
         "xi2nd_over_L": xi / L, "binder": binder, "binder_err": binder_err,
         "seconds_per_traj": s_traj, "seconds_per_traj_err": s_traj_err,
@@ -473,6 +560,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mpi-n-steps", type=int, default=10)
     ap.add_argument("--mpi-calls", type=int, default=5, help="timed kernel calls per measurement (best kept)")
     ap.add_argument("--mpi-repeats", type=int, default=3, help="interleaved rounds")
+    ap.add_argument("--analysis-seeds", type=int, default=0,
+                    help="replica analysis before/after (AR(1) over this many seeds; 0: skip the section)")
+    ap.add_argument("--analysis-hmc", type=int, nargs=3, default=[128, 4000, 500], metavar=("CHAINS", "TRAJ", "THERM"),
+                    help="the L = 16 HMC ensemble of the replica analysis (CHAINS 0: skip it)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--cost-sizes", type=int, nargs="*", default=[8, 16, 32],
                     help="L of the cost-per-independent-sample study (none: skip)")
@@ -515,6 +606,10 @@ def main(argv: list[str] | None = None) -> None:
               f"{args.mpi_repeats} interleaved rounds):")
         mpi_rows = bench_mpi(args.mpi_ranks, args.mpi_local, transports, args.mpi_n_steps, args.mpi_n_traj,
                              args.mpi_calls, args.mpi_repeats)
+    analysis: dict[str, Any] = {}
+    if args.analysis_seeds:
+        print("Replica analysis: per-chain means (before) against Wolff's global mean (after):")
+        analysis = bench_replica_analysis(args.analysis_seeds, *args.analysis_hmc)
     cost: dict[str, Any] = {}
     if args.cost_sizes:
         print(f"HMC cost per independent chi2 sample vs L (lam = {args.cost_lam}, {args.cost_chains} chains x "
@@ -536,6 +631,7 @@ def main(argv: list[str] | None = None) -> None:
         "jax_leapfrog": jax_rows,
         "mpi_vs_single": mpi_rows,
         "cost_vs_L": cost,
+        "replica_analysis": analysis,
         "load_average": os.getloadavg(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
