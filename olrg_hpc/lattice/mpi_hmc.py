@@ -474,6 +474,13 @@ def run_mpi_hmc(params: dict[str, Any], comm: Any) -> dict[str, Any]:
     t_start = time.perf_counter()
     p = {**_DEFAULTS, **params}
     v = _checked(p)
+    # watched from here: setting up the grid, reading the checkpoint and compiling get at least 600 s
+    with Watchdog(comm.Get_rank(), max(600.0, v["watchdog_s"]), prefix="mpi_hmc") as watchdog:
+        return _run(p, v, comm, watchdog, t_start)
+
+
+def _run(p: dict[str, Any], v: dict[str, Any], comm: Any, watchdog: Any, t_start: float) -> dict[str, Any]:
+    """:func:`run_mpi_hmc` after validation (``v``: :func:`_checked`), under ``watchdog``."""
     shape, seed, n_traj, n_steps, tau = v["shape"], v["seed"], v["n_traj"], v["n_steps"], v["tau"]
     integrator = str(p["integrator"])
     _single_thread_xla()
@@ -533,69 +540,67 @@ def run_mpi_hmc(params: dict[str, Any], comm: Any) -> dict[str, Any]:
     n_force = (n_steps + 1) if integrator == "leapfrog" else (2 * n_steps + 1)
     compile_s = run_s = ckpt_s = 0.0
 
-    with Watchdog(dec.rank, v["watchdog_s"], prefix="mpi_hmc") as watchdog:
+    def checkpoint(done: int) -> None:
+        g = dec.gather(np.asarray(phi))
+        err: str | None = None
+        failure: BaseException | None = None
+        if dec.rank == 0:
+            try:
+                write_checkpoint(ckpt, g, done, ident, hist, ckpt_attrs)
+            except Exception as exc:  # noqa: BLE001 - reported on every rank below, so none waits forever
+                failure = exc
+                err = f"checkpoint {ckpt}: cannot write ({' '.join(str(exc).split()) or type(exc).__name__})"
+        err = cart.bcast(err, root=0)
+        if err:
+            if failure is not None and not isinstance(failure, OSError):
+                dec.free()
+                raise failure  # a bug, not the user's disk: keep the traceback (rank 0)
+            raise fail(err)  # unwritable directory, full disk, ...
 
-        def checkpoint(done: int) -> None:
-            g = dec.gather(np.asarray(phi))
-            err: str | None = None
-            failure: BaseException | None = None
-            if dec.rank == 0:
-                try:
-                    write_checkpoint(ckpt, g, done, ident, hist, ckpt_attrs)
-                except Exception as exc:  # noqa: BLE001 - reported on every rank below, so none waits forever
-                    failure = exc
-                    err = f"checkpoint {ckpt}: cannot write ({' '.join(str(exc).split()) or type(exc).__name__})"
-            err = cart.bcast(err, root=0)
-            if err:
-                if failure is not None and not isinstance(failure, OSError):
-                    dec.free()
-                    raise failure  # a bug, not the user's disk: keep the traceback (rank 0)
-                raise fail(err)  # unwritable directory, full disk, ...
+    # compile (a call with 0 trajectories: no messages), allowed its own long time before the first collective
+    watchdog.expect(max(600.0, v["watchdog_s"]))
+    t0 = time.perf_counter()
+    segment = _segment_program(dec, Phi4Action(v["m2"], v["lam"]), seed, tau, n_steps, integrator)
+    jax.block_until_ready(segment(phi, np.int64(start_traj), np.int64(0)))  # compiles; 0 trajectories
+    cart.Barrier()
+    compile_s = time.perf_counter() - t0
 
-        # compile ahead of time: local work, allowed its own (long) time before the first collective
-        watchdog.expect(max(600.0, v["watchdog_s"]))
+    k = start_traj
+    per_traj = None  # seconds per trajectory, from the last segment
+    while k < n_traj:
+        stop = n_traj if not (ckpt and every) else min(n_traj, (k // every + 1) * every)
+        n = min(stop - k, SEGMENT, 1 if per_traj is None else max(1, int(_SEGMENT_TARGET_S / per_traj)))
+        watchdog.expect(v["watchdog_s"] + (per_traj or 0.0) * n)
         t0 = time.perf_counter()
-        segment = _segment_program(dec, Phi4Action(v["m2"], v["lam"]), seed, tau, n_steps, integrator)
-        jax.block_until_ready(segment(phi, np.int64(start_traj), np.int64(0)))  # compiles; 0 trajectories
-        cart.Barrier()
-        compile_s = time.perf_counter() - t0
-
-        k = start_traj
-        per_traj = None  # seconds per trajectory, from the last segment
-        while k < n_traj:
-            stop = n_traj if not (ckpt and every) else min(n_traj, (k // every + 1) * every)
-            n = min(stop - k, SEGMENT, 1 if per_traj is None else max(1, int(_SEGMENT_TARGET_S / per_traj)))
-            watchdog.expect(v["watchdog_s"] + (per_traj or 0.0) * n)
+        phi, out = segment(phi, np.int64(k), np.int64(n))
+        out = jax.device_get(out)
+        dt = time.perf_counter() - t0
+        run_s += dt
+        per_traj = dt / n
+        for name, h in zip(_HISTORY, out, strict=True):
+            hist[name].extend(np.asarray(h[:n]).tolist())
+        k += n
+        if ckpt and every and k % every == 0 and k < n_traj:
             t0 = time.perf_counter()
-            phi, out = segment(phi, np.int64(k), np.int64(n))
-            out = jax.device_get(out)
-            dt = time.perf_counter() - t0
-            run_s += dt
-            per_traj = dt / n
-            for name, h in zip(_HISTORY, out, strict=True):
-                hist[name].extend(np.asarray(h[:n]).tolist())
-            k += n
-            if ckpt and every and k % every == 0 and k < n_traj:
-                t0 = time.perf_counter()
-                checkpoint(k)
-                ckpt_s += time.perf_counter() - t0
-
-        watchdog.expect(v["watchdog_s"])
-        if ckpt:
-            t0 = time.perf_counter()
-            checkpoint(n_traj)
+            checkpoint(k)
             ckpt_s += time.perf_counter() - t0
-        phi_final = dec.gather(np.asarray(phi))
-        timings: dict[str, Any] = {"total_s": time.perf_counter() - t_start, "compile_s": compile_s, "run_s": run_s,
-                                   "md_s": run_s, "checkpoint_s": ckpt_s}
-        if p["profile"]:
-            watchdog.expect(max(600.0, v["watchdog_s"]))
-            per = _profile(dec, Phi4Action(v["m2"], v["lam"]), seed, phi)
-            n_run = max(n_traj - start_traj, 0)
-            timings.update({"halo_s": per["halo"] * (n_force + 2) * n_run, "force_s": per["force"] * n_force * n_run,
-                            "rng_s": per["momenta"] * n_run, "reduce_s": per["sum"] * n_run})
-        # the slowest rank defines the wall time
-        timings = {key: cart.allreduce(val, op=dec.MPI.MAX) for key, val in timings.items()}
+
+    watchdog.expect(v["watchdog_s"])
+    if ckpt:
+        t0 = time.perf_counter()
+        checkpoint(n_traj)
+        ckpt_s += time.perf_counter() - t0
+    phi_final = dec.gather(np.asarray(phi))
+    timings: dict[str, Any] = {"total_s": time.perf_counter() - t_start, "compile_s": compile_s, "run_s": run_s,
+                               "md_s": run_s, "checkpoint_s": ckpt_s}
+    if p["profile"]:
+        watchdog.expect(max(600.0, v["watchdog_s"]))
+        per = _profile(dec, Phi4Action(v["m2"], v["lam"]), seed, phi)
+        n_run = max(n_traj - start_traj, 0)
+        timings.update({"halo_s": per["halo"] * (n_force + 2) * n_run, "force_s": per["force"] * n_force * n_run,
+                        "rng_s": per["momenta"] * n_run, "reduce_s": per["sum"] * n_run})
+    # the slowest rank defines the wall time
+    timings = {key: cart.allreduce(val, op=dec.MPI.MAX) for key, val in timings.items()}
     timings.update({"n_force": n_force * max(n_traj - start_traj, 0), "n_traj_run": max(n_traj - start_traj, 0)})
     result: dict[str, Any] = {
         "dH": np.asarray(hist["dH"], dtype=np.float64),
