@@ -13,11 +13,20 @@ Measured in one run, each next to its baseline:
   for L >= ``hmc.PAD_SHIFT_MIN_EXTENT`` the neighbour shifts are pad/select so that they fuse, before they
   were ``jnp.roll`` whose minor-axis concatenates were materialised, ~80 B/site. Fields up to L = 1024,
   8 MiB, fit in a 32 MiB L3, so fractions > 1 are possible there.)
-* MPI weak scaling: ``mpiexec -n r python -m olrg_hpc.lattice.mpi_hmc`` with a ``--mpi-local`` ^2 block
-  per rank (global 256x256, 512x256, 512x512 for r = 1, 2, 4), leapfrog, ``--mpi-n-traj`` trajectories
-  of 10 steps; time per MD step (slowest rank), halo-exchange share of MD time (time inside Sendrecv,
-  including waiting for a slower neighbour), efficiency t(1)/t(r).
-  Ranks beyond the physical cores are oversubscribed (MPICH busy-polls), which the table flags.
+* MPI program against the single-process JAX kernel (``--mpi-*`` flags), one XLA thread per process: for
+  every ``--mpi-local`` block edge l (sites per rank l^2) and every rank count r in ``--mpi-ranks`` (grids
+  1x1, 2x1, 2x2; global lattice l*dims), with every transport in ``--mpi-transports``:
+  (a) *kernel*: the jitted ``hmc.leapfrog`` of ``--mpi-n-steps`` steps on the rank's block, halos fetched
+  inside the program (what ``mpi_hmc`` runs), per-rank site-steps/s = l^2 n / t (t the slowest rank,
+  best of ``--mpi-calls``), against the same ``hmc.leapfrog`` on one periodic l x l field in one process;
+  (b) *program*: ``mpi_hmc.run_mpi_hmc`` for ``--mpi-n-traj`` trajectories (momenta, exchanges, global sums,
+  Metropolis; compile excluded), per-rank site-steps/s = l^2 n n_traj / run_s, against ``hmc.run_chain`` of
+  one l x l chain (same trajectories, compile excluded); couplings ``MPI_POINT`` (m2 = 1, lam = 0.5), where
+  trajectories stay finite. Ratios (MPI per rank / single process) and the
+  weak-scaling efficiency t(1 rank) / t(r ranks) are taken within each of ``--mpi-repeats`` interleaved
+  rounds (every configuration once per round) and reported as median, min and max over rounds. Ranks beyond
+  the physical cores are oversubscribed (MPICH busy-polls), which the table flags; the load average before
+  and after the section is recorded.
 * HMC cost per effectively independent sample of chi2 versus L at fixed physics (``--cost-*`` flags):
   the jitted batched HMC (:func:`olrg_hpc.lattice.hmc.run_chain`, ``--cost-chains`` independent chains)
   along the Albandea line lam = 0.5 (beta/lambda convention): L = 8, beta = 0.576 and L = 16,
@@ -37,6 +46,12 @@ Measured in one run, each next to its baseline:
   cost per effectively independent chi2 sample = ``2 tau_int x seconds per chain trajectory``, with
   the errors of tau_int and of the block timings in quadrature. With >= 2 L a weighted fit
   ``tau_int ~ L^z`` (and ``cost ~ L^z_cost``).
+
+* Replica analysis (``--analysis-seeds N``): tau_int and errors of many-chain ensembles analysed with each
+  chain's fluctuations about its own mean (pyerrors' replicas as they are) and about the mean over all chains
+  (``olrg_hpc.lattice.autocorr``, Wolff), on the same data: AR(1) at tau_int 19.5 as 128 x 3000 and
+  4 x 96000 over N seeds (with the exact error of the mean), and an L = 16, beta = 0.634 HMC ensemble
+  (``--analysis-hmc CHAINS TRAJ THERM``). The cost study reports both tau_int(chi2) as well.
 
 Usage: ``python benchmarks/bench_hmc.py [--sizes 64 128 256 512 1024] [--out benchmarks/results/hmc.json]``;
 a section is skipped when its list is empty (``--sizes``, ``--mpi-ranks``, ``--cost-sizes`` with no values),
@@ -141,81 +156,238 @@ def bench_jax_leapfrog(
     return rows
 
 
-def bench_mpi(ranks: list[int], local: int, n_traj: int, n_steps: int) -> list[dict[str, Any]]:
+_GRIDS = {1: (1, 1), 2: (2, 1), 4: (2, 2), 8: (4, 2), 16: (4, 4)}
+MPI_POINT = {"m2": 1.0, "lam": 0.5}  # the couplings of the MPI section (tutorial convention)
+_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def _worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """One measurement of the MPI section, in a fresh process (under mpiexec when ``spec["ranks"]`` is set):
+    kernel seconds per call (slowest rank) and program seconds of ``n_traj`` trajectories."""
+    import jax
+    import jax.numpy as jnp
+
+    from olrg_hpc.jaxsetup import enable_x64
+    from olrg_hpc.lattice import hmc, mpi_hmc
+    from olrg_hpc.lattice.phi4 import Phi4Action
+
+    enable_x64()
+    # a weakly coupled point where trajectories of step 0.1 stay finite from a hot start at any lattice size
+    # (at the tutorial point m2 = -4, lam = 8 they diverge at L >= 256, and inf/NaN arithmetic is not the
+    # workload); the work per site does not depend on the couplings
+    act = Phi4Action(MPI_POINT["m2"], MPI_POINT["lam"])
+    local, n_steps, n_traj = spec["local"], spec["n_steps"], spec["n_traj"]
+    key = jax.random.key(1)
+    out: dict[str, Any] = {}
+    if spec.get("ranks"):
+        from mpi4py import MPI
+
+        from olrg_hpc.lattice.halo import Decomposition
+
+        comm = MPI.COMM_WORLD
+        dims = _GRIDS[comm.Get_size()]
+        shape = (local * dims[0], local * dims[1])
+        dec = Decomposition(comm, shape, dims, spec["transport"])
+        block = mpi_hmc._Block(act, dec)
+        md = jax.jit(lambda phi, p: hmc.leapfrog(block, phi, p, 0.01, n_steps))
+        phi = 0.5 * jax.random.normal(jax.random.fold_in(key, dec.rank), (local, local), dtype=jnp.float64)
+        mom = jax.random.normal(jax.random.fold_in(key, 1000 + dec.rank), (local, local), dtype=jnp.float64)
+        jax.block_until_ready(md(phi, mom))
+        times = []
+        for _ in range(spec["calls"]):
+            dec.cart.Barrier()
+            t0 = time.perf_counter()
+            jax.block_until_ready(md(phi, mom))
+            times.append(comm.allreduce(time.perf_counter() - t0, op=MPI.MAX))
+        dec.free()
+        res = mpi_hmc.run_mpi_hmc({"L": list(shape), "dims": list(dims), **MPI_POINT, "seed": 1,
+                                   "n_traj": n_traj, "n_steps": n_steps, "transport": spec["transport"]}, comm)
+        out.update(kernel_s=min(times), program_s=res["timings"]["run_s"], transport=res["transport"],
+                   dims=list(dims), acceptance=res["acceptance"])
+        if comm.Get_rank() != 0:
+            return {}
+    else:
+        md = jax.jit(lambda phi, p: hmc.leapfrog(act, phi, p, 0.01, n_steps))
+        phi = 0.5 * jax.random.normal(key, (local, local), dtype=jnp.float64)
+        mom = jax.random.normal(jax.random.fold_in(key, 1), (local, local), dtype=jnp.float64)
+        jax.block_until_ready(md(phi, mom))
+        times = []
+        for _ in range(spec["calls"]):
+            t0 = time.perf_counter()
+            jax.block_until_ready(md(phi, mom))
+            times.append(time.perf_counter() - t0)
+        kw = {"n_steps": n_steps, "measure": _no_measure}
+        jax.block_until_ready(hmc.run_chain(act, phi, n_traj, jax.random.key(2), **kw))  # compile
+        t0 = time.perf_counter()
+        jax.block_until_ready(hmc.run_chain(act, phi, n_traj, jax.random.key(3), **kw))
+        out.update(kernel_s=min(times), program_s=time.perf_counter() - t0)
+    return out
+
+
+def _no_measure(phi: Any) -> Any:
+    import jax.numpy as jnp
+
+    return jnp.zeros((), phi.dtype)
+
+
+def _run_worker(spec: dict[str, Any]) -> dict[str, Any] | None:
+    from olrg_hpc.mpi import mpi_launcher
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "XLA_FLAGS": _ONE_THREAD}
+    prefix = mpi_launcher(spec["ranks"], use_srun=False) if spec.get("ranks") else []
+    cmd = [*prefix, sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
+    if out.returncode != 0:
+        print(f"  worker {spec} failed:\n{out.stderr[-2000:]}", flush=True)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _spread(x: list[float]) -> dict[str, float]:
+    return {"median": float(np.median(x)), "min": float(np.min(x)), "max": float(np.max(x))}
+
+
+def bench_mpi(ranks: list[int], locals_: list[int], transports: list[str], n_steps: int, n_traj: int,
+              calls: int, repeats: int) -> dict[str, Any]:
+    """The MPI section (module docstring): interleaved rounds, per-round ratios and efficiencies."""
     from olrg_hpc.mpi import find_mpiexec
 
-    exe = find_mpiexec()
-    if exe is None:
-        print("  no mpiexec found: MPI weak scaling skipped")
-        return []
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    rows: list[dict[str, Any]] = []
+    if find_mpiexec() is None:
+        print("  no mpiexec found: MPI section skipped")
+        return {}
+    ranks = [r for r in ranks if r in _GRIDS]
     ncpu = os.cpu_count() or 1
-    for r in ranks:
-        dims = {1: (1, 1), 2: (2, 1), 4: (2, 2), 8: (4, 2), 16: (4, 4)}.get(r)
-        if dims is None:
-            print(f"  skipping {r} ranks (no square-ish grid)")
-            continue
-        shape = (local * dims[0], local * dims[1])
-        cmd = [
-            exe,
-            "-n",
-            str(r),
-            sys.executable,
-            "-m",
-            "olrg_hpc.lattice.mpi_hmc",
-            "--L",
-            str(shape[0]),
-            str(shape[1]),
-            "--dims",
-            str(dims[0]),
-            str(dims[1]),
-            "--m2",
-            "-4",
-            "--lam",
-            "8",
-            "--n-traj",
-            str(n_traj),
-            "--n-steps",
-            str(n_steps),
-            "--seed",
-            "1",
-        ]
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
-        if out.returncode != 0:
-            print(f"  {r} ranks failed:\n{out.stderr[-2000:]}")
-            continue
-        summary = json.loads(out.stdout.strip().splitlines()[-1])
-        t = summary["timings"]
-        md_steps = n_traj * n_steps
-        step_s = t["md_s"] / md_steps
-        row = {
-            "ranks": r,
-            "dims": summary["dims"],
-            "global_shape": list(shape),
-            "local_block": [local, local],
-            "oversubscribed": r > ncpu,
-            "md_step_s": step_s,
-            "halo_share": t["halo_s"] / t["md_s"],
-            "force_share": t["force_s"] / t["md_s"],
-            "site_updates_per_s_per_rank": local * local / step_s,
-            "site_updates_per_s_total": shape[0] * shape[1] / step_s,
-            "total_s": t["total_s"],
-            "acceptance": summary["acceptance"],
-        }
-        rows.append(row)
-    if rows:
-        t1 = next((row["md_step_s"] for row in rows if row["ranks"] == 1), rows[0]["md_step_s"])
-        for row in rows:
-            row["weak_efficiency"] = t1 / row["md_step_s"]
-            print(
-                f"  ranks={row['ranks']}  grid={row['dims']}  global={row['global_shape']}  "
-                f"step {row['md_step_s'] * 1e3:8.2f} ms  halo {100 * row['halo_share']:5.1f} %  "
-                f"{row['site_updates_per_s_total'] / 1e6:7.1f} M site-steps/s  efficiency "
-                f"{row['weak_efficiency']:5.2f}{'  (oversubscribed)' if row['oversubscribed'] else ''}",
-                flush=True,
-            )
-    return rows
+    raw: dict[str, list[dict[str, Any]]] = {}
+    load_before = os.getloadavg()
+    for rnd in range(repeats):
+        for local in locals_:
+            base = {"local": local, "n_steps": n_steps, "n_traj": n_traj, "calls": calls}
+            configs = [("single", base), *[(f"{t}-r{r}", {**base, "ranks": r, "transport": t})
+                                           for t in transports for r in ranks]]
+            for name, spec in configs:
+                got = _run_worker(spec)
+                if got is not None:
+                    raw.setdefault(f"l{local}-{name}", []).append({"round": rnd, **got})
+        print(f"  round {rnd + 1}/{repeats} done (load {os.getloadavg()[0]:.1f})", flush=True)
+    rows = []
+    for local in locals_:
+        single = {g["round"]: g for g in raw.get(f"l{local}-single", [])}
+        for t in transports:
+            one = {g["round"]: g for g in raw.get(f"l{local}-{t}-r1", [])}
+            for r in ranks:
+                got = {g["round"]: g for g in raw.get(f"l{local}-{t}-r{r}", [])}
+                rounds = sorted(set(got) & set(single))
+                if not rounds:
+                    continue
+                sites = local * local
+                row: dict[str, Any] = {
+                    "local_block": [local, local], "ranks": r, "dims": got[rounds[0]]["dims"],
+                    "transport": got[rounds[0]]["transport"], "oversubscribed": r > ncpu, "rounds": len(rounds),
+                    "kernel_site_steps_per_s_per_rank": _spread([sites * n_steps / got[i]["kernel_s"] for i in rounds]),
+                    "single_kernel_site_steps_per_s": _spread(
+                        [sites * n_steps / single[i]["kernel_s"] for i in rounds]),
+                    "kernel_ratio": _spread([single[i]["kernel_s"] / got[i]["kernel_s"] for i in rounds]),
+                    "program_site_steps_per_s_per_rank": _spread(
+                        [sites * n_steps * n_traj / got[i]["program_s"] for i in rounds]),
+                    "single_program_site_steps_per_s": _spread(
+                        [sites * n_steps * n_traj / single[i]["program_s"] for i in rounds]),
+                    "program_ratio": _spread([single[i]["program_s"] / got[i]["program_s"] for i in rounds]),
+                }
+                both = [i for i in rounds if i in one]
+                if both:
+                    row["weak_efficiency_kernel"] = _spread([one[i]["kernel_s"] / got[i]["kernel_s"] for i in both])
+                    row["weak_efficiency_program"] = _spread(
+                        [one[i]["program_s"] / got[i]["program_s"] for i in both])
+                rows.append(row)
+                eff = row.get("weak_efficiency_kernel", {}).get("median", float("nan"))
+                print(f"  l={local:4d} {row['transport']:8s} r={r} {row['dims']}: kernel "
+                      f"{row['kernel_site_steps_per_s_per_rank']['median'] / 1e6:7.1f} M/s per rank "
+                      f"(x{row['kernel_ratio']['median']:.2f} single), program "
+                      f"{row['program_site_steps_per_s_per_rank']['median'] / 1e6:7.1f} M/s "
+                      f"(x{row['program_ratio']['median']:.2f}), weak efficiency {eff:.2f}"
+                      f"{'  (oversubscribed)' if r > ncpu else ''}", flush=True)
+    return {"rows": rows, "raw": raw, "n_steps": n_steps, "n_traj": n_traj, "calls": calls, "repeats": repeats,
+            "point": MPI_POINT, "xla_flags": _ONE_THREAD, "load_before": load_before, "load_after": os.getloadavg()}
+
+
+# ------------------------------------------------------------------------------------------ replica analysis
+def per_chain_mean_analysis(series: np.ndarray, S: float = 1.5) -> tuple[float, float, float]:
+    """``(tau_int, dtau_int, error of the mean)`` of ``(n, chains)`` histories with pyerrors' replicas as they
+    are, each chain's fluctuations about its own mean: the analysis before ``autocorr.to_obs`` re-centred them
+    on the mean over all chains (kept here to measure what that changed)."""
+    from olrg_hpc.lattice.autocorr import pe  # pyerrors, imported with its deprecation warnings silenced
+
+    obs = pe.Obs([np.ascontiguousarray(series[:, r]) for r in range(series.shape[1])],
+                 [f"ens|r{r}" for r in range(series.shape[1])])
+    obs.gamma_method(S=S)
+    return float(obs.e_tauint["ens"]), float(obs.e_dtauint["ens"]), float(obs.dvalue)
+
+
+def bench_replica_analysis(seeds: int, hmc_chains: int, hmc_traj: int, hmc_therm: int) -> dict[str, Any]:
+    """tau_int and errors before (:func:`per_chain_mean_analysis`) and after (``olrg_hpc.lattice.autocorr``) on
+    the same data: AR(1) at rho = 0.95 (tau_int 19.5) as 128 x 3000 and 4 x 96000, averaged over ``seeds``
+    seeds, with the exact error of the mean; and an HMC ensemble at L = 16, beta = 0.634, lam = 0.5 (leapfrog,
+    10 steps, tau = 1): tau_int(M^2) and the errors of chi2 = V <M^2> and the Binder cumulant."""
+    import jax
+    import jax.numpy as jnp
+    from scipy.signal import lfilter
+
+    from olrg_hpc.lattice import autocorr, hmc
+    from olrg_hpc.lattice.autocorr import pe
+    from olrg_hpc.lattice.phi4 import Phi4Action
+
+    out: dict[str, Any] = {"ar1": []}
+    rho = 0.95
+    c0 = 1 / (1 - rho**2)
+    for chains, n in ((128, 3000), (4, 96_000)):
+        rows = []
+        for seed in range(seeds):
+            rng = np.random.default_rng(seed)
+            e = rng.normal(size=(n, chains))
+            e[0] /= np.sqrt(1 - rho**2)
+            x = lfilter([1.0], [1.0, -rho], e, axis=0)
+            tau_b, _, err_b = per_chain_mean_analysis(x)
+            tau_a, _ = autocorr.tau_int(x)
+            err_a = autocorr.mean_error(x)[1]
+            rows.append((tau_b, err_b, tau_a, err_a))
+        r = np.mean(rows, axis=0)
+        t = np.arange(1, n)
+        exact_err = float(np.sqrt(c0 / n * (1 + 2 * np.sum((1 - t / n) * rho**t)) / chains))
+        out["ar1"].append({"chains": chains, "length": n, "seeds": seeds, "tau_int_exact": (1 + rho) / (2 * (1 - rho)),
+                           "error_exact": exact_err, "tau_int_before": r[0], "error_before": r[1],
+                           "tau_int_after": r[2], "error_after": r[3]})
+        print(f"  AR(1) {chains} x {n}: tau_int {r[0]:.2f} -> {r[2]:.2f} (exact 19.5), error {r[1]:.5f} -> {r[3]:.5f}"
+              f" (exact {exact_err:.5f})", flush=True)
+    if hmc_chains:
+        L, beta, lam = 16, 0.634, 0.5
+        action, c = Phi4Action.from_beta_lambda(beta, lam)
+        key = jax.random.key(7, impl="rbg")
+        phi = 0.5 * jax.random.normal(jax.random.fold_in(key, 0), (hmc_chains, L, L), dtype=jnp.float64)
+        t0 = time.perf_counter()
+        res = hmc.run_chain(action, phi, hmc_traj, jax.random.fold_in(key, 1), n_steps=10, n_therm=hmc_therm,
+                            measure=_cost_measure)
+        M = c * np.asarray(res.measurements[0])  # (n_traj, chains), in the beta/lambda field
+        run_s = time.perf_counter() - t0
+        V = L * L
+        chi2_hist = V * M**2
+        tau_b, _, err_b = per_chain_mean_analysis(chi2_hist)
+        tau_a, dtau_a = autocorr.tau_int(chi2_hist)
+        chi2, err_a, _ = autocorr.mean_error(chi2_hist)
+        cols = lambda a: [np.ascontiguousarray(a[:, r]) for r in range(a.shape[1])]  # noqa: E731
+        names = [f"ens|r{r}" for r in range(hmc_chains)]
+        ub = (lambda m4, m2: 1.0 - m4 / (3.0 * m2**2))(pe.Obs(cols(M**4), names), pe.Obs(cols(M**2), names))
+        ub.gamma_method(S=autocorr.DEFAULT_S)
+        u, du = autocorr.derived(lambda m4, m2: 1.0 - m4 / (3.0 * m2**2), M**4, M**2)
+        out["hmc"] = {"L": L, "beta": beta, "lam": lam, "chains": hmc_chains, "trajectories": hmc_traj,
+                      "therm": hmc_therm, "n_steps": 10, "acceptance": float(res.acceptance), "seconds": run_s,
+                      "chi2": chi2, "tau_int_M2_before": tau_b, "tau_int_M2_after": tau_a,
+                      "tau_int_M2_after_err": dtau_a, "chi2_err_before": err_b, "chi2_err_after": err_a,
+                      "binder": u, "binder_err_before": float(ub.dvalue), "binder_err_after": du}
+        print(f"  HMC L = 16, beta = 0.634, {hmc_chains} x {hmc_traj}: tau_int(M^2) {tau_b:.2f} -> {tau_a:.2f}"
+              f"({dtau_a:.2f}), chi2 {chi2:.3f} error {err_b:.4f} -> {err_a:.4f}, Binder error {ub.dvalue:.5f} -> "
+              f"{du:.5f} (acceptance {float(res.acceptance):.2f}, {run_s:.0f} s)", flush=True)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ cost vs L
@@ -314,6 +486,7 @@ def _cost_point(L: int, beta: float, lam: float, n_chains: int, n_therm: int, n_
     xi2, xi2_err = autocorr.derived(lambda g0, gp: xi2_from_propagators(g0, gp, L), chi2_hist, G)
     xi = float(np.sqrt(max(xi2, 0.0)))
     binder, binder_err = autocorr.derived(lambda m4, m2: 1.0 - m4 / (3.0 * m2**2), M**4, M**2)
+    tau_pc, _, chi2_err_pc = per_chain_mean_analysis(chi2_hist)
     t = np.asarray(times)
     s_traj = float(np.min(t)) / block  # best of the blocks: load spikes of a shared machine removed
     s_traj_err = float(np.median(t) - np.min(t)) / block  # their spread, as the timing uncertainty
@@ -328,6 +501,7 @@ def _cost_point(L: int, beta: float, lam: float, n_chains: int, n_therm: int, n_
         "exp_minus_dH_err": float(np.std(w) / np.sqrt(w.size)),
         "n_chains": n_chains, "n_therm": n_therm, "n_traj": n_traj, "block": block,
         "chi2": chi2, "chi2_err": chi2_err, "tau_int_chi2": tau, "tau_int_chi2_err": dtau,
+        "tau_int_chi2_per_chain_mean": tau_pc, "chi2_err_per_chain_mean": chi2_err_pc,
         "xi2nd": xi, "xi2nd_err": float(xi2_err / (2 * xi)) if xi > 0 else float("nan"),
         "xi2nd_over_L": xi / L, "binder": binder, "binder_err": binder_err,
         "seconds_per_traj": s_traj, "seconds_per_traj_err": s_traj_err,
@@ -384,9 +558,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--target-s", type=float, default=0.5, help="approximate seconds per timed JAX call")
     ap.add_argument("--bw-mib", type=int, default=256, help="array size for the bandwidth copy")
     ap.add_argument("--mpi-ranks", type=int, nargs="*", default=[1, 2, 4])
-    ap.add_argument("--mpi-local", type=int, default=256, help="local block edge per rank (weak scaling)")
-    ap.add_argument("--mpi-n-traj", type=int, default=10)
+    ap.add_argument("--mpi-local", type=int, nargs="+", default=[256, 512], help="block edges per rank")
+    ap.add_argument("--mpi-transports", nargs="+", default=None,
+                    help="mpi4jax and/or callback (default: both when mpi4jax is installed)")
+    ap.add_argument("--mpi-n-traj", type=int, default=20)
     ap.add_argument("--mpi-n-steps", type=int, default=10)
+    ap.add_argument("--mpi-calls", type=int, default=5, help="timed kernel calls per measurement (best kept)")
+    ap.add_argument("--mpi-repeats", type=int, default=3, help="interleaved rounds")
+    ap.add_argument("--analysis-seeds", type=int, default=0,
+                    help="replica analysis before/after (AR(1) over this many seeds; 0: skip the section)")
+    ap.add_argument("--analysis-hmc", type=int, nargs=3, default=[128, 4000, 500], metavar=("CHAINS", "TRAJ", "THERM"),
+                    help="the L = 16 HMC ensemble of the replica analysis (CHAINS 0: skip it)")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--cost-sizes", type=int, nargs="*", default=[8, 16, 32],
                     help="L of the cost-per-independent-sample study (none: skip)")
     ap.add_argument("--cost-betas", type=float, nargs="*", default=None,
@@ -401,6 +584,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cost-seed", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/hmc.json")
     args = ap.parse_args(argv)
+    if args.worker:  # one measurement of the MPI section, in its own process
+        got = _worker(json.loads(args.worker))
+        if got:  # rank 0 of an MPI worker, or a single-process one
+            print(json.dumps(got))
+        return
 
     import jax
 
@@ -414,10 +602,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.sizes:
         print(f"JAX leapfrog (float64, bandwidth model {BYTES_PER_SITE_STEP} B/site/step):")
         jax_rows = bench_jax_leapfrog(args.sizes, args.repeat, args.target_s, bw["bytes_per_s"])
-    mpi_rows: list[dict[str, Any]] = []
+    mpi_rows: dict[str, Any] = {}
     if args.mpi_ranks:
-        print(f"MPI weak scaling ({args.mpi_local}^2 sites per rank, numpy + mpi4py):")
-        mpi_rows = bench_mpi(args.mpi_ranks, args.mpi_local, args.mpi_n_traj, args.mpi_n_steps)
+        from olrg_hpc.lattice.halo import TRANSPORTS, default_transport
+
+        transports = args.mpi_transports or (list(TRANSPORTS) if default_transport() == "mpi4jax" else ["callback"])
+        print(f"MPI program vs single-process JAX kernel ({args.mpi_local} sites per rank edge, {transports}, "
+              f"{args.mpi_repeats} interleaved rounds):")
+        mpi_rows = bench_mpi(args.mpi_ranks, args.mpi_local, transports, args.mpi_n_steps, args.mpi_n_traj,
+                             args.mpi_calls, args.mpi_repeats)
+    analysis: dict[str, Any] = {}
+    if args.analysis_seeds:
+        print("Replica analysis: per-chain means (before) against Wolff's global mean (after):")
+        analysis = bench_replica_analysis(args.analysis_seeds, *args.analysis_hmc)
     cost: dict[str, Any] = {}
     if args.cost_sizes:
         print(f"HMC cost per independent chi2 sample vs L (lam = {args.cost_lam}, {args.cost_chains} chains x "
@@ -437,8 +634,9 @@ def main(argv: list[str] | None = None) -> None:
         "bandwidth": bw,
         "bytes_per_site_step_model": BYTES_PER_SITE_STEP,
         "jax_leapfrog": jax_rows,
-        "mpi_weak_scaling": mpi_rows,
+        "mpi_vs_single": mpi_rows,
         "cost_vs_L": cost,
+        "replica_analysis": analysis,
         "load_average": os.getloadavg(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

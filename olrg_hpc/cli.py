@@ -146,8 +146,8 @@ def cmd_hmc(args: argparse.Namespace) -> int:
         w_err = w.std() / max(1, w.size) ** 0.5
         print(f"{args.config}: {res['size']} ranks as {list(res['dims'])}, {res['trajectory']} trajectories, "
               f"acceptance {res['acceptance']:.3f}, <exp(-dH)> = {w.mean():.4f} +- {w_err:.4f}")
-        print(f"time {t['total_s']:.2f} s (molecular dynamics {t['md_s']:.2f} s, of which halo exchange "
-              f"{t['halo_s']:.2f} s); results: {cfg.out}")
+        print(f"time {t['total_s']:.2f} s (trajectories {t['run_s']:.2f} s, compilation {t['compile_s']:.2f} s; "
+              f"halos by {res['transport']} on {res['device']}); results: {cfg.out}")
     return 0
 
 

@@ -198,21 +198,27 @@ class MPIHMCConfig(Strict):
 
     program: Literal["mpi_hmc"]
     L: int | list[int] = Field(description="L, or [Ly, Lx]")
-    m2: float | None = None
-    beta: float | None = Field(None, gt=0)
-    kappa: float | None = Field(None, gt=0)
-    lam: float = Field(ge=0)
+    m2: float | None = Field(None, allow_inf_nan=False)
+    beta: float | None = Field(None, gt=0, allow_inf_nan=False)
+    kappa: float | None = Field(None, gt=0, allow_inf_nan=False)
+    lam: float = Field(ge=0, allow_inf_nan=False)
     n_traj: int = Field(ge=1)
     seed: int = Field(0, ge=0)
-    tau: float = Field(1.0, gt=0)
+    tau: float = Field(1.0, gt=0, allow_inf_nan=False)
     n_steps: int = Field(10, ge=1)
     integrator: Literal["leapfrog", "omelyan"] = "leapfrog"
     init: Literal["hot", "cold"] = "hot"
-    init_scale: float = Field(0.5, gt=0, description="hot start: standard deviation of the field per site")
-    dims: list[int] | None = Field(None, min_length=2, max_length=2, description="process grid [Py, Px]")
+    init_scale: float = Field(0.5, gt=0, allow_inf_nan=False,
+                              description="hot start: standard deviation of the field per site")
+    dims: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=2, max_length=2,
+                                                          description="process grid [Py, Px]")
     checkpoint: str | None = None
     checkpoint_every: int = Field(0, ge=0)
     out: str = Field(description="results file, HDF5 with provenance (written by rank 0, atomically)")
+    transport: Literal["mpi4jax", "callback"] | None = Field(
+        None, description="how halos travel between ranks (default: mpi4jax when installed)")
+    watchdog_s: float = Field(300.0, gt=0, allow_inf_nan=False,
+                              description="end the run when a rank makes no progress for this long")
     ntasks: int = Field(4, ge=1, description="MPI ranks when submitted with olrg-hpc submit")
 
     @model_validator(mode="after")

@@ -209,7 +209,8 @@ def mpi_hmc_task(n_ranks: int, shape: Sequence[int], dims: Sequence[int], n_traj
     use_srun = {"auto": None, "mpiexec": False, "srun": True}[launcher]
     cmd = [*mpi_launcher(n_ranks, use_srun=use_srun), sys.executable, "-m", "olrg_hpc.lattice.mpi_hmc",
            "--L", str(shape[0]), str(shape[1]), "--dims", str(dims[0]), str(dims[1]), "--m2", repr(float(m2)),
-           "--lam", repr(float(lam)), "--n-traj", str(n_traj), "--n-steps", str(n_steps), "--seed", "1"]
+           "--lam", repr(float(lam)), "--n-traj", str(n_traj), "--n-steps", str(n_steps), "--seed", "1",
+           "--profile"]
     runs = []
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -62,7 +62,7 @@ class Throughput(Strict):
 
 
 class MPIScaling(Strict):
-    """(b) the numpy + mpi4py HMC (olrg_hpc.lattice.mpi_hmc) on r ranks, process grid as MPI_Dims_create gives."""
+    """(b) the MPI HMC (olrg_hpc.lattice.mpi_hmc) on r ranks, process grid as MPI_Dims_create gives."""
 
     ranks: list[int] = Field(default_factory=lambda: [1, 2, 4], min_length=1)
     strong_L: int = Field(512, ge=4, description="global L x L lattice at every rank count (strong scaling)")

@@ -17,9 +17,18 @@ The public functions use pyerrors (``pyerrors.Obs(...).gamma_method(S=S)``, ``.e
 cross-check it. pyerrors' ``tau_int`` carries an extra factor ``1 / (1 + 1/N)`` relative to Wolff's
 bias correction (its error of the mean is identical).
 
-Input ``series``: 1D (one Monte Carlo history) or 2D ``(n_measurements, n_chains)``; in the 2D case
-each column is a replica of the same ensemble (pyerrors subtracts each replica's own mean and sums the
-autocorrelation functions over replicas).
+Replicas (Wolff section 3, independent runs ``r = 1..R`` of one ensemble). Input ``series`` is 1D (one
+Monte Carlo history) or 2D ``(n_measurements, n_chains)``, each column a replica of length ``N_r``,
+``N = sum_r N_r``. Wolff takes the fluctuations about the mean over *all* replicas,
+``abarbar = (1/N) sum_{r,i} a_i^r``, estimates ``Gamma(t) = 1/(N - R t) sum_r sum_{i <= N_r - t}
+(a_i^r - abarbar)(a_{i+t}^r - abarbar)`` (``N - R t`` = the number of pairs at lag ``t``) and uses the
+total ``N`` in the window criterion, the bias correction and the errors. pyerrors does all of this except
+the first step: it takes each replica's fluctuations about that replica's *own* mean, which removes the
+spread of the replica means from ``Gamma`` (``tau_int`` low by about ``(2 W + 1) / N_r``, the error by
+about half that: -7 % and -4 % for 128 AR(1) chains of 3000 at ``tau_int = 19.5``). :func:`to_obs`
+therefore re-centres every replica's fluctuations on ``abarbar`` and leaves the rest to pyerrors,
+derived quantities included (their fluctuations are the primaries' projected on the gradient of the
+function at the means, Wolff section 2). One history is analysed exactly as pyerrors does.
 """
 
 from __future__ import annotations
@@ -51,11 +60,18 @@ def _replicas(series: Any) -> list[np.ndarray]:
 
 
 def to_obs(series: Any, name: str = _ENSEMBLE) -> pe.Obs:
-    """``pyerrors.Obs`` for a 1D history or a 2D ``(n_meas, n_chains)`` array (columns = replicas)."""
+    """``pyerrors.Obs`` for a 1D history or a 2D ``(n_meas, n_chains)`` array (columns = replicas), with
+    every replica's fluctuations about the mean over all replicas (module docstring, Wolff section 3)."""
     reps = _replicas(series)
     if len(reps) == 1:
         return pe.Obs(reps, [name])
-    return pe.Obs(reps, [f"{name}|r{i}" for i in range(len(reps))])
+    names = [f"{name}|r{i}" for i in range(len(reps))]
+    obs = pe.Obs(reps, names)
+    mean = obs.value  # (1/N) sum_r N_r abar_r: the mean over all replicas
+    for r_name, rep in zip(names, reps, strict=True):
+        obs.deltas[r_name] = rep - mean
+        obs.r_values[r_name] = mean
+    return obs
 
 
 def _analyse(obs: pe.Obs, S: float) -> pe.Obs:
@@ -91,24 +107,27 @@ def derived(fn: Callable[..., Any], *series: Any, S: float = DEFAULT_S) -> tuple
 
 
 def gamma_method_numpy(series: Any, S: float = DEFAULT_S) -> dict[str, float]:
-    """Independent single-history implementation of Wolff's Gamma method (for cross-checks).
+    """Independent implementation of Wolff's Gamma method (for cross-checks), one history or replicas.
 
-    ``Gamma(t) = 1/(N - t) sum_i (a_i - abar)(a_{i+t} - abar)`` for ``t < N // 2``; automatic window as
-    in the module docstring; returns ``mean``, ``error``, ``tau_int`` (Wolff bias-corrected, eq. (49)),
-    ``dtau_int`` (eq. (42)) and ``window``.
+    ``series``: 1D, or 2D ``(n, R)`` with ``R`` replicas of equal length ``n`` (``N = n R``).
+    ``Gamma(t) = 1/(R (n - t)) sum_r sum_{i < n - t} (a_i^r - abar)(a_{i+t}^r - abar)`` for ``t < n // 2``,
+    ``abar`` the mean over all ``N`` values (module docstring); automatic window as in the module docstring
+    with the total ``N``; returns ``mean``, ``error``, ``tau_int`` (Wolff bias-corrected, eq. (49), with
+    ``N``), ``dtau_int`` (eq. (42)) and ``window``.
     """
     a = np.asarray(series, dtype=np.float64)
-    if a.ndim != 1:
-        raise ValueError("gamma_method_numpy takes one 1D history")
-    n = a.size
+    if a.ndim not in (1, 2):
+        raise ValueError(f"gamma_method_numpy takes a 1D history or a 2D (n, R) array, got shape {a.shape}")
+    a = a.reshape(a.shape[0], -1)
+    length, n = a.shape[0], a.size  # replica length, total N
     mean = float(a.mean())
     d = a - mean
-    w_max = n // 2
+    w_max = length // 2
 
     # direct O(N W) autocovariance, evaluated lazily up to the window (kept deliberately different
     # from pyerrors' FFT over all lags)
     def gamma(t: int) -> float:
-        return float(np.dot(d[: n - t], d[t:]) / (n - t))
+        return float(np.sum(d[: length - t] * d[t:]) / (d.shape[1] * (length - t)))
 
     g0 = gamma(0)
     if g0 == 0.0:

@@ -48,6 +48,7 @@ __all__ = [
     "OMELYAN_LAMBDA",
     "ChainResult",
     "PAD_SHIFT_MIN_EXTENT",
+    "Halos",
     "neighbour_sum",
     "force",
     "kinetic_energy",
@@ -72,24 +73,35 @@ INTEGRATORS = ("leapfrog", "omelyan")
 PAD_SHIFT_MIN_EXTENT = 128
 
 
-def _shift(x: jax.Array, axis: int, forward: bool) -> jax.Array:
+def _shift(x: jax.Array, axis: int, forward: bool, edge: jax.Array | None = None) -> jax.Array:
     """``jnp.roll(x, -1 if forward else 1, axis)`` (``out_i = x_{i+1}`` or ``x_{i-1}``, periodic) as a
-    slice + ``lax.pad`` + ``select`` of the wrapped edge, all elementwise-fusible in XLA (no concatenate)."""
+    slice + ``lax.pad`` + ``select`` of the wrapped edge, all elementwise-fusible in XLA (no concatenate).
+
+    ``edge`` (extent 1 along ``axis``) replaces the wrapped slice: the halo of a block of a larger lattice,
+    i.e. ``x`` continued by one site beyond its last (``forward``) or before its first index."""
     axis %= x.ndim
     n = x.shape[axis]
     cfg = [(0, 0, 0)] * x.ndim
     if forward:
-        body, edge, at = jax.lax.slice_in_dim(x, 1, n, axis=axis), jax.lax.slice_in_dim(x, 0, 1, axis=axis), n - 1
+        body, at = jax.lax.slice_in_dim(x, 1, n, axis=axis), n - 1
+        wrapped = jax.lax.slice_in_dim(x, 0, 1, axis=axis)
         cfg[axis] = (0, 1, 0)
     else:
-        body, edge, at = jax.lax.slice_in_dim(x, 0, n - 1, axis=axis), jax.lax.slice_in_dim(x, n - 1, n, axis=axis), 0
+        body, at = jax.lax.slice_in_dim(x, 0, n - 1, axis=axis), 0
+        wrapped = jax.lax.slice_in_dim(x, n - 1, n, axis=axis)
         cfg[axis] = (1, 0, 0)
+    edge = wrapped if edge is None else edge
     shifted = jax.lax.pad(body, jnp.zeros((), x.dtype), cfg)
     pos = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis)
     return jnp.where(pos == at, jnp.broadcast_to(edge, x.shape), shifted)
 
 
-def neighbour_sum(phi: jax.Array, ndim: int = 2) -> jax.Array:
+#: Halos of a block, per lattice axis ``(forward, backward)``: the field one site beyond the block's last
+#: index along that axis and one site before its first, each with extent 1 along the axis.
+Halos = tuple[tuple[jax.Array, jax.Array], ...]
+
+
+def neighbour_sum(phi: jax.Array, ndim: int = 2, halos: Halos | None = None) -> jax.Array:
     """Per-site ``sum_mu (phi_{x+mu} + phi_{x-mu})`` over the last ``ndim`` axes, bit-identical to
     ``phi4._neighbour_sum`` (same additions in the same order; the shifts only move data).
 
@@ -97,25 +109,30 @@ def neighbour_sum(phi: jax.Array, ndim: int = 2) -> jax.Array:
     XLA on CPU materialises ``jnp.roll`` along the minor axis as a separate concatenate (two extra passes
     over the field per force evaluation, ~2.5x slower leapfrog at L = 1024), whereas pad/select fuse into
     the force/kick loop. For small lattices (in cache, compute-bound) ``jnp.roll`` is faster and is kept.
+
+    ``halos`` (:data:`Halos`): ``phi`` is a block of a larger lattice (domain decomposition) and the
+    neighbours beyond its faces are the given halos instead of the periodic wrap; always pad + select.
     """
-    fused = phi.shape[-1] >= PAD_SHIFT_MIN_EXTENT
+    fused = halos is not None or phi.shape[-1] >= PAD_SHIFT_MIN_EXTENT
     nb = jnp.zeros_like(phi)
-    for ax in range(-ndim, 0):
+    for k, ax in enumerate(range(-ndim, 0)):
+        fwd, bwd = (None, None) if halos is None else halos[k]
         if fused:
-            nb = nb + _shift(phi, ax, True) + _shift(phi, ax, False)
+            nb = nb + _shift(phi, ax, True, fwd) + _shift(phi, ax, False, bwd)
         else:
             nb = nb + jnp.roll(phi, -1, axis=ax) + jnp.roll(phi, 1, axis=ax)
     return nb
 
 
-def force(action: Any, phi: jax.Array) -> jax.Array:
+def force(action: Any, phi: jax.Array, halos: Halos | None = None) -> jax.Array:
     """HMC force ``-dS/dphi``: ``action.force(phi)``, computed with :func:`neighbour_sum` for a
     :class:`Phi4Action` (identical values, one fused pass per evaluation on large lattices); any other
-    action object (e.g. a flowed action) uses its own ``force``."""
+    action object (e.g. a flowed action, or a block of a decomposed lattice that fetches its own halos)
+    uses its own ``force``. ``halos``: ``phi`` is a block with these halos (:func:`neighbour_sum`)."""
     if type(action) is not Phi4Action:
         return action.force(phi)
     phi = jnp.asarray(phi)
-    nb = neighbour_sum(phi, action.ndim)
+    nb = neighbour_sum(phi, action.ndim, halos)
     return 2.0 * nb - 2.0 * action.mass_coefficient * phi - 4.0 * action.lam * (phi * phi * phi)
 
 

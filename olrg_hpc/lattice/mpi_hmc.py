@@ -1,11 +1,12 @@
-"""Domain-decomposed HMC for 2D phi^4 with numpy + mpi4py (science.md section 2, "HMC baseline").
+"""Domain-decomposed HMC for 2D phi^4: every MPI rank runs the jitted JAX trajectory on its block, with the
+halo exchange inside the compiled program (science.md section 2, "HMC baseline").
 
 Launch::
 
     mpiexec -n 4 python -m olrg_hpc.lattice.mpi_hmc --L 16 --beta 0.634 --lam 0.5 --n-traj 100 \\
         --seed 1 --out run.h5 [--checkpoint ckpt.h5 --checkpoint-every 10 --restart]
 
-or call :func:`run_mpi_hmc` with a parameter dict and a communicator.
+or ``mpiexec -n 4 olrg-hpc hmc CONFIG``, or call :func:`run_mpi_hmc` with a parameter dict and a communicator.
 
 Design
 ------
@@ -16,35 +17,50 @@ Design
   ``lam = 4 lam_bl / beta^2``); the field in the requested convention is ``field_scale * phi``
   (``field_scale = sqrt(2/beta)`` or ``1/sqrt(kappa)``; 1 for tutorial). Unit-mass momenta in ``phi``,
   so trajectories coincide with :mod:`olrg_hpc.lattice.hmc` on the equivalent ``Phi4Action``.
-* **Decomposition.** ``MPI.Compute_dims(size, 2)`` and a periodic ``Create_cart`` (``reorder=False``).
-  Global array layout ``phi[y, x]`` (axis 0 split over ``dims[0]``, axis 1 over ``dims[1]``; the
-  extents must be divisible). Each rank holds its ``(ly + 2, lx + 2)`` block with a halo of width 1,
-  refreshed by ``Sendrecv`` of boundary rows and then boundary columns before every force evaluation.
-* **Integrators.** Leapfrog and Omelyan 2MN, with the same operation order as ``hmc.py``.
-* **Reductions.** One ``Allreduce`` per trajectory of the local ``dH`` (sum of per-site differences) and
-  of the action, ``sum phi`` and ``sum phi^2`` of old and new fields; rank 0's result is broadcast so all
-  ranks take the identical accept/reject decision.
-* **Random numbers (decomposition independent).** Counter-based Philox-4x64 (numpy): the momentum of
-  global row ``y`` at trajectory ``k`` is ``Generator(Philox(key=seed, counter=[0, y, k, 1]))
-  .standard_normal(Lx)``; each rank generates only its own rows and slices its columns. The Metropolis
-  uniform of trajectory ``k`` comes from ``counter=[0, 0, k, 2]``; a hot start from ``counter=[0, y, 0,
-  0]``. Hence 1, 2, 4 ranks produce the same chain (to the rounding of the global sums, ~1e-13).
+* **Decomposition** (:class:`olrg_hpc.lattice.halo.Decomposition`): a periodic Cartesian grid ``dims``
+  (``MPI.Compute_dims`` unless given), global layout ``phi[y, x]``, each rank one ``(Ly/Py, Lx/Px)`` block.
+* **Kernel.** The integrators are :func:`olrg_hpc.lattice.hmc.leapfrog` / ``omelyan`` themselves, applied
+  to the block: each force evaluation fetches the block's halos (four ``sendrecv`` of boundary rows and
+  columns, none along an axis with one rank) and evaluates :func:`olrg_hpc.lattice.hmc.force` with them,
+  the same operations per site as on the whole lattice. A whole run segment (up to :data:`SEGMENT`
+  trajectories: momenta, molecular dynamics, global sums, Metropolis) is one jitted program; the messages
+  are XLA custom calls (mpi4jax) or host callbacks through mpi4py (``transport``, see
+  :mod:`olrg_hpc.lattice.halo`). Each rank runs on its own JAX device (:func:`~olrg_hpc.lattice.halo.rank_device`:
+  a GPU when JAX has one, else the CPU, where XLA is kept to one thread per rank).
+* **Reductions.** One global sum per trajectory of the local ``dH`` (kinetic plus action differences of the
+  block) and of the action, ``sum phi`` and ``sum phi^2`` of old and new fields, bit-identical on every
+  rank, so all ranks take the same accept/reject decision (accept if ``u < exp(-dH)``; NaN rejected).
+* **Random numbers (decomposition independent).** Counter-based Threefry-2x32 (``jax.extend.random``): the
+  stream of (trajectory ``k``, purpose ``q``) has the key ``threefry(seed_key, (k, q))``, ``seed_key =
+  (seed mod 2^32, seed div 2^32)``, and the number at global site ``i = y Lx + x`` is the standard normal
+  ``sqrt(2) erfinv(2 u - 1)`` of the 53-bit uniform ``u = (b + 1/2) 2^-53``, ``b`` the top 53 of the 64 bits
+  of ``threefry(key, (i, 0))``. Momenta: purpose 1;
+  the Metropolis uniform: purpose 2, site 0; a hot start ``init_scale * N(0, 1)``: purpose 0, trajectory 0.
+  Every rank draws only its own sites, so 1, 2, 4 ranks produce the same chain (to the rounding of the
+  global sums, ~1e-13).
 * **Checkpoint / restart.** Rank 0 gathers the global field and writes an HDF5 checkpoint atomically
   (:func:`olrg_hpc.store.write_shard`: temporary sibling + fsync + ``os.replace``) with the field
-  (float64, bit-exact), the number of completed trajectories and the Philox key (together the whole RNG
-  state: the generator is a pure function of ``(seed, trajectory, row)``), the physics identity, the
+  (float64, bit-exact), the number of completed trajectories (together with the seed the whole RNG
+  state: the generator is a pure function of ``(seed, trajectory, site)``), the physics identity, the
   run config, the process grid, provenance attributes (host, time, package version, git commit, library
   versions) and all histories (:func:`write_checkpoint`). ``n_traj`` is the *total* target; a restarted
   run (any number of ranks) continues from the checkpoint to ``n_traj``, bit-identically to a straight
   run: 3 + 3 trajectories equal 6 straight ones. A checkpoint that is not a complete MPI HMC checkpoint,
-  or one written for other parameters, stops every rank with one :class:`~olrg_hpc.errors.UserError`
-  naming the file (:func:`read_checkpoint`).
+  or one written for other parameters (random-number layout included), stops every rank with one
+  :class:`~olrg_hpc.errors.UserError` naming the file (:func:`read_checkpoint`).
+* **Bad input and lost ranks.** Non-finite couplings, non-positive extents, step counts or process-grid
+  entries stop every rank with one :class:`~olrg_hpc.errors.UserError` before anything runs. A rank that
+  stops, hangs or dies leaves the others waiting inside MPI: a :class:`olrg_hpc.mpi.Watchdog` on every
+  rank ends the whole run (one line, exit code 3) when no progress was made for ``watchdog_s`` seconds
+  beyond the expected duration of the current segment.
 * **Results** (``out``, rank 0, atomic): HDF5 with provenance, holding the arrays ``dH``, ``accepted``,
   ``action``, ``magnetization``, ``phi2``, ``phi``, ``acceptance``, ``field_scale``, ``dims``.
 
-Timings returned (each the maximum over ranks): ``md_s`` (molecular dynamics incl. halo exchange),
-``halo_s`` (halo exchanges inside the MD, including waiting for slower neighbours),
-``force_s``, ``rng_s``, ``reduce_s``, ``total_s``, and the number of force evaluations.
+Timings returned (each the maximum over ranks): ``compile_s`` (compiling the segment program), ``run_s``
+(running the trajectories, exchanges and sums included; also as ``md_s``), ``checkpoint_s``, ``total_s``; and
+``n_force``, the force evaluations per rank. With ``profile`` the parts are timed afterwards, each in its own
+jitted loop on the block (:func:`_profile`), and scaled to the run: ``halo_s`` (``n_force + 2`` exchanges per
+trajectory), ``force_s``, ``rng_s`` (momenta), ``reduce_s`` (global sums).
 """
 
 from __future__ import annotations
@@ -58,15 +74,25 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.extend.random import threefry_2x32
 
 from olrg_hpc.errors import UserError
+from olrg_hpc.jaxsetup import enable_x64
+from olrg_hpc.lattice import hmc
+from olrg_hpc.lattice.halo import Decomposition, rank_device
+from olrg_hpc.lattice.hmc import OMELYAN_LAMBDA
+from olrg_hpc.lattice.phi4 import Phi4Action
+
+enable_x64()
 
 __all__ = [
     "OMELYAN_LAMBDA",
+    "SEGMENT",
     "tutorial_parameters",
-    "philox_generator",
-    "momentum_rows",
+    "site_normals",
     "momentum_field",
     "accept_uniform",
     "initial_field",
@@ -77,11 +103,14 @@ __all__ = [
     "main",
 ]
 
-OMELYAN_LAMBDA = 0.1931833275037836  # same as hmc.OMELYAN_LAMBDA (kept jax-free here)
-
 _PURPOSE_INIT = 0
 _PURPOSE_MOMENTA = 1
 _PURPOSE_ACCEPT = 2
+
+#: Trajectories per compiled run segment at most (the history buffers of one call).
+SEGMENT = 256
+#: A segment is sized to take about this many seconds (bounded by :data:`SEGMENT` and the checkpoints).
+_SEGMENT_TARGET_S = 5.0
 
 _DEFAULTS: dict[str, Any] = {
     "tau": 1.0,
@@ -94,6 +123,9 @@ _DEFAULTS: dict[str, Any] = {
     "restart": False,
     "out": None,
     "dims": None,
+    "transport": None,
+    "watchdog_s": 300.0,
+    "profile": False,
 }
 
 
@@ -103,10 +135,14 @@ def tutorial_parameters(params: dict[str, Any]) -> tuple[float, float, float, st
 
     ``m2``+``lam`` -> tutorial (scale 1); ``beta``+``lam`` -> ``m2 = 2 (1 - 2 lam)/beta - 4``,
     ``lam_tut = 4 lam / beta^2``, scale ``sqrt(2/beta)``; ``kappa``+``lam`` -> as beta = 2 kappa.
+    ``ValueError`` for anything else, including non-finite couplings.
     """
     given = [k for k in ("m2", "beta", "kappa") if params.get(k) is not None]
     if len(given) != 1 or params.get("lam") is None:
         raise ValueError("give exactly one of m2 / beta / kappa, plus lam")
+    for k in (*given, "lam"):
+        if not math.isfinite(float(params[k])):
+            raise ValueError(f"{k} = {params[k]}: couplings must be finite")
     lam = float(params["lam"])
     if given[0] == "m2":
         return float(params["m2"]), lam, 1.0, "tutorial"
@@ -121,177 +157,202 @@ def tutorial_parameters(params: dict[str, Any]) -> tuple[float, float, float, st
 def _shape(params: dict[str, Any]) -> tuple[int, int]:
     L = params["L"]
     if isinstance(L, (int, np.integer)):
-        return int(L), int(L)
-    L = [int(v) for v in L]
-    if len(L) == 1:
-        return L[0], L[0]
-    if len(L) != 2:
-        raise ValueError(f"L must be an int or [Ly, Lx], got {params['L']}")
-    return L[0], L[1]
+        shape = (int(L), int(L))
+    else:
+        L = [int(v) for v in L]
+        if len(L) not in (1, 2):
+            raise ValueError(f"L = {params['L']}: an int or [Ly, Lx]")
+        shape = (L[0], L[-1])
+    if min(shape) < 2 or shape[0] * shape[1] >= 2**32:
+        raise ValueError(f"L = {params['L']}: extents must be >= 2 and the volume below 2^32")
+    return shape
 
 
-# ---------------------------------------------------------------------------------------- random numbers
-def philox_generator(seed: int, trajectory: int, row: int, purpose: int) -> np.random.Generator:
-    """Counter-based stream: ``Philox(key=seed, counter=[0, row, trajectory, purpose])``."""
-    return np.random.Generator(
-        np.random.Philox(key=int(seed), counter=[0, int(row), int(trajectory), int(purpose)])
-    )
-
-
-def momentum_rows(seed: int, trajectory: int, rows: range, lx: int) -> np.ndarray:
-    """Momenta of global rows ``rows`` (all ``lx`` columns) at ``trajectory``, shape ``(len(rows), lx)``."""
-    out = np.empty((len(rows), lx))
-    for i, y in enumerate(rows):
-        out[i] = philox_generator(seed, trajectory, y, _PURPOSE_MOMENTA).standard_normal(lx)
+def _checked(p: dict[str, Any]) -> dict[str, Any]:
+    """The run's validated settings; one-line :class:`UserError` naming the key and value otherwise."""
+    try:
+        m2, lam, scale, convention = tutorial_parameters(p)
+        out = {"m2": m2, "lam": lam, "scale": scale, "convention": convention, "shape": _shape(p)}
+        for key, cast, ok, what in (("seed", int, lambda v: 0 <= v < 2**64, "in [0, 2^64)"),
+                                    ("n_traj", int, lambda v: 0 <= v < 2**32, "in [0, 2^32)"),
+                                    ("n_steps", int, lambda v: v >= 1, ">= 1"),
+                                    ("tau", float, lambda v: math.isfinite(v) and v > 0, "finite and > 0"),
+                                    ("init_scale", float, lambda v: math.isfinite(v) and v > 0, "finite and > 0"),
+                                    ("checkpoint_every", int, lambda v: v >= 0, ">= 0"),
+                                    ("watchdog_s", float, lambda v: math.isfinite(v) and v > 0, "finite and > 0")):
+            v = cast(p[key])
+            if not ok(v):
+                raise ValueError(f"{key} = {p[key]}: must be {what}")
+            out[key] = v
+        if p["integrator"] not in ("leapfrog", "omelyan"):
+            raise ValueError(f"integrator = {p['integrator']!r}: 'leapfrog' or 'omelyan'")
+        if p["init"] not in ("hot", "cold"):
+            raise ValueError(f"init = {p['init']!r}: 'hot' or 'cold'")
+        dims = p["dims"]
+        if dims is not None and (len(dims) != 2 or any(int(d) < 1 for d in dims)):
+            raise ValueError(f"dims = {list(dims)}: two positive integers [Py, Px]")
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"mpi_hmc: {exc}") from None
     return out
 
 
+# ---------------------------------------------------------------------------------------- random numbers
+def _stream_key(seed: int, trajectory: Any, purpose: int) -> Any:
+    """Threefry key (2 x uint32) of the stream (``trajectory``, ``purpose``); ``trajectory`` may be traced."""
+    key = jnp.asarray([seed & 0xFFFFFFFF, seed >> 32], dtype=jnp.uint32)
+    count = jnp.stack([jnp.asarray(trajectory).astype(jnp.uint32), jnp.asarray(purpose, dtype=jnp.uint32)])
+    return threefry_2x32(key, count)
+
+
+def _site_uniforms(seed: int, trajectory: Any, purpose: int, sites: Any) -> Any:
+    """Uniforms in (0, 1) at global sites ``sites`` (uint32 array) of a stream (module docstring)."""
+    flat = jnp.ravel(sites).astype(jnp.uint32)
+    words = threefry_2x32(_stream_key(seed, trajectory, purpose), jnp.concatenate([flat, jnp.zeros_like(flat)]))
+    n = flat.shape[0]
+    bits = (words[:n].astype(jnp.uint64) << 32) | words[n:].astype(jnp.uint64)
+    u = ((bits >> 11).astype(jnp.float64) + 0.5) * 2.0**-53
+    return u.reshape(jnp.shape(sites))
+
+
+def site_normals(seed: int, trajectory: Any, purpose: int, sites: Any) -> Any:
+    """Standard normals at global sites ``sites`` of the stream (``trajectory``, ``purpose``), as JAX array;
+    traceable (the kernel draws its block's momenta with it)."""
+    u = _site_uniforms(seed, trajectory, purpose, sites)
+    return math.sqrt(2.0) * jax.scipy.special.erfinv(2.0 * u - 1.0)  # = ndtri(u), half the cost in XLA
+
+
+def _global_sites(shape: tuple[int, int]) -> np.ndarray:
+    return np.arange(shape[0] * shape[1], dtype=np.uint32).reshape(shape)
+
+
 def momentum_field(seed: int, trajectory: int, shape: tuple[int, int]) -> np.ndarray:
-    """Global momentum field of ``trajectory`` (what every decomposition uses), shape ``(Ly, Lx)``."""
-    return momentum_rows(seed, trajectory, range(shape[0]), shape[1])
+    """Global momentum field of ``trajectory`` (what every decomposition draws), shape ``(Ly, Lx)``."""
+    return np.asarray(site_normals(seed, trajectory, _PURPOSE_MOMENTA, _global_sites(shape)))
 
 
 def accept_uniform(seed: int, trajectory: int) -> float:
-    """Metropolis uniform ``u in [0, 1)`` of ``trajectory``."""
-    return float(philox_generator(seed, trajectory, 0, _PURPOSE_ACCEPT).random())
+    """Metropolis uniform ``u in (0, 1)`` of ``trajectory``."""
+    return float(_site_uniforms(seed, trajectory, _PURPOSE_ACCEPT, np.zeros(1, dtype=np.uint32))[0])
 
 
 def initial_field(seed: int, shape: tuple[int, int], kind: str = "hot", scale: float = 0.5) -> np.ndarray:
-    """Global start field: ``"hot"`` = ``scale * N(0, 1)`` per site (rows from ``counter=[0, y, 0, 0]``;
-    the default ``scale = 0.5`` keeps the quartic force moderate at ``lam ~ 8``), ``"cold"`` = 0."""
+    """Global start field: ``"hot"`` = ``scale * N(0, 1)`` per site (purpose 0, trajectory 0; the default
+    ``scale = 0.5`` keeps the quartic force moderate at ``lam ~ 8``), ``"cold"`` = 0."""
     if kind == "cold":
         return np.zeros(shape)
     if kind != "hot":
         raise ValueError(f"init must be 'hot' or 'cold', got {kind!r}")
-    out = np.empty(shape)
-    for y in range(shape[0]):
-        out[y] = scale * philox_generator(seed, 0, y, _PURPOSE_INIT).standard_normal(shape[1])
+    return scale * np.asarray(site_normals(seed, 0, _PURPOSE_INIT, _global_sites(shape)))
+
+
+# ---------------------------------------------------------------------------------------- the kernel
+class _Block:
+    """The action as one rank's block sees it: :func:`hmc.force` with the halos fetched from the neighbours
+    (``hmc.leapfrog``/``omelyan`` call ``force(action, phi)``, which defers to this object's ``force``)."""
+
+    def __init__(self, action: Any, dec: Any):
+        self.action, self.dec = action, dec
+
+    def force(self, phi: Any) -> Any:
+        return hmc.force(self.action, phi, self.dec.halos(phi))
+
+    def local_action(self, phi: Any) -> Any:
+        """The block's share of ``S``: ``sum_{x in block} [-2 sum_mu phi_x phi_{x+mu} + (4 + m2) phi_x^2 +
+        lam phi_x^4]`` (the forward neighbours of the last row/column are halos)."""
+        (y_fwd, _), (x_fwd, _) = self.dec.halos(phi)
+        hop = phi * hmc._shift(phi, 0, True, y_fwd) + phi * hmc._shift(phi, 1, True, x_fwd)
+        a = self.action
+        return jnp.sum(-a.hopping_coefficient * hop + a.mass_coefficient * phi**2 + a.lam * phi**4)
+
+
+def _segment_program(dec: Any, action: Any, seed: int, tau: float, n_steps: int, integrator: str) -> Any:
+    """``segment(phi, k0, n) -> (phi, (dH, accepted, action, magnetization, phi2))``, jitted: trajectories
+    ``k0 .. k0 + n - 1`` (``n <= SEGMENT``) on this rank's block; histories padded to :data:`SEGMENT`."""
+    block = _Block(action, dec)
+    sites = dec.global_sites()
+    volume = float(dec.shape[0] * dec.shape[1])
+
+    def trajectory(k: Any, phi: Any) -> tuple[Any, tuple[Any, ...]]:
+        p = site_normals(seed, k, _PURPOSE_MOMENTA, sites)
+        u = _site_uniforms(seed, k, _PURPOSE_ACCEPT, np.zeros(1, dtype=np.uint32))[0]
+        s_old, k_old = block.local_action(phi), 0.5 * jnp.sum(p * p)
+        phi1, p1 = hmc.integrate(block, phi, p, tau, n_steps, integrator)
+        s_new, k_new = block.local_action(phi1), 0.5 * jnp.sum(p1 * p1)
+        local = jnp.stack([(k_new - k_old) + (s_new - s_old), s_new, s_old, jnp.sum(phi1), jnp.sum(phi),
+                           jnp.sum(phi1 * phi1), jnp.sum(phi * phi)])
+        tot = dec.allsum(local)
+        dh = tot[0]
+        accepted = u < jnp.exp(-dh)  # NaN (a diverged trajectory) compares false: rejected
+        pick = lambda new, old: jnp.where(accepted, new, old)  # noqa: E731
+        return pick(phi1, phi), (dh, accepted, pick(tot[1], tot[2]), pick(tot[3], tot[4]) / volume,
+                                 pick(tot[5], tot[6]) / volume)
+
+    def segment(phi: Any, k0: Any, n: Any) -> tuple[Any, tuple[Any, ...]]:
+        hist0 = (jnp.zeros(SEGMENT), jnp.zeros(SEGMENT, dtype=bool), jnp.zeros(SEGMENT), jnp.zeros(SEGMENT),
+                 jnp.zeros(SEGMENT))
+
+        def body(i: Any, carry: tuple[Any, tuple[Any, ...]]) -> tuple[Any, tuple[Any, ...]]:
+            phi, hist = carry
+            phi, vals = trajectory(k0 + i, phi)
+            return phi, tuple(h.at[i].set(v) for h, v in zip(hist, vals, strict=True))
+
+        return jax.lax.fori_loop(0, n, body, (phi, hist0))
+
+    return jax.jit(segment)
+
+
+def _profile(dec: Any, action: Any, seed: int, phi: Any, reps: int = 20) -> dict[str, float]:
+    """Seconds per call of the kernel's parts, each in its own jitted loop of ``reps`` calls on this block (the
+    segment program is one compiled unit and cannot be timed in parts): ``halo`` (one exchange, waiting for
+    neighbours included), ``force`` (one force evaluation with given halos), ``momenta`` (one trajectory's
+    draw), ``sum`` (one global sum)."""
+    halos0 = dec.halos(phi)
+
+    def consume(phi: Any, x: Any) -> Any:  # a data dependence XLA cannot drop
+        return phi.at[0, 0].add(0.0 * x)
+
+    def halo_loop(phi: Any) -> Any:
+        def body(_: Any, ph: Any) -> Any:
+            edges = [e for pair in dec.halos(ph) for e in pair if e is not None]
+            return consume(ph, sum((jnp.sum(e) for e in edges), jnp.zeros(())))
+        return jax.lax.fori_loop(0, reps, body, phi)
+
+    def force_loop(phi: Any) -> Any:
+        return jax.lax.fori_loop(0, reps, lambda _, ph: ph + 1e-9 * hmc.force(action, ph, halos0), phi)
+
+    def momenta_loop(phi: Any) -> Any:
+        sites = dec.global_sites()
+        return jax.lax.fori_loop(0, reps, lambda k, ph: consume(ph, jnp.sum(site_normals(seed, k, 1, sites))), phi)
+
+    def sum_loop(phi: Any) -> Any:
+        return jax.lax.fori_loop(0, reps, lambda _, ph: consume(ph, dec.allsum(jnp.sum(ph)[None])[0]), phi)
+
+    out = {}
+    for name, fn in (("halo", halo_loop), ("force", force_loop), ("momenta", momenta_loop), ("sum", sum_loop)):
+        f = jax.jit(fn)
+        jax.block_until_ready(f(phi))  # compile
+        dec.cart.Barrier()
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(phi))
+        out[name] = (time.perf_counter() - t0) / reps
     return out
 
 
-# ---------------------------------------------------------------------------------------- decomposition
-class _Domain:
-    """Cartesian decomposition, halo exchange and local kernels of one rank."""
-
-    def __init__(self, comm: Any, shape: tuple[int, int], dims: Sequence[int] | None, m2: float, lam: float):
-        from mpi4py import MPI
-
-        self.MPI = MPI
-        self.shape = shape
-        dims = MPI.Compute_dims(comm.Get_size(), list(dims) if dims else [0, 0])
-        if shape[0] % dims[0] or shape[1] % dims[1]:
-            raise ValueError(f"lattice {shape} not divisible by process grid {dims}")
-        self.dims = tuple(dims)
-        self.cart = comm.Create_cart(dims, periods=[True, True], reorder=False)
-        self.rank = self.cart.Get_rank()
-        self.coords = tuple(self.cart.Get_coords(self.rank))
-        self.ly, self.lx = shape[0] // dims[0], shape[1] // dims[1]
-        self.y0, self.x0 = self.coords[0] * self.ly, self.coords[1] * self.lx
-        self.src_y, self.dst_y = self.cart.Shift(0, 1)
-        self.src_x, self.dst_x = self.cart.Shift(1, 1)
-        self.b = 4.0 + m2  # (2d + m2) in 2D
-        self.lam = lam
-        self.col_send = np.empty(self.ly)
-        self.col_recv = np.empty(self.ly)
-        self.halo_s = 0.0
-        self.force_s = 0.0
-        self.n_force = 0
-
-    # ------------------------------------------------------------- data movement
-    def local_slice(self, global_field: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(
-            global_field[self.y0 : self.y0 + self.ly, self.x0 : self.x0 + self.lx], dtype=np.float64
-        )
-
-    def padded(self, local: np.ndarray) -> np.ndarray:
-        a = np.zeros((self.ly + 2, self.lx + 2))
-        a[1:-1, 1:-1] = local
-        self.exchange(a)
-        return a
-
-    def exchange(self, a: np.ndarray) -> None:
-        """Refresh the width-1 halo of ``a`` (rows, then columns; corners are not needed)."""
-        t0 = time.perf_counter()
-        c = self.cart
-        # my last interior row -> neighbour at +y (its top halo); receive the -y neighbour's last row
-        c.Sendrecv(
-            a[-2, 1:-1], dest=self.dst_y, sendtag=10, recvbuf=a[0, 1:-1], source=self.src_y, recvtag=10
-        )
-        c.Sendrecv(
-            a[1, 1:-1], dest=self.src_y, sendtag=11, recvbuf=a[-1, 1:-1], source=self.dst_y, recvtag=11
-        )
-        self.col_send[:] = a[1:-1, -2]
-        c.Sendrecv(
-            self.col_send, dest=self.dst_x, sendtag=12, recvbuf=self.col_recv, source=self.src_x, recvtag=12
-        )
-        a[1:-1, 0] = self.col_recv
-        self.col_send[:] = a[1:-1, 1]
-        c.Sendrecv(
-            self.col_send, dest=self.src_x, sendtag=13, recvbuf=self.col_recv, source=self.dst_x, recvtag=13
-        )
-        a[1:-1, -1] = self.col_recv
-        self.halo_s += time.perf_counter() - t0
-
-    def gather(self, local: np.ndarray) -> np.ndarray | None:
-        """Global field on rank 0 (``None`` elsewhere)."""
-        blocks = self.cart.gather((self.coords, np.ascontiguousarray(local)), root=0)
-        if self.rank != 0:
-            return None
-        out = np.empty(self.shape)
-        for (cy, cx), blk in blocks:
-            out[cy * self.ly : (cy + 1) * self.ly, cx * self.lx : (cx + 1) * self.lx] = blk
-        return out
-
-    # ------------------------------------------------------------- local kernels (halo must be fresh)
-    def force(self, a: np.ndarray) -> np.ndarray:
-        """``-dS/dphi`` on the interior; same operation order as ``Phi4Action.force``."""
-        t0 = time.perf_counter()
-        c = a[1:-1, 1:-1]
-        nb = (a[2:, 1:-1] + a[:-2, 1:-1]) + (a[1:-1, 2:] + a[1:-1, :-2])
-        f = 2.0 * nb - 2.0 * self.b * c - 4.0 * self.lam * (c * c * c)
-        self.force_s += time.perf_counter() - t0
-        self.n_force += 1
-        return f
-
-    def action_sum(self, a: np.ndarray) -> float:
-        c = a[1:-1, 1:-1]
-        c2 = c * c
-        hop = c * a[2:, 1:-1] + c * a[1:-1, 2:]
-        return float(np.sum(-2.0 * hop + self.b * c2 + self.lam * (c2 * c2)))
-
-    # ------------------------------------------------------------- molecular dynamics
-    def _drift(self, a: np.ndarray, p: np.ndarray, h: float) -> None:
-        a[1:-1, 1:-1] += h * p
-        self.exchange(a)
-
-    def leapfrog(self, a: np.ndarray, p: np.ndarray, eps: float, n: int) -> None:
-        p += 0.5 * eps * self.force(a)
-        for _ in range(n - 1):
-            self._drift(a, p, eps)
-            p += eps * self.force(a)
-        self._drift(a, p, eps)
-        p += 0.5 * eps * self.force(a)
-
-    def omelyan(self, a: np.ndarray, p: np.ndarray, eps: float, n: int, lam: float = OMELYAN_LAMBDA) -> None:
-        half = 0.5 * eps
-        p += lam * eps * self.force(a)
-        for _ in range(n - 1):
-            self._drift(a, p, half)
-            p += (1.0 - 2.0 * lam) * eps * self.force(a)
-            self._drift(a, p, half)
-            p += 2.0 * lam * eps * self.force(a)
-        self._drift(a, p, half)
-        p += (1.0 - 2.0 * lam) * eps * self.force(a)
-        self._drift(a, p, half)
-        p += lam * eps * self.force(a)
+def _single_thread_xla() -> None:
+    """One XLA CPU thread per rank (ranks are placed one per core), unless the user set ``XLA_FLAGS``."""
+    if "XLA_FLAGS" not in os.environ:
+        os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 # ---------------------------------------------------------------------------------------- checkpoint I/O
 #: ``format`` attribute of a checkpoint file; a file without it is not an MPI HMC checkpoint.
 CHECKPOINT_FORMAT = "olrg-hpc mpi_hmc checkpoint 1"
 _HISTORY = ("dH", "accepted", "action", "magnetization", "phi2")
-_PHYSICS_KEYS = ("m2", "lam", "Ly", "Lx", "seed", "tau", "n_steps", "integrator")
-_RNG = "numpy Philox4x64, key=seed, counter=[0, row, trajectory, purpose]; momenta purpose 1, accept 2, init 0"
+_PHYSICS_KEYS = ("m2", "lam", "Ly", "Lx", "seed", "tau", "n_steps", "integrator", "rng")
+_RNG = ("jax threefry-2x32 counter-based: key threefry((seed mod 2^32, seed div 2^32), (trajectory, purpose)), "
+        "site i = y Lx + x -> sqrt(2) erfinv(2u - 1), u the 53-bit uniform of threefry(key, (i, 0)); momenta purpose "
+        "1, accept 2 (site 0), "
+        "init 0")
 
 
 def _provenance() -> dict[str, Any]:
@@ -314,7 +375,7 @@ def write_checkpoint(
     Datasets: ``phi`` (global field, tutorial normalisation, float64), the per-trajectory histories
     ``dH``, ``accepted``, ``action``, ``magnetization``, ``phi2``. Root attributes: ``format``,
     ``trajectory`` (completed trajectories = the next trajectory counter of the counter-based RNG),
-    ``seed`` and ``rng_key`` (the Philox key), ``rng`` (the stream layout), ``identity`` (JSON of the
+    ``seed`` and ``rng_key`` (the generator's key), ``rng`` (the stream layout), ``identity`` (JSON of the
     physics/integrator parameters a restart must match), ``attrs`` (e.g. ``config``, ``dims``) and the
     provenance (``host``, ``written``, ``provenance`` JSON: package version, git commit, library versions).
     """
@@ -397,44 +458,51 @@ def run_mpi_hmc(params: dict[str, Any], comm: Any) -> dict[str, Any]:
     ``integrator`` (``"leapfrog"``|``"omelyan"``), ``init`` (``"hot"``|``"cold"``), ``init_scale`` (0.5),
     ``phi0`` (global start field, tutorial normalisation; overrides ``init``), ``checkpoint`` (path),
     ``checkpoint_every`` (0 = only at the end), ``restart`` (resume from ``checkpoint`` if it exists),
-    ``out`` (results, HDF5), ``dims`` (process grid). A damaged or
-    mismatched checkpoint raises :class:`~olrg_hpc.errors.UserError` on every rank.
+    ``out`` (results, HDF5), ``dims`` (process grid), ``profile`` (time the kernel's parts, module docstring),
+    ``transport`` (``"mpi4jax"`` | ``"callback"``; default:
+    mpi4jax when installed), ``watchdog_s`` (300: end the run when a rank makes no progress for this long
+    beyond the expected). Bad values, or a damaged or mismatched checkpoint, raise
+    :class:`~olrg_hpc.errors.UserError` on every rank.
 
     Returns on every rank: ``dH``, ``accepted``, ``action``, ``magnetization``, ``phi2`` (one entry per
     trajectory, after the accept/reject step, including trajectories done before a restart),
-    ``acceptance``, ``trajectory`` (completed), ``m2``, ``lam``, ``field_scale``, ``dims``, ``timings``;
-    ``phi`` (final global field, tutorial normalisation) on rank 0, ``None`` elsewhere.
+    ``acceptance``, ``trajectory`` (completed), ``m2``, ``lam``, ``field_scale``, ``dims``, ``transport``,
+    ``device``, ``timings``; ``phi`` (final global field, tutorial normalisation) on rank 0, ``None`` elsewhere.
     """
-    p = {**_DEFAULTS, **params}
-    t_start = time.perf_counter()
-    m2, lam, scale, convention = tutorial_parameters(p)
-    shape = _shape(p)
-    seed, n_traj, n_steps, tau = int(p["seed"]), int(p["n_traj"]), int(p["n_steps"]), float(p["tau"])
-    integrator = str(p["integrator"])
-    if integrator not in ("leapfrog", "omelyan"):
-        raise ValueError(f"unknown integrator {integrator!r}")
-    if n_steps < 1:
-        raise ValueError("n_steps must be >= 1")
-    dom = _Domain(comm, shape, p["dims"], m2, lam)
-    cart = dom.cart
-    ident = {
-        "m2": m2,
-        "lam": lam,
-        "Ly": shape[0],
-        "Lx": shape[1],
-        "seed": seed,
-        "tau": tau,
-        "n_steps": n_steps,
-        "integrator": integrator,
-    }
+    from olrg_hpc.mpi import Watchdog
 
-    hist: dict[str, list[Any]] = {k: [] for k in ("dH", "accepted", "action", "magnetization", "phi2")}
+    t_start = time.perf_counter()
+    p = {**_DEFAULTS, **params}
+    v = _checked(p)
+    # watched from here: setting up the grid, reading the checkpoint and compiling get at least 600 s
+    with Watchdog(comm.Get_rank(), max(600.0, v["watchdog_s"]), prefix="mpi_hmc") as watchdog:
+        return _run(p, v, comm, watchdog, t_start)
+
+
+def _run(p: dict[str, Any], v: dict[str, Any], comm: Any, watchdog: Any, t_start: float) -> dict[str, Any]:
+    """:func:`run_mpi_hmc` after validation (``v``: :func:`_checked`), under ``watchdog``."""
+    shape, seed, n_traj, n_steps, tau = v["shape"], v["seed"], v["n_traj"], v["n_steps"], v["tau"]
+    integrator = str(p["integrator"])
+    _single_thread_xla()
+    try:
+        dec = Decomposition(comm, shape, p["dims"], p["transport"])
+    except ValueError as exc:
+        raise UserError(f"mpi_hmc: {exc}") from None
+    cart = dec.cart
+    ident = {"m2": v["m2"], "lam": v["lam"], "Ly": shape[0], "Lx": shape[1], "seed": seed, "tau": tau,
+             "n_steps": n_steps, "integrator": integrator, "rng": _RNG}
+
+    def fail(msg: str) -> UserError:
+        dec.free()
+        return UserError(msg)
+
+    hist: dict[str, list[Any]] = {k: [] for k in _HISTORY}
     start_traj = 0
     global_phi: np.ndarray | None = None
     ckpt = p["checkpoint"]
     if p["restart"] and ckpt:
         state = None
-        if dom.rank == 0 and os.path.exists(ckpt):
+        if dec.rank == 0 and os.path.exists(ckpt):
             try:
                 state = read_checkpoint(ckpt)
             except UserError as exc:
@@ -449,8 +517,7 @@ def run_mpi_hmc(params: dict[str, Any], comm: Any) -> dict[str, Any]:
         state = cart.bcast(state, root=0)  # every rank fails alike (the CLI prints rank 0's line)
         if state is not None:
             if "error" in state:
-                cart.Free()
-                raise UserError(state["error"])
+                raise fail(state["error"])
             global_phi = state["phi"]
             start_traj = int(state["trajectory"])
             for k in hist:
@@ -459,30 +526,25 @@ def run_mpi_hmc(params: dict[str, Any], comm: Any) -> dict[str, Any]:
         if p.get("phi0") is not None:
             global_phi = np.asarray(p["phi0"], dtype=np.float64)
             if global_phi.shape != shape:
-                raise ValueError(f"phi0 has shape {global_phi.shape}, expected {shape}")
+                raise fail(f"mpi_hmc: phi0 has shape {global_phi.shape}, expected {shape}")
         else:
-            global_phi = initial_field(seed, shape, str(p["init"]), float(p["init_scale"]))
+            global_phi = initial_field(seed, shape, str(p["init"]), v["init_scale"])
 
-    a = dom.padded(dom.local_slice(global_phi))
+    device = rank_device(cart)
+    phi = jax.device_put(dec.block(global_phi), device)
     del global_phi
-    dom.halo_s = 0.0  # time only the exchanges inside the molecular dynamics
-    eps = tau / n_steps
-    volume = shape[0] * shape[1]
-    rows = range(dom.y0, dom.y0 + dom.ly)
-    xs = slice(dom.x0, dom.x0 + dom.lx)
-    md_s = rng_s = reduce_s = ckpt_s = 0.0
-    every = int(p["checkpoint_every"] or 0)
-
-    config = {k: v for k, v in p.items() if k != "phi0"}
-    ckpt_attrs = {"config": config, "dims": list(dom.dims), "n_ranks": cart.Get_size(),
-                  "field_scale": scale, "convention": convention}
+    config = {k: val for k, val in p.items() if k != "phi0"}
+    ckpt_attrs = {"config": config, "dims": list(dec.dims), "n_ranks": dec.size, "field_scale": v["scale"],
+                  "convention": v["convention"], "transport": dec.transport}
+    every = v["checkpoint_every"]
+    n_force = (n_steps + 1) if integrator == "leapfrog" else (2 * n_steps + 1)
+    compile_s = run_s = ckpt_s = 0.0
 
     def checkpoint(done: int) -> None:
-        loc = np.ascontiguousarray(a[1:-1, 1:-1])
-        g = dom.gather(loc)
+        g = dec.gather(np.asarray(phi))
         err: str | None = None
         failure: BaseException | None = None
-        if dom.rank == 0:
+        if dec.rank == 0:
             try:
                 write_checkpoint(ckpt, g, done, ident, hist, ckpt_attrs)
             except Exception as exc:  # noqa: BLE001 - reported on every rank below, so none waits forever
@@ -490,86 +552,56 @@ def run_mpi_hmc(params: dict[str, Any], comm: Any) -> dict[str, Any]:
                 err = f"checkpoint {ckpt}: cannot write ({' '.join(str(exc).split()) or type(exc).__name__})"
         err = cart.bcast(err, root=0)
         if err:
-            cart.Free()
             if failure is not None and not isinstance(failure, OSError):
+                dec.free()
                 raise failure  # a bug, not the user's disk: keep the traceback (rank 0)
-            raise UserError(err)  # unwritable directory, full disk, ...
+            raise fail(err)  # unwritable directory, full disk, ...
 
-    for k in range(start_traj, n_traj):
-        t0 = time.perf_counter()
-        mom = momentum_rows(seed, k, rows, shape[1])[:, xs].copy()
-        u = accept_uniform(seed, k)
-        rng_s += time.perf_counter() - t0
+    # compile (a call with 0 trajectories: no messages), allowed its own long time before the first collective
+    watchdog.expect(max(600.0, v["watchdog_s"]))
+    t0 = time.perf_counter()
+    segment = _segment_program(dec, Phi4Action(v["m2"], v["lam"]), seed, tau, n_steps, integrator)
+    jax.block_until_ready(segment(phi, np.int64(start_traj), np.int64(0)))  # compiles; 0 trajectories
+    cart.Barrier()
+    compile_s = time.perf_counter() - t0
 
-        a_old = a.copy()
-        s_old = dom.action_sum(a)
-        k_old = 0.5 * float(np.sum(mom * mom))
+    k = start_traj
+    per_traj = None  # seconds per trajectory, from the last segment
+    while k < n_traj:
+        stop = n_traj if not (ckpt and every) else min(n_traj, (k // every + 1) * every)
+        n = min(stop - k, SEGMENT, 1 if per_traj is None else max(1, int(_SEGMENT_TARGET_S / per_traj)))
+        watchdog.expect(v["watchdog_s"] + (per_traj or 0.0) * n)
         t0 = time.perf_counter()
-        with np.errstate(over="ignore", invalid="ignore"):  # a diverging trajectory gives dH = nan: rejected
-            if integrator == "leapfrog":
-                dom.leapfrog(a, mom, eps, n_steps)
-            else:
-                dom.omelyan(a, mom, eps, n_steps)
-            md_s += time.perf_counter() - t0
-            s_new = dom.action_sum(a)
-            k_new = 0.5 * float(np.sum(mom * mom))
-        c_new, c_old = a[1:-1, 1:-1], a_old[1:-1, 1:-1]
-
-        t0 = time.perf_counter()
-        with np.errstate(over="ignore", invalid="ignore"):
-            loc = np.array(
-                [
-                    (k_new - k_old) + (s_new - s_old),
-                    s_new,
-                    s_old,
-                    float(np.sum(c_new)),
-                    float(np.sum(c_old)),
-                    float(np.sum(c_new * c_new)),
-                    float(np.sum(c_old * c_old)),
-                ]
-            )
-        tot = np.empty_like(loc)
-        cart.Allreduce(loc, tot, op=dom.MPI.SUM)
-        cart.Bcast(tot, root=0)  # identical decision on every rank regardless of reduction order
-        reduce_s += time.perf_counter() - t0
-        dh = float(tot[0])
-        # u < exp(-dH), written so that a very negative dH cannot overflow (u < 1 <= exp(-dH) there)
-        accepted = (not math.isnan(dh)) and (dh <= 0.0 or u < math.exp(-dh))
-        if not accepted:
-            a = a_old
-        j = 1 if accepted else 2
-        hist["dH"].append(dh)
-        hist["accepted"].append(accepted)
-        hist["action"].append(tot[j])
-        hist["magnetization"].append(tot[j + 2] / volume)
-        hist["phi2"].append(tot[j + 4] / volume)
-        if ckpt and every and (k + 1) % every == 0 and k + 1 < n_traj:
+        phi, out = segment(phi, np.int64(k), np.int64(n))
+        out = jax.device_get(out)
+        dt = time.perf_counter() - t0
+        run_s += dt
+        per_traj = dt / n
+        for name, h in zip(_HISTORY, out, strict=True):
+            hist[name].extend(np.asarray(h[:n]).tolist())
+        k += n
+        if ckpt and every and k % every == 0 and k < n_traj:
             t0 = time.perf_counter()
-            checkpoint(k + 1)
+            checkpoint(k)
             ckpt_s += time.perf_counter() - t0
 
+    watchdog.expect(v["watchdog_s"])
     if ckpt:
         t0 = time.perf_counter()
         checkpoint(n_traj)
         ckpt_s += time.perf_counter() - t0
-    phi_final = dom.gather(np.ascontiguousarray(a[1:-1, 1:-1]))
-
-    n_new = max(n_traj - start_traj, 0)
-    timings = {
-        "total_s": time.perf_counter() - t_start,
-        "md_s": md_s,
-        "halo_s": dom.halo_s,
-        "force_s": dom.force_s,
-        "rng_s": rng_s,
-        "reduce_s": reduce_s,
-        "checkpoint_s": ckpt_s,
-        "n_force": dom.n_force,
-        "n_traj_run": n_new,
-    }
-    # slowest rank defines the wall time
-    timings = {
-        k: (cart.allreduce(v, op=dom.MPI.MAX) if isinstance(v, float) else v) for k, v in timings.items()
-    }
+    phi_final = dec.gather(np.asarray(phi))
+    timings: dict[str, Any] = {"total_s": time.perf_counter() - t_start, "compile_s": compile_s, "run_s": run_s,
+                               "md_s": run_s, "checkpoint_s": ckpt_s}
+    if p["profile"]:
+        watchdog.expect(max(600.0, v["watchdog_s"]))
+        per = _profile(dec, Phi4Action(v["m2"], v["lam"]), seed, phi)
+        n_run = max(n_traj - start_traj, 0)
+        timings.update({"halo_s": per["halo"] * (n_force + 2) * n_run, "force_s": per["force"] * n_force * n_run,
+                        "rng_s": per["momenta"] * n_run, "reduce_s": per["sum"] * n_run})
+    # the slowest rank defines the wall time
+    timings = {key: cart.allreduce(val, op=dec.MPI.MAX) for key, val in timings.items()}
+    timings.update({"n_force": n_force * max(n_traj - start_traj, 0), "n_traj_run": max(n_traj - start_traj, 0)})
     result: dict[str, Any] = {
         "dH": np.asarray(hist["dH"], dtype=np.float64),
         "accepted": np.asarray(hist["accepted"], dtype=bool),
@@ -577,19 +609,21 @@ def run_mpi_hmc(params: dict[str, Any], comm: Any) -> dict[str, Any]:
         "magnetization": np.asarray(hist["magnetization"], dtype=np.float64),
         "phi2": np.asarray(hist["phi2"], dtype=np.float64),
         "trajectory": n_traj,
-        "m2": m2,
-        "lam": lam,
-        "field_scale": scale,
-        "convention": convention,
-        "dims": dom.dims,
-        "size": cart.Get_size(),
+        "m2": v["m2"],
+        "lam": v["lam"],
+        "field_scale": v["scale"],
+        "convention": v["convention"],
+        "dims": dec.dims,
+        "size": dec.size,
+        "transport": dec.transport,
+        "device": str(device),
         "timings": timings,
         "phi": phi_final,
     }
     result["acceptance"] = float(np.mean(result["accepted"])) if len(result["accepted"]) else float("nan")
-    if p["out"] and dom.rank == 0:
+    if p["out"] and dec.rank == 0:
         _write_results(str(p["out"]), result, ident, {**ckpt_attrs, "timings": timings})
-    cart.Free()
+    dec.free()
     return result
 
 
@@ -615,6 +649,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint-every", type=int, default=0)
     ap.add_argument("--restart", action="store_true")
     ap.add_argument("--out", default=None, help="results file (HDF5, written atomically by rank 0)")
+    ap.add_argument("--transport", choices=["mpi4jax", "callback"], default=None,
+                    help="how halos travel (default: mpi4jax when installed)")
+    ap.add_argument("--profile", action="store_true", help="time the kernel's parts after the run")
+    ap.add_argument("--watchdog-s", type=float, default=300.0,
+                    help="end the run when no progress was made for this long beyond the expected")
     return ap
 
 
@@ -634,6 +673,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = {
             "size": res["size"],
             "dims": list(res["dims"]),
+            "transport": res["transport"],
+            "device": res["device"],
             "trajectory": res["trajectory"],
             "acceptance": res["acceptance"],
             "mean_dH": float(np.mean(res["dH"])) if len(res["dH"]) else None,

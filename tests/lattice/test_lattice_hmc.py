@@ -201,3 +201,18 @@ def test_tune_n_steps_finds_the_smallest_passing_count() -> None:
     assert n == 4 and [m for m, _ in trials][:2] == [2, 4]  # capped
     with pytest.raises(ValueError, match="acc_min"):
         hmc.tune_n_steps(TUTORIAL, phi0, key, acc_min=1.0)
+
+
+def test_force_of_a_block_with_its_halos_is_the_block_of_the_force() -> None:
+    """Domain decomposition's kernel identity: the force of a block, its halos taken from the neighbouring
+    blocks, equals that block of the whole lattice's force bit for bit (same additions in the same order), for
+    small (roll) and large (pad/select) lattices; halos of None are the block's own periodic wrap."""
+    act = Phi4Action(-4.0, 8.0)
+    for L in (8, 256):
+        phi = 0.5 * jax.random.normal(jax.random.key(L), (L, 2 * L), dtype=jnp.float64)
+        whole = np.asarray(hmc.force(act, phi))
+        y0, y1, x0, x1 = L // 4, L // 2, L // 2, L
+        blk = phi[y0:y1, x0:x1]
+        halos = ((phi[y1 : y1 + 1, x0:x1], phi[y0 - 1 : y0, x0:x1]), (phi[y0:y1, x1 : x1 + 1], phi[y0:y1, x0 - 1 : x0]))
+        np.testing.assert_array_equal(np.asarray(hmc.force(act, blk, halos)), whole[y0:y1, x0:x1])
+        np.testing.assert_array_equal(np.asarray(hmc.force(act, phi, ((None, None), (None, None)))), whole)

@@ -29,7 +29,7 @@ out: {d}/chain.h5
 
 def _hmc(ranks: int, cfg: Path) -> subprocess.CompletedProcess:
     cmd = [*mpi_launcher(ranks, use_srun=False), sys.executable, "-m", "olrg_hpc.cli", "hmc", str(cfg)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
 def test_resumed_run_on_other_ranks_equals_straight_run(tmp_path):
@@ -64,3 +64,20 @@ def test_bad_config_says_it_once(tmp_path):
     out = _hmc(2, tmp_path / "bad.yaml")
     assert out.returncode != 0
     assert out.stderr.count("olrg-hpc: error:") == 1 and "give exactly one of m2, beta, kappa" in out.stderr
+
+
+@pytest.mark.parametrize("edit, key", [
+    (("m2: -4.0", "m2: .nan"), "m2: Input should be a finite number"),
+    (("lam: 8.0", "lam: .inf"), "lam: Input should be a finite number"),
+    (("n_steps: 8", "n_steps: 8\ndims: [0, 1]"), "dims.0: Input should be greater than or equal to 1"),
+    (("n_steps: 8", "n_steps: 8\ndims: [-1, 2]"), "dims.0: Input should be greater than or equal to 1"),
+], ids=["nan-m2", "inf-lam", "dims-0", "dims-negative"])
+def test_non_finite_couplings_and_bad_dims_are_one_line_exit_2(tmp_path, edit, key):
+    """Refused before anything runs: one line naming the file and the key, exit 2, no results file."""
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(CONFIG.format(n=4, d=tmp_path).replace(*edit))
+    out = _hmc(2, cfg)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"olrg-hpc: error: {cfg}: {key}" in lines[0], out.stderr
+    assert not (tmp_path / "chain.h5").exists()

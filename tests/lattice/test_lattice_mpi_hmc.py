@@ -1,17 +1,21 @@
-"""Domain-decomposed numpy + MPI HMC: decomposition independence, agreement with the JAX HMC, restart."""
+"""Domain-decomposed MPI HMC (jitted JAX per rank, halos inside the program): decomposition independence with
+both transports, agreement with the single-process JAX HMC, restart, bad input, a stopped rank."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from olrg_hpc.lattice import mpi_hmc
+from olrg_hpc.lattice import halo, mpi_hmc
 from olrg_hpc.mpi import mpi_launcher
 from olrg_hpc.store import read_shard
 
@@ -22,39 +26,53 @@ N_TRAJ = 6
 COMMON = ["--L", str(L), "--m2", "-4", "--lam", "8", "--seed", str(SEED), "--n-steps", "10"]
 
 
+ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+#: the transports this installation has (mpi4jax is an optional extra, docs/phi4-hmc.md)
+TRANSPORTS = ["callback", *(["mpi4jax"] if halo.default_transport() == "mpi4jax" else [])]
+
+
+def _cmd(n: int, args: list[str]) -> list[str]:
+    return [*mpi_launcher(n, use_srun=False), sys.executable, "-m", "olrg_hpc.lattice.mpi_hmc", *args]
+
+
 def _launch(n: int, args: list[str]) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [*mpi_launcher(n, use_srun=False), sys.executable, "-m", "olrg_hpc.lattice.mpi_hmc", *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=REPO)
+    out = subprocess.run(_cmd(n, args), capture_output=True, text=True, timeout=300, env=ENV, cwd=REPO)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, np.ndarray]]:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, str], dict[str, np.ndarray]]:
+    """(ranks, transport) -> results; one rank sends no messages, so it has one run."""
     d = tmp_path_factory.mktemp("mpi")
     res = {}
-    for n in (1, 2, 4):
-        f = d / f"r{n}.h5"
-        _launch(n, [*COMMON, "--n-traj", str(N_TRAJ), "--out", str(f)])
-        res[n] = read_shard(f)
+    for n, transport in [(1, TRANSPORTS[-1]), *[(n, t) for n in (2, 4) for t in TRANSPORTS]]:
+        f = d / f"r{n}-{transport}.h5"
+        _launch(n, [*COMMON, "--n-traj", str(N_TRAJ), "--out", str(f), "--transport", transport])
+        res[n, transport] = read_shard(f)
+    res[1] = res[1, TRANSPORTS[-1]]
     return res
 
 
 @pytest.mark.mpi
-def test_decomposition_independent(runs: dict[int, dict[str, np.ndarray]]) -> None:
+def test_decomposition_independent(runs: dict[Any, dict[str, np.ndarray]]) -> None:
+    """1, 2 and 4 ranks, every transport: the same chain. The field is bit-identical (every site sees the same
+    operations, the halos are copies); dH, accept decisions and the action agree to the rounding of the global
+    sums (1e-12 absolute on |dH| <~ 10, 1e-13 relative on the action)."""
     ref = runs[1]
     assert ref["dH"].shape == (N_TRAJ,)
     assert 0 < ref["accepted"].sum() < N_TRAJ + 1
     for n in (2, 4):
-        np.testing.assert_allclose(runs[n]["phi"], ref["phi"], rtol=0, atol=1e-12)
-        np.testing.assert_allclose(runs[n]["dH"], ref["dH"], rtol=0, atol=1e-12)
-        np.testing.assert_array_equal(runs[n]["accepted"], ref["accepted"])
-        np.testing.assert_allclose(runs[n]["action"], ref["action"], rtol=1e-13)
-    assert list(runs[4]["dims"]) == [2, 2]
+        for transport in TRANSPORTS:
+            got = runs[n, transport]
+            np.testing.assert_array_equal(got["phi"], ref["phi"])
+            np.testing.assert_allclose(got["dH"], ref["dH"], rtol=0, atol=1e-12)
+            np.testing.assert_array_equal(got["accepted"], ref["accepted"])
+            np.testing.assert_allclose(got["action"], ref["action"], rtol=1e-13)
+    assert list(runs[4, "callback"]["dims"]) == [2, 2]
 
 
 @pytest.mark.mpi
-def test_agrees_with_jax_hmc(runs: dict[int, dict[str, np.ndarray]]) -> None:
+def test_agrees_with_jax_hmc(runs: dict[Any, dict[str, np.ndarray]]) -> None:
     """Same start field, momenta and uniforms through hmc.metropolis_step (leapfrog)."""
     import jax
     import jax.numpy as jnp
@@ -79,7 +97,7 @@ def test_agrees_with_jax_hmc(runs: dict[int, dict[str, np.ndarray]]) -> None:
 
 
 @pytest.mark.mpi
-def test_restart_equals_straight_run(runs: dict[int, dict[str, np.ndarray]], tmp_path: Path) -> None:
+def test_restart_equals_straight_run(runs: dict[Any, dict[str, np.ndarray]], tmp_path: Path) -> None:
     """3 trajectories on 4 ranks + HDF5 checkpoint, resumed on 2 ranks to 6 == 6 straight on 1 rank, bit for bit
     (the decomposition-independence tolerance of 1e-12 is not needed: the 1-rank chain restarted on 1 rank)."""
     import h5py
@@ -116,10 +134,8 @@ def test_corrupt_checkpoint_is_one_line_naming_the_file(tmp_path: Path) -> None:
     _launch(1, [*COMMON, "--n-traj", "2", "--checkpoint", str(ck)])
     data = ck.read_bytes()
     ck.write_bytes(data[: len(data) // 2])  # a partial copy
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [*mpi_launcher(2, use_srun=False), sys.executable, "-m", "olrg_hpc.lattice.mpi_hmc", *COMMON,
-           "--n-traj", "4", "--checkpoint", str(ck), "--restart"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=REPO)
+    cmd = _cmd(2, [*COMMON, "--n-traj", "4", "--checkpoint", str(ck), "--restart"])
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV, cwd=REPO)
     assert out.returncode != 0
     lines = [ln for ln in out.stderr.splitlines() if "error" in ln.lower()]
     assert len(lines) == 1 and str(ck) in lines[0] and "Traceback" not in out.stderr, out.stderr
@@ -127,14 +143,36 @@ def test_corrupt_checkpoint_is_one_line_naming_the_file(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ no MPI needed below
 def test_rng_is_decomposition_independent() -> None:
+    """A block's momenta, drawn from its global site indices, are the global field's block, exactly; streams
+    differ between trajectories, seeds and purposes."""
     full = mpi_hmc.momentum_field(3, 7, (8, 12))
-    part = mpi_hmc.momentum_rows(3, 7, range(4, 8), 12)[:, 6:12]
+    y, x = np.meshgrid(np.arange(4, 8), np.arange(6, 12), indexing="ij")
+    part = np.asarray(mpi_hmc.site_normals(3, 7, 1, (y * 12 + x).astype(np.uint32)))
     np.testing.assert_array_equal(part, full[4:8, 6:12])
     assert not np.allclose(mpi_hmc.momentum_field(3, 8, (8, 12)), full)
     assert not np.allclose(mpi_hmc.momentum_field(4, 7, (8, 12)), full)
+    assert not np.allclose(mpi_hmc.momentum_field(3 + 2**32, 7, (8, 12)), full)  # the seed's high word counts
+    assert not np.allclose(mpi_hmc.initial_field(3, (8, 12), scale=1.0), mpi_hmc.momentum_field(3, 0, (8, 12)))
     u = [mpi_hmc.accept_uniform(3, k) for k in range(50)]
-    assert all(0 <= x < 1 for x in u) and len(set(u)) == 50
+    assert all(0 < x < 1 for x in u) and len(set(u)) == 50
     assert mpi_hmc.initial_field(3, (4, 4), "cold").sum() == 0
+
+
+def test_rng_is_standard_normal_and_uncorrelated() -> None:
+    """2^16 momenta (one trajectory of a 256^2 lattice): Kolmogorov-Smirnov against N(0, 1) (p > 1e-3: fails
+    with probability 1e-3 for a correct generator, at this seed it passes or fails deterministically), mean and
+    variance within 4 sigma, neighbouring sites and consecutive trajectories uncorrelated within 4 sigma
+    (sigma = 1/sqrt(n) for each correlation)."""
+    from scipy import stats
+
+    z = mpi_hmc.momentum_field(11, 0, (256, 256))
+    n = z.size
+    assert stats.kstest(z.ravel(), "norm").pvalue > 1e-3
+    assert abs(z.mean()) < 4 / np.sqrt(n) and abs(z.var() - 1) < 4 * np.sqrt(2 / n)
+    for other in (np.roll(z, 1, axis=1), np.roll(z, 1, axis=0), mpi_hmc.momentum_field(11, 1, (256, 256))):
+        assert abs(np.mean(z * other)) < 4 / np.sqrt(n)
+    u = np.array([mpi_hmc.accept_uniform(11, k) for k in range(2000)])
+    assert stats.kstest(u, "uniform").pvalue > 1e-3
 
 
 def _history(n: int) -> dict[str, np.ndarray]:
@@ -278,3 +316,73 @@ def _tut_measure(phi: Any) -> Any:
     import jax.numpy as jnp
 
     return jnp.stack([jnp.mean(phi**2, axis=(-2, -1)), jnp.mean(phi, axis=(-2, -1))], axis=-1)
+
+
+# ------------------------------------------------------------------ bad input, a stopped rank
+@pytest.mark.mpi
+@pytest.mark.parametrize("args, says", [
+    (["--L", "8", "--m2", "nan", "--lam", "8"], "m2 = nan: couplings must be finite"),
+    (["--L", "8", "--m2", "-4", "--lam", "inf"], "lam = inf: couplings must be finite"),
+    (["--L", "8", "--m2", "-4", "--lam", "8", "--dims", "0", "1"], "dims = [0, 1]: two positive integers"),
+    (["--L", "8", "--m2", "-4", "--lam", "8", "--dims", "-1", "2"], "dims = [-1, 2]: two positive integers"),
+    (["--L", "8", "--m2", "-4", "--lam", "8", "--dims", "1", "1"], "dims [1, 1] hold 1 ranks, but 2 are running"),
+    (["--L", "9", "--m2", "-4", "--lam", "8", "--dims", "2", "1"], "not divisible by the process grid [2, 1]"),
+], ids=["nan-m2", "inf-lam", "dims-0", "dims-negative", "dims-too-few", "indivisible"])
+def test_bad_input_is_one_line_exit_2(args: list[str], says: str, tmp_path: Path) -> None:
+    out = subprocess.run(_cmd(2, [*args, "--seed", "1", "--n-traj", "2", "--out", str(tmp_path / "o.h5")]),
+                         capture_output=True, text=True, timeout=300, env=ENV, cwd=REPO)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0] and lines[0].startswith("mpi_hmc: error:"), out.stderr
+    assert not (tmp_path / "o.h5").exists()
+
+
+def _rank_pid(tag: str, rank: int) -> int | None:
+    """Process id of MPI rank ``rank`` of the run whose environment carries ``OLRG_TEST_TAG=tag``."""
+    want = {f"OLRG_TEST_TAG={tag}".encode(), f"PMI_RANK={rank}".encode()}
+    for d in Path("/proc").iterdir():
+        try:
+            env = set((d / "environ").read_bytes().split(b"\0"))
+        except (OSError, ValueError):
+            continue
+        if want <= env and b"mpi_hmc" in (d / "cmdline").read_bytes():
+            return int(d.name)
+    return None
+
+
+@pytest.mark.mpi
+def test_stopped_rank_ends_the_run_within_the_watchdog_bound(tmp_path: Path) -> None:
+    """SIGSTOP rank 1 of a 2-rank run in progress: rank 0 waits inside MPI, its watchdog (5 s past the expected
+    segment time, milliseconds here) prints one line and exits 3, and mpiexec ends the stopped rank. The bound
+    is 5 s + the 0.2 s poll + the launcher's cleanup; 60 s allows for a loaded machine, a hang would take
+    the 300 s subprocess timeout and fail."""
+    tag = uuid.uuid4().hex
+    ck = tmp_path / "ck.h5"
+    cmd = _cmd(2, ["--L", "32", "--m2", "-4", "--lam", "8", "--seed", "1", "--n-traj", "1000000", "--checkpoint",
+                   str(ck), "--checkpoint-every", "20", "--watchdog-s", "5"])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**ENV, "OLRG_TEST_TAG": tag}, cwd=REPO)
+    pid = None
+    try:
+        for _ in range(600):  # wait for the first checkpoint: the run is past compilation, in its loop
+            if ck.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        assert ck.exists() and proc.poll() is None, proc.communicate()
+        pid = _rank_pid(tag, 1)
+        assert pid is not None
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGSTOP)
+        _, err = proc.communicate(timeout=300)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        if pid is not None and Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "rank 0: no progress for 5 s" in lines[0], err
+    assert elapsed < 60, elapsed
+    assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
