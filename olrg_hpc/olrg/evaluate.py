@@ -43,8 +43,8 @@ from .relevant import RelevantSet, grow_site, hamiltonian, initial_set, to_jax
 
 enable_x64()
 
-__all__ = ["fixed_map_isometries", "grow_and_map", "block_expectation", "exact_curve", "olrg_curve", "error_curve",
-           "against_exact", "orbit_tails"]
+__all__ = ["light_cone_sites", "fixed_map_isometries", "grow_and_map", "block_expectation", "exact_curve",
+           "olrg_curve", "error_curve", "against_exact", "orbit_tails"]
 
 
 def grow_and_map(
@@ -126,7 +126,7 @@ def block_expectation(S: RelevantSet, times: Any) -> np.ndarray:
 def exact_curve(model: ChainModel, N: int, times: Any) -> np.ndarray:
     """Exact ``<Z_0 Z_1>(t)`` from ``|0...0>`` on ``N`` sites: free fermions (TFIM) or ED (``N <= 14``)."""
     times = np.asarray(times, dtype=float)
-    if model.name == "tfim":
+    if model.kind.free_fermion:
         p = model.params
         return freefermion.tfim_quench(N, p["J"], p["h"], times, initial="up", observables=("zz",), sites=[0])["zz"][
             :, 0
@@ -169,6 +169,39 @@ def orbit_tails(model: ChainModel, n: int, T: float, dims: Any) -> dict[str, lis
         ev = np.sort(np.linalg.eigvalsh(A))[::-1]
         out[kind] = [float(max(0.0, 1.0 - ev[: int(D)].sum())) for D in dims]
     return out
+
+
+def light_cone_sites(model: ChainModel, t_max: float, eps: float = 1e-6, n_small: int = 12, margin: int = 1,
+                     n_times: int = 801) -> dict[str, Any]:
+    """How many sites ``C(t)`` on ``[0, t_max]`` can feel, decided from exact chains of at most ``n_small`` sites.
+
+    Site ``n`` (0-based) first matters at ``t_n``, the first time ``|C_{n+1}(t) - C_n(t)| > eps`` (exact curves of
+    ``n`` and ``n + 1`` sites). The outermost four measurable ``t_n`` (``n + 1 <= n_small``) grow linearly with ``n``
+    (the light cone; at ``J = h = 1``, 0.5 per site: velocity 2); the fit ``t_n = a + n / v`` is extrapolated to
+    the first ``n`` with ``t_n >= t_max``, and ``margin`` sites are added. Only chains of at most ``n_small`` sites
+    enter (for the TFIM the free-fermion solution, equal to exact diagonalization there); checking the choice
+    against a longer chain is the caller's. Returns ``{"n_sites", "velocity", "offset", "t_departure"}`` (the last:
+    ``{n: t_n}`` measured; ``inf`` where site ``n`` is not felt by ``t_max``: then ``n_small`` itself is enough and
+    the answer is the smallest such ``n`` plus ``margin``).
+    """
+    times = np.linspace(0.0, float(t_max), n_times)
+    curves = {n: exact_curve(model.with_n(n), n, times) for n in range(max(3, n_small - 5), n_small + 1)}
+    ns = sorted(curves)[:-1]
+    t_dep = {}
+    for n in ns:
+        over = np.abs(curves[n + 1] - curves[n]) > eps
+        t_dep[n] = float(times[np.argmax(over)]) if over.any() else float("inf")
+    felt = [n for n in ns if np.isfinite(t_dep[n])]
+    if len(felt) < len(ns):  # some site within n_small is not felt by t_max
+        return {"n_sites": min(n for n in ns if not np.isfinite(t_dep[n])) + margin, "velocity": float("nan"),
+                "offset": float("nan"), "t_departure": t_dep}
+    fit_n = np.asarray(felt[-4:], float)
+    slope, offset = np.polyfit(fit_n, [t_dep[int(n)] for n in fit_n], 1)
+    if slope <= 0:
+        raise ValueError(f"light cone: departure times do not grow with the chain length ({t_dep})")
+    n_needed = int(np.ceil((float(t_max) - offset) / slope))
+    return {"n_sites": max(n_needed, n_small) + margin, "velocity": float(1.0 / slope), "offset": float(offset),
+            "t_departure": t_dep}
 
 
 def _zz_diag(N: int) -> np.ndarray:

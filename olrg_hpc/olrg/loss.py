@@ -59,6 +59,10 @@ __all__ = [
     "OrderBlock",
     "TOBCBatch",
     "make_batch",
+    "Samples",
+    "draw_samples",
+    "exact_chi",
+    "exact_sites",
     "final_time_fractions",
     "LossConfig",
     "olrg_loss",
@@ -381,18 +385,27 @@ def final_time_fractions(orders: np.ndarray, seed: int, stratify: bool = True) -
     return u
 
 
-def make_batch(cfg: LossConfig, seed: int, pad_to: int = 1) -> TOBCBatch:
-    """Draw samples with :func:`sample_tobc_inputs` (seeded) and build the numpy batch, one block per order.
+class Samples(NamedTuple):
+    """The TOBC samples of one batch, flat (one row per sample, padding levels zero): what :func:`make_batch` groups
+    by order and what :func:`exact_chi` evaluates on an exact chain."""
 
-    Each order's block is padded with zero-weight samples to a multiple of ``pad_to`` (the device count).
-    Boundary indices are uniform over the model's boundary operators (always 0 for the Ising chains).
-    """
+    orders: np.ndarray  # (nS,) int
+    times: np.ndarray  # (nS, K) float64
+    signs: np.ndarray  # (nS, K) float64
+    bidx: np.ndarray  # (nS, K) int32
+    Tf: np.ndarray  # (nS,) float64
+    weight: np.ndarray  # (nS,) float64
+
+
+def draw_samples(cfg: LossConfig, seed: int) -> Samples:
+    """Draw the samples of a batch with :func:`sample_tobc_inputs` (seeded): a function of ``seed`` and the sampling
+    fields of ``cfg`` (``K``, ``n_per_order``, ``n_order0``, ``T``, ``grid``, ``sample_T``, ``stratify_T``, the weights
+    and the number of boundary operators) only, not of the block sizes, so one draw serves every ``D``."""
     n0 = (cfg.n_per_order if cfg.n_order0 is None else cfg.n_order0) if cfg.sample_T else 1
     inp = sample_tobc_inputs(cfg.K, cfg.n_per_order, cfg.T, seed, grid=cfg.grid, n_order0=n0)
     nS = len(inp)
     Kd = inp.times.shape[1]
     u = final_time_fractions(inp.orders, seed, cfg.stratify_T) if cfg.sample_T else np.ones(nS)
-    Tf = cfg.T * u
     w = order_weights(cfg.K, cfg.weights, cfg.delta)
     counts = np.bincount(inp.orders, minlength=cfg.K + 1)
     weight = w[inp.orders] / (counts[inp.orders] if cfg.normalize else 1.0)
@@ -402,24 +415,56 @@ def make_batch(cfg: LossConfig, seed: int, pad_to: int = 1) -> TOBCBatch:
     bidx = rng.integers(0, nb, size=(nS, Kd)).astype(np.int32) * mask
     times = np.where(mask, np.nan_to_num(inp.times) * u[:, None], 0.0)
     signs = np.where(mask, inp.signs, 0).astype(float)
-    exact = np.zeros((len(cfg.exact_scales), nS), complex)
+    return Samples(inp.orders, times, signs, bidx, cfg.T * u, weight)
+
+
+def exact_chi(cfg: LossConfig, samples: Samples, n_sites: int) -> np.ndarray:
+    """Exact chi of every sample on the ``n_sites``-site chain of ``cfg.model`` (:class:`ExactTOBC`, dense: at most 12
+    sites), complex (nS,): the targets of the exact-target term for the block of ``n_sites - cfg.enlarge`` sites."""
     bnames = cfg.model.boundary_ops()
-    for i, s in enumerate(cfg.exact_scales):
-        ev = ExactTOBC(cfg.model.with_n(cfg.n0 + 1 + s + cfg.enlarge), boundary=bnames[0],
-                       observable=cfg.observable)
-        for j in range(nS):
-            k = int(inp.orders[j])
-            exact[i, j] = ev.chi(times[j, :k], signs[j, :k], Tf[j], boundaries=[bnames[b] for b in bidx[j, :k]])
+    ev = ExactTOBC(cfg.model.with_n(n_sites), boundary=bnames[0], observable=cfg.observable)
+    out = np.empty(len(samples.orders), complex)
+    for j, k in enumerate(samples.orders):
+        out[j] = ev.chi(samples.times[j, :k], samples.signs[j, :k], samples.Tf[j],
+                        boundaries=[bnames[b] for b in samples.bidx[j, :k]])
+    return out
+
+
+def exact_sites(cfg: LossConfig) -> list[int]:
+    """Chain lengths whose exact chi the exact-target term needs, one per :attr:`LossConfig.exact_scales`."""
+    return [cfg.n0 + 1 + s + cfg.enlarge for s in cfg.exact_scales]
+
+
+def make_batch(cfg: LossConfig, seed: int, pad_to: int = 1,
+               exact: dict[int, np.ndarray] | None = None) -> TOBCBatch:
+    """The samples of :func:`draw_samples` grouped into one block per order, with their exact targets.
+
+    Each order's block is padded with zero-weight samples to a multiple of ``pad_to`` (the device count).
+    Boundary indices are uniform over the model's boundary operators (always 0 for the Ising chains).
+    ``exact``: chain length -> :func:`exact_chi` of these samples, computed elsewhere (e.g. as separate tasks);
+    lengths it lacks are computed here.
+    """
+    smp = draw_samples(cfg, seed)
+    orders, times, signs, bidx, Tf, weight = smp
+    nS = len(orders)
+    exact_in = exact or {}
+    rows = []
+    for n in exact_sites(cfg):
+        row = exact_in[n] if n in exact_in else exact_chi(cfg, smp, n)
+        if np.shape(row) != (nS,):
+            raise ValueError(f"exact targets of the {n}-site chain have shape {np.shape(row)}, the batch {nS} samples")
+        rows.append(np.asarray(row, complex))
+    exact_arr = np.stack(rows) if rows else np.zeros((0, nS), complex)
     blocks = []
     for k in range(cfg.K + 1):
-        idx = np.flatnonzero(inp.orders == k)
+        idx = np.flatnonzero(orders == k)
         pad = (-len(idx)) % max(1, pad_to)
         blocks.append(OrderBlock(
             times=np.concatenate([times[idx, :k], np.zeros((pad, k))]),
             signs=np.concatenate([signs[idx, :k], np.zeros((pad, k))]),
             bidx=np.concatenate([bidx[idx, :k], np.zeros((pad, k), np.int32)]),
             weight=np.concatenate([weight[idx], np.zeros(pad)]),
-            exact=np.concatenate([exact[:, idx], np.zeros((exact.shape[0], pad), complex)], axis=1),
+            exact=np.concatenate([exact_arr[:, idx], np.zeros((exact_arr.shape[0], pad), complex)], axis=1),
             Tf=np.concatenate([Tf[idx], np.full(pad, cfg.T)]),
         ))
     return TOBCBatch(tuple(blocks))

@@ -24,8 +24,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from olrg_hpc.olrg.evaluate import against_exact, error_curve
-from olrg_hpc.olrg.loss import LossConfig
+from olrg_hpc.olrg.evaluate import against_exact, error_curve, exact_curve
+from olrg_hpc.olrg.loss import LossConfig, draw_samples, exact_chi
 from olrg_hpc.olrg.maps import make_map
 from olrg_hpc.olrg.train import TrainConfig, Trainer
 from olrg_hpc.spins.models import make_model
@@ -61,28 +61,56 @@ RECIPE: dict[str, Any] = {"weights": "delta", "delta": 0.02, "optimizer": "adamw
                           "warmup": 0, "clip": 1.0}
 
 
+def _loss_config(model: str, couplings: Mapping[str, float], n0: int, n_final: int, T: float, K: int,
+                 n_per_order: int, exact_weight: float, sample_T: bool, weights: str, delta: float, enlarge: int,
+                 n_order0: int | None, exact_max_n: int | None, consistency: str) -> LossConfig:
+    """The loss of a training task; the exact-target task draws its samples from the same fields."""
+    return LossConfig(model=make_model(model, n_final, **couplings), n0=n0, n_final=n_final, T=T, K=K,
+                      n_per_order=n_per_order, weights=weights, delta=delta, exact_weight=exact_weight,
+                      exact_max_n=n_final + enlarge if exact_max_n is None else exact_max_n, sample_T=sample_T,
+                      enlarge=enlarge, n_order0=n_order0, consistency=consistency)
+
+
+def exact_targets_task(model: str, couplings: Mapping[str, float], n_sites: int, T: float, K: int,
+                       n_per_order: int, batch_seed: int, sample_T: bool = True, n_order0: int | None = None,
+                       weights: str = RECIPE["weights"], delta: float = RECIPE["delta"]) -> dict[str, Any]:
+    """Exact TOBCs of the ``n_sites``-site chain (at most 12: the small-block solver) for the samples a training task
+    with the same fields and ``batch_seed`` draws (:func:`~olrg_hpc.olrg.loss.draw_samples`): one task per block, so
+    the exact targets of every block, coupling point and seed run in parallel and serve every ``D``."""
+    cfg = _loss_config(model, couplings, 1, n_sites, T, K, n_per_order, 0.0, sample_T, weights, delta, 0, n_order0,
+                       None, "joint")
+    t0 = time.perf_counter()
+    chi = exact_chi(cfg, draw_samples(cfg, batch_seed), n_sites)
+    return {"chi": chi, "n_sites": n_sites, "seconds": time.perf_counter() - t0}
+
+
 def train_map_task(model: str, couplings: Mapping[str, float], map_name: str, map_options: Mapping[str, Any],
                    n0: int, n_final: int, T: float, K: int, n_per_order: int, steps: int, lr: float,
                    schedule: str, seed: int, exact_weight: float = 1.0, sample_T: bool = True,
                    weights: str = RECIPE["weights"], delta: float = RECIPE["delta"],
                    warmup: int = RECIPE["warmup"], clip: float = RECIPE["clip"], enlarge: int = 0,
-                   n_order0: int | None = None) -> dict[str, Any]:
+                   n_order0: int | None = None, exact_max_n: int | None = None, consistency: str = "joint",
+                   batch_seed: int | None = None,
+                   deps: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Train one learned map end to end on the TOBC loss (all devices of this process, data parallel).
 
-    Defaults are :data:`RECIPE`; the exact-target term covers chains up to ``min(n_final + enlarge, 12)`` sites
-    (``enlarge``: :class:`~olrg_hpc.olrg.loss.LossConfig`'s one-more-site comparison; ``n_order0``: its number of
-    order-0 samples).
+    Defaults are :data:`RECIPE`. Scales are the blocks ``n0 + 1 .. n_final``; the exact-target term covers chains up
+    to ``exact_max_n`` sites (default ``n_final + enlarge``; never more than 12), the blocks beyond it are trained on
+    the consistency term alone (``consistency``, :class:`~olrg_hpc.olrg.loss.LossConfig`). ``enlarge``: the
+    one-more-site comparison; ``n_order0``: the number of order-0 samples. ``batch_seed``: the seed of the TOBC
+    samples and of the map's initial parameters (default: the task's ``seed``); exact targets from
+    :func:`exact_targets_task` dependencies with the same ``batch_seed`` are used, the others computed here.
     """
-    m = make_model(model, n_final, **couplings)
-    cfg = LossConfig(model=m, n0=n0, n_final=n_final, T=T, K=K, n_per_order=n_per_order, weights=weights,
-                     delta=delta, exact_weight=exact_weight, exact_max_n=n_final + enlarge, sample_T=sample_T,
-                     enlarge=enlarge, n_order0=n_order0)
+    cfg = _loss_config(model, couplings, n0, n_final, T, K, n_per_order, exact_weight, sample_T, weights, delta,
+                       enlarge, n_order0, exact_max_n, consistency)
+    seed = (seed if batch_seed is None else batch_seed) % (2**31)
     tc = TrainConfig(steps=steps, optimizer=RECIPE["optimizer"], lr=lr, lr_schedule=RECIPE["lr_schedule"],
-                     warmup=warmup, clip=clip, schedule=schedule, seed=seed % (2**31),
+                     warmup=warmup, clip=clip, schedule=schedule, seed=seed,
                      resample=exact_weight == 0, sync_every=max(1, min(100, steps)))
+    exact = {int(d["n_sites"]): np.asarray(d["chi"]) for d in (deps or {}).values() if "chi" in d}
     omap = make_map(map_name, **map_options)
     t0 = time.perf_counter()
-    state = Trainer(omap, cfg, tc).run()
+    state = Trainer(omap, cfg, tc, exact=exact).run()
     seconds = time.perf_counter() - t0
     return {"loss": np.asarray(state.history), "train_seconds": seconds, "steps": steps,
             "devices": len(jax.devices()), "params": _leaves(state.params)}
@@ -104,8 +132,12 @@ def evaluate_map_task(model: str, couplings: Mapping[str, float], map_name: str,
 
         chi = int(map_options.get("chi", 2**n0))
         t0 = time.perf_counter()
-        res = {**against_exact(m, N, times, tebd_curve(m, N, times, chi=chi, dt=float(map_options.get("dt", 0.01)))),
-               "chi": chi}
+        curve = tebd_curve(m, N, times, chi=chi, dt=float(map_options.get("dt", 0.01)),
+                           order=int(map_options.get("order", 2)))
+        res = {**against_exact(m, N, times, curve), "chi": chi}
+    elif map_name == "exact_block":  # the small-block solver alone: the exact chain of n_final sites, cut there
+        t0 = time.perf_counter()
+        res = against_exact(m, N, times, exact_curve(m.with_n(n_final), n_final, times))
     else:
         omap = make_map(map_name, **map_options)
         params = None

@@ -155,10 +155,12 @@ class Trainer:
         tc: TrainConfig,
         devices: list[Any] | None = None,
         params: Any = None,
+        exact: dict[int, np.ndarray] | None = None,
     ):
         if tc.schedule not in ("together", "gradual"):
             raise ValueError("schedule must be 'together' or 'gradual'")
         self.omap, self.cfg, self.tc = omap, cfg, tc
+        self.exact = exact  # chain length -> exact chi of the batch of seed tc.seed (loss.make_batch's `exact`)
         self.mesh = sharding.data_mesh(devices=devices)
         self.n_dev = self.mesh.devices.size
         self.rep = NamedSharding(self.mesh, P())
@@ -198,7 +200,8 @@ class Trainer:
         key = (stage, step) if self.tc.resample else (stage,)
         if key not in self._batches:
             seed = self.tc.seed * 1_000_003 + step if self.tc.resample else self.tc.seed + stage
-            b = make_batch(self.stage_cfg(stage), seed=seed, pad_to=self.n_dev)
+            b = make_batch(self.stage_cfg(stage), seed=seed, pad_to=self.n_dev,
+                           exact=self.exact if seed == self.tc.seed else None)
             if not self.tc.resample:
                 self._batches.clear()
             self._batches[key] = jax.device_put(b, self.batch_shardings())
