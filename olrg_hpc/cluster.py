@@ -48,6 +48,8 @@ from urllib.parse import urlparse
 from olrg_hpc.config import AddressProfile, LocalProfile, SlurmProfile
 from olrg_hpc.errors import UserError
 
+log = logging.getLogger(__name__)
+
 Echo = Callable[[str], None]
 CREDENTIALS = ".credentials"
 #: a worker job that sbatch has not accepted after this long (dask-jobqueue retries silently) stops the study
@@ -275,6 +277,32 @@ def _stderr_into(path: Path | None) -> Iterator[None]:
         os.close(fd)
 
 
+def _entered(stack: contextlib.ExitStack, cm: Any) -> Any:
+    """``stack.enter_context(cm)``, except that an error while closing ``cm`` is logged, not raised: it must not
+    replace the error that ended the run (a cluster interrupted mid-start does not close cleanly)."""
+    obj = cm.__enter__()
+
+    def close() -> None:
+        try:
+            cm.__exit__(None, None, None)
+        except Exception:  # noqa: BLE001 - logged in full (run.log); the run's own outcome stands
+            log.warning("closing %s failed", type(cm).__name__, exc_info=True)
+
+    stack.callback(close)
+    return obj
+
+
+def _drop_credentials(cluster: Any, cred_dir: str) -> None:
+    """Delete the workers' credential files dask-jobqueue wrote (it keeps them as temporary-file objects on the
+    cluster, ``_job_<name>``: closing them deletes them), then their folder."""
+    for name in [n for n in vars(cluster) if n.startswith("_job_")]:
+        f = getattr(cluster, name)
+        if hasattr(f, "close") and hasattr(f, "name"):  # dask-jobqueue's _job_kwargs is a dict
+            with contextlib.suppress(OSError):
+                f.close()
+    shutil.rmtree(cred_dir, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def open_client(profile: LocalProfile | SlurmProfile | AddressProfile, *, study_dir: Path | None = None,
                 echo: Echo = _stderr, log_file: Path | None = None) -> Iterator[Any]:
@@ -295,8 +323,8 @@ def open_client(profile: LocalProfile | SlurmProfile | AddressProfile, *, study_
             if security is not None:
                 kwargs.update(security=security, protocol="tls://")
             with _stderr_into(log_file):
-                cluster = stack.enter_context(LocalCluster(**kwargs))
-            client = stack.enter_context(Client(cluster, security=security))
+                cluster = _entered(stack, LocalCluster(**kwargs))
+            client = _entered(stack, Client(cluster, security=security))
             echo(f"LocalCluster: {len(cluster.workers)} workers x {profile.threads_per_worker} threads; scheduler "
                  f"{cluster.scheduler_address}" + (" (TLS, credentials of this run)" if security else ""))
         elif isinstance(profile, SlurmProfile):
@@ -307,14 +335,17 @@ def open_client(profile: LocalProfile | SlurmProfile | AddressProfile, *, study_
             stack.enter_context(dask.config.set({"distributed.deploy.lost-worker-timeout": "5s"}))
             if profile.security:
                 kwargs["security"], kwargs["shared_temp_directory"] = _temporary_security(study_dir)
-                stack.callback(shutil.rmtree, kwargs["shared_temp_directory"], True)
-            cluster = stack.enter_context(slurm_cluster(**kwargs))
-            client = stack.enter_context(Client(cluster))
+            cluster = slurm_cluster(**kwargs)
+            if profile.security:
+                stack.callback(_drop_credentials, cluster, kwargs["shared_temp_directory"])
+            cluster = _entered(stack, cluster)
+            client = _entered(stack, Client(cluster))
             # Fixed job counts also go through adapt(min = max): Adaptive re-checks the cluster every few
             # seconds and resubmits a job that died (scancel, node failure, walltime); scale() would not.
             lo, hi = (profile.adapt.minimum_jobs, profile.adapt.maximum_jobs) if profile.adapt else (
                 (profile.jobs or 1,) * 2)
-            cluster.adapt(minimum_jobs=lo, maximum_jobs=hi, interval="2s", wait_count=3)
+            adaptive = cluster.adapt(minimum_jobs=lo, maximum_jobs=hi, interval="2s", wait_count=3)
+            stack.callback(adaptive.stop)  # first thing on the way out: no job submitted while the cluster closes
             _CHECKS[client] = _SlurmWatch(cluster, profile, kwargs.get("log_directory")).check
             if profile.adapt:
                 echo(f"SLURMCluster: adapting between {lo} and {hi} worker jobs")
@@ -322,7 +353,7 @@ def open_client(profile: LocalProfile | SlurmProfile | AddressProfile, *, study_
                 echo(f"SLURMCluster: {hi} worker jobs submitted (squeue shows them; lost ones are replaced)")
         else:
             try:
-                client = stack.enter_context(Client(profile.address, timeout=profile.timeout))
+                client = _entered(stack, Client(profile.address, timeout=profile.timeout))
             except (OSError, TimeoutError) as exc:
                 raise UserError(f"scheduler {profile.address}: unreachable ({type(exc).__name__})") from None
             echo(f"connected to {profile.address}: {len(client.scheduler_info()['workers'])} workers")
