@@ -218,10 +218,14 @@ def test_ctrl_c_exits_130_with_one_line_and_no_tracebacks(tmp_path, when):
     reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True)
     reader.start()
     deadline = time.monotonic() + 180
-    if when == "starting":  # the driver is importing, locking or starting the cluster's worker processes
-        while time.monotonic() < deadline and not any(ln.startswith("study faults:") for ln in err_lines):
+    if when == "starting":  # the cluster's worker processes exist and are importing their modules
+        import psutil
+
+        driver = psutil.Process(proc.pid)
+        while time.monotonic() < deadline and not any(
+                "spawn_main" in " ".join(c.cmdline()) for c in driver.children(recursive=True) if c.is_running()):
             time.sleep(0.02)
-        time.sleep(0.5)
+        time.sleep(0.3)
     else:
         shards = tmp_path / "st" / "shards"
         while time.monotonic() < deadline and len(list(shards.glob("*.h5"))) < 2:
