@@ -134,74 +134,84 @@ def _read_dataset(ds: h5py.Dataset) -> Any:
 def put(group: h5py.Group, name: str, value: Any, **kwargs: Any) -> h5py.Dataset:
     """Create dataset ``name`` from ``value`` (``kwargs`` to ``create_dataset``) with its ``sha256`` attribute.
 
-    The digest is taken from the dataset as it reads back, so it is exactly what :func:`verify` recomputes.
+    The digest is what :func:`verify` recomputes from the dataset as it reads back: for a number array stored
+    with its own dtype, the array in memory (no need to read back, and decompress, what was just written);
+    anything else (strings, converted types) is read back first.
     """
+    arr = value if isinstance(value, np.ndarray) else None
     ds = group.create_dataset(name, data=value, **kwargs)
-    ds.attrs[DIGEST] = digest(_read_dataset(ds))
+    same = arr is not None and arr.dtype.kind in "biufc" and ds.dtype == arr.dtype and ds.shape == arr.shape
+    ds.attrs[DIGEST] = digest(arr if same else _read_dataset(ds))
     return ds
 
 
-def _tree_digest(group: h5py.Group) -> str:
-    """Digest of a group: its attributes (``sha256`` and ``complete`` aside) and, by name, its members: a
-    dataset by its ``sha256`` and other attributes, a sealed subgroup by its ``sha256``, any other subgroup
-    by its own tree digest. Raises :class:`CorruptFile` when a dataset carries no checksum."""
+def _walk(group: h5py.Group, attrs: Mapping[str, Any], out: dict[str, Any] | None, check: bool) -> str:
+    """The digest of ``group`` (its ``attrs``, already read, and its members; see the module docstring), reading
+    every attribute once. With ``check`` every dataset is read back and compared with its ``sha256`` and every
+    sealed subgroup with its digest (:class:`CorruptFile` names the first failure); ``out`` then receives the
+    data (nested dicts for groups). Without ``check`` (sealing a group just written) no data is read."""
     h = hashlib.sha256()
-    for k in sorted(group.attrs):
+    for k, v in sorted(attrs.items()):
         if k not in _UNSIGNED:
             h.update(f"a{len(k)}:{k}".encode())
-            _hash_value(h, group.attrs[k])
+            _hash_value(h, v)
     for name in sorted(group):
-        obj = group.get(name, getlink=True)
-        if not isinstance(obj, h5py.HardLink):
+        if not isinstance(group.get(name, getlink=True), h5py.HardLink):
             raise CorruptFile(f"{group.name}/{name}: a link, not data")
         obj = group[name]
+        if not check and isinstance(obj, h5py.Group):  # sealing: a sealed subgroup's digest is all it takes
+            sealed = obj.attrs.get(DIGEST)
+            if sealed is not None:
+                h.update(f"g{len(name)}:{name}:{sealed}".encode())
+                continue
+        own = dict(obj.attrs.items())
         if isinstance(obj, h5py.Dataset):
-            if DIGEST not in obj.attrs:
+            want = own.get(DIGEST)
+            if want is None:
                 raise CorruptFile(f"{obj.name}: no checksum")
+            if check:
+                val = _read_dataset(obj)
+                if digest(val) != str(want):
+                    raise CorruptFile(f"{obj.name}: checksum mismatch (the data changed after it was written)")
+                if out is not None:
+                    out[name] = val
             h.update(f"d{len(name)}:{name}".encode())
-            for k in sorted(obj.attrs):
+            for k, v in sorted(own.items()):
                 h.update(f"a{len(k)}:{k}".encode())
-                _hash_value(h, obj.attrs[k])
-        else:
-            sub = str(obj.attrs[DIGEST]) if DIGEST in obj.attrs else _tree_digest(obj)
-            h.update(f"g{len(name)}:{name}:{sub}".encode())
+                _hash_value(h, v)
+            continue
+        sub_out: dict[str, Any] | None = {} if out is not None else None
+        sub = _walk(obj, own, sub_out, check) if check or DIGEST not in own else str(own[DIGEST])
+        if check and DIGEST in own:
+            if sub != str(own[DIGEST]):
+                raise CorruptFile(f"{obj.name}: checksum mismatch of its attributes or members")
+            sub = str(own[DIGEST])
+        if out is not None:
+            out[name] = sub_out
+        h.update(f"g{len(name)}:{name}:{sub}".encode())
     return h.hexdigest()
 
 
-def seal(group: h5py.Group) -> None:
-    """Write ``group``'s ``sha256`` over its attributes and members (after everything else is written)."""
-    group.attrs[DIGEST] = _tree_digest(group)
+def seal(group: h5py.Group, attrs: Mapping[str, Any] | None = None) -> None:
+    """Write ``group``'s ``sha256`` over its attributes and members (after everything else is written).
+
+    ``attrs``: the attributes just written, as passed to h5py (``str``, Python or numpy scalars: they hash as
+    they read back), to spare reading them back; by default they are read."""
+    group.attrs[DIGEST] = _walk(group, dict(group.attrs.items()) if attrs is None else attrs, None, check=False)
 
 
-def _verified(group: h5py.Group, out: dict[str, Any] | None) -> None:
-    for name, obj in group.items():
-        if isinstance(obj, h5py.Group):
-            sub: dict[str, Any] | None = {} if out is not None else None
-            _verified(obj, sub)
-            if out is not None:
-                out[name] = sub
-            continue
-        val = _read_dataset(obj)
-        want = obj.attrs.get(DIGEST)
-        if want is None:
-            raise CorruptFile(f"{obj.name}: no checksum")
-        if digest(val) != str(want):
-            raise CorruptFile(f"{obj.name}: checksum mismatch (the data changed after it was written)")
-        if out is not None:
-            out[name] = val
-    if DIGEST in group.attrs and _tree_digest(group) != str(group.attrs[DIGEST]):
-        raise CorruptFile(f"{group.name}: checksum mismatch of its attributes or members")
-
-
-def verify(group: h5py.Group, read: bool = False) -> dict[str, Any] | None:
+def verify(group: h5py.Group, read: bool = False, attrs: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """Check every dataset under ``group`` against its ``sha256`` and every sealed group against its digest;
     :class:`CorruptFile` names the first failure. ``read=True`` also returns the data (nested dicts), so a
-    reader verifies and reads in one pass. A group that should be sealed must carry a digest."""
-    if DIGEST not in group.attrs:
-        raise CorruptFile(f"{group.name}: no checksum (not written by this version of olrg-hpc)")
+    reader verifies and reads in one pass; ``attrs``: the group's attributes when the caller has read them.
+    The group itself must be sealed."""
     out: dict[str, Any] | None = {} if read else None
     try:
-        _verified(group, out)
+        attrs = dict(group.attrs.items()) if attrs is None else attrs
+        if DIGEST not in attrs:
+            raise CorruptFile(f"{group.name}: no checksum (not written by this version of olrg-hpc)")
+        if _walk(group, attrs, out, check=True) != str(attrs[DIGEST]):
+            raise CorruptFile(f"{group.name}: checksum mismatch of its attributes or members")
     except CorruptFile:
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged chunk fails in h5py's filters (OSError), among others
@@ -301,9 +311,10 @@ def write_shard(path: Path, results: Result, attrs: Mapping[str, Any], durable: 
     with atomic_h5(path, fsync_shards() if durable is None else durable) as f:
         for name, value in results.items():
             _write_value(f, str(name), value)
-        for k, v in attrs.items():
-            f.attrs[k] = _attr(v)
-        seal(f)
+        written = {k: _attr(v) for k, v in attrs.items()}
+        for k, v in written.items():
+            f.attrs[k] = v
+        seal(f, written)
         f.attrs["complete"] = True
     return time.perf_counter() - t0
 
@@ -315,15 +326,20 @@ def check_shard(path: Path, key: str, read: bool = False) -> dict[str, Any] | No
     """
     try:
         with h5py.File(path, "r") as f:
-            if not bool(f.attrs.get("complete", False)):
-                raise CorruptFile("incomplete (no 'complete' attribute)")
-            if f.attrs.get("task_key") != key:
-                raise CorruptFile(f"written for other inputs (task_key {f.attrs.get('task_key')!r}, not {key!r})")
-            return verify(f, read=read)
+            return _check_open(f, key, read)
     except CorruptFile as exc:
         raise CorruptFile(f"{path}: {exc}", Path(path)) from None
     except Exception as exc:  # noqa: BLE001 - any failure to read means the shard cannot be trusted
         raise CorruptFile(f"{path}: unreadable ({_one_line(exc)})", Path(path)) from None
+
+
+def _check_open(f: h5py.File, key: str, read: bool = False) -> dict[str, Any] | None:
+    attrs = dict(f.attrs.items())
+    if not bool(attrs.get("complete", False)):
+        raise CorruptFile("incomplete (no 'complete' attribute)")
+    if attrs.get("task_key") != key:
+        raise CorruptFile(f"written for other inputs (task_key {attrs.get('task_key')!r}, not {key!r})")
+    return verify(f, read=read, attrs=attrs)
 
 
 def shard_status(path: Path, key: str) -> str:
@@ -411,13 +427,18 @@ def gather(study_dir: Path, tasks: Iterable[Mapping[str, Any]], study_attrs: Map
         root = f.create_group("tasks")
         for t in tasks:
             src_path = shard_path(study_dir, t["key"])
-            check_shard(src_path, t["key"])
-            with h5py.File(src_path, "r") as src:
-                src.copy(src["/"], root, name=t["name"])  # one H5Ocopy: datasets, groups and attributes
-        for k, v in study_attrs.items():
-            f.attrs[k] = _attr(v)
-        f.attrs["n_tasks"] = len(tasks)
-        seal(f)
+            try:
+                with h5py.File(src_path, "r") as src:
+                    _check_open(src, t["key"])
+                    src.copy(src["/"], root, name=t["name"])  # one H5Ocopy: datasets, groups and attributes
+            except CorruptFile as exc:
+                raise CorruptFile(f"{src_path}: {exc}", src_path) from None
+            except OSError as exc:
+                raise CorruptFile(f"{src_path}: unreadable ({_one_line(exc)})", src_path) from None
+        written = {**{k: _attr(v) for k, v in study_attrs.items()}, "n_tasks": len(tasks)}
+        for k, v in written.items():
+            f.attrs[k] = v
+        seal(f, written)
     return out
 
 

@@ -157,17 +157,19 @@ def test_validate_asks_slurm_about_partition_and_worker_job(tmp_path):
         prof.write_text(prof.read_text().replace(extra, "queue: debug\n"))
 
 
-@pytest.mark.parametrize("where", ["queue", "output"])
+@pytest.mark.parametrize("where", ["account", "output"])
 def test_an_injected_line_never_reaches_sbatch(tmp_path, where):
-    """A newline or ';' in a profile value or in the study's output path: refused, nothing submitted, no file."""
+    """A newline in a profile value or ';' in the study's output path: refused, nothing submitted, no file. (Without
+    the checks, the account's second line ran in the submitted driver job and created the file; the output path
+    broke the workers' command line, and the run waited for workers that never came.)"""
     name, cfg, prof = _setup(tmp_path)
     pwned = tmp_path / "pwned"
-    if where == "queue":
-        prof.write_text(prof.read_text().replace("queue: debug", f'queue: "debug\\ntouch {pwned}"'))
+    if where == "account":
+        prof.write_text(prof.read_text() + f'account: "proj\\ntouch {pwned}"\n')
     else:
         cfg.write_text(cfg.read_text().replace("seed: 7", f"seed: 7\noutput: 'st;touch {pwned}'"))
     for cmd in (["submit", str(cfg), "--cluster", str(prof)], ["run", str(cfg), "--cluster", str(prof)]):
         out = subprocess.run([*EXE, *cmd], cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
-    time.sleep(2)
+    assert _released("olrg-start-failures", timeout=120)  # a driver job, had one been submitted, has run
     assert not pwned.exists() and _squeue(name) == []
