@@ -114,19 +114,15 @@ def _study_log(study_dir: Path, verbose: bool) -> Iterator[Path]:
         lg.propagate = False
     logging.getLogger("olrg_hpc").info("olrg-hpc %s: %s", __version__, " ".join(sys.argv))
     _LOG.append(path)
-    try:
-        yield path
-    except BaseException:
-        # interrupted or failed: Dask's threads may still be closing the cluster and log as they go, until the
-        # process exits; their records stay in the log
-        raise
-    else:
-        for name, (handlers, level, propagate) in saved.items():
-            lg = logging.getLogger(name)
-            lg.handlers, lg.propagate = handlers, propagate
-            lg.setLevel(level)
-        logging.captureWarnings(False)
-        handler.close()
+    # after an error or Ctrl-C the records keep going to the log: Dask's threads may go on closing the cluster,
+    # and logging, until the process exits
+    yield path
+    for name, (handlers, level, propagate) in saved.items():
+        lg = logging.getLogger(name)
+        lg.handlers, lg.propagate = handlers, propagate
+        lg.setLevel(level)
+    logging.captureWarnings(False)
+    handler.close()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -312,13 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; ``argv=None`` means this process is the program (its own sys.argv)."""
     try:
-        return _main(argv)
+        code = _main(argv)
     finally:
         if argv is None:  # the command is done: a Ctrl-C while the interpreter exits only ends it sooner
             import os
             import signal
 
             signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    if code == 130 and argv is None:
+        _silence_teardown()
+    return code
 
 
 def _main(argv: list[str] | None) -> int:
@@ -337,7 +336,6 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("olrg-hpc: interrupted; finished tasks are kept in their shards, rerun to resume", file=sys.stderr,
               flush=True)
-        _silence_teardown()
         return 130
 
 
