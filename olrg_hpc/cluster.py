@@ -54,8 +54,8 @@ Echo = Callable[[str], None]
 CREDENTIALS = ".credentials"
 #: a worker job that sbatch has not accepted after this long (dask-jobqueue retries silently) stops the study
 SUBMIT_TIMEOUT_S = 120.0
-#: how often the health check asks squeue
-CHECK_INTERVAL_S = 2.0
+#: how often the health check asks squeue (a SLURM controller serves many users: not more often than this)
+CHECK_INTERVAL_S = 5.0
 
 _CHECKS: weakref.WeakKeyDictionary[Any, Callable[[], None]] = weakref.WeakKeyDictionary()
 
