@@ -4,7 +4,9 @@ A checkpoint file holds one group per named pytree; each leaf is a dataset ``000
 ``jax.tree_util`` flattening order, and the group records the tree structure so that a checkpoint is
 only ever loaded into a pytree of the same shape. Scalars (step, seed) and metadata are attributes.
 Files are written through :func:`olrg_hpc.store.atomic_h5`: a crash mid-write leaves the previous
-checkpoint intact.
+checkpoint intact. Every leaf carries its checksum and the file root a digest over everything
+(:func:`olrg_hpc.store.seal`); :func:`load` verifies them and raises :class:`olrg_hpc.store.CorruptFile`
+for a checkpoint that fails, so training restarts from a damaged file only by the caller's choice.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import h5py
 import jax
 import numpy as np
 
-from olrg_hpc.store import atomic_h5
+from olrg_hpc.store import CorruptFile, atomic_h5, put, seal, verify
 
 
 def write_pytree(group: h5py.Group, tree: Any) -> None:
@@ -29,7 +31,7 @@ def write_pytree(group: h5py.Group, tree: Any) -> None:
         if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             group.attrs[f"{i:05d}_key_impl"] = str(jax.random.key_impl(leaf))
             leaf = jax.random.key_data(leaf)
-        group.create_dataset(f"{i:05d}", data=np.asarray(jax.device_get(leaf)))
+        put(group, f"{i:05d}", np.asarray(jax.device_get(leaf)))
 
 
 def read_pytree(group: h5py.Group, like: Any) -> Any:
@@ -54,15 +56,21 @@ def save(path: str | os.PathLike[str], trees: Mapping[str, Any], attrs: Mapping[
         for name, tree in trees.items():
             write_pytree(f.create_group(name), tree)
         for name, arr in (arrays or {}).items():
-            f.create_dataset(name, data=np.asarray(arr))
+            put(f, name, np.asarray(arr))
         for k, v in (attrs or {}).items():
             f.attrs[k] = v
+        seal(f)
 
 
 def load(path: str | os.PathLike[str], like: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any],
                                                                          dict[str, np.ndarray]]:
-    """(pytrees shaped like ``like``, attributes, plain arrays) of a checkpoint written by :func:`save`."""
+    """(pytrees shaped like ``like``, attributes, plain arrays) of a checkpoint written by :func:`save`, verified
+    against its checksums first (:class:`~olrg_hpc.store.CorruptFile` names the path and what failed)."""
     with h5py.File(os.fspath(path), "r") as f:
+        try:
+            verify(f)
+        except CorruptFile as exc:
+            raise CorruptFile(f"checkpoint {os.fspath(path)}: {exc}") from None
         trees = {name: read_pytree(f[name], tmpl) for name, tmpl in like.items()}
         arrays = {name: f[name][()] for name in f if name not in like and isinstance(f[name], h5py.Dataset)}
         return trees, dict(f.attrs), arrays

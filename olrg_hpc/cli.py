@@ -1,18 +1,31 @@
 """The ``olrg-hpc`` command line.
 
-Exit codes: 0 success; 1 some tasks failed (each named with its error); 2 bad input (one line naming the
-file, key, value or command at fault); 130 interrupted (finished tasks are kept: rerun to resume).
+Exit codes: 0 success; 1 some tasks failed (each named with its error in one line; the tracebacks are in
+``STUDY_DIR/run.log``); 2 bad input (one line naming the file, key, value or command at fault, cut to
+:data:`MAX_LINE` characters); 130 interrupted (finished tasks are kept: rerun to resume).
+
+``run`` holds the study folder's lock from before it writes anything until the report is written, and
+logs everything Dask says (and every failed task's traceback) into ``STUDY_DIR/run.log`` instead of the
+terminal; ``-v`` shows Dask's messages on the terminal as well.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from olrg_hpc import __version__
 from olrg_hpc.errors import UserError
+
+#: longest line an error prints (a value in it is already cut; this bounds paths and the rest)
+MAX_LINE = 1000
+#: loggers whose records go to STUDY_DIR/run.log during a run
+LOGGERS = ("olrg_hpc", "distributed", "dask_jobqueue", "bokeh", "tornado", "asyncio", "py.warnings")
+_LOG: list[Path] = []  # the run's log file while a run is on: where the interpreter's last words go after Ctrl-C
 
 DESCRIPTION = """\
 olrg-hpc runs renormalization-group-inspired machine-learning studies (OLRG for spin chains, trivializing
@@ -37,52 +50,115 @@ def _study_dir(cfg, output: str | None) -> Path:
     return Path(output or cfg.output or Path("studies") / cfg.study)
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    from olrg_hpc.config import load_hmc_config, load_profile, load_study, read_yaml
+def _build(cfg, params) -> list:
+    """The study's task graph, bounded (:func:`olrg_hpc.tasks.bounded_graph`) and checked."""
     from olrg_hpc.runner import topological_order
+    from olrg_hpc.tasks import bounded_graph
     from workflows import get_workflow
+
+    with bounded_graph():
+        return topological_order(get_workflow(cfg.workflow).build(params))
+
+
+def _check_output(profile, study_dir: Path, label: str) -> None:
+    """A study folder that a SLURM job script names must be a plain path (config.check_job_path)."""
+    from olrg_hpc.config import SlurmProfile, check_job_path
+
+    if isinstance(profile, SlurmProfile):
+        check_job_path(label, study_dir.resolve())
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from olrg_hpc.cluster import check_slurm
+    from olrg_hpc.config import SlurmProfile, load_hmc_config, load_profile, load_study, read_yaml
 
     if read_yaml(args.config).get("program") == "mpi_hmc":
         hcfg = load_hmc_config(args.config)
         print(f"{args.config}: ok (MPI HMC program, L = {hcfg.L}, {hcfg.n_traj} trajectories)")
         return 0
     cfg, params = load_study(args.config)
-    tasks = topological_order(get_workflow(cfg.workflow).build(params))
+    tasks = _build(cfg, params)
     path, profile = load_profile(args.cluster)
+    checked = ""
+    if isinstance(profile, SlurmProfile):
+        _check_output(profile, _study_dir(cfg, None), f"{args.config}: output")
+        check_slurm(profile)
+        checked = "; partition, account and worker job checked with sinfo, sacctmgr and sbatch --test-only"
     print(f"{args.config}: ok (workflow {cfg.workflow}, {len(tasks)} tasks); "
-          f"cluster profile {path}: ok (kind {profile.kind})")
+          f"cluster profile {path}: ok (kind {profile.kind}{checked})")
     return 0
+
+
+@contextlib.contextmanager
+def _study_log(study_dir: Path, verbose: bool) -> Iterator[Path]:
+    """Records of :data:`LOGGERS` (Dask's messages, failed tasks' tracebacks, warnings) into
+    ``STUDY_DIR/run.log`` for the duration, and not onto the terminal unless ``verbose``."""
+    import distributed  # noqa: F401 - configures its loggers when first imported: before they are redirected
+
+    from olrg_hpc import store
+
+    path = Path(study_dir) / store.LOG
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    saved = {}
+    logging.captureWarnings(True)
+    # Dask gives some child loggers (distributed.client, ...) handlers of their own: those are redirected too
+    names = set(LOGGERS) | {n for n, lg in logging.root.manager.loggerDict.items()
+                            if n.startswith(tuple(f"{p}." for p in LOGGERS)) and getattr(lg, "handlers", None)}
+    for name in names:
+        lg = logging.getLogger(name)
+        saved[name] = (lg.handlers[:], lg.level, lg.propagate)
+        lg.handlers = [handler, *(lg.handlers if verbose else [])]
+        if name in LOGGERS:
+            lg.setLevel(logging.INFO)
+        lg.propagate = False
+    logging.getLogger("olrg_hpc").info("olrg-hpc %s: %s", __version__, " ".join(sys.argv))
+    _LOG.append(path)
+    # after an error or Ctrl-C the records keep going to the log: Dask's threads may go on closing the cluster,
+    # and logging, until the process exits
+    yield path
+    for name, (handlers, level, propagate) in saved.items():
+        lg = logging.getLogger(name)
+        lg.handlers, lg.propagate = handlers, propagate
+        lg.setLevel(level)
+    logging.captureWarnings(False)
+    handler.close()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     import yaml
 
-    from olrg_hpc.cluster import open_client
+    from olrg_hpc import store
+    from olrg_hpc.cluster import health_check, open_client
     from olrg_hpc.config import load_profile, load_study
     from olrg_hpc.runner import run_tasks
-    from workflows import get_workflow
 
     cfg, params = load_study(args.config)
     _, profile = load_profile(args.cluster)
-    wf = get_workflow(cfg.workflow)
-    tasks = wf.build(params)
+    tasks = _build(cfg, params)
     study_dir = _study_dir(cfg, args.output)
-    study_dir.mkdir(parents=True, exist_ok=True)
-    resolved = cfg.model_dump() | {"params": params.model_dump()}
-    config_text = yaml.safe_dump(resolved, sort_keys=False)
-    (study_dir / "config.yaml").write_text(config_text)
-    _say(f"study {cfg.study}: workflow {cfg.workflow}, {len(tasks)} tasks -> {study_dir}")
-    with open_client(profile, study_dir=study_dir, echo=_say) as client:
-        summary = run_tasks(tasks, study_dir, client, study_seed=cfg.seed, retries=cfg.retries,
-                            study_attrs={"study": cfg.study, "workflow": cfg.workflow, "study_config": config_text},
-                            progress=not args.no_progress)
-    for line in summary.lines():
-        _say(line)
-    if not summary.ok:
-        _say(f"{len(summary.failed)} task(s) failed; fix and rerun to compute only what is missing")
-        return 1
-    if not args.no_report:
-        _print_report(study_dir)
+    _check_output(profile, study_dir, "--output" if args.output else f"{args.config}: output")
+    store.check_writable(study_dir)
+    with store.study_lock(study_dir):
+        store.check_folder(study_dir, cfg.study)
+        resolved = cfg.model_dump() | {"params": params.model_dump()}
+        config_text = yaml.safe_dump(resolved, sort_keys=False)
+        (study_dir / store.CONFIG).write_text(config_text)
+        _say(f"study {cfg.study}: workflow {cfg.workflow}, {len(tasks)} tasks -> {study_dir}")
+        with _study_log(study_dir, args.verbose) as log_path:
+            with open_client(profile, study_dir=study_dir, echo=_say, log_file=log_path) as client:
+                summary = run_tasks(tasks, study_dir, client, study_seed=cfg.seed, retries=cfg.retries,
+                                    study_attrs={"study": cfg.study, "workflow": cfg.workflow,
+                                                 "study_config": config_text},
+                                    progress=not args.no_progress, check=health_check(client))
+        for line in summary.lines():
+            _say(line)
+        if not summary.ok:
+            _say(f"{len(summary.failed)} task(s) failed (tracebacks: {log_path}); fix and rerun to compute only "
+                 "what is missing")
+            return 1
+        if not args.no_report:
+            _print_report(study_dir)
     return 0
 
 
@@ -230,6 +306,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; ``argv=None`` means this process is the program (its own sys.argv)."""
+    try:
+        code = _main(argv)
+    finally:
+        if argv is None:  # the command is done: a Ctrl-C while the interpreter exits only ends it sooner
+            import os
+            import signal
+
+            signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    if code == 130 and argv is None:
+        _silence_teardown()
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if not args.verbose:
         for name in ("distributed", "dask_jobqueue", "bokeh", "tornado"):
@@ -238,11 +329,27 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as exc:
         if _rank() == 0:  # under MPI every rank fails alike: say it once
-            print(f"olrg-hpc: error: {exc}", file=sys.stderr)
+            line = " ".join(str(exc).split())
+            line = line if len(line) <= MAX_LINE else line[: MAX_LINE - 3] + "..."
+            print(f"olrg-hpc: error: {line}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
-        print("olrg-hpc: interrupted; finished tasks are kept in their shards, rerun to resume", file=sys.stderr)
+        print("olrg-hpc: interrupted; finished tasks are kept in their shards, rerun to resume", file=sys.stderr,
+              flush=True)
         return 130
+
+
+def _silence_teardown() -> None:
+    """Standard error into the run's log (or nowhere) for the rest of the process: what half-started or
+    half-stopped Dask objects print while the interpreter exits is not for the terminal."""
+    import os
+
+    try:
+        fd = os.open(_LOG[-1] if _LOG else os.devnull, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except OSError:
+        fd = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,31 @@ A *study* is one YAML file naming its workflow and that workflow's parameters::
 
 A *cluster profile* is one YAML file in ``configs/clusters/`` with ``kind: local | slurm | address``.
 
-Every model forbids unknown keys. Validation errors become one :class:`~olrg_hpc.errors.UserError` line
-``FILE: KEY.PATH: what was expected (got VALUE)``, e.g.
-``configs/x.yaml: params.n_sitse: unknown key (allowed: n_sites, h, ...)``.
+Every model forbids unknown keys and non-finite numbers. Validation errors become one
+:class:`~olrg_hpc.errors.UserError` line ``FILE: KEY.PATH: what was expected (got VALUE)``, e.g.
+``configs/x.yaml: params.n_sitse: unknown key (allowed: n_sites, h, ...)``; a value shown in an error is cut to
+:data:`SHOWN_CHARS` characters, so a 50 MB value never becomes a 50 MB line.
+
+**Bounded input.** :func:`read_yaml` reads at most :data:`MAX_CONFIG_BYTES` of UTF-8 text from a regular file
+and refuses, in one line naming the key path: duplicate keys, nesting deeper than :data:`MAX_DEPTH`, more than
+:data:`MAX_NODES` values (aliases counted each time they are used), strings longer than :data:`MAX_STRING` or
+holding control or other non-printable characters (a newline in a name, a path or a job-script value), and
+``.nan``/``.inf``. The largest shipped config is 2.5 kB and the deepest nests 7 levels: 1 MiB and 32 levels leave
+ample room for hand-written configs, while reading any file that passes or fails them stays under ~1.5 s.
+
+**Values that reach a job script.** Everything of a SLURM profile that dask-jobqueue or ``slurm/*.sbatch``
+writes into a job script is checked against a character set that the shell and ``sbatch`` read as one plain
+word (:data:`SAFE_WORD`, :data:`SAFE_PATH`; ``$NAME``/``${NAME}`` also in ``python`` and ``local_directory``,
+expanded on the compute node); ``job_extra_directives`` must be options (``-x`` or ``--name[=value]``) and go
+only into ``#SBATCH`` comment lines. ``job_script_prologue`` is shell by design: each item is one line,
+run as written, with the user's rights, on the compute node; olrg-hpc neither quotes nor checks it beyond
+that. Study output paths are checked by :func:`check_job_path` for SLURM profiles.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,17 +46,60 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from olrg_hpc.errors import UserError
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: one word for the shell and for sbatch: partitions, accounts, job names, interfaces
+SAFE_WORD = re.compile(r"[A-Za-z0-9_.,@%+=:-]+")
+#: a path that the shell and sbatch read as one word (no spaces, quotes, ``$`` or shell operators)
+SAFE_PATH = re.compile(r"[A-Za-z0-9_./+@%,:=~-]+")
+#: SAFE_PATH with environment references ``$NAME`` / ``${NAME}`` (expanded by the job's shell)
+SAFE_PATH_VARS = re.compile(r"(?:[A-Za-z0-9_./+@%,:=~-]|\$[A-Za-z_][A-Za-z0-9_]*|\$\{[A-Za-z_][A-Za-z0-9_]*\})+")
+_DIRECTIVE_RE = re.compile(r"-[A-Za-z]|--[A-Za-z][A-Za-z0-9-]*")
+_ADDRESS_RE = re.compile(r"(?:[A-Za-z0-9_.-]*|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}")
+
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_NODES = 100_000
+MAX_STRING = 4096
+SHOWN_CHARS = 60
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` for an error line, cut to ``limit`` characters with the full length said."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters as text"
+    return f"{text[:limit]}... ({size})"
 
 
 class Strict(BaseModel):
-    """Base for every config model: unknown keys are errors, values are not coerced silently."""
+    """Base for every config model: unknown keys are errors, values are not coerced silently, numbers finite."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _safe(v: str | None, pattern: re.Pattern[str], what: str) -> str | None:
+    if v is not None and not pattern.fullmatch(v):
+        raise ValueError(f"{what} (letters, digits and {_allowed(pattern)}; no spaces, quotes or shell "
+                         f"characters) (got {shown(v)})")
+    return v
+
+
+def _allowed(pattern: re.Pattern[str]) -> str:
+    return {SAFE_WORD.pattern: "_ . , @ % + = : -", SAFE_PATH.pattern: "_ . / + @ % , : = ~ -",
+            SAFE_PATH_VARS.pattern: "_ . / + @ % , : = ~ - and $NAME or ${NAME}"}.get(pattern.pattern, "")
+
+
+def check_job_path(label: str, path: str | Path) -> None:
+    """UserError unless ``path`` (e.g. a study folder that a SLURM job script names) is a :data:`SAFE_PATH`."""
+    text = str(path)
+    if not SAFE_PATH.fullmatch(text):
+        raise UserError(f"{label}: {shown(text)} cannot go into a SLURM job script: use a path of letters, digits "
+                        f"and {_allowed(SAFE_PATH)} (no spaces, quotes or shell characters)")
 
 
 class StudyConfig(Strict):
-    study: str = Field(description="study name (letters, digits, . _ -)")
+    study: str = Field(description="study name (letters, digits, . _ -; at most 64)")
     workflow: str = Field(description="workflow module in workflows/")
     seed: int = Field(0, ge=0, description="study seed")
     retries: int = Field(1, ge=0, le=20, description="retries of a raising task")
@@ -49,8 +109,8 @@ class StudyConfig(Strict):
     @field_validator("study")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
-            raise ValueError("a name of letters, digits, '.', '_' or '-'")
+        if not _NAME_RE.fullmatch(v):
+            raise ValueError("a name of 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
         return v
 
 
@@ -59,10 +119,10 @@ class StudyConfig(Strict):
 
 def _check_memory(v: str) -> str:
     try:
-        if parse_bytes(v) <= 0:
+        if not re.fullmatch(r"[0-9.]+ ?[A-Za-z]*", v) or parse_bytes(v) <= 0:
             raise ValueError
     except (ValueError, TypeError):
-        raise ValueError(f"a memory size such as '4GB' or '512MiB' (got {v!r})") from None
+        raise ValueError(f"a memory size such as '4GB' or '512MiB' (got {shown(v)})") from None
     return v
 
 
@@ -71,9 +131,9 @@ _WALLTIME_RE = re.compile(r"^(?:(\d+)-)?(\d{1,3}):([0-5]\d)(?::([0-5]\d))?$")
 
 def walltime_seconds(v: str) -> int:
     """Seconds in a SLURM walltime 'D-HH:MM:SS', 'HH:MM:SS' or 'HH:MM' (ValueError if unparsable)."""
-    m = _WALLTIME_RE.match(v.strip())
+    m = _WALLTIME_RE.fullmatch(v)
     if not m:
-        raise ValueError(f"a walltime such as '01:30:00' or '2-00:00:00' (got {v!r})")
+        raise ValueError(f"a walltime such as '01:30:00' or '2-00:00:00' (got {shown(v)})")
     days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
     total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
     if total <= 0:
@@ -83,10 +143,16 @@ def walltime_seconds(v: str) -> int:
 
 def _check_duration(v: str) -> str:
     try:
-        if parse_timedelta(v) <= 0:
+        if not re.fullmatch(r"[0-9.]+ ?[A-Za-z]*", v) or parse_timedelta(v) <= 0:
             raise ValueError
     except (ValueError, TypeError, KeyError):
-        raise ValueError(f"a duration such as '55m' or '3600s' (got {v!r})") from None
+        raise ValueError(f"a duration such as '55m' or '3600s' (got {shown(v)})") from None
+    return v
+
+
+def _check_address(v: str) -> str:
+    if not _ADDRESS_RE.fullmatch(v):
+        raise ValueError(f"an address HOST:PORT such as '127.0.0.1:8787' or ':8787' (got {shown(v)})")
     return v
 
 
@@ -98,12 +164,18 @@ class LocalProfile(Strict):
     threads_per_worker: int = Field(1, ge=1)
     processes: bool = True
     memory_limit: str = "auto"
-    dashboard_address: str = ":8787"
+    security: bool = Field(True, description="TLS between scheduler, workers and client, credentials of this run")
+    dashboard_address: str = Field("127.0.0.1:8787", description="':8787' listens on every interface")
 
     @field_validator("memory_limit")
     @classmethod
     def _mem(cls, v: str) -> str:
         return v if v == "auto" else _check_memory(v)
+
+    @field_validator("dashboard_address")
+    @classmethod
+    def _dash(cls, v: str) -> str:
+        return _check_address(v)
 
 
 class AdaptBounds(Strict):
@@ -135,8 +207,43 @@ class SlurmProfile(Strict):
     python: str | None = Field(None, description="python on compute nodes (default: this one)")
     job_name: str = Field("olrg-worker", description="SLURM job name of the worker jobs (squeue -n)")
     security: bool = Field(True, description="TLS with per-study temporary credentials")
-    dashboard_address: str = ":8787"
-    submit_template: str = "slurm/driver.sbatch"
+    dashboard_address: str = Field("127.0.0.1:8787", description="':8787' listens on every interface")
+    max_failed_starts: int = Field(3, ge=1, le=100, description="worker jobs that may end before their worker "
+                                   "connects before the study stops")
+
+    @field_validator("queue", "job_name", "interface")
+    @classmethod
+    def _word(cls, v: str | None) -> str | None:
+        return _safe(v, SAFE_WORD, "a name")
+
+    @field_validator("account")
+    @classmethod
+    def _account(cls, v: str | None) -> str | None:
+        return _safe(v, SAFE_WORD, "an account name")
+
+    @field_validator("log_directory")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        return _safe(v, SAFE_PATH, "a path")
+
+    @field_validator("python", "local_directory")
+    @classmethod
+    def _path_vars(cls, v: str | None) -> str | None:
+        return _safe(v, SAFE_PATH_VARS, "a path")
+
+    @field_validator("job_extra_directives")
+    @classmethod
+    def _directives(cls, v: list[str]) -> list[str]:
+        for d in v:
+            opt = d.split("=", 1)[0].split(" ", 1)[0]
+            if not _DIRECTIVE_RE.fullmatch(opt) or not d.isprintable():
+                raise ValueError(f"sbatch options such as '--qos=normal' or '-C gpu' (got {shown(d)})")
+        return v
+
+    @field_validator("dashboard_address")
+    @classmethod
+    def _dash(cls, v: str) -> str:
+        return _check_address(v)
 
     @field_validator("memory")
     @classmethod
@@ -181,8 +288,8 @@ class AddressProfile(Strict):
     @field_validator("address")
     @classmethod
     def _addr(cls, v: str) -> str:
-        if "://" not in v:
-            raise ValueError(f"a scheduler address such as 'tcp://host:8786' (got {v!r})")
+        if not re.fullmatch(r"(?:tcp|tls|ucx|inproc)://[A-Za-z0-9_.:\[\]/-]+", v):
+            raise ValueError(f"a scheduler address such as 'tcp://host:8786' (got {shown(v)})")
         return v
 
 
@@ -245,8 +352,14 @@ def load_hmc_config(path: str | Path) -> MPIHMCConfig:
 # ------------------------------------------------------------------------------------------------ errors
 
 
+def _cut(text: str, limit: int = SHOWN_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("local", "slurm", "address")]
+    if loc and loc[0] in ("local", "slurm", "address") and len(loc) > 1:  # the union tag of a cluster profile
+        loc = loc[1:]
+    parts = [_cut(str(p)) for p in loc]
     return ".".join(parts) if parts else "(top level)"
 
 
@@ -265,22 +378,22 @@ def format_validation_error(source: str, exc: ValidationError, prefix: str = "",
         allowed = ""
         fields = _allowed_keys(model, tuple(err["loc"])[:-1]) if model is not None else []
         if fields:
-            close = difflib.get_close_matches(str(err["loc"][-1]), fields, n=1)
+            close = difflib.get_close_matches(str(err["loc"][-1])[:MAX_STRING], fields, n=1)
             hint = f"did you mean {close[0]}? " if close else ""
             allowed = f" ({hint}allowed: {', '.join(fields)})"
-        return f"{source}: {key}: unknown key{allowed}".removeprefix(": ")
+        return f"{source}: {_cut(key)}: unknown key{allowed}".removeprefix(": ")
     if etype == "missing":
         return f"{source}: {key}: required key is missing".removeprefix(": ")
     if etype == "union_tag_invalid" or etype == "union_tag_not_found":
-        return f"{source}: kind: expected one of local, slurm, address (got {err.get('input', {}).get('kind')!r})"
+        return f"{source}: kind: expected one of local, slurm, address (got {shown(err.get('input', {}).get('kind'))})"
     msg = err["msg"].removeprefix("Value error, ")
     if msg.startswith("."):  # a nested config validated by its own model (see workflows.suite): key path continues
         return f"{source}: {key}{msg}"
     got = err.get("input")
-    shown = f" (got {got!r})" if got is not None and "got" not in msg and not isinstance(got, dict) else ""
+    got_text = f" (got {shown(got)})" if got is not None and "got" not in msg and not isinstance(got, dict) else ""
     more = len(errors) - 1
     tail = f" [+{more} more]" if more else ""
-    return f"{source}: {key}: {msg}{shown}{tail}".removeprefix(": ")
+    return f"{source}: {key}: {msg}{got_text}{tail}".removeprefix(": ")
 
 
 def _model_in(annotation: Any) -> Any:
@@ -310,24 +423,94 @@ def _allowed_keys(model: Any, loc: tuple[Any, ...]) -> list[str]:
 # ------------------------------------------------------------------------------------------------ loading
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key that appears twice in one mapping (YAML says keys are unique;
+    PyYAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                dup = key in seen
+            except TypeError:  # an unhashable key: PyYAML reports it below
+                continue
+            if dup:
+                mark = key_node.start_mark
+                raise UserError(f"{self.name}: duplicate key {shown(key)} at line {mark.line + 1}, column "
+                                f"{mark.column + 1} (each key once per mapping)")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_values(data: Any, source: str) -> None:
+    """Walk a loaded document (iteratively) and refuse what :func:`read_yaml` bounds (module docstring)."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
+    nodes = 0
+    while stack:
+        value, path = stack.pop()
+        nodes += 1
+        where = ".".join(_cut(str(p)) for p in path) or "(top level)"
+        if nodes > MAX_NODES:
+            raise UserError(f"{source}: more than {MAX_NODES} values (aliases count each time they are used)")
+        if len(path) > MAX_DEPTH:
+            raise UserError(f"{source}: {where}: nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{source}: {where}: a finite number (got {value!r})")
+        if isinstance(value, str):
+            if len(value) > MAX_STRING:
+                raise UserError(f"{source}: {where}: a value of at most {MAX_STRING} characters (got {shown(value)})")
+            if not value.isprintable():
+                bad = next(c for c in value if not c.isprintable())
+                raise UserError(f"{source}: {where}: control or non-printable character {bad!r} in {shown(value)} "
+                                "(one line of printable characters)")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(k, str) and (len(k) > 200 or not k.isprintable()):
+                    raise UserError(f"{source}: {where}: key {shown(k)}: at most 200 printable characters")
+                stack.append((v, (*path, k)))
+        elif isinstance(value, list):
+            stack.extend((v, (*path, i)) for i, v in enumerate(value))
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; missing file, syntax error or a non-mapping document give one UserError line."""
+    """Read a YAML mapping, bounded and checked (module docstring); anything wrong is one UserError line."""
     p = Path(path)
     try:
-        text = p.read_text()
+        st = p.stat()
+        if not p.is_file():
+            raise UserError(f"{p}: not a regular file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise UserError(f"{p}: {st.st_size} bytes; a config is at most {MAX_CONFIG_BYTES} bytes")
+        raw = p.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{p}: no such file") from None
     except OSError as exc:
         raise UserError(f"{p}: cannot read ({exc.strerror})") from None
+    if b"\0" in raw:
+        raise UserError(f"{p}: a binary file (NUL bytes), not a YAML config")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{p}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+    loader = _Loader(text)
+    loader.name = str(p)
+    try:
+        data = loader.get_single_data()
+    except RecursionError:
+        raise UserError(f"{p}: nested too deeply to read (at most {MAX_DEPTH} levels)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UserError(f"{p}: YAML syntax error{where}: {problem}") from None
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or "invalid YAML"
+        raise UserError(f"{p}: YAML syntax error{where}: {_cut(str(problem), 120)}") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise UserError(f"{p}: expected a mapping of keys to values at the top level (got {type(data).__name__})")
+    _check_values(data, str(p))
     return data
 
 

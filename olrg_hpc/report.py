@@ -72,14 +72,27 @@ def provenance_table(study_file: Path) -> Table:
 
 
 def write_report(study_dir: Path) -> tuple[Path, list[str]]:
-    """Write STUDY_DIR/report/ (PNGs, summary.txt, index.html); returns the folder and the terminal lines."""
-    from workflows import get_workflow
+    """Write STUDY_DIR/report/ (PNGs, summary.txt, index.html); returns the folder and the terminal lines.
 
+    Holds the study folder's lock (:func:`olrg_hpc.store.study_lock`) and verifies the study file against its
+    checksums before drawing anything from it.
+    """
     study_dir = Path(study_dir)
     study_file = study_dir / store.STUDY_FILE
-    if not study_file.exists():
-        raise UserError(f"{study_dir}: no {store.STUDY_FILE} (run the study first; 'olrg-hpc status "
-                        f"{study_dir}' shows what is missing)")
+    missing = UserError(f"{study_dir}: no {store.STUDY_FILE} (run the study first; 'olrg-hpc status {study_dir}' "
+                        "shows what is missing)")
+    if not study_dir.is_dir():
+        raise missing
+    with store.study_lock(study_dir):
+        if not study_file.exists():
+            raise missing
+        store.verify_study_file(study_file)
+        return _write_report(study_dir, study_file)
+
+
+def _write_report(study_dir: Path, study_file: Path) -> tuple[Path, list[str]]:
+    from workflows import get_workflow
+
     try:
         with h5py.File(study_file, "r") as f:
             workflow = str(f.attrs["workflow"])

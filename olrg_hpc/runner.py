@@ -4,16 +4,21 @@
 its seed and content key, (3) writes the manifest, (4) sorts tasks into *valid* shards (skipped) and
 *missing* or *corrupt* ones (recomputed), (5) submits the latter with their dependencies as Dask futures
 (``retries`` per task; a killed worker's tasks are rescheduled by Dask), (6) shows a progress bar over
-the graph, (7) names every failed task with its error (tasks downstream of a failure are reported as
-not run), and (8) gathers all shards into ``study.h5`` once every task is valid.
+the graph, (7) names every failed task with its error in one line (tasks downstream of a failure are reported
+as not run; the full traceback goes to the logger ``olrg_hpc.runner``, which the command line writes to
+``STUDY_DIR/run.log``), and (8) gathers all shards into ``study.h5`` once every task is valid, verifying each
+against its checksums on the way. A ``check`` callable, called about every 0.1 s while tasks run, may raise to
+stop the run (the cluster's health: worker jobs that cannot start).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
+import traceback
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,17 @@ from olrg_hpc import store
 from olrg_hpc.errors import UserError
 from olrg_hpc.provenance import now, run_provenance
 from olrg_hpc.tasks import Task, TaskSpec, dep_label, execute, task_key, task_seed
+
+log = logging.getLogger(__name__)
+
+#: longest error text of one failed task on the terminal (the full one is in the log)
+ERROR_CHARS = 300
+
+
+def one_line(text: str, limit: int = ERROR_CHARS) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut to ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 @dataclass
@@ -59,9 +75,10 @@ def topological_order(tasks: Sequence[Task]) -> list[Task]:
     by_name: dict[str, Task] = {}
     for t in tasks:
         if t.name in by_name:
-            raise UserError(f"task graph: duplicate task name {t.name!r}")
-        if "/" in t.name:
-            raise UserError(f"task graph: task name {t.name!r} must not contain '/'")
+            raise UserError(f"task graph: duplicate task name {one_line(repr(t.name), 120)}")
+        if "/" in t.name or not t.name.isprintable() or not t.name or len(t.name) > 200:
+            raise UserError(f"task graph: task name {one_line(repr(t.name), 120)} must be 1 to 200 printable "
+                            "characters without '/'")
         by_name[t.name] = t
     order: list[Task] = []
     state: dict[str, int] = {}  # 1 visiting, 2 done
@@ -98,7 +115,7 @@ def plan(tasks: Sequence[Task], study_dir: Path, study_seed: int,
         specs.append(TaskSpec(name=t.name, key=key, fn=t.fn, params=dict(t.params), seed=seed,
                               shard=store.shard_path(study_dir, key),
                               dep_shards={dep_label(t.name, d): store.shard_path(study_dir, keys[d]) for d in t.deps},
-                              provenance=prov))
+                              provenance=prov, nan_ok=tuple(t.nan_ok)))
     return ordered, specs
 
 
@@ -109,8 +126,11 @@ def manifest_entries(ordered: Sequence[Task], specs: Sequence[TaskSpec]) -> list
 
 def run_tasks(tasks: Sequence[Task], study_dir: Path, client: Any, *, study_seed: int = 0, retries: int = 1,
               study_attrs: Mapping[str, Any] | None = None, progress: bool = True,
-              gather_results: bool = True) -> RunSummary:
-    """Run (or resume) a study graph on ``client`` and gather its study file. See the module docstring."""
+              gather_results: bool = True, check: Callable[[], None] | None = None) -> RunSummary:
+    """Run (or resume) a study graph on ``client`` and gather its study file. See the module docstring.
+
+    The caller holds the study folder's lock (:func:`olrg_hpc.store.study_lock`).
+    """
     from distributed import as_completed
     from tqdm import tqdm
 
@@ -165,17 +185,28 @@ def run_tasks(tasks: Sequence[Task], study_dir: Path, client: Any, *, study_seed
     bar = tqdm(total=len(futures), desc="tasks", unit="task", disable=not progress or not futures,
                file=sys.stderr, dynamic_ncols=True)
     try:
-        # results come back in batches (with_results), not one round trip per task
-        for fut, res in as_completed(list(futures.values()), with_results=True, raise_errors=False):
-            name = name_of[fut.key]
-            if fut.status == "finished":
-                summary.computed += 1
-                summary.compute_seconds += res["compute_s"]
-                summary.write_seconds += res["write_s"]
-            else:
-                exc = fut.exception()
-                errors[name] = f"{type(exc).__name__}: {exc}".strip()
-            bar.update(1)
+        # results come back in batches (with_results), not one round trip per task; between batches the
+        # caller's check runs (it may raise to stop the run)
+        done = as_completed(list(futures.values()), with_results=True, raise_errors=False)
+        while not done.is_empty():
+            batch = done.next_batch(block=False)
+            if not batch:
+                if check is not None:
+                    check()
+                time.sleep(0.1)
+                continue
+            for fut, res in batch:
+                name = name_of[fut.key]
+                if fut.status == "finished":
+                    summary.computed += 1
+                    summary.compute_seconds += res["compute_s"]
+                    summary.write_seconds += res["write_s"]
+                else:
+                    exc = fut.exception()
+                    errors[name] = one_line(f"{type(exc).__name__}: {exc}")
+                    tb = "".join(traceback.format_exception(type(exc), exc, fut.traceback()))
+                    log.error("task %s failed (key %s):\n%s", name, fut.key, tb.rstrip())
+                bar.update(1)
     finally:
         bar.close()
         futures.clear()
@@ -190,7 +221,17 @@ def run_tasks(tasks: Sequence[Task], study_dir: Path, client: Any, *, study_seed
     if summary.ok and gather_results:
         attrs = dict(study_attrs or {})
         attrs.update(run_provenance(), gathered=now())
-        summary.study_file = store.gather(study_dir, entries, attrs)
+        try:
+            summary.study_file = store.gather(study_dir, entries, attrs)
+        except store.CorruptFile as exc:
+            # a shard damaged since it was checked: never gathered; removed, so that a rerun recomputes it
+            bad = next((e for e in entries if store.shard_path(study_dir, e["key"]) == exc.path), None)
+            if exc.path is not None:
+                exc.path.unlink(missing_ok=True)
+            summary.failed.append((bad["name"] if bad else "(gather)",
+                                   one_line(f"corrupt shard, not gathered (removed; rerun recomputes it): {exc}")))
+            log.error("gather: %s", exc)
+            store.write_json_atomic(study_dir / store.FAILURES, [{"name": n, "error": e} for n, e in summary.failed])
     summary.seconds = time.perf_counter() - t_start
     return summary
 

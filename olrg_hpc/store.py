@@ -1,22 +1,35 @@
-"""The HDF5 result store: one shard per task, written atomically, gathered into one study file.
+"""The HDF5 result store: one shard per task, written atomically, checksummed, gathered into one study file.
 
 Layout of a study folder::
 
     STUDY_DIR/
+      .lock              held (fcntl) by the one run or report at work in the folder; says its host and pid
       config.yaml        the study config as run
       manifest.json      every task of the graph: name, key, function, params, dependencies
       shards/KEY.h5      one finished task (only ever appears complete: temp file + rename)
       failures.json      tasks that failed in the last run, with their errors
+      run.log            the runs' log: full tracebacks of failed tasks, Dask's messages
       study.h5           all shards gathered (plain HDF5: readable with h5py alone)
 
 A shard holds the task's results as datasets (nested dicts become groups) and its provenance as
 attributes of the root group: ``task_name``, ``task_key``, ``function``, ``params`` (JSON), ``seed``,
 ``host``, ``started``/``finished`` (ISO 8601 UTC), ``compute_seconds``, ``provenance`` (JSON: the run's
-``olrg_hpc_version``, ``git_commit``, ``code_hash``, ``version_numpy``/``jax``/``dask``/..., ``study_config`` YAML) and,
-written last, ``complete = True``.
+``olrg_hpc_version``, ``git_commit``, ``code_hash``, ``version_numpy``/``jax``/``dask``/..., ``study_config`` YAML),
+``sha256`` (below) and, written last, ``complete = True``.
 
-Shards are valid when they open, carry ``complete`` and the expected ``task_key``. Anything else
-(missing, a truncated copy, a key from other inputs) is recomputed.
+**Checksums.** Every dataset carries an attribute ``sha256``: the SHA-256 of its dtype, shape and data as
+h5py reads them back (strings as UTF-8, each prefixed by its length), computed when it is written. A group
+that is a unit (a shard's root, a task group of the study file, a checkpoint's root) carries ``sha256`` over
+its other attributes (``complete`` aside), its members' names and the digests of its datasets and subgroups,
+so an edited, added, removed or renamed dataset or attribute is seen as well. :func:`verify` reads every
+dataset and recomputes both; a mismatch raises :class:`CorruptFile`. The digest is computed from the decoded
+data, so it catches what HDF5's own ``fletcher32`` filter catches (raw byte damage: a damaged compressed chunk
+fails to decode or decodes to other numbers) and what it cannot: an edit made through h5py or any HDF5 tool,
+which recomputes fletcher32 with the edit; scalars and small contiguous datasets, which cannot take filters.
+So only the digest is stored. SHA-256 runs at ~1 GB/s, below gzip's decompression cost of the same data.
+
+Shards are valid when they open, carry ``complete``, the expected ``task_key`` and pass :func:`verify`.
+Anything else (missing, a truncated copy, a key from other inputs, a number changed in place) is recomputed.
 
 Durability: a killed task or worker never leaves a partial file under a shard's name (the rename is the
 commit). Task shards are not fsync'd by default: an fsync costs 1-3 ms per task, more than the rest of a
@@ -24,31 +37,191 @@ small task's bookkeeping, and a shard damaged by an operating-system crash befor
 the disk fails the validity check above and is recomputed: the crash costs recomputation, never a wrong
 result. ``OLRG_HPC_FSYNC=1`` fsyncs every shard as well (e.g. when recomputing is expensive). Study files
 and checkpoints (``durable=True``) are always fsync'd.
+
+**One writer per study folder.** :func:`study_lock` takes an exclusive ``fcntl`` lock on ``STUDY_DIR/.lock``
+for a run or a report and writes the holder's host, pid and command into it; a second run is refused in one
+line naming them. The lock is released by the kernel when its holder exits, however it exits, so a killed
+run never leaves a stale lock. It needs a filesystem with POSIX locks (local disks; NFS with lockd or NFSv4;
+Lustre mounted with ``flock``). Temporary files are named ``.NAME.tmp-HOST-PID-RAND``: their writer removes
+them, and :func:`clean_temporaries` removes only those whose writer is known to be gone (this host, no such
+process) or that nobody touched for an hour (another host).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import shutil
+import socket
+import sys
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+from olrg_hpc.errors import UserError
+
 SHARDS = "shards"
 STUDY_FILE = "study.h5"
 MANIFEST = "manifest.json"
 FAILURES = "failures.json"
+CONFIG = "config.yaml"
+LOCK = ".lock"
+LOG = "run.log"
+DIGEST = "sha256"
+#: root attributes left out of a group's digest: the digest itself, and ``complete``, written after it
+_UNSIGNED = (DIGEST, "complete")
+#: a temporary file of another host is left alone unless nobody has written to it for this long
+STALE_TMP_S = 3600.0
 
 Result = Mapping[str, Any]
 
 
+class CorruptFile(Exception):
+    """A file or dataset that fails its checksum, lacks one, or cannot be read back; ``path``: the file."""
+
+    def __init__(self, message: str, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 def shard_path(study_dir: Path, key: str) -> Path:
     return Path(study_dir) / SHARDS / f"{key}.h5"
+
+
+# ------------------------------------------------------------------------------------------------ checksums
+
+
+def _hash_value(h: Any, value: Any) -> None:
+    """Feed ``value`` (an array, scalar or string, as h5py reads it back) into the hash ``h`` canonically."""
+    if isinstance(value, (str, bytes)):
+        value = np.array([value], dtype=object).reshape(())
+    arr = np.asarray(value)
+    h.update(f"{arr.dtype.kind}{arr.shape}".encode())
+    if arr.dtype.kind in "OUS":
+        for item in arr.ravel():
+            b = item.encode() if isinstance(item, str) else bytes(item)
+            h.update(len(b).to_bytes(8, "little"))
+            h.update(b)
+    else:
+        h.update(arr.dtype.str.encode())
+        h.update(np.ascontiguousarray(arr).data)
+
+
+def digest(value: Any) -> str:
+    """SHA-256 (hex) of a dataset's content: dtype, shape and data (strings as length-prefixed UTF-8)."""
+    h = hashlib.sha256()
+    _hash_value(h, value)
+    return h.hexdigest()
+
+
+def _read_dataset(ds: h5py.Dataset) -> Any:
+    """A dataset's value as the store hands it out: ``str`` or an object array of ``str`` for strings."""
+    if ds.dtype.kind == "O" or h5py.check_string_dtype(ds.dtype):
+        val = ds.asstr()[()]
+        return val if isinstance(val, str) else np.asarray(val, dtype=object)
+    return ds[()]
+
+
+def put(group: h5py.Group, name: str, value: Any, **kwargs: Any) -> h5py.Dataset:
+    """Create dataset ``name`` from ``value`` (``kwargs`` to ``create_dataset``) with its ``sha256`` attribute.
+
+    The digest is what :func:`verify` recomputes from the dataset as it reads back: for a number array stored
+    with its own dtype, the array in memory (no need to read back, and decompress, what was just written);
+    anything else (strings, converted types) is read back first.
+    """
+    arr = value if isinstance(value, np.ndarray) else None
+    ds = group.create_dataset(name, data=value, **kwargs)
+    same = arr is not None and arr.dtype.kind in "biufc" and ds.dtype == arr.dtype and ds.shape == arr.shape
+    ds.attrs[DIGEST] = digest(arr if same else _read_dataset(ds))
+    return ds
+
+
+def _walk(group: h5py.Group, attrs: Mapping[str, Any], out: dict[str, Any] | None, check: bool) -> str:
+    """The digest of ``group`` (its ``attrs``, already read, and its members; see the module docstring), reading
+    every attribute once. With ``check`` every dataset is read back and compared with its ``sha256`` and every
+    sealed subgroup with its digest (:class:`CorruptFile` names the first failure); ``out`` then receives the
+    data (nested dicts for groups). Without ``check`` (sealing a group just written) no data is read."""
+    h = hashlib.sha256()
+    for k, v in sorted(attrs.items()):
+        if k not in _UNSIGNED:
+            h.update(f"a{len(k)}:{k}".encode())
+            _hash_value(h, v)
+    for name in sorted(group):
+        if not isinstance(group.get(name, getlink=True), h5py.HardLink):
+            raise CorruptFile(f"{group.name}/{name}: a link, not data")
+        obj = group[name]
+        if not check and isinstance(obj, h5py.Group):  # sealing: a sealed subgroup's digest is all it takes
+            sealed = obj.attrs.get(DIGEST)
+            if sealed is not None:
+                h.update(f"g{len(name)}:{name}:{sealed}".encode())
+                continue
+        own = dict(obj.attrs.items())
+        if isinstance(obj, h5py.Dataset):
+            want = own.get(DIGEST)
+            if want is None:
+                raise CorruptFile(f"{obj.name}: no checksum")
+            if check:
+                val = _read_dataset(obj)
+                if digest(val) != str(want):
+                    raise CorruptFile(f"{obj.name}: checksum mismatch (the data changed after it was written)")
+                if out is not None:
+                    out[name] = val
+            h.update(f"d{len(name)}:{name}".encode())
+            for k, v in sorted(own.items()):
+                h.update(f"a{len(k)}:{k}".encode())
+                _hash_value(h, v)
+            continue
+        sub_out: dict[str, Any] | None = {} if out is not None else None
+        sub = _walk(obj, own, sub_out, check) if check or DIGEST not in own else str(own[DIGEST])
+        if check and DIGEST in own:
+            if sub != str(own[DIGEST]):
+                raise CorruptFile(f"{obj.name}: checksum mismatch of its attributes or members")
+            sub = str(own[DIGEST])
+        if out is not None:
+            out[name] = sub_out
+        h.update(f"g{len(name)}:{name}:{sub}".encode())
+    return h.hexdigest()
+
+
+def seal(group: h5py.Group, attrs: Mapping[str, Any] | None = None) -> None:
+    """Write ``group``'s ``sha256`` over its attributes and members (after everything else is written).
+
+    ``attrs``: the attributes just written, as passed to h5py (``str``, Python or numpy scalars: they hash as
+    they read back), to spare reading them back; by default they are read."""
+    group.attrs[DIGEST] = _walk(group, dict(group.attrs.items()) if attrs is None else attrs, None, check=False)
+
+
+def verify(group: h5py.Group, read: bool = False, attrs: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """Check every dataset under ``group`` against its ``sha256`` and every sealed group against its digest;
+    :class:`CorruptFile` names the first failure. ``read=True`` also returns the data (nested dicts), so a
+    reader verifies and reads in one pass; ``attrs``: the group's attributes when the caller has read them.
+    The group itself must be sealed."""
+    out: dict[str, Any] | None = {} if read else None
+    try:
+        attrs = dict(group.attrs.items()) if attrs is None else attrs
+        if DIGEST not in attrs:
+            raise CorruptFile(f"{group.name}: no checksum (not written by this version of olrg-hpc)")
+        if _walk(group, attrs, out, check=True) != str(attrs[DIGEST]):
+            raise CorruptFile(f"{group.name}: checksum mismatch of its attributes or members")
+    except CorruptFile:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged chunk fails in h5py's filters (OSError), among others
+        raise CorruptFile(f"{group.name}: unreadable ({_one_line(exc)})") from None
+    return out
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
 def _write_value(group: h5py.Group, name: str, value: Any) -> None:
@@ -58,15 +231,15 @@ def _write_value(group: h5py.Group, name: str, value: Any) -> None:
             _write_value(sub, str(k), v)
         return
     if isinstance(value, str):
-        group.create_dataset(name, data=value, dtype=h5py.string_dtype())
+        put(group, name, value, dtype=h5py.string_dtype())
         return
     arr = np.asarray(value)
     if arr.dtype.kind in "US":
-        group.create_dataset(name, data=arr.astype(object), dtype=h5py.string_dtype())
+        put(group, name, arr.astype(object), dtype=h5py.string_dtype())
     elif arr.ndim >= 2 and arr.size >= 4096:
-        group.create_dataset(name, data=arr, chunks=True, compression="gzip", compression_opts=4, shuffle=True)
+        put(group, name, arr, chunks=True, compression="gzip", compression_opts=4, shuffle=True)
     else:
-        group.create_dataset(name, data=arr)
+        put(group, name, arr)
 
 
 def _attr(value: Any) -> Any:
@@ -80,6 +253,14 @@ def _attr(value: Any) -> Any:
 def fsync_shards() -> bool:
     """Whether task shards are fsync'd before the rename (``OLRG_HPC_FSYNC=1``; see the module docstring)."""
     return os.environ.get("OLRG_HPC_FSYNC", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+# ------------------------------------------------------------------------------------------------ atomic files
+
+
+def _tmp_name(path: Path) -> Path:
+    """``.NAME.tmp-HOST-PID-RAND`` beside ``path``: its writer is identifiable (:func:`clean_temporaries`)."""
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def atomic_h5(path: Path, durable: bool = True) -> _AtomicH5:
@@ -96,7 +277,7 @@ class _AtomicH5:
     def __init__(self, path: Path, durable: bool = True) -> None:
         self.path = path
         self.durable = durable
-        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self.tmp = _tmp_name(path)
         self.file: h5py.File | None = None
 
     def __enter__(self) -> h5py.File:
@@ -122,54 +303,73 @@ class _AtomicH5:
 
 
 def write_shard(path: Path, results: Result, attrs: Mapping[str, Any], durable: bool | None = None) -> float:
-    """Write one task's results and provenance atomically; returns the seconds spent writing.
+    """Write one task's results and provenance atomically, checksummed; returns the seconds spent writing.
 
     ``durable``: fsync before the rename; ``None`` follows :func:`fsync_shards` (off unless ``OLRG_HPC_FSYNC=1``).
     """
-    import time
-
     t0 = time.perf_counter()
     with atomic_h5(path, fsync_shards() if durable is None else durable) as f:
         for name, value in results.items():
             _write_value(f, str(name), value)
-        for k, v in attrs.items():
-            f.attrs[k] = _attr(v)
+        written = {k: _attr(v) for k, v in attrs.items()}
+        for k, v in written.items():
+            f.attrs[k] = v
+        seal(f, written)
         f.attrs["complete"] = True
     return time.perf_counter() - t0
 
 
+def check_shard(path: Path, key: str, read: bool = False) -> dict[str, Any] | None:
+    """Open, check and verify a shard written under ``key``; :class:`CorruptFile` says what is wrong.
+
+    ``read=True`` returns its results (as :func:`read_shard`), read in the same pass as the verification.
+    """
+    try:
+        with h5py.File(path, "r") as f:
+            return _check_open(f, key, read)
+    except CorruptFile as exc:
+        raise CorruptFile(f"{path}: {exc}", Path(path)) from None
+    except Exception as exc:  # noqa: BLE001 - any failure to read means the shard cannot be trusted
+        raise CorruptFile(f"{path}: unreadable ({_one_line(exc)})", Path(path)) from None
+
+
+def _check_open(f: h5py.File, key: str, read: bool = False) -> dict[str, Any] | None:
+    attrs = dict(f.attrs.items())
+    if not bool(attrs.get("complete", False)):
+        raise CorruptFile("incomplete (no 'complete' attribute)")
+    if attrs.get("task_key") != key:
+        raise CorruptFile(f"written for other inputs (task_key {attrs.get('task_key')!r}, not {key!r})")
+    return verify(f, read=read, attrs=attrs)
+
+
 def shard_status(path: Path, key: str) -> str:
-    """'valid', 'missing', or 'corrupt' (unreadable, incomplete, or written for other inputs)."""
+    """'valid', 'missing', or 'corrupt' (unreadable, incomplete, written for other inputs, or failing its
+    checksums: every dataset is read back and verified)."""
     if not path.exists():
         return "missing"
     try:
-        with h5py.File(path, "r") as f:
-            ok = bool(f.attrs.get("complete", False)) and f.attrs.get("task_key") == key
-            if ok:
-                # touch every dataset's metadata so that a truncated file is caught here, not later
-                f.visititems(lambda _n, obj: obj.shape if isinstance(obj, h5py.Dataset) else None)
-    except Exception:  # noqa: BLE001 - any failure to read means the shard cannot be trusted
+        check_shard(path, key)
+    except CorruptFile:
         return "corrupt"
-    return "valid" if ok else "corrupt"
+    return "valid"
 
 
-def _read_group(group: h5py.Group) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, obj in group.items():
-        if isinstance(obj, h5py.Group):
-            out[name] = _read_group(obj)
-        elif obj.dtype.kind == "O" or h5py.check_string_dtype(obj.dtype):
-            val = obj.asstr()[()]
-            out[name] = val if isinstance(val, str) else np.asarray(val, dtype=object)
-        else:
-            out[name] = obj[()]
+def read_shard(path: Path, key: str | None = None) -> dict[str, Any]:
+    """Results of a shard as a dict of numpy arrays / scalars (nested for groups), verified against their
+    checksums (:class:`CorruptFile` otherwise); with ``key``, also checked to be written for that key."""
+    if key is not None:
+        out = check_shard(path, key, read=True)
+        assert out is not None
+        return out
+    try:
+        with h5py.File(path, "r") as f:
+            out = verify(f, read=True)
+    except CorruptFile as exc:
+        raise CorruptFile(f"{path}: {exc}", Path(path)) from None
+    except OSError as exc:
+        raise CorruptFile(f"{path}: unreadable ({_one_line(exc)})", Path(path)) from None
+    assert out is not None
     return out
-
-
-def read_shard(path: Path) -> dict[str, Any]:
-    """Results of a shard as a dict of numpy arrays / scalars (nested for groups)."""
-    with h5py.File(path, "r") as f:
-        return _read_group(f)
 
 
 def read_attrs(path: Path) -> dict[str, Any]:
@@ -177,21 +377,48 @@ def read_attrs(path: Path) -> dict[str, Any]:
         return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
 
 
+def _writer_gone(tmp: Path) -> bool:
+    """Whether the writer of a temporary file ``.NAME.tmp-HOST-PID-RAND`` is known to be gone."""
+    try:
+        host, pid, _rand = tmp.name.rsplit(".tmp-", 1)[1].rsplit("-", 2)
+        pid_n = int(pid)
+    except ValueError:  # not ours, or an older naming: judge by age alone
+        host, pid_n = "", -1
+    if host == socket.gethostname() and pid_n > 0:
+        if pid_n == os.getpid():
+            return False
+        try:
+            os.kill(pid_n, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    try:
+        return time.time() - tmp.stat().st_mtime > STALE_TMP_S
+    except FileNotFoundError:
+        return False
+
+
 def clean_temporaries(study_dir: Path) -> int:
-    """Remove temporary files left by killed writers; returns how many."""
+    """Remove temporary files whose writer is gone (see the module docstring); returns how many."""
     n = 0
-    for tmp in (Path(study_dir) / SHARDS).glob(".*.tmp-*"):
-        tmp.unlink(missing_ok=True)
-        n += 1
+    study_dir = Path(study_dir)
+    for tmp in [*(study_dir / SHARDS).glob(".*.tmp-*"), *study_dir.glob(".*.tmp-*")]:
+        if _writer_gone(tmp):
+            tmp.unlink(missing_ok=True)
+            n += 1
     return n
 
 
 def gather(study_dir: Path, tasks: Iterable[Mapping[str, Any]], study_attrs: Mapping[str, Any]) -> Path:
-    """Copy every task's shard into ``STUDY_DIR/study.h5`` under ``/tasks/<name>`` (atomic).
+    """Copy every task's shard into ``STUDY_DIR/study.h5`` under ``/tasks/<name>`` (atomic, checksummed).
 
-    ``tasks`` are manifest entries (``name``, ``key``, ...). Each group keeps its shard's attributes, so
-    the study file carries the full provenance. Root attributes: ``study_attrs`` plus ``n_tasks``.
-    Readable with plain h5py: ``h5py.File(path)['tasks'][name][dataset][()]``.
+    ``tasks`` are manifest entries (``name``, ``key``, ...). Each shard is verified before it is copied
+    (:class:`CorruptFile` names the first that fails); each group keeps its shard's attributes, its digest
+    among them, so the study file carries the full provenance and every checksum. Root attributes:
+    ``study_attrs`` plus ``n_tasks``, sealed. Readable with plain h5py:
+    ``h5py.File(path)['tasks'][name][dataset][()]``.
     """
     study_dir = Path(study_dir)
     out = study_dir / STUDY_FILE
@@ -200,20 +427,41 @@ def gather(study_dir: Path, tasks: Iterable[Mapping[str, Any]], study_attrs: Map
         root = f.create_group("tasks")
         for t in tasks:
             src_path = shard_path(study_dir, t["key"])
-            with h5py.File(src_path, "r") as src:
-                src.copy(src["/"], root, name=t["name"])  # one H5Ocopy: datasets, groups and attributes
-        for k, v in study_attrs.items():
-            f.attrs[k] = _attr(v)
-        f.attrs["n_tasks"] = len(tasks)
+            try:
+                with h5py.File(src_path, "r") as src:
+                    _check_open(src, t["key"])
+                    src.copy(src["/"], root, name=t["name"])  # one H5Ocopy: datasets, groups and attributes
+            except CorruptFile as exc:
+                raise CorruptFile(f"{src_path}: {exc}", src_path) from None
+            except OSError as exc:
+                raise CorruptFile(f"{src_path}: unreadable ({_one_line(exc)})", src_path) from None
+        written = {**{k: _attr(v) for k, v in study_attrs.items()}, "n_tasks": len(tasks)}
+        for k, v in written.items():
+            f.attrs[k] = v
+        seal(f, written)
     return out
+
+
+def verify_study_file(path: Path) -> None:
+    """Verify a study file written by :func:`gather` (every task group and the root); UserError otherwise."""
+    try:
+        with h5py.File(path, "r") as f:
+            verify(f)
+    except CorruptFile as exc:
+        raise UserError(f"{path}: corrupt ({exc}); rerun the study to gather it again") from None
+    except OSError as exc:
+        raise UserError(f"{path}: not a readable study file ({_one_line(exc)})") from None
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    tmp = _tmp_name(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def remove_study(study_dir: Path) -> None:
@@ -226,3 +474,102 @@ def datasets(path: Path) -> dict[str, Any]:
     with h5py.File(path, "r") as f:
         f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
     return out
+
+
+# ------------------------------------------------------------------------------------------------ the folder
+
+
+_HELD: dict[Path, list[Any]] = {}  # study folder -> [lock file descriptor, depth]: re-entrant in one process
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, from what they wrote into the lock file (retried: they write right after locking)."""
+    for _ in range(20):
+        raw = os.pread(fd, 4096, 0)
+        try:
+            info = json.loads(raw)
+            return (f"pid {info['pid']} on {info['host']} ({' '.join(str(info['command']).split())[:80]}, "
+                    f"since {info['since']})")
+        except (ValueError, KeyError, TypeError):
+            time.sleep(0.05)
+    return "a process that did not say who it is"
+
+
+@contextlib.contextmanager
+def study_lock(study_dir: Path) -> Iterator[None]:
+    """Hold the exclusive lock of ``study_dir`` (created if needed); one-line UserError when another process
+    holds it. Re-entrant within a process (a run that writes its report takes it once)."""
+    study_dir = Path(study_dir)
+    key = study_dir.resolve()
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
+    path = study_dir / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise UserError(f"{study_dir}: cannot create the lock file {LOCK} ({exc.strerror})") from None
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise UserError(f"{study_dir}: in use by another olrg-hpc run, {_holder(fd)}; wait for it to "
+                                "finish or stop it") from None
+            raise UserError(f"{study_dir}: cannot lock {LOCK} ({exc.strerror}; the filesystem must support POSIX "
+                            "locks)") from None
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "command": " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        _HELD[key] = [fd, 1]
+        try:
+            yield
+        finally:
+            del _HELD[key]
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def check_folder(study_dir: Path, study: str) -> None:
+    """Refuse (UserError) a study folder that holds another study than ``study`` (by its ``config.yaml``)."""
+    import yaml
+
+    study_dir = Path(study_dir)
+    cfg = study_dir / CONFIG
+    if not cfg.exists():
+        if (study_dir / MANIFEST).exists() or (study_dir / STUDY_FILE).exists():
+            raise UserError(f"{study_dir}: holds an olrg-hpc study without its {CONFIG}; choose another output "
+                            "folder")
+        return
+    try:
+        other = yaml.safe_load(cfg.read_text()).get("study")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        other = None
+    if other != study:
+        shown = repr(other)[:80] if other is not None else "unknown"
+        raise UserError(f"{study_dir}: holds another study ({shown}, see its {CONFIG}), not {study!r}; choose "
+                        "another output folder")
+
+
+def check_writable(study_dir: Path) -> None:
+    """Create ``study_dir`` and its shard folder and write a probe file in each, or raise a one-line UserError
+    (a file in the way, no permission, a read-only or full filesystem) before any work is done."""
+    study_dir = Path(study_dir)
+    for d in (study_dir, study_dir / SHARDS):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            probe = _tmp_name(d / "probe")
+            probe.write_bytes(b"0")
+            probe.unlink()
+        except FileExistsError:
+            raise UserError(f"{d}: exists and is not a folder") from None
+        except NotADirectoryError:
+            raise UserError(f"{d}: a path component is a file, not a folder") from None
+        except OSError as exc:
+            raise UserError(f"{d}: cannot write there ({exc.strerror or exc})") from None

@@ -5,6 +5,11 @@ runs the Dask workflow from inside the allocation, its workers being further SLU
 ``olrg-hpc submit HMC_CONFIG --cluster PROFILE`` (a config with ``program: mpi_hmc``) renders
 ``slurm/mpi_hmc.sbatch``: ``srun --mpi=pmi2`` over the config's ``ntasks`` ranks. ``--dry-run`` prints
 the script instead of submitting it. Partition and account come from the profile.
+
+What reaches the script: the profile's values, already restricted to plain words and paths
+(:mod:`olrg_hpc.config`), paths of this machine shell-quoted, the study folder and the log path checked by
+:func:`olrg_hpc.config.check_job_path` (they also appear in ``#SBATCH`` lines, where quotes do not help), and
+the profile's ``job_script_prologue`` lines as written (shell by design).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 from string import Template
 
 from olrg_hpc.cluster import check_slurm
-from olrg_hpc.config import SlurmProfile, load_hmc_config, load_profile, load_study, read_yaml
+from olrg_hpc.config import SlurmProfile, check_job_path, load_hmc_config, load_profile, load_study, read_yaml
 from olrg_hpc.errors import UserError
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "slurm"
@@ -45,6 +50,12 @@ def render(template: str, values: dict[str, str]) -> str:
         raise UserError(f"{path}: {exc}") from None
 
 
+def _word(value: str) -> str:
+    """A profile path for the shell: double-quoted when it refers to ``$NAME`` (expanded on the node; the
+    profile's character set has no quote, backslash or backtick), single-quoted (shlex) otherwise."""
+    return f'"{value}"' if "$" in value else shlex.quote(value)
+
+
 def _common(profile: SlurmProfile) -> dict[str, str]:
     directives = []
     if profile.queue:
@@ -53,7 +64,7 @@ def _common(profile: SlurmProfile) -> dict[str, str]:
         directives.append(f"#SBATCH --account={profile.account}")
     directives += [f"#SBATCH {d}" for d in profile.job_extra_directives]
     return {"directives": "\n".join(directives), "prologue": "\n".join(profile.job_script_prologue),
-            "python": shlex.quote(profile.python or sys.executable), "walltime": profile.walltime,
+            "python": _word(profile.python or sys.executable), "walltime": profile.walltime,
             "workdir": shlex.quote(str(Path.cwd()))}
 
 
@@ -68,12 +79,14 @@ def prepare(config: str, cluster: str, check: bool = True) -> Submission:
     if read_yaml(config).get("program") == "mpi_hmc":
         cfg = load_hmc_config(config)
         out_dir = Path(cfg.out).resolve().parent
+        check_job_path(f"{config}: out", out_dir)
         log = out_dir / "mpi_hmc-%j.out"
         values.update(job_name="olrg-hmc", log=str(log), ntasks=str(cfg.ntasks),
                       mem_per_cpu=profile.memory.replace(" ", ""), config=shlex.quote(str(Path(config).resolve())))
         return Submission(render("mpi_hmc.sbatch", values), out_dir / "mpi_hmc.sbatch", log, None)
     cfg, _ = load_study(config)
     study_dir = Path(cfg.output or Path("studies") / cfg.study).resolve()
+    check_job_path(f"{config}: output", study_dir)
     log = study_dir / "driver-%j.out"
     values.update(job_name=f"olrg-{cfg.study}"[:64], log=str(log), driver_mem="2G",
                   study_dir=shlex.quote(str(study_dir)), config=shlex.quote(str(Path(config).resolve())),

@@ -10,24 +10,48 @@ A shard written under that key is valid for exactly those inputs.
 
 The function returns a mapping of names to arrays/scalars/strings (nested mappings become HDF5 groups).
 If it has a ``seed`` parameter it receives the task seed; if it has a ``deps`` parameter it receives the
-results of its dependencies as ``{task_name: results}`` (read back from their shards, so a dependency
-finished in an earlier run serves as well as one computed now).
+results of its dependencies as ``{task_name: results}`` (read back from their shards and verified against
+their checksums, so a dependency finished in an earlier run serves as well as one computed now, and a damaged
+one fails the task instead of feeding it).
+
+**Finite results.** Before a shard is written every floating-point (and complex) result is checked: ``inf``
+is never a result, and ``NaN`` only where the task declares it, in :attr:`Task.nan_ok` (patterns of result
+paths, ``fnmatch`` style, ``/`` between nested names), as the marker of a value that was not measured (a
+ratio to a baseline that the study did not run, a window with no data). Anything else non-finite fails the
+task with one line naming the result, so an overflow or a diverged fit never lands in a shard as a number.
+
+**Bounded graphs.** :func:`bounded_graph` counts the tasks a workflow creates while it builds its graph and
+stops at :data:`MAX_TASKS`: a size in a config such as ``replicas: 1000000000`` fails in a fraction of a second
+with one line instead of filling the driver's memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import fnmatch
 import hashlib
 import inspect
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from olrg_hpc import __version__
+from olrg_hpc.errors import UserError
 from olrg_hpc.provenance import host, module_code_hash, now
-from olrg_hpc.store import read_shard, write_shard
+from olrg_hpc.store import CorruptFile, read_shard, write_shard
+
+#: Most tasks one study graph may hold. The driver keeps every task's spec, future and manifest entry (~2 kB)
+#: and the Dask scheduler spends ~1 ms per task, so 10^5 tasks cost ~0.2 GB and minutes of scheduling
+#: overhead alone: a study larger than that is better split, and a config that asks for more is a mistake
+#: (``replicas: 1000000000``) to be reported, not attempted.
+MAX_TASKS = 100_000
+_BUILT: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("olrg_hpc_built", default=None)
 
 TaskFn = Callable[..., Mapping[str, Any]]
 
@@ -40,10 +64,29 @@ class Task:
     fn: TaskFn
     params: Mapping[str, Any] = field(default_factory=dict)
     deps: tuple[str, ...] = ()
+    #: result paths (fnmatch patterns) whose NaN entries mean "not measured" (module docstring)
+    nan_ok: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        count = _BUILT.get()
+        if count is not None:
+            count[0] += 1
+            if count[0] > MAX_TASKS:
+                raise UserError(f"task graph: more than {MAX_TASKS} tasks (a size in the config is too large?)")
 
     @property
     def function(self) -> str:
         return f"{self.fn.__module__}:{self.fn.__qualname__}"
+
+
+@contextlib.contextmanager
+def bounded_graph() -> Iterator[None]:
+    """While active, creating more than :data:`MAX_TASKS` tasks raises a one-line UserError."""
+    token = _BUILT.set([0])
+    try:
+        yield
+    finally:
+        _BUILT.reset(token)
 
 
 def dep_label(task_name: str, dep_name: str) -> str:
@@ -87,6 +130,41 @@ class TaskSpec:
     shard: Path
     dep_shards: Mapping[str, Path]
     provenance: Mapping[str, Any]
+    nan_ok: tuple[str, ...] = ()
+
+
+class NonFiniteResult(ValueError):
+    """A task result holds inf, or NaN where the task did not declare it (:attr:`Task.nan_ok`)."""
+
+
+class CorruptDependency(RuntimeError):
+    """A dependency's shard failed its checksum when the task read it: the task did not run."""
+
+
+def check_finite(results: Mapping[str, Any], nan_ok: tuple[str, ...] = (), prefix: str = "") -> None:
+    """Raise :class:`NonFiniteResult` naming the first result that holds inf, or NaN outside ``nan_ok``."""
+    for name, value in results.items():
+        path = f"{prefix}{name}"
+        if isinstance(value, Mapping):
+            check_finite(value, nan_ok, prefix=path + "/")
+            continue
+        if isinstance(value, str):
+            continue
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "fc":
+            continue
+        finite = np.isfinite(arr)
+        if finite.all():
+            continue
+        n_inf = int(np.isinf(arr).sum())  # complex: either part infinite
+        n_nan = int((~finite).sum()) - n_inf
+        if n_inf == 0 and any(fnmatch.fnmatchcase(path, pat) for pat in nan_ok):
+            continue
+        what = ", ".join(f"{n} {w}" for n, w in ((n_inf, "inf"), (n_nan, "NaN")) if n)
+        first = np.argwhere(~finite)[0] if arr.ndim else ()
+        where = f" (first at index {tuple(int(i) for i in first)})" if arr.ndim else ""
+        hint = "" if n_inf else " and the task does not declare it as 'not measured' (Task.nan_ok)"
+        raise NonFiniteResult(f"result {path!r} holds {what} of {arr.size} values{where}{hint}")
 
 
 def execute(spec: TaskSpec, *_upstream: Any) -> dict[str, Any]:
@@ -102,10 +180,17 @@ def execute(spec: TaskSpec, *_upstream: Any) -> dict[str, Any]:
     if "seed" in sig:
         kwargs["seed"] = spec.seed
     if "deps" in sig:
-        kwargs["deps"] = {name: read_shard(path) for name, path in spec.dep_shards.items()}
+        deps = {}
+        for name, path in spec.dep_shards.items():
+            try:
+                deps[name] = read_shard(path, key=Path(path).stem)
+            except CorruptFile as exc:
+                raise CorruptDependency(f"dependency {name!r}: {exc}") from None
+        kwargs["deps"] = deps
     result = spec.fn(**kwargs)
     if not isinstance(result, Mapping):
         raise TypeError(f"task {spec.name}: {spec.fn.__qualname__} returned {type(result).__name__}, not a mapping")
+    check_finite(result, spec.nan_ok)
     compute_s = time.perf_counter() - t0
     # per-task facts as separate attributes; the run's provenance (package version, git commit, library
     # versions, study config) as one JSON attribute: a shard write costs ~0.15 ms per attribute

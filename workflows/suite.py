@@ -17,6 +17,7 @@ figures and tables with the part name.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,8 @@ def build(params: Params) -> list[Task]:
     tasks: list[Task] = []
     for name, part in params.parts.items():
         for t in get_workflow(part.workflow).build(part._validated):
-            tasks.append(Task(f"{name}{SEP}{t.name}", t.fn, t.params, tuple(f"{name}{SEP}{d}" for d in t.deps)))
+            tasks.append(dataclasses.replace(t, name=f"{name}{SEP}{t.name}",
+                                             deps=tuple(f"{name}{SEP}{d}" for d in t.deps)))
     return tasks
 
 

@@ -402,9 +402,12 @@ def read_checkpoint(path: str) -> dict[str, Any]:
 
     Returns ``phi``, ``trajectory``, ``identity`` (dict) and the histories. Anything that is not a
     complete, self-consistent checkpoint (not HDF5, truncated, written by something else, missing
-    datasets, histories of the wrong length) raises :class:`~olrg_hpc.errors.UserError` naming ``path``.
+    datasets, histories of the wrong length, a dataset or attribute that fails its checksum: a history edited
+    in place) raises :class:`~olrg_hpc.errors.UserError` naming ``path``.
     """
     import h5py
+
+    from olrg_hpc.store import CorruptFile, verify
 
     def bad(why: str) -> UserError:
         return UserError(
@@ -420,6 +423,10 @@ def read_checkpoint(path: str) -> dict[str, Any]:
             missing = [k for k in ("phi", *_HISTORY) if k not in f]
             if missing:
                 raise bad(f"missing dataset(s) {', '.join(missing)}")
+            try:
+                verify(f)
+            except CorruptFile as exc:
+                raise bad(f"fails its checksums ({exc})") from None
             out: dict[str, Any] = {k: f[k][()] for k in ("phi", *_HISTORY)}
             out["trajectory"] = int(f.attrs["trajectory"])
             out["identity"] = json.loads(f.attrs["identity"])

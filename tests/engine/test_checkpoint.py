@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from olrg_hpc import checkpoint
+from olrg_hpc import checkpoint, store
 
 
 def _state():
@@ -55,3 +55,44 @@ def test_structure_mismatch(tmp_path):
     checkpoint.save(tmp_path / "c.h5", {"params": params})
     with pytest.raises(ValueError, match="tree structure does not match"):
         checkpoint.load(tmp_path / "c.h5", {"params": {"other": jnp.zeros(2)}})
+
+
+@pytest.mark.parametrize("edit", ["leaf", "array", "attribute"])
+def test_a_checkpoint_edited_in_place_is_refused(tmp_path, edit):
+    """A checkpoint changed through h5py (still valid HDF5) fails its checksums on load instead of resuming
+    training from numbers nobody computed."""
+    import h5py
+
+    params, opt_state, key = _state()
+    path = tmp_path / "ckpt.h5"
+    checkpoint.save(path, {"params": params, "key": key}, attrs={"step": 12}, arrays={"history": [3.0, 2.0]})
+    with h5py.File(path, "a") as f:
+        if edit == "leaf":
+            f["params/00000"][0] = np.nan
+        elif edit == "array":
+            f["history"][1] = -4.0
+        else:
+            f.attrs["step"] = 13
+    with pytest.raises(store.CorruptFile, match=f"checkpoint {path}: .*checksum mismatch"):
+        checkpoint.load(path, {"params": params, "key": key})
+
+
+def test_an_mpi_hmc_checkpoint_with_an_edited_history_is_refused(tmp_path):
+    """The MPI HMC checkpoint (written through the store) is verified by read_checkpoint: a history value set to
+    inf in place is a one-line UserError naming the file, not a resumed chain."""
+    import h5py
+
+    from olrg_hpc.errors import UserError
+    from olrg_hpc.lattice import mpi_hmc
+
+    n = 4
+    hist = {k: (np.arange(n) % 2 == 0) if k == "accepted" else np.linspace(0.1, 0.4, n) for k in mpi_hmc._HISTORY}
+    path = tmp_path / "c.h5"
+    mpi_hmc.write_checkpoint(str(path), np.zeros((4, 4)), n, {"seed": 3, "L": [4, 4]}, hist)
+    assert mpi_hmc.read_checkpoint(str(path))["trajectory"] == n
+    with h5py.File(path, "a") as f:
+        f["dH"][2] = np.inf
+    with pytest.raises(UserError) as exc:
+        mpi_hmc.read_checkpoint(str(path))
+    msg = str(exc.value)
+    assert str(path) in msg and "fails its checksums" in msg and "/dH: checksum mismatch" in msg and "\n" not in msg

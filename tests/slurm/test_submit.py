@@ -62,7 +62,7 @@ def test_submit_study_runs_driver_in_allocation(tmp_path):
     job = out.stdout.split("submitted job ")[1].split()[0]
     _wait_job(job)
     log = (tmp_path / "study" / f"driver-{job}.out").read_text()
-    assert "SLURMCluster: 1 worker jobs submitted" in log and "ssh -N -L" in log, log
+    assert "SLURMCluster: 1 worker jobs submitted" in log and "dashboard from your laptop: ssh -N " in log, log
     with h5py.File(tmp_path / "study" / "study.h5") as f:
         assert np.max(f["tasks/collect-tfim/ed_vs_ff_max_diff"][()]) < 1e-10
 

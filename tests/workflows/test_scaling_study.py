@@ -125,7 +125,7 @@ def test_curves_reasons_and_report_from_a_study_file(tmp_path):
     assert "other processes kept 1.5" in res["training-strong"]["reason"]
 
     study = tmp_path / "study"
-    store.write_shard(store.shard_path(study, "k"), res, {})
+    store.write_shard(store.shard_path(study, "k"), res, {"task_key": "k"})
     store.gather(study, [{"name": "curves", "key": "k"}], {"workflow": "scaling_study"})
     out_dir, lines = write_report(study)
     assert sorted(p.name for p in out_dir.glob("*.png")) == [
