@@ -61,16 +61,15 @@ def _build(cfg, params) -> list:
 
 
 def _check_output(profile, study_dir: Path, label: str) -> None:
-    """A study folder that a SLURM job script names must be a plain path (config.check_job_path)."""
-    from olrg_hpc.config import SlurmProfile, check_job_path
+    """A study folder the profile's kind cannot use (a SLURM job script names it: a plain path) is refused."""
+    from olrg_hpc.cluster import kind_of
 
-    if isinstance(profile, SlurmProfile):
-        check_job_path(label, study_dir.resolve())
+    kind_of(profile).check_output(profile, study_dir, label)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from olrg_hpc.cluster import check_slurm
-    from olrg_hpc.config import SlurmProfile, load_hmc_config, load_profile, load_study, read_yaml
+    from olrg_hpc.cluster import kind_of
+    from olrg_hpc.config import load_hmc_config, load_profile, load_study, read_yaml
 
     if read_yaml(args.config).get("program") == "mpi_hmc":
         hcfg = load_hmc_config(args.config)
@@ -79,11 +78,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     cfg, params = load_study(args.config)
     tasks = _build(cfg, params)
     path, profile = load_profile(args.cluster)
-    checked = ""
-    if isinstance(profile, SlurmProfile):
-        _check_output(profile, _study_dir(cfg, None), f"{args.config}: output")
-        check_slurm(profile)
-        checked = "; partition, account and worker job checked with sinfo, sacctmgr and sbatch --test-only"
+    _check_output(profile, _study_dir(cfg, None), f"{args.config}: output")
+    checked = kind_of(profile).check(profile)
+    checked = f"; {checked}" if checked else ""
     print(f"{args.config}: ok (workflow {cfg.workflow}, {len(tasks)} tasks); "
           f"cluster profile {path}: ok (kind {profile.kind}{checked})")
     return 0
@@ -129,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import yaml
 
     from olrg_hpc import store
-    from olrg_hpc.cluster import health_check, open_client
+    from olrg_hpc.cluster import health_check, open_client, pools_of
     from olrg_hpc.config import load_profile, load_study
     from olrg_hpc.runner import run_tasks
 
@@ -150,7 +147,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 summary = run_tasks(tasks, study_dir, client, study_seed=cfg.seed, retries=cfg.retries,
                                     study_attrs={"study": cfg.study, "workflow": cfg.workflow,
                                                  "study_config": config_text},
-                                    progress=not args.no_progress, check=health_check(client))
+                                    progress=not args.no_progress, check=health_check(client),
+                                    pools=pools_of(client))
         for line in summary.lines():
             _say(line)
         if not summary.ok:
@@ -172,15 +170,21 @@ def _print_report(study_dir: Path) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from olrg_hpc.runner import study_status
+    from olrg_hpc.runner import pool_line, study_status
 
-    st = study_status(Path(args.study_dir))
+    pools: dict[str, list[str]] = {}
+    st = study_status(Path(args.study_dir), pools)
     total = sum(len(v) for v in st.values())
     print(f"{args.study_dir}: {total} tasks: {len(st['done'])} done, {len(st['missing'])} missing, "
           f"{len(st['corrupt'])} partial or corrupt, {len(st['failed'])} failed")
+    if pools:
+        print("  pools: " + "; ".join(pool_line(p or "-", n) for p, n in sorted(pools.items())))
     for name in st["failed"]:
         print(f"  failed  {name}")
     if args.verbose:
+        pool_of = {n: p for p, names in pools.items() for n in names}
+        for name in st["done"]:
+            print(f"  done    {name}  (pool {pool_of.get(name) or '-'})")
         for state in ("missing", "corrupt"):
             for name in st[state]:
                 print(f"  {state:7s} {name}")

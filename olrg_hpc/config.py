@@ -9,7 +9,8 @@ A *study* is one YAML file naming its workflow and that workflow's parameters::
     output: studies/tfim        # optional output folder
     params: {...}               # validated by the workflow's own ``Params`` model
 
-A *cluster profile* is one YAML file in ``configs/clusters/`` with ``kind: local | slurm | address``.
+A *cluster profile* is one YAML file in ``configs/clusters/`` with ``kind: local | slurm | address``
+(:data:`PROFILE_KINDS`); a SLURM profile may name several worker pools (``pools``).
 
 Every model forbids unknown keys and non-finite numbers. Validation errors become one
 :class:`~olrg_hpc.errors.UserError` line ``FILE: KEY.PATH: what was expected (got VALUE)``, e.g.
@@ -42,7 +43,16 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from dask.utils import parse_bytes, parse_timedelta
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from olrg_hpc.errors import UserError
 
@@ -183,17 +193,30 @@ class AdaptBounds(Strict):
     maximum_jobs: int = Field(ge=1)
 
 
+#: a worker pool's name: part of Dask resource names (``pool-NAME``), job names and the shards' ``pool`` attribute
+_POOL_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
+#: the pool of a profile without ``pools``
+DEFAULT_POOL = "default"
+
+
 class SlurmProfile(Strict):
-    """dask-jobqueue SLURMCluster: every keyword a user of dask-jobqueue expects, validated."""
+    """dask-jobqueue SLURMCluster: every keyword a user of dask-jobqueue expects, validated; one worker pool, or several
+    (``pools``: each a name and the keys of its worker jobs that differ from the profile's)."""
 
     kind: Literal["slurm"]
     queue: str | None = Field(None, description="partition (#SBATCH -p)")
     account: str | None = None
-    cores: int = Field(1, ge=1, description="cores per job")
+    cores: int = Field(1, ge=1, description="cores per job (per SLURM task when ntasks > 1)")
     processes: int = Field(1, ge=1, description="worker processes per job")
     memory: str = "2GB"
     walltime: str = "01:00:00"
     gpus_per_job: int = Field(0, ge=0, description="adds #SBATCH --gres=gpu:N")
+    nodes: int | None = Field(None, ge=1, description="nodes per worker job (#SBATCH --nodes)")
+    ntasks: int = Field(1, ge=1, description="SLURM tasks per worker job: the processes a task that asks for "
+                        "several may span (an srun step inside the job)")
+    accelerator: bool | None = Field(None, description="tasks that want an accelerator go here (default: "
+                                     "gpus_per_job > 0)")
+    resources: dict[str, float] = Field(default_factory=dict, description="extra Dask worker resources, per worker")
     jobs: int | None = Field(None, ge=1, description="fixed number of worker jobs (scale)")
     adapt: AdaptBounds | None = None
     job_extra_directives: list[str] = Field(default_factory=list)
@@ -210,6 +233,8 @@ class SlurmProfile(Strict):
     dashboard_address: str = Field("127.0.0.1:8787", description="':8787' listens on every interface")
     max_failed_starts: int = Field(3, ge=1, le=100, description="worker jobs that may end before their worker "
                                    "connects before the study stops")
+    pools: dict[str, dict[str, Any]] = Field(default_factory=dict, description="worker pools by name: the keys of "
+                                             "their worker jobs that differ from the ones above")
 
     @field_validator("queue", "job_name", "interface")
     @classmethod
@@ -238,6 +263,15 @@ class SlurmProfile(Strict):
             opt = d.split("=", 1)[0].split(" ", 1)[0]
             if not _DIRECTIVE_RE.fullmatch(opt) or not d.isprintable():
                 raise ValueError(f"sbatch options such as '--qos=normal' or '-C gpu' (got {shown(d)})")
+        return v
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, amount in v.items():
+            if not _POOL_RE.fullmatch(name) or amount <= 0:
+                raise ValueError(f"resource names of letters, digits and _ with positive amounts, such as GPU: 1 "
+                                 f"(got {shown(name)}: {amount})")
         return v
 
     @field_validator("dashboard_address")
@@ -270,12 +304,72 @@ class SlurmProfile(Strict):
                              f"({self.adapt.maximum_jobs})")
         if self.processes > self.cores:
             raise ValueError(f"processes ({self.processes}) exceeds cores ({self.cores}) per job")
+        if self.ntasks > 1 and self.processes > 1:
+            raise ValueError(f"ntasks ({self.ntasks}) > 1 needs processes: 1 (one Dask worker drives the job's tasks)")
+        if self.nodes is not None and self.nodes > self.ntasks:
+            raise ValueError(f"nodes ({self.nodes}) exceeds ntasks ({self.ntasks}): every node runs a task")
         if self.worker_lifetime is not None:
             life, wall = parse_timedelta(self.worker_lifetime), walltime_seconds(self.walltime)
             if life + parse_timedelta(self.lifetime_stagger) >= wall:
                 raise ValueError(f"worker_lifetime + lifetime_stagger ({self.worker_lifetime} + "
                                  f"{self.lifetime_stagger}) must be shorter than walltime ({self.walltime})")
         return self
+
+    @field_validator("pools")
+    @classmethod
+    def _pools(cls, v: dict[str, dict[str, Any]], info: ValidationInfo) -> dict[str, dict[str, Any]]:
+        for name, keys in v.items():
+            if not _POOL_RE.fullmatch(name):
+                raise ValueError(f"a pool name of letters, digits and _, starting with a letter (got {shown(name)})")
+            if not isinstance(keys, dict):
+                raise ValueError(f".{name}: a mapping of worker-job keys (got {shown(keys)})")
+            if len(info.data) == len(cls.model_fields) - 1:  # the other keys are valid: check the pool as a whole
+                _pool(dict(info.data), name, keys)
+        return v
+
+    @property
+    def is_accelerator(self) -> bool:
+        return self.gpus_per_job > 0 if self.accelerator is None else self.accelerator
+
+    def worker_pools(self) -> dict[str, SlurmProfile]:
+        """The profile of every worker pool by name (one, :data:`DEFAULT_POOL`, without ``pools``)."""
+        if not self.pools:
+            return {DEFAULT_POOL: self}
+        base = self.model_dump(exclude={"pools"})
+        return {name: _pool(base, name, keys) for name, keys in self.pools.items()}
+
+
+def _pool(base: dict[str, Any], name: str, keys: dict[str, Any]) -> SlurmProfile:
+    """The profile of pool ``name``: the profile's keys ``base`` with the pool's ``keys`` over them (``jobs`` and
+    ``adapt``: a pool that sets one of them sets both; ``job_name`` defaults to the profile's plus ``-NAME``);
+    errors continue the key path ``.NAME.KEY``."""
+    bad = sorted(set(keys) - set(POOL_KEYS))
+    if bad:
+        close = difflib.get_close_matches(str(bad[0]), POOL_KEYS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ValueError(f".{name}.{_cut(str(bad[0]))}: unknown key ({hint}allowed in a pool: {', '.join(POOL_KEYS)})")
+    base = {k: v for k, v in base.items() if k != "pools"}
+    if "jobs" in keys or "adapt" in keys:
+        base.pop("jobs", None)
+        base.pop("adapt", None)
+    keys = {"job_name": f"{base.get('job_name', 'olrg-worker')}-{name}", **keys}
+    try:
+        return SlurmProfile.model_validate({**base, **keys})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        got_text = f" (got {shown(got)})" if got is not None and "got" not in msg and not isinstance(got, dict) \
+            and loc else ""
+        raise ValueError(f".{name}{'.' + loc if loc else ''}: {msg}{got_text}") from None
+
+
+#: the keys a pool of a SLURM profile may set: those of its worker jobs
+POOL_KEYS = ["queue", "account", "cores", "processes", "memory", "walltime", "gpus_per_job", "nodes", "ntasks",
+             "accelerator", "resources", "jobs", "adapt", "job_extra_directives", "job_directives_skip",
+             "job_script_prologue", "interface", "local_directory", "worker_lifetime", "lifetime_stagger", "python",
+             "job_name"]
 
 
 class AddressProfile(Strict):
@@ -293,8 +387,12 @@ class AddressProfile(Strict):
         return v
 
 
-ClusterProfile = Annotated[LocalProfile | SlurmProfile | AddressProfile, Field(discriminator="kind")]
-_PROFILE_ADAPTER: TypeAdapter[LocalProfile | SlurmProfile | AddressProfile] = TypeAdapter(ClusterProfile)
+#: every cluster kind by its ``kind:`` value: its profile model (and :mod:`olrg_hpc.cluster`'s module of that name)
+PROFILE_KINDS: dict[str, type[Strict]] = {"local": LocalProfile, "slurm": SlurmProfile, "address": AddressProfile}
+AnyProfile = LocalProfile | SlurmProfile | AddressProfile
+ClusterProfile = Annotated[AnyProfile, Field(discriminator="kind")]
+_PROFILE_ADAPTER: TypeAdapter[AnyProfile] = TypeAdapter(ClusterProfile)
+_KINDS_TEXT = ", ".join(PROFILE_KINDS)
 
 class MPIHMCConfig(Strict):
     """An MPI HMC run (``mpiexec -n N olrg-hpc hmc CONFIG``; see olrg_hpc.lattice.mpi_hmc).
@@ -357,7 +455,7 @@ def _cut(text: str, limit: int = SHOWN_CHARS) -> str:
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
-    if loc and loc[0] in ("local", "slurm", "address") and len(loc) > 1:  # the union tag of a cluster profile
+    if loc and loc[0] in PROFILE_KINDS and len(loc) > 1:  # the union tag of a cluster profile
         loc = loc[1:]
     parts = [_cut(str(p)) for p in loc]
     return ".".join(parts) if parts else "(top level)"
@@ -385,7 +483,7 @@ def format_validation_error(source: str, exc: ValidationError, prefix: str = "",
     if etype == "missing":
         return f"{source}: {key}: required key is missing".removeprefix(": ")
     if etype == "union_tag_invalid" or etype == "union_tag_not_found":
-        return f"{source}: kind: expected one of local, slurm, address (got {shown(err.get('input', {}).get('kind'))})"
+        return f"{source}: kind: expected one of {_KINDS_TEXT} (got {shown(err.get('input', {}).get('kind'))})"
     msg = err["msg"].removeprefix("Value error, ")
     if msg.startswith("."):  # a nested config validated by its own model (see workflows.suite): key path continues
         return f"{source}: {key}{msg}"
@@ -411,7 +509,7 @@ def _allowed_keys(model: Any, loc: tuple[Any, ...]) -> list[str]:
     """Field names of the (nested) model at ``loc``; best effort, for the error message only."""
     cur = model
     for part in loc:
-        if isinstance(part, int) or part in ("local", "slurm", "address"):
+        if isinstance(part, int) or part in PROFILE_KINDS:
             continue  # list index or union tag: the model found so far already is the item type
         field = cur.model_fields.get(part) if cur is not None else None
         if field is None:
@@ -550,14 +648,14 @@ def find_profile(name_or_path: str, search_root: Path | None = None) -> Path:
     raise UserError(f"--cluster {name_or_path}: no such profile (known: {', '.join(known) or 'none'})")
 
 
-def load_profile(name_or_path: str = "local") -> tuple[Path, LocalProfile | SlurmProfile | AddressProfile]:
+def load_profile(name_or_path: str = "local") -> tuple[Path, AnyProfile]:
     """Load and validate a cluster profile by name or path."""
     path = find_profile(name_or_path)
     data = read_yaml(path)
     if "kind" not in data:
-        raise UserError(f"{path}: kind: required key is missing (expected one of local, slurm, address)")
+        raise UserError(f"{path}: kind: required key is missing (expected one of {_KINDS_TEXT})")
     try:
         return path, _PROFILE_ADAPTER.validate_python(data)
     except ValidationError as exc:
-        model = {"local": LocalProfile, "slurm": SlurmProfile, "address": AddressProfile}.get(data.get("kind"))
+        model = PROFILE_KINDS.get(data.get("kind"))
         raise UserError(format_validation_error(str(path), exc, model=model)) from None

@@ -3,12 +3,14 @@
 ``run_tasks`` (1) checks the graph (unique names, known dependencies, no cycles), (2) gives every task
 its seed and content key, (3) writes the manifest, (4) sorts tasks into *valid* shards (skipped) and
 *missing* or *corrupt* ones (recomputed), (5) submits the latter with their dependencies as Dask futures
-(``retries`` per task; a killed worker's tasks are rescheduled by Dask), (6) shows a progress bar over
+(``retries`` per task; a killed worker's tasks are rescheduled by Dask; with ``pools``, each task asks for the Dask
+resource of the pool it belongs on, :func:`olrg_hpc.cluster.placement`), (6) shows a progress bar over
 the graph, (7) names every failed task with its error in one line (tasks downstream of a failure are reported
 as not run; the full traceback goes to the logger ``olrg_hpc.runner``, which the command line writes to
 ``STUDY_DIR/run.log``), and (8) gathers all shards into ``study.h5`` once every task is valid, verifying each
 against its checksums on the way. A ``check`` callable, called about every 0.1 s while tasks run, may raise to
-stop the run (the cluster's health: worker jobs that cannot start).
+stop the run (the cluster's health: worker jobs that cannot start). The summary counts the tasks each pool ran
+(every shard records its pool).
 """
 
 from __future__ import annotations
@@ -18,15 +20,19 @@ import sys
 import time
 import traceback
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from olrg_hpc import store
 from olrg_hpc.errors import UserError
 from olrg_hpc.provenance import now, run_provenance
 from olrg_hpc.tasks import Task, TaskSpec, dep_label, execute, task_key, task_seed
+
+if TYPE_CHECKING:
+    from olrg_hpc.cluster import Pool
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,8 @@ class RunSummary:
     seconds: float = 0.0
     compute_seconds: float = 0.0
     write_seconds: float = 0.0
+    #: the tasks each worker pool ran (as their shards record it; "" when the worker did not say)
+    pools: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -64,10 +72,18 @@ class RunSummary:
         if self.computed:
             out.append(f"shard writes: {self.write_seconds / self.computed * 1e3:.2f} ms per task "
                        f"({self.write_seconds:.2f} s of {self.compute_seconds + self.write_seconds:.2f} s task time)")
+        if self.pools:
+            out.append("pools: " + "; ".join(pool_line(p or "-", names) for p, names in sorted(self.pools.items())))
         out += [f"FAILED {name}: {err}" for name, err in self.failed]
         if self.study_file:
             out.append(f"study file: {self.study_file}")
         return out
+
+
+def pool_line(pool: str, names: Sequence[str], show: int = 6) -> str:
+    """``pool ran N tasks`` and, for a few, their names."""
+    listed = f" ({', '.join(sorted(names))})" if len(names) <= show else ""
+    return f"{pool} ran {len(names)} task{'s' * (len(names) != 1)}{listed}"
 
 
 def topological_order(tasks: Sequence[Task]) -> list[Task]:
@@ -115,7 +131,7 @@ def plan(tasks: Sequence[Task], study_dir: Path, study_seed: int,
         specs.append(TaskSpec(name=t.name, key=key, fn=t.fn, params=dict(t.params), seed=seed,
                               shard=store.shard_path(study_dir, key),
                               dep_shards={dep_label(t.name, d): store.shard_path(study_dir, keys[d]) for d in t.deps},
-                              provenance=prov, nan_ok=tuple(t.nan_ok)))
+                              provenance=prov, nan_ok=tuple(t.nan_ok), resources=t.resources))
     return ordered, specs
 
 
@@ -126,13 +142,17 @@ def manifest_entries(ordered: Sequence[Task], specs: Sequence[TaskSpec]) -> list
 
 def run_tasks(tasks: Sequence[Task], study_dir: Path, client: Any, *, study_seed: int = 0, retries: int = 1,
               study_attrs: Mapping[str, Any] | None = None, progress: bool = True,
-              gather_results: bool = True, check: Callable[[], None] | None = None) -> RunSummary:
+              gather_results: bool = True, check: Callable[[], None] | None = None,
+              pools: Sequence[Pool] = ()) -> RunSummary:
     """Run (or resume) a study graph on ``client`` and gather its study file. See the module docstring.
 
-    The caller holds the study folder's lock (:func:`olrg_hpc.store.study_lock`).
+    ``pools``: the cluster's worker pools (:func:`olrg_hpc.cluster.pools_of`); none: tasks go to any worker. The
+    caller holds the study folder's lock (:func:`olrg_hpc.store.study_lock`).
     """
     from distributed import as_completed
     from tqdm import tqdm
+
+    from olrg_hpc.cluster import placement
 
     t_start = time.perf_counter()
     study_dir = Path(study_dir)
@@ -151,7 +171,7 @@ def run_tasks(tasks: Sequence[Task], study_dir: Path, client: Any, *, study_seed
             continue
         if status == "corrupt":
             summary.corrupt += 1
-            spec.shard.unlink(missing_ok=True)
+            store.remove_shard(spec.shard)
         else:
             summary.missing += 1
         todo.append(spec)
@@ -164,21 +184,30 @@ def run_tasks(tasks: Sequence[Task], study_dir: Path, client: Any, *, study_seed
     def dask_key(s: TaskSpec) -> str:
         return f"{s.name}-{s.key[:10]}-{run_token}"
 
+    wants: dict[str, dict[str, float] | None] = {}  # Dask resources of each task's pool
+    for s in todo:
+        try:
+            wants[s.name] = placement(s.resources, pools)[1]
+        except ValueError as exc:
+            raise UserError(f"task {s.name}: {exc}") from None
     deps_of = {t.name: t.deps for t in ordered}
-    # independent tasks go in one client.map call (one scheduler message); the rest follow their deps
+    # independent tasks go in one client.map call per pool (one scheduler message each); the rest follow their deps
     todo_names = {s.name for s in todo}
-    first = [s for s in todo if not any(d in todo_names for d in deps_of[s.name])]
-    first_names = {s.name for s in first}
-    if first:
-        for s, fut in zip(first, client.map(execute, first, key=[dask_key(s) for s in first],
-                                            retries=retries, pure=False), strict=True):
+    groups: dict[tuple[tuple[str, float], ...], list[TaskSpec]] = defaultdict(list)
+    for s in todo:
+        if not any(d in todo_names for d in deps_of[s.name]):
+            groups[tuple(sorted((wants[s.name] or {}).items()))].append(s)
+    first_names = {s.name for group in groups.values() for s in group}
+    for want, group in groups.items():
+        for s, fut in zip(group, client.map(execute, group, key=[dask_key(s) for s in group], retries=retries,
+                                            pure=False, resources=dict(want) or None), strict=True):
             futures[s.name] = fut
     for s in todo:
         if s.name in first_names:
             continue
         upstream = [futures[d] for d in deps_of[s.name] if d in futures]
         futures[s.name] = client.submit(execute, s, *upstream, key=dask_key(s), retries=retries,
-                                        pure=False)
+                                        pure=False, resources=wants[s.name])
 
     errors: dict[str, str] = {}
     name_of = {f.key: n for n, f in futures.items()}
@@ -201,6 +230,7 @@ def run_tasks(tasks: Sequence[Task], study_dir: Path, client: Any, *, study_seed
                     summary.computed += 1
                     summary.compute_seconds += res["compute_s"]
                     summary.write_seconds += res["write_s"]
+                    summary.pools.setdefault(res.get("pool", ""), []).append(name)
                 else:
                     exc = fut.exception()
                     errors[name] = one_line(f"{type(exc).__name__}: {exc}")
@@ -225,9 +255,9 @@ def run_tasks(tasks: Sequence[Task], study_dir: Path, client: Any, *, study_seed
             summary.study_file = store.gather(study_dir, entries, attrs)
         except store.CorruptFile as exc:
             # a shard damaged since it was checked: never gathered; removed, so that a rerun recomputes it
-            bad = next((e for e in entries if store.shard_path(study_dir, e["key"]) == exc.path), None)
-            if exc.path is not None:
-                exc.path.unlink(missing_ok=True)
+            bad = next((e for e in entries if exc.path is not None and Path(exc.path).stem == e["key"]), None)
+            if bad is not None:
+                store.remove_shard(store.shard_path(study_dir, bad["key"]))
             summary.failed.append((bad["name"] if bad else "(gather)",
                                    one_line(f"corrupt shard, not gathered (removed; rerun recomputes it): {exc}")))
             log.error("gather: %s", exc)
@@ -236,8 +266,9 @@ def run_tasks(tasks: Sequence[Task], study_dir: Path, client: Any, *, study_seed
     return summary
 
 
-def study_status(study_dir: Path) -> dict[str, list[str]]:
-    """Tasks of a study folder by state: done (valid shard), missing, corrupt, failed (last run)."""
+def study_status(study_dir: Path, pools: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """Tasks of a study folder by state: done (valid shard), missing, corrupt, failed (last run). ``pools``, when
+    given, receives the done tasks by the pool their shard says ran them ("" when it does not say)."""
     import json
 
     study_dir = Path(study_dir)
@@ -257,9 +288,11 @@ def study_status(study_dir: Path) -> dict[str, list[str]]:
             failed = {}
     out: dict[str, list[str]] = {"done": [], "missing": [], "corrupt": [], "failed": []}
     for e in entries:
-        st = store.shard_status(store.shard_path(study_dir, e["key"]), e["key"])
+        st, attrs = store.shard_info(store.shard_path(study_dir, e["key"]), e["key"])
         if st == "valid":
             out["done"].append(e["name"])
+            if pools is not None:
+                pools.setdefault(str(attrs.get("pool", "")), []).append(e["name"])
         elif e["name"] in failed:
             out["failed"].append(f"{e['name']}: {failed[e['name']]}")
         else:

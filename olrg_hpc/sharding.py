@@ -26,15 +26,21 @@ def slurm_tasks() -> int:
     return int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
 
 
-def init_distributed() -> tuple[int, int]:
-    """Initialise multi-process JAX when running as several srun tasks; returns (process index, count)."""
+def init_distributed(coordinator: str | None = None, num_processes: int = 1,
+                     process_id: int = 0) -> tuple[int, int]:
+    """Initialise multi-process JAX when running as several srun tasks (SLURM's environment says who is who), or
+    as process ``process_id`` of ``num_processes`` with the coordinator at ``coordinator`` (``host:port``; how
+    :mod:`olrg_hpc.launch` starts a task's processes); returns (process index, count)."""
     import jax
 
-    if slurm_tasks() > 1:
+    if coordinator is not None or slurm_tasks() > 1:
         # devices must not be touched before initialize(); gloo only concerns the CPU backend, so it is
         # harmless on GPU nodes and required for cross-process collectives on CPU
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize()
+        if coordinator is not None:
+            jax.distributed.initialize(coordinator, num_processes, process_id)
+        else:
+            jax.distributed.initialize()
     return jax.process_index(), jax.process_count()
 
 

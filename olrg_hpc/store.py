@@ -6,7 +6,8 @@ Layout of a study folder::
       .lock              held (fcntl) by the one run or report at work in the folder; says its host and pid
       config.yaml        the study config as run
       manifest.json      every task of the graph: name, key, function, params, dependencies
-      shards/KEY.h5      one finished task (only ever appears complete: temp file + rename)
+      shards/KEY.h5      one finished task (only ever appears complete: temp file + rename) ...
+      shards/KEY.json    ... or, for results of at most 64 kB, a compact shard (:mod:`olrg_hpc.records`)
       failures.json      tasks that failed in the last run, with their errors
       run.log            the runs' log: full tracebacks of failed tasks, Dask's messages
       study.h5           all shards gathered (plain HDF5: readable with h5py alone)
@@ -15,7 +16,9 @@ A shard holds the task's results as datasets (nested dicts become groups) and it
 attributes of the root group: ``task_name``, ``task_key``, ``function``, ``params`` (JSON), ``seed``,
 ``host``, ``started``/``finished`` (ISO 8601 UTC), ``compute_seconds``, ``provenance`` (JSON: the run's
 ``olrg_hpc_version``, ``git_commit``, ``code_hash``, ``version_numpy``/``jax``/``dask``/..., ``study_config`` YAML),
-``sha256`` (below) and, written last, ``complete = True``.
+``pool`` (the worker pool that ran it, when known), ``sha256`` (below) and, written last, ``complete = True``.
+A compact shard holds the same as one JSON document; the functions below that take a shard's path
+(``shards/KEY.h5``) find either kind.
 
 **Checksums.** Every dataset carries an attribute ``sha256``: the SHA-256 of its dtype, shape and data as
 h5py reads them back (strings as UTF-8, each prefixed by its length), computed when it is written. A group
@@ -78,7 +81,7 @@ LOCK = ".lock"
 LOG = "run.log"
 DIGEST = "sha256"
 #: root attributes left out of a group's digest: the digest itself, and ``complete``, written after it
-_UNSIGNED = (DIGEST, "complete")
+UNSIGNED = (DIGEST, "complete")
 #: a temporary file of another host is left alone unless nobody has written to it for this long
 STALE_TMP_S = 3600.0
 
@@ -100,7 +103,7 @@ def shard_path(study_dir: Path, key: str) -> Path:
 # ------------------------------------------------------------------------------------------------ checksums
 
 
-def _hash_value(h: Any, value: Any) -> None:
+def hash_value(h: Any, value: Any) -> None:
     """Feed ``value`` (an array, scalar or string, as h5py reads it back) into the hash ``h`` canonically."""
     if isinstance(value, (str, bytes)):
         value = np.array([value], dtype=object).reshape(())
@@ -119,7 +122,7 @@ def _hash_value(h: Any, value: Any) -> None:
 def digest(value: Any) -> str:
     """SHA-256 (hex) of a dataset's content: dtype, shape and data (strings as length-prefixed UTF-8)."""
     h = hashlib.sha256()
-    _hash_value(h, value)
+    hash_value(h, value)
     return h.hexdigest()
 
 
@@ -152,9 +155,9 @@ def _walk(group: h5py.Group, attrs: Mapping[str, Any], out: dict[str, Any] | Non
     data (nested dicts for groups). Without ``check`` (sealing a group just written) no data is read."""
     h = hashlib.sha256()
     for k, v in sorted(attrs.items()):
-        if k not in _UNSIGNED:
+        if k not in UNSIGNED:
             h.update(f"a{len(k)}:{k}".encode())
-            _hash_value(h, v)
+            hash_value(h, v)
     for name in sorted(group):
         if not isinstance(group.get(name, getlink=True), h5py.HardLink):
             raise CorruptFile(f"{group.name}/{name}: a link, not data")
@@ -178,7 +181,7 @@ def _walk(group: h5py.Group, attrs: Mapping[str, Any], out: dict[str, Any] | Non
             h.update(f"d{len(name)}:{name}".encode())
             for k, v in sorted(own.items()):
                 h.update(f"a{len(k)}:{k}".encode())
-                _hash_value(h, v)
+                hash_value(h, v)
             continue
         sub_out: dict[str, Any] | None = {} if out is not None else None
         sub = _walk(obj, own, sub_out, check) if check or DIGEST not in own else str(own[DIGEST])
@@ -234,7 +237,7 @@ def _write_value(group: h5py.Group, name: str, value: Any) -> None:
         put(group, name, value, dtype=h5py.string_dtype())
         return
     arr = np.asarray(value)
-    if arr.dtype.kind in "US":
+    if arr.dtype.kind in "US" or (arr.dtype.kind == "O" and all(isinstance(x, str) for x in arr.ravel())):
         put(group, name, arr.astype(object), dtype=h5py.string_dtype())
     elif arr.ndim >= 2 and arr.size >= 4096:
         put(group, name, arr, chunks=True, compression="gzip", compression_opts=4, shuffle=True)
@@ -303,7 +306,8 @@ class _AtomicH5:
 
 
 def write_shard(path: Path, results: Result, attrs: Mapping[str, Any], durable: bool | None = None) -> float:
-    """Write one task's results and provenance atomically, checksummed; returns the seconds spent writing.
+    """Write one task's results and provenance atomically, checksummed, as an HDF5 shard at ``path``; returns the
+    seconds spent writing.
 
     ``durable``: fsync before the rename; ``None`` follows :func:`fsync_shards` (off unless ``OLRG_HPC_FSYNC=1``).
     """
@@ -319,62 +323,114 @@ def write_shard(path: Path, results: Result, attrs: Mapping[str, Any], durable: 
     return time.perf_counter() - t0
 
 
+def compact_path(path: Path) -> Path:
+    """The compact shard (:mod:`olrg_hpc.records`) that stands for the HDF5 shard ``path``."""
+    from olrg_hpc.records import SUFFIX
+
+    return Path(path).with_suffix(SUFFIX)
+
+
+def write_result(path: Path, results: Result, attrs: Mapping[str, Any], durable: bool | None = None) -> float:
+    """Write one task's shard: compact (``KEY.json``) when its results fit :mod:`olrg_hpc.records`, else HDF5 at
+    ``path`` (``KEY.h5``); atomic and checksummed either way. Returns the seconds spent writing."""
+    from olrg_hpc import records
+
+    t0 = time.perf_counter()
+    raw = records.encode(results, {k: _attr(v) for k, v in attrs.items()})
+    if raw is None:
+        return write_shard(path, results, attrs, durable)
+    records.write(compact_path(path), raw, fsync_shards() if durable is None else durable)
+    return time.perf_counter() - t0
+
+
+def shard_file(path: Path) -> Path | None:
+    """The file holding the shard ``path`` stands for: its compact shard, the HDF5 file, or None."""
+    compact = compact_path(path)
+    if compact.exists():
+        return compact
+    return Path(path) if Path(path).exists() else None
+
+
+def shard_files(study_dir: Path) -> list[Path]:
+    """Every finished shard file of a study folder (HDF5 and compact; temporaries left out)."""
+    folder = Path(study_dir) / SHARDS
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.suffix in (".h5", compact_path(
+        p).suffix)) if folder.is_dir() else []
+
+
+def remove_shard(path: Path) -> None:
+    """Delete the shard ``path`` stands for, in either form."""
+    compact_path(path).unlink(missing_ok=True)
+    Path(path).unlink(missing_ok=True)
+
+
 def check_shard(path: Path, key: str, read: bool = False) -> dict[str, Any] | None:
-    """Open, check and verify a shard written under ``key``; :class:`CorruptFile` says what is wrong.
+    """Open, check and verify the shard written under ``key`` (``path``: its HDF5 name; a compact shard beside it
+    is found); :class:`CorruptFile` says what is wrong.
 
     ``read=True`` returns its results (as :func:`read_shard`), read in the same pass as the verification.
     """
+    return inspect_shard(path, key, read)[1]
+
+
+def inspect_shard(path: Path, key: str | None, read: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``(attributes, results or None)`` of the verified shard ``path`` stands for (written for ``key`` unless
+    ``key`` is None); :class:`CorruptFile` otherwise (also when there is none)."""
+    from olrg_hpc import records
+
+    found = shard_file(path)
+    if found is None:
+        raise CorruptFile(f"{path}: missing", Path(path))
+    if found.suffix != ".h5":
+        return records.load(found, key, read)
     try:
-        with h5py.File(path, "r") as f:
-            return _check_open(f, key, read)
+        with h5py.File(found, "r") as f:
+            attrs = dict(f.attrs.items())
+            if key is not None:
+                _check_attrs(attrs, key)
+            out = verify(f, read=read, attrs=attrs)
+            return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}, out
     except CorruptFile as exc:
-        raise CorruptFile(f"{path}: {exc}", Path(path)) from None
+        raise CorruptFile(f"{found}: {exc}", found) from None
     except Exception as exc:  # noqa: BLE001 - any failure to read means the shard cannot be trusted
-        raise CorruptFile(f"{path}: unreadable ({_one_line(exc)})", Path(path)) from None
+        raise CorruptFile(f"{found}: unreadable ({_one_line(exc)})", found) from None
 
 
-def _check_open(f: h5py.File, key: str, read: bool = False) -> dict[str, Any] | None:
-    attrs = dict(f.attrs.items())
+def _check_attrs(attrs: Mapping[str, Any], key: str) -> None:
     if not bool(attrs.get("complete", False)):
         raise CorruptFile("incomplete (no 'complete' attribute)")
     if attrs.get("task_key") != key:
         raise CorruptFile(f"written for other inputs (task_key {attrs.get('task_key')!r}, not {key!r})")
-    return verify(f, read=read, attrs=attrs)
 
 
 def shard_status(path: Path, key: str) -> str:
     """'valid', 'missing', or 'corrupt' (unreadable, incomplete, written for other inputs, or failing its
     checksums: every dataset is read back and verified)."""
-    if not path.exists():
-        return "missing"
+    return shard_info(path, key)[0]
+
+
+def shard_info(path: Path, key: str) -> tuple[str, dict[str, Any]]:
+    """:func:`shard_status` and, for a valid shard, its attributes (``{}`` otherwise)."""
+    if shard_file(path) is None:
+        return "missing", {}
     try:
-        check_shard(path, key)
+        attrs, _ = inspect_shard(path, key)
     except CorruptFile:
-        return "corrupt"
-    return "valid"
+        return "corrupt", {}
+    return "valid", attrs
 
 
 def read_shard(path: Path, key: str | None = None) -> dict[str, Any]:
     """Results of a shard as a dict of numpy arrays / scalars (nested for groups), verified against their
     checksums (:class:`CorruptFile` otherwise); with ``key``, also checked to be written for that key."""
-    if key is not None:
-        out = check_shard(path, key, read=True)
-        assert out is not None
-        return out
-    try:
-        with h5py.File(path, "r") as f:
-            out = verify(f, read=True)
-    except CorruptFile as exc:
-        raise CorruptFile(f"{path}: {exc}", Path(path)) from None
-    except OSError as exc:
-        raise CorruptFile(f"{path}: unreadable ({_one_line(exc)})", Path(path)) from None
+    out = inspect_shard(path, key, read=True)[1]
     assert out is not None
     return out
 
 
 def read_attrs(path: Path) -> dict[str, Any]:
-    with h5py.File(path, "r") as f:
-        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    """The attributes of the (verified) shard ``path`` stands for."""
+    return inspect_shard(path, None)[0]
 
 
 def _writer_gone(tmp: Path) -> bool:
@@ -412,7 +468,8 @@ def clean_temporaries(study_dir: Path) -> int:
 
 
 def gather(study_dir: Path, tasks: Iterable[Mapping[str, Any]], study_attrs: Mapping[str, Any]) -> Path:
-    """Copy every task's shard into ``STUDY_DIR/study.h5`` under ``/tasks/<name>`` (atomic, checksummed).
+    """Copy every task's shard into ``STUDY_DIR/study.h5`` under ``/tasks/<name>`` (atomic, checksummed); a compact
+    shard becomes the same HDF5 group an HDF5 shard of its results would have been copied to.
 
     ``tasks`` are manifest entries (``name``, ``key``, ...). Each shard is verified before it is copied
     (:class:`CorruptFile` names the first that fails); each group keeps its shard's attributes, its digest
@@ -427,9 +484,21 @@ def gather(study_dir: Path, tasks: Iterable[Mapping[str, Any]], study_attrs: Map
         root = f.create_group("tasks")
         for t in tasks:
             src_path = shard_path(study_dir, t["key"])
+            if compact_path(src_path).exists():  # decoded and verified, then written as the HDF5 shard would be
+                attrs, data = inspect_shard(src_path, t["key"], read=True)
+                g = root.create_group(t["name"])
+                for name, value in (data or {}).items():
+                    _write_value(g, name, value)
+                signed = {k: v for k, v in attrs.items() if k not in UNSIGNED}
+                for k, v in signed.items():
+                    g.attrs[k] = v
+                seal(g, signed)
+                g.attrs["complete"] = True
+                continue
             try:
                 with h5py.File(src_path, "r") as src:
-                    _check_open(src, t["key"])
+                    _check_attrs(dict(src.attrs.items()), t["key"])
+                    verify(src)
                     src.copy(src["/"], root, name=t["name"])  # one H5Ocopy: datasets, groups and attributes
             except CorruptFile as exc:
                 raise CorruptFile(f"{src_path}: {exc}", src_path) from None
@@ -453,15 +522,24 @@ def verify_study_file(path: Path) -> None:
         raise UserError(f"{path}: not a readable study file ({_one_line(exc)})") from None
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_bytes_atomic(path: Path, raw: bytes, durable: bool = False) -> None:
+    """``raw`` into ``path`` through a temporary sibling and a rename (fsync'd first when ``durable``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     try:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+        with open(tmp, "wb") as f:
+            f.write(raw)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_bytes_atomic(path, json.dumps(data, indent=1, sort_keys=True, default=str).encode())
 
 
 def remove_study(study_dir: Path) -> None:

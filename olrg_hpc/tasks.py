@@ -33,6 +33,7 @@ import fnmatch
 import hashlib
 import inspect
 import json
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ import numpy as np
 from olrg_hpc import __version__
 from olrg_hpc.errors import UserError
 from olrg_hpc.provenance import host, module_code_hash, now
-from olrg_hpc.store import CorruptFile, read_shard, write_shard
+from olrg_hpc.store import CorruptFile, read_shard, write_result
 
 #: Most tasks one study graph may hold. The driver keeps every task's spec, future and manifest entry (~2 kB)
 #: and the Dask scheduler spends ~1 ms per task, so 10^5 tasks cost ~0.2 GB and minutes of scheduling
@@ -54,6 +55,31 @@ MAX_TASKS = 100_000
 _BUILT: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("olrg_hpc_built", default=None)
 
 TaskFn = Callable[..., Mapping[str, Any]]
+#: environment variable that names the worker pool of a worker process (set by the cluster; the shard records it)
+POOL_ENV = "OLRG_HPC_POOL"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a task needs from the cluster. Not part of its key: where and how it runs does not change its inputs.
+
+    ``accelerator``: run on a pool with accelerators when the cluster profile has one (training), else on a pool
+    without (solvers, ensembles; the default). ``processes``: run as one multi-process JAX program of this many
+    processes (``jax.distributed``; :mod:`olrg_hpc.launch`) inside the allocation of the worker that takes the task,
+    the function being called in every process and process 0 writing the shard; ``None`` runs it in the worker
+    itself. ``devices``: devices per process of such a program (on CPU nodes that many emulated devices; ``None``:
+    what the node gives each process).
+    """
+
+    accelerator: bool = False
+    processes: int | None = None
+    devices: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("processes", "devices"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"Resources.{name}: a positive integer or None (got {v!r})")
 
 
 @dataclass(frozen=True)
@@ -66,6 +92,8 @@ class Task:
     deps: tuple[str, ...] = ()
     #: result paths (fnmatch patterns) whose NaN entries mean "not measured" (module docstring)
     nan_ok: tuple[str, ...] = ()
+    #: what it needs from the cluster (:class:`Resources`)
+    resources: Resources = Resources()
 
     def __post_init__(self) -> None:
         count = _BUILT.get()
@@ -131,6 +159,7 @@ class TaskSpec:
     dep_shards: Mapping[str, Path]
     provenance: Mapping[str, Any]
     nan_ok: tuple[str, ...] = ()
+    resources: Resources = Resources()
 
 
 class NonFiniteResult(ValueError):
@@ -167,12 +196,9 @@ def check_finite(results: Mapping[str, Any], nan_ok: tuple[str, ...] = (), prefi
         raise NonFiniteResult(f"result {path!r} holds {what} of {arr.size} values{where}{hint}")
 
 
-def execute(spec: TaskSpec, *_upstream: Any) -> dict[str, Any]:
-    """Run one task on a worker and write its shard; returns timings (the data stays on disk).
-
-    ``_upstream`` holds the outcomes of dependencies computed in the same run: passing them makes Dask
-    order the tasks; the data itself is read from the dependencies' shards.
-    """
+def call(spec: TaskSpec) -> tuple[Mapping[str, Any], str, float]:
+    """Run the task's function (its seed and dependencies passed when it takes them) and check its results;
+    returns ``(results, started, compute seconds)``."""
     started = now()
     t0 = time.perf_counter()
     kwargs = dict(spec.params)
@@ -191,14 +217,35 @@ def execute(spec: TaskSpec, *_upstream: Any) -> dict[str, Any]:
     if not isinstance(result, Mapping):
         raise TypeError(f"task {spec.name}: {spec.fn.__qualname__} returned {type(result).__name__}, not a mapping")
     check_finite(result, spec.nan_ok)
-    compute_s = time.perf_counter() - t0
+    return result, started, time.perf_counter() - t0
+
+
+def store_result(spec: TaskSpec, result: Mapping[str, Any], started: str, compute_s: float,
+                 **extra: Any) -> dict[str, Any]:
+    """Write the shard of a finished task; returns what the runner is told (timings, the pool)."""
+    pool = os.environ.get(POOL_ENV, "")
     # per-task facts as separate attributes; the run's provenance (package version, git commit, library
-    # versions, study config) as one JSON attribute: a shard write costs ~0.15 ms per attribute
+    # versions, study config) as one JSON attribute
     attrs = dict(task_name=spec.name, task_key=spec.key, function=f"{spec.fn.__module__}:{spec.fn.__qualname__}",
-                 params=dict(spec.params), seed=spec.seed, host=host(), started=started, finished=now(),
-                 compute_seconds=compute_s, provenance=dict(spec.provenance))
-    write_s = write_shard(spec.shard, result, attrs)
-    return {"name": spec.name, "key": spec.key, "compute_s": compute_s, "write_s": write_s}
+                 params=dict(spec.params), seed=spec.seed, host=host(), pool=pool, started=started, finished=now(),
+                 compute_seconds=compute_s, **extra, provenance=dict(spec.provenance))
+    write_s = write_result(spec.shard, result, attrs)
+    return {"name": spec.name, "key": spec.key, "compute_s": compute_s, "write_s": write_s, "pool": pool}
+
+
+def execute(spec: TaskSpec, *_upstream: Any) -> dict[str, Any]:
+    """Run one task on a worker and write its shard; returns timings (the data stays on disk). A task that asks
+    for processes runs as a multi-process program (:func:`olrg_hpc.launch.run_launched`).
+
+    ``_upstream`` holds the outcomes of dependencies computed in the same run: passing them makes Dask
+    order the tasks; the data itself is read from the dependencies' shards.
+    """
+    if spec.resources.processes is not None:
+        from olrg_hpc.launch import run_launched
+
+        return run_launched(spec)
+    result, started, compute_s = call(spec)
+    return store_result(spec, result, started, compute_s)
 
 
 def noop(i: int = 0) -> dict[str, Any]:

@@ -7,6 +7,7 @@ them across processes. The end-to-end path with worker processes is tested throu
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -50,6 +51,20 @@ def ratio(a: float, b: float, declare: bool = False) -> dict:
         return {"r": np.array([1.0, np.float64(a) / np.float64(b)]), "n": 2}
 
 
+def edit_in_place(shard: Path, name: str, value: float) -> None:
+    """Set dataset ``name`` of a shard to ``value`` as an editor would: a valid file, its old checksum kept (an HDF5
+    shard through h5py, a compact shard through json)."""
+    compact = store.compact_path(shard)
+    if compact.exists():
+        rec = json.loads(compact.read_text())
+        entry = rec["data"][name]
+        entry["b64"] = base64.b64encode(np.asarray(value, dtype=entry["dtype"]).tobytes()).decode()
+        compact.write_text(json.dumps(rec))
+        return
+    with h5py.File(shard, "a") as f:
+        f[name][()] = value
+
+
 def graph(n: int = 8) -> list[Task]:
     fan = [Task(f"sq-{i}", square, {"x": float(i)}) for i in range(n)]
     return [*fan, Task("total", total, {}, deps=tuple(t.name for t in fan))]
@@ -77,9 +92,9 @@ def test_fan_out_reduce_and_resume(tmp_path, client):
     # lose three shards, damage two: exactly those five are recomputed, the result is identical
     manifest = {t["name"]: t["key"] for t in json.loads((tmp_path / "manifest.json").read_text())["tasks"]}
     for name in ("sq-1", "sq-2", "total"):
-        store.shard_path(tmp_path, manifest[name]).unlink()
+        store.remove_shard(store.shard_path(tmp_path, manifest[name]))
     for name in ("sq-3", "sq-4"):
-        p = store.shard_path(tmp_path, manifest[name])
+        p = store.shard_file(store.shard_path(tmp_path, manifest[name]))
         p.write_bytes(p.read_bytes()[:100])
     assert len(study_status(tmp_path)["missing"]) == 3 and len(study_status(tmp_path)["corrupt"]) == 2
     s3 = run_tasks(graph(), tmp_path, client, study_seed=5, progress=False)
@@ -153,13 +168,12 @@ def test_graph_errors(tasks, message):
 
 
 def test_a_shard_edited_in_place_is_recomputed_and_never_consumed(tmp_path, client):
-    """Resume: a shard whose numbers were changed through h5py (valid HDF5) is corrupt, recomputed, and the study
-    file equals the undisturbed one; a task reading a dependency that fails its checksum does not run."""
+    """Resume: a shard whose numbers were changed in place (a valid file, compact here) is corrupt, recomputed, and
+    the study file equals the undisturbed one; a task reading a dependency that fails its checksum does not run."""
     s1 = run_tasks(graph(4), tmp_path, client, study_seed=5, progress=False)
     first = store.datasets(s1.study_file)
     keys = {t["name"]: t["key"] for t in json.loads((tmp_path / "manifest.json").read_text())["tasks"]}
-    with h5py.File(store.shard_path(tmp_path, keys["sq-2"]), "a") as f:
-        f["y"][()] = -4.0
+    edit_in_place(store.shard_path(tmp_path, keys["sq-2"]), "y", -4.0)
     assert study_status(tmp_path)["corrupt"] == ["sq-2"]
     # the reducing task, run against the damaged shard, refuses it instead of summing -4
     from olrg_hpc.runner import plan
@@ -181,8 +195,7 @@ def test_a_shard_damaged_before_gather_is_not_gathered(tmp_path, client, monkeyp
 
     def damaging_gather(study_dir, entries, attrs):
         key = next(e["key"] for e in entries if e["name"] == "sq-1")
-        with h5py.File(store.shard_path(study_dir, key), "a") as f:
-            f["y"][()] = np.inf
+        edit_in_place(store.shard_path(study_dir, key), "y", np.inf)
         return real_gather(study_dir, entries, attrs)
 
     monkeypatch.setattr(store, "gather", damaging_gather)
@@ -209,7 +222,7 @@ def test_non_finite_results_fail_the_task_unless_declared_not_measured(tmp_path,
                                     "the task does not declare it")
     assert all("\n" not in e for e in failed.values())
     # no shard was written for them; the full traceback is in the log, not in the one line
-    assert len(list((tmp_path / store.SHARDS).glob("*.h5"))) == 2
+    assert len(store.shard_files(tmp_path)) == 2
     assert "Traceback (most recent call last)" in caplog.text and "task inf failed" in caplog.text
     with pytest.raises(NonFiniteResult, match="'a/b' holds 1 NaN"):
         check_finite({"a": {"b": np.array([[1.0, np.nan]])}, "s": "x", "i": np.arange(3)})
