@@ -10,8 +10,9 @@ calls :func:`run_launched`, which starts ``python -m olrg_hpc.launch WORK`` as P
   (``--xla_force_host_platform_device_count``), joins ``jax.distributed`` (gloo collectives on CPU; process 0 runs
   the coordinator and publishes its address in ``WORK/coordinator``, the route to the worker's host), and calls the
   task's function (:func:`olrg_hpc.tasks.call`: the same seed, the same dependencies read from their shards);
-- process 0 writes the shard (:func:`olrg_hpc.tasks.store_result`: atomic, checksummed, attribute ``launch``
-  saying ``P processes x d devices``); the others write nothing.
+- process 0 stores the result (:func:`olrg_hpc.tasks.store_result`: a compact shard handed back to the worker,
+  or an HDF5 shard written atomically; checksummed; attribute ``launch`` saying ``P processes x d devices``); the
+  others write nothing.
 
 A process that fails writes its error into ``WORK/error-I.json`` and exits 1; the others are stopped
 (``--kill-on-bad-exit``, or by the worker) and the task fails with one line, ``process I/P: TYPE: message``, the
@@ -89,16 +90,16 @@ def _command(work: Path, processes: int, devices: int | None) -> tuple[list[list
     return [cmd] * processes, envs
 
 
-def run_launched(spec: Any) -> dict[str, Any]:
-    """Run ``spec`` (a :class:`~olrg_hpc.tasks.TaskSpec` whose resources ask for processes) as one multi-process
-    program and wait for it (module docstring); returns what :func:`olrg_hpc.tasks.store_result` returned in
-    process 0."""
+def run_launched(spec: Any, inline: dict[str, bytes] | None = None) -> dict[str, Any]:
+    """Run ``spec`` (a :class:`~olrg_hpc.tasks.TaskSpec` whose resources ask for processes; ``inline``: compact
+    shards of its dependencies, :func:`olrg_hpc.tasks.call`) as one multi-process program and wait for it (module
+    docstring); returns what :func:`olrg_hpc.tasks.store_result` returned in process 0."""
     from olrg_hpc.store import write_bytes_atomic
 
     res = spec.resources
     work = Path(spec.shard).parent.parent / LAUNCH_DIR / f"{spec.key}-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
-    write_bytes_atomic(work / "spec.pkl", pickle.dumps(spec))
+    write_bytes_atomic(work / "spec.pkl", pickle.dumps((spec, inline or {})))
     cmds, envs = _command(work, res.processes, res.devices)
     procs = []
     for i, (cmd, env) in enumerate(zip(cmds, envs, strict=True)):
@@ -118,9 +119,9 @@ def run_launched(spec: Any) -> dict[str, Any]:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
                 p.wait()
-    result = work / "result.json"
+    result = work / "result.pkl"
     if all(p.returncode == 0 for p in procs) and result.exists():
-        out = json.loads(result.read_text())
+        out = pickle.loads(result.read_bytes())
         shutil.rmtree(work, ignore_errors=True)
         return out
     raise _failure(work, spec, [p.returncode for p in procs])
@@ -212,17 +213,18 @@ def main(argv: list[str] | None = None) -> int:
     index, count = _process()
     try:
         from olrg_hpc.sharding import init_distributed
-        from olrg_hpc.store import write_json_atomic
+        from olrg_hpc.store import write_bytes_atomic
         from olrg_hpc.tasks import call, store_result
 
-        spec = pickle.loads((work / "spec.pkl").read_bytes())
+        spec, inline = pickle.loads((work / "spec.pkl").read_bytes())
         init_distributed(coordinator(work, index) if count > 1 else None, count, index)
         import jax
 
-        result, started, compute_s = call(spec)
+        result, started, compute_s = call(spec, inline)
         if index == 0:
             layout = f"{count} processes x {jax.local_device_count()} {jax.devices()[0].platform} devices"
-            write_json_atomic(work / "result.json", store_result(spec, result, started, compute_s, launch=layout))
+            out = store_result(spec, result, started, compute_s, launch=layout)
+            write_bytes_atomic(work / "result.pkl", pickle.dumps(out))
         return 0
     except BaseException as exc:  # noqa: BLE001 - reported to the worker in full, then this process ends
         err = {"type": type(exc).__name__, "message": " ".join(str(exc).split())[:300],

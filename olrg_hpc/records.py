@@ -1,11 +1,12 @@
-"""Compact shards: a finished task's small results as one checksummed JSON file, ``shards/KEY.json``.
+"""Compact shards: a finished task's small results as one checksummed JSON document.
 
 Writing an HDF5 shard costs ~3 ms (a file, its datasets, a dozen attributes and their checksums), more than Dask's
 own cost per task, while most tasks of a large study return a few kilobytes (one exact solve, one ensemble
-summary). Results of at most :data:`MAX_BYTES` bytes of numbers and strings are therefore written as one JSON
-document instead (~0.1 ms), atomically (temporary file + rename, as every shard); anything larger, or of a type
-this format does not hold (bytes, objects), is an HDF5 shard as before. Both hold the same thing and verify the
-same way, one file per task, so resume stays per task; :func:`olrg_hpc.store.gather` writes both into the study
+summary). Results of at most :data:`MAX_BYTES` bytes of numbers and strings are therefore encoded on the worker as
+one JSON document (~0.1 ms), which goes back to the driver with the task's outcome and is written there with the
+others of its batch into one batch file (:class:`olrg_hpc.store.Shards`); anything larger, or of a type this format
+does not hold (bytes, objects), is an HDF5 shard written by the worker as before. Both hold the same thing and
+verify the same way, per task, so resume stays per task; :func:`olrg_hpc.store.gather` writes both into the study
 file as HDF5 groups with the same digests.
 
 Format (UTF-8 JSON, readable with ``json`` and ``numpy`` alone)::
@@ -33,7 +34,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -91,7 +91,7 @@ def _entries(results: Mapping[str, Any], budget: list[int]) -> dict[str, Any] | 
 
 
 def _json_attr(value: Any) -> Any:
-    """An attribute value (already through ``store._attr``) as JSON holds it: numpy scalars as Python ones."""
+    """An attribute value as JSON holds it: numpy scalars as Python ones."""
     if isinstance(value, np.generic):
         return value.item()
     return value
@@ -119,12 +119,14 @@ def tree_digest(attrs: Mapping[str, Any], data: Mapping[str, Any]) -> str:
 
 
 def encode(results: Mapping[str, Any], attrs: Mapping[str, Any]) -> bytes | None:
-    """The compact shard of ``results`` with attributes ``attrs`` (values as ``store._attr`` gives them), or None
-    when the results do not fit (too large, or a type only HDF5 holds)."""
+    """The compact shard of ``results`` with attributes ``attrs`` (stored as an HDF5 shard stores them: mappings and
+    lists as JSON text), or None when the results do not fit (too large, or a type only HDF5 holds)."""
+    from olrg_hpc.store import _attr
+
     data = _entries(results, [MAX_BYTES])
     if data is None:
         return None
-    written = {str(k): _json_attr(v) for k, v in attrs.items()}
+    written = {str(k): _json_attr(_attr(v)) for k, v in attrs.items()}
     rec = {"format": FORMAT, "attrs": written, "data": data, "sha256": tree_digest(written, data), "complete": True}
     return json.dumps(rec, separators=(",", ":")).encode()
 
@@ -155,14 +157,15 @@ def _decode(data: Mapping[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def load(path: Path, key: str | None = None, read: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """``(attrs, data)`` of a compact shard, verified: ``data`` is None unless ``read``; ``attrs`` hold ``sha256`` and
-    ``complete``, as an HDF5 shard's root does. The written ``task_key`` must be ``key`` when given. Anything wrong
-    raises :class:`olrg_hpc.store.CorruptFile` naming the file."""
+def decode(raw: bytes, key: str | None = None, read: bool = False, where: str = "compact shard",
+           path: Path | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``(attrs, data)`` of the compact shard ``raw``, verified: ``data`` is None unless ``read``; ``attrs`` hold
+    ``sha256`` and ``complete``, as an HDF5 shard's root does. The written ``task_key`` must be ``key`` when given.
+    Anything wrong raises :class:`olrg_hpc.store.CorruptFile` naming ``where``."""
     from olrg_hpc.store import CorruptFile
 
     try:
-        rec = json.loads(Path(path).read_bytes())
+        rec = json.loads(raw)
         if not isinstance(rec, dict) or rec.get("format") != FORMAT:
             raise ValueError("not a compact shard")
         if rec.get("complete") is not True:
@@ -174,16 +177,5 @@ def load(path: Path, key: str | None = None, read: bool = False) -> tuple[dict[s
         if tree_digest(attrs, data) != rec["sha256"]:
             raise ValueError("checksum mismatch of its attributes or members")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CorruptFile(f"{path}: {' '.join(str(exc).split())[:200]}", Path(path)) from None
-    except OSError as exc:
-        raise CorruptFile(f"{path}: unreadable ({exc.strerror or exc})", Path(path)) from None
+        raise CorruptFile(f"{where}: {' '.join(str(exc).split())[:200]}", path, key) from None
     return {**attrs, "sha256": rec["sha256"], "complete": True}, (values if read else None)
-
-
-def write(path: Path, raw: bytes, durable: bool) -> float:
-    """Write an encoded compact shard atomically (fsync'd first when ``durable``); returns the seconds spent."""
-    from olrg_hpc.store import write_bytes_atomic
-
-    t0 = time.perf_counter()
-    write_bytes_atomic(path, raw, durable)
-    return time.perf_counter() - t0

@@ -15,6 +15,8 @@ stop the run (the cluster's health: worker jobs that cannot start). The summary 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import sys
 import time
@@ -117,11 +119,16 @@ def topological_order(tasks: Sequence[Task]) -> list[Task]:
     return order
 
 
+def _h5(study_dir: Path, key: str) -> store.Location:
+    return store.Location(key, store.shard_path(study_dir, key))
+
+
 def plan(tasks: Sequence[Task], study_dir: Path, study_seed: int,
          study_config: str = "") -> tuple[list[Task], list[TaskSpec]]:
     """Order the graph and resolve each task to a TaskSpec (seed, key, shard paths, run provenance)."""
     ordered = topological_order(tasks)
-    prov = {**run_provenance(), "study_config": study_config}
+    # the run's provenance, encoded once: every shard stores it as this JSON text
+    prov = json.dumps({**run_provenance(), "study_config": study_config}, sort_keys=True, default=str)
     keys: dict[str, str] = {}
     specs = []
     for t in ordered:
@@ -130,7 +137,7 @@ def plan(tasks: Sequence[Task], study_dir: Path, study_seed: int,
         keys[t.name] = key
         specs.append(TaskSpec(name=t.name, key=key, fn=t.fn, params=dict(t.params), seed=seed,
                               shard=store.shard_path(study_dir, key),
-                              dep_shards={dep_label(t.name, d): store.shard_path(study_dir, keys[d]) for d in t.deps},
+                              dep_shards={dep_label(t.name, d): _h5(study_dir, keys[d]) for d in t.deps},
                               provenance=prov, nan_ok=tuple(t.nan_ok), resources=t.resources))
     return ordered, specs
 
@@ -163,18 +170,24 @@ def run_tasks(tasks: Sequence[Task], study_dir: Path, client: Any, *, study_seed
     store.clean_temporaries(study_dir)
 
     summary = RunSummary(n_tasks=len(specs))
+    shards = store.Shards(study_dir)
+    found: dict[str, store.Location] = {}  # valid shards of this graph's tasks
     todo: list[TaskSpec] = []
     for spec in specs:
-        status = store.shard_status(spec.shard, spec.key)
-        if status == "valid":
+        status, loc, _, _ = shards.info(spec.key)
+        if status == "valid" and loc is not None:
             summary.skipped += 1
+            found[spec.key] = loc
             continue
         if status == "corrupt":
             summary.corrupt += 1
-            store.remove_shard(spec.shard)
+            shards.remove(spec.key)
         else:
             summary.missing += 1
         todo.append(spec)
+    # dependencies finished earlier are read where they are (a record of a batch file, or an HDF5 shard)
+    todo = [dataclasses.replace(s, dep_shards={n: found.get(loc.key, loc) for n, loc in s.dep_shards.items()})
+            for s in todo]
 
     futures: dict[str, Any] = {}
     # Dask keys unique to this run: two studies (or two runs) with identical tasks must not share results,
@@ -214,9 +227,10 @@ def run_tasks(tasks: Sequence[Task], study_dir: Path, client: Any, *, study_seed
     bar = tqdm(total=len(futures), desc="tasks", unit="task", disable=not progress or not futures,
                file=sys.stderr, dynamic_ncols=True)
     try:
-        # results come back in batches (with_results), not one round trip per task; between batches the
-        # caller's check runs (it may raise to stop the run)
-        done = as_completed(list(futures.values()), with_results=True, raise_errors=False)
+        # completions are watched without their results; each batch's results (timings, pool) come in one
+        # gather, and their futures are released (a finished task's result is never needed again: it is on disk).
+        # Between batches the caller's check runs (it may raise to stop the run).
+        done = as_completed(list(futures.values()), raise_errors=False)
         while not done.is_empty():
             batch = done.next_batch(block=False)
             if not batch:
@@ -224,19 +238,24 @@ def run_tasks(tasks: Sequence[Task], study_dir: Path, client: Any, *, study_seed
                     check()
                 time.sleep(0.1)
                 continue
-            for fut, res in batch:
+            finished = [f for f in batch if f.status == "finished"]
+            outcomes = client.gather(finished) if finished else []
+            # the small results of the batch: one batch file
+            summary.write_seconds += shards.add((r["key"], r["record"]) for r in outcomes if r.get("record"))
+            for fut, res in zip(finished, outcomes, strict=True):
+                summary.computed += 1
+                summary.compute_seconds += res["compute_s"]
+                summary.write_seconds += res["write_s"]
+                summary.pools.setdefault(res.get("pool", ""), []).append(name_of[fut.key])
+            for fut in batch:
                 name = name_of[fut.key]
-                if fut.status == "finished":
-                    summary.computed += 1
-                    summary.compute_seconds += res["compute_s"]
-                    summary.write_seconds += res["write_s"]
-                    summary.pools.setdefault(res.get("pool", ""), []).append(name)
-                else:
+                if fut.status != "finished":
                     exc = fut.exception()
                     errors[name] = one_line(f"{type(exc).__name__}: {exc}")
                     tb = "".join(traceback.format_exception(type(exc), exc, fut.traceback()))
                     log.error("task %s failed (key %s):\n%s", name, fut.key, tb.rstrip())
-                bar.update(1)
+                futures.pop(name, None)
+            bar.update(len(batch))
     finally:
         bar.close()
         futures.clear()
@@ -255,9 +274,9 @@ def run_tasks(tasks: Sequence[Task], study_dir: Path, client: Any, *, study_seed
             summary.study_file = store.gather(study_dir, entries, attrs)
         except store.CorruptFile as exc:
             # a shard damaged since it was checked: never gathered; removed, so that a rerun recomputes it
-            bad = next((e for e in entries if exc.path is not None and Path(exc.path).stem == e["key"]), None)
+            bad = next((e for e in entries if e["key"] == exc.key), None)
             if bad is not None:
-                store.remove_shard(store.shard_path(study_dir, bad["key"]))
+                store.Shards(study_dir).remove(bad["key"])
             summary.failed.append((bad["name"] if bad else "(gather)",
                                    one_line(f"corrupt shard, not gathered (removed; rerun recomputes it): {exc}")))
             log.error("gather: %s", exc)
@@ -269,7 +288,6 @@ def run_tasks(tasks: Sequence[Task], study_dir: Path, client: Any, *, study_seed
 def study_status(study_dir: Path, pools: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
     """Tasks of a study folder by state: done (valid shard), missing, corrupt, failed (last run). ``pools``, when
     given, receives the done tasks by the pool their shard says ran them ("" when it does not say)."""
-    import json
 
     study_dir = Path(study_dir)
     manifest = study_dir / store.MANIFEST
@@ -287,8 +305,9 @@ def study_status(study_dir: Path, pools: dict[str, list[str]] | None = None) -> 
         except (ValueError, KeyError, TypeError):
             failed = {}
     out: dict[str, list[str]] = {"done": [], "missing": [], "corrupt": [], "failed": []}
+    shards = store.Shards(study_dir)
     for e in entries:
-        st, attrs = store.shard_info(store.shard_path(study_dir, e["key"]), e["key"])
+        st, _, attrs, _ = shards.info(e["key"])
         if st == "valid":
             out["done"].append(e["name"])
             if pools is not None:

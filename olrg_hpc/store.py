@@ -64,6 +64,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +90,12 @@ Result = Mapping[str, Any]
 
 
 class CorruptFile(Exception):
-    """A file or dataset that fails its checksum, lacks one, or cannot be read back; ``path``: the file."""
+    """A file or dataset that fails its checksum, lacks one, or cannot be read back; ``path``: the file, ``key``: the
+    task whose shard it is, when known."""
 
-    def __init__(self, message: str, path: Path | None = None) -> None:
+    def __init__(self, message: str, path: Path | None = None, key: str | None = None) -> None:
         super().__init__(message)
-        self.path = path
+        self.path, self.key = path, key
 
 
 def shard_path(study_dir: Path, key: str) -> Path:
@@ -306,8 +308,7 @@ class _AtomicH5:
 
 
 def write_shard(path: Path, results: Result, attrs: Mapping[str, Any], durable: bool | None = None) -> float:
-    """Write one task's results and provenance atomically, checksummed, as an HDF5 shard at ``path``; returns the
-    seconds spent writing.
+    """Write one task's results and provenance atomically, checksummed, as an HDF5 shard; returns the seconds spent.
 
     ``durable``: fsync before the rename; ``None`` follows :func:`fsync_shards` (off unless ``OLRG_HPC_FSYNC=1``).
     """
@@ -323,77 +324,26 @@ def write_shard(path: Path, results: Result, attrs: Mapping[str, Any], durable: 
     return time.perf_counter() - t0
 
 
-def compact_path(path: Path) -> Path:
-    """The compact shard (:mod:`olrg_hpc.records`) that stands for the HDF5 shard ``path``."""
-    from olrg_hpc.records import SUFFIX
-
-    return Path(path).with_suffix(SUFFIX)
-
-
-def write_result(path: Path, results: Result, attrs: Mapping[str, Any], durable: bool | None = None) -> float:
-    """Write one task's shard: compact (``KEY.json``) when its results fit :mod:`olrg_hpc.records`, else HDF5 at
-    ``path`` (``KEY.h5``); atomic and checksummed either way. Returns the seconds spent writing."""
-    from olrg_hpc import records
-
-    t0 = time.perf_counter()
-    raw = records.encode(results, {k: _attr(v) for k, v in attrs.items()})
-    if raw is None:
-        return write_shard(path, results, attrs, durable)
-    records.write(compact_path(path), raw, fsync_shards() if durable is None else durable)
-    return time.perf_counter() - t0
-
-
-def shard_file(path: Path) -> Path | None:
-    """The file holding the shard ``path`` stands for: its compact shard, the HDF5 file, or None."""
-    compact = compact_path(path)
-    if compact.exists():
-        return compact
-    return Path(path) if Path(path).exists() else None
-
-
-def shard_files(study_dir: Path) -> list[Path]:
-    """Every finished shard file of a study folder (HDF5 and compact; temporaries left out)."""
-    folder = Path(study_dir) / SHARDS
-    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.suffix in (".h5", compact_path(
-        p).suffix)) if folder.is_dir() else []
-
-
-def remove_shard(path: Path) -> None:
-    """Delete the shard ``path`` stands for, in either form."""
-    compact_path(path).unlink(missing_ok=True)
-    Path(path).unlink(missing_ok=True)
-
-
 def check_shard(path: Path, key: str, read: bool = False) -> dict[str, Any] | None:
-    """Open, check and verify the shard written under ``key`` (``path``: its HDF5 name; a compact shard beside it
-    is found); :class:`CorruptFile` says what is wrong.
+    """Open, check and verify an HDF5 shard written under ``key``; :class:`CorruptFile` says what is wrong.
 
     ``read=True`` returns its results (as :func:`read_shard`), read in the same pass as the verification.
     """
-    return inspect_shard(path, key, read)[1]
+    return _inspect_h5(Path(path), key, read)[1]
 
 
-def inspect_shard(path: Path, key: str | None, read: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """``(attributes, results or None)`` of the verified shard ``path`` stands for (written for ``key`` unless
-    ``key`` is None); :class:`CorruptFile` otherwise (also when there is none)."""
-    from olrg_hpc import records
-
-    found = shard_file(path)
-    if found is None:
-        raise CorruptFile(f"{path}: missing", Path(path))
-    if found.suffix != ".h5":
-        return records.load(found, key, read)
+def _inspect_h5(path: Path, key: str | None, read: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
     try:
-        with h5py.File(found, "r") as f:
+        with h5py.File(path, "r") as f:
             attrs = dict(f.attrs.items())
             if key is not None:
                 _check_attrs(attrs, key)
             out = verify(f, read=read, attrs=attrs)
             return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}, out
     except CorruptFile as exc:
-        raise CorruptFile(f"{found}: {exc}", found) from None
+        raise CorruptFile(f"{path}: {exc}", path, key) from None
     except Exception as exc:  # noqa: BLE001 - any failure to read means the shard cannot be trusted
-        raise CorruptFile(f"{found}: unreadable ({_one_line(exc)})", found) from None
+        raise CorruptFile(f"{path}: unreadable ({_one_line(exc)})", path, key) from None
 
 
 def _check_attrs(attrs: Mapping[str, Any], key: str) -> None:
@@ -404,33 +354,154 @@ def _check_attrs(attrs: Mapping[str, Any], key: str) -> None:
 
 
 def shard_status(path: Path, key: str) -> str:
-    """'valid', 'missing', or 'corrupt' (unreadable, incomplete, written for other inputs, or failing its
-    checksums: every dataset is read back and verified)."""
-    return shard_info(path, key)[0]
-
-
-def shard_info(path: Path, key: str) -> tuple[str, dict[str, Any]]:
-    """:func:`shard_status` and, for a valid shard, its attributes (``{}`` otherwise)."""
-    if shard_file(path) is None:
-        return "missing", {}
+    """'valid', 'missing', or 'corrupt' for the HDF5 shard ``path`` (unreadable, incomplete, written for other
+    inputs, or failing its checksums: every dataset is read back and verified)."""
+    if not Path(path).exists():
+        return "missing"
     try:
-        attrs, _ = inspect_shard(path, key)
+        check_shard(path, key)
     except CorruptFile:
-        return "corrupt", {}
-    return "valid", attrs
+        return "corrupt"
+    return "valid"
 
 
 def read_shard(path: Path, key: str | None = None) -> dict[str, Any]:
-    """Results of a shard as a dict of numpy arrays / scalars (nested for groups), verified against their
+    """Results of an HDF5 shard as a dict of numpy arrays / scalars (nested for groups), verified against their
     checksums (:class:`CorruptFile` otherwise); with ``key``, also checked to be written for that key."""
-    out = inspect_shard(path, key, read=True)[1]
+    out = _inspect_h5(Path(path), key, read=True)[1]
     assert out is not None
     return out
 
 
 def read_attrs(path: Path) -> dict[str, Any]:
-    """The attributes of the (verified) shard ``path`` stands for."""
-    return inspect_shard(path, None)[0]
+    """The attributes of a (verified) HDF5 shard."""
+    return _inspect_h5(Path(path), None, read=False)[0]
+
+
+# ------------------------------------------------------------------------------------------------ a study's shards
+
+BATCH_GLOB = "batch-*.jsonl"
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where the shard of task ``key`` is: an HDF5 file, or the record at ``offset`` (``length`` bytes) of a batch
+    file (:class:`Shards`)."""
+
+    key: str
+    path: Path
+    offset: int = -1
+    length: int = 0
+
+    @property
+    def batched(self) -> bool:
+        return self.offset >= 0
+
+
+def read_location(loc: Location, read: bool = True) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``(attrs, results or None)`` of the verified shard at ``loc`` (an HDF5 location whose file does not exist:
+    the key's valid shard in that study folder, if any); :class:`CorruptFile` otherwise."""
+    from olrg_hpc import records
+
+    if not loc.batched and not loc.path.exists():  # not where it was expected: wherever the study folder has it
+        shards = Shards(loc.path.parent.parent)
+        status, found, attrs, data = shards.info(loc.key, read)
+        if found is None:
+            for bad in shards.candidates(loc.key):
+                read_location(bad, read)  # raises the error of the first
+            raise CorruptFile(f"{loc.path}: missing", loc.path, loc.key)
+        return attrs, data
+    if not loc.batched:
+        return _inspect_h5(loc.path, loc.key, read)
+    try:
+        with open(loc.path, "rb") as f:
+            f.seek(loc.offset)
+            raw = f.read(loc.length)
+    except OSError as exc:
+        raise CorruptFile(f"{loc.path}: unreadable ({exc.strerror or exc})", loc.path, loc.key) from None
+    return records.decode(raw, loc.key, read, where=f"{loc.path} (task {loc.key})", path=loc.path)
+
+
+class Shards:
+    """The finished shards of a study folder by task key.
+
+    A task's results are either an HDF5 shard ``shards/KEY.h5`` (written by the worker: results over 64 kB, or of
+    a type only HDF5 holds) or a record of a *batch file* ``shards/batch-HOST-PID-N.jsonl``: one line ``KEY<TAB>JSON``
+    per task, the JSON being its compact shard (:mod:`olrg_hpc.records`). The driver writes each batch of small
+    results that come back together as one batch file, atomically (temporary file + rename), so that thousands of
+    tiny tasks cost a few files instead of thousands; each record still verifies, resumes and fails on its own.
+    A key may have several records (recomputed after one was damaged): the first valid one counts.
+    """
+
+    def __init__(self, study_dir: Path) -> None:
+        self.folder = Path(study_dir) / SHARDS
+        self.batched: dict[str, list[Location]] = {}
+        self._n = 0
+        for f in sorted(self.folder.glob(BATCH_GLOB)) if self.folder.is_dir() else []:
+            self._index(f, f.read_bytes())
+
+    def _index(self, path: Path, raw: bytes) -> None:
+        offset = 0
+        for line in raw.splitlines(keepends=True):
+            key, tab, _ = line.partition(b"\t")
+            if tab:
+                start = offset + len(key) + 1
+                self.batched.setdefault(key.decode(errors="replace"), []).append(
+                    Location(key.decode(errors="replace"), path, start, len(line.rstrip(b"\n")) - len(key) - 1))
+            offset += len(line)
+
+    def candidates(self, key: str) -> list[Location]:
+        h5 = shard_path(self.folder.parent, key)
+        return [*self.batched.get(key, []), *([Location(key, h5)] if h5.exists() else [])]
+
+    def info(self, key: str, read: bool = False) -> tuple[str, Location | None, dict[str, Any], dict[str, Any] | None]:
+        """``(status, location, attrs, results)``: status 'valid' (the first candidate that verifies), 'missing' (none)
+        or 'corrupt' (every candidate fails); results only with ``read``."""
+        found = self.candidates(key)
+        for loc in found:
+            try:
+                attrs, data = read_location(loc, read)
+            except CorruptFile:
+                continue
+            return "valid", loc, attrs, data
+        return ("corrupt" if found else "missing"), None, {}, None
+
+    def status(self, key: str) -> str:
+        return self.info(key)[0]
+
+    def add(self, items: Iterable[tuple[str, bytes]], durable: bool | None = None) -> float:
+        """Write ``(key, compact shard)`` pairs as one batch file (atomic); returns the seconds spent."""
+        t0 = time.perf_counter()
+        items = list(items)
+        if not items:
+            return 0.0
+        raw = b"".join(k.encode() + b"\t" + r + b"\n" for k, r in items)
+        self._n += 1
+        path = self.folder / f"batch-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        write_bytes_atomic(path, raw, fsync_shards() if durable is None else durable)
+        self._index(path, raw)
+        return time.perf_counter() - t0
+
+    def remove(self, key: str) -> None:
+        """Delete every shard of ``key``: its HDF5 file, its records (their batch files rewritten without them)."""
+        shard_path(self.folder.parent, key).unlink(missing_ok=True)
+        for path in {loc.path for loc in self.batched.pop(key, [])}:
+            keep = b"".join(ln for ln in path.read_bytes().splitlines(keepends=True)
+                            if ln.partition(b"\t")[0] != key.encode())
+            if keep:
+                write_bytes_atomic(path, keep)
+            else:
+                path.unlink(missing_ok=True)
+            for other in list(self.batched):  # offsets in the rewritten file moved
+                self.batched[other] = [loc for loc in self.batched[other] if loc.path != path]
+            if keep:
+                self._index(path, keep)
+
+    def files(self) -> list[Path]:
+        """Every finished shard file: HDF5 shards and batch files (temporaries left out)."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.iterdir() if not p.name.startswith(".") and p.suffix in (".h5", ".jsonl"))
 
 
 def _writer_gone(tmp: Path) -> bool:
@@ -468,8 +539,8 @@ def clean_temporaries(study_dir: Path) -> int:
 
 
 def gather(study_dir: Path, tasks: Iterable[Mapping[str, Any]], study_attrs: Mapping[str, Any]) -> Path:
-    """Copy every task's shard into ``STUDY_DIR/study.h5`` under ``/tasks/<name>`` (atomic, checksummed); a compact
-    shard becomes the same HDF5 group an HDF5 shard of its results would have been copied to.
+    """Copy every task's shard into ``STUDY_DIR/study.h5`` under ``/tasks/<name>`` (atomic, checksummed); a record
+    of a batch file becomes the HDF5 group an HDF5 shard of its results would have been copied to.
 
     ``tasks`` are manifest entries (``name``, ``key``, ...). Each shard is verified before it is copied
     (:class:`CorruptFile` names the first that fails); each group keeps its shard's attributes, its digest
@@ -482,10 +553,15 @@ def gather(study_dir: Path, tasks: Iterable[Mapping[str, Any]], study_attrs: Map
     tasks = sorted(tasks, key=lambda t: t["name"])
     with atomic_h5(out) as f:
         root = f.create_group("tasks")
+        shards = Shards(study_dir)
         for t in tasks:
-            src_path = shard_path(study_dir, t["key"])
-            if compact_path(src_path).exists():  # decoded and verified, then written as the HDF5 shard would be
-                attrs, data = inspect_shard(src_path, t["key"], read=True)
+            status, loc, attrs, data = shards.info(t["key"], read=True)
+            if loc is None:
+                bad = shards.candidates(t["key"])
+                if bad:  # the error the first one gives
+                    read_location(bad[0], read=False)
+                raise CorruptFile(f"{shard_path(study_dir, t['key'])}: missing", None, t["key"])
+            if loc.batched:  # decoded and verified, written as an HDF5 shard of these results would be
                 g = root.create_group(t["name"])
                 for name, value in (data or {}).items():
                     _write_value(g, name, value)
@@ -496,14 +572,10 @@ def gather(study_dir: Path, tasks: Iterable[Mapping[str, Any]], study_attrs: Map
                 g.attrs["complete"] = True
                 continue
             try:
-                with h5py.File(src_path, "r") as src:
-                    _check_attrs(dict(src.attrs.items()), t["key"])
-                    verify(src)
+                with h5py.File(loc.path, "r") as src:
                     src.copy(src["/"], root, name=t["name"])  # one H5Ocopy: datasets, groups and attributes
-            except CorruptFile as exc:
-                raise CorruptFile(f"{src_path}: {exc}", src_path) from None
             except OSError as exc:
-                raise CorruptFile(f"{src_path}: unreadable ({_one_line(exc)})", src_path) from None
+                raise CorruptFile(f"{loc.path}: unreadable ({_one_line(exc)})", loc.path, t["key"]) from None
         written = {**{k: _attr(v) for k, v in study_attrs.items()}, "n_tasks": len(tasks)}
         for k, v in written.items():
             f.attrs[k] = v

@@ -10,9 +10,9 @@ A shard written under that key is valid for exactly those inputs.
 
 The function returns a mapping of names to arrays/scalars/strings (nested mappings become HDF5 groups).
 If it has a ``seed`` parameter it receives the task seed; if it has a ``deps`` parameter it receives the
-results of its dependencies as ``{task_name: results}`` (read back from their shards and verified against
-their checksums, so a dependency finished in an earlier run serves as well as one computed now, and a damaged
-one fails the task instead of feeding it).
+results of its dependencies as ``{task_name: results}`` (read back from their shards, or decoded from the compact
+shards that came with their outcomes, and verified against their checksums either way, so a dependency finished
+in an earlier run serves as well as one computed now, and a damaged one fails the task instead of feeding it).
 
 **Finite results.** Before a shard is written every floating-point (and complex) result is checked: ``inf``
 is never a result, and ``NaN`` only where the task declares it, in :attr:`Task.nan_ok` (patterns of result
@@ -45,7 +45,7 @@ import numpy as np
 from olrg_hpc import __version__
 from olrg_hpc.errors import UserError
 from olrg_hpc.provenance import host, module_code_hash, now
-from olrg_hpc.store import CorruptFile, read_shard, write_result
+from olrg_hpc.store import CorruptFile, Location, fsync_shards, read_location, write_shard
 
 #: Most tasks one study graph may hold. The driver keeps every task's spec, future and manifest entry (~2 kB)
 #: and the Dask scheduler spends ~1 ms per task, so 10^5 tasks cost ~0.2 GB and minutes of scheduling
@@ -156,8 +156,11 @@ class TaskSpec:
     params: Mapping[str, Any]
     seed: int
     shard: Path
-    dep_shards: Mapping[str, Path]
-    provenance: Mapping[str, Any]
+    #: where each dependency's shard is (by the name the task receives it under); one computed in the same run
+    #: comes with its outcome instead when small (:func:`execute`)
+    dep_shards: Mapping[str, Location]
+    #: the run's provenance as JSON text (the shard attribute ``provenance``)
+    provenance: str
     nan_ok: tuple[str, ...] = ()
     resources: Resources = Resources()
 
@@ -196,9 +199,12 @@ def check_finite(results: Mapping[str, Any], nan_ok: tuple[str, ...] = (), prefi
         raise NonFiniteResult(f"result {path!r} holds {what} of {arr.size} values{where}{hint}")
 
 
-def call(spec: TaskSpec) -> tuple[Mapping[str, Any], str, float]:
+def call(spec: TaskSpec, inline: Mapping[str, bytes] | None = None) -> tuple[Mapping[str, Any], str, float]:
     """Run the task's function (its seed and dependencies passed when it takes them) and check its results;
-    returns ``(results, started, compute seconds)``."""
+    returns ``(results, started, compute seconds)``. ``inline``: compact shards of dependencies by key, as they
+    came back from their workers in this run (verified as when read from disk)."""
+    from olrg_hpc import records
+
     started = now()
     t0 = time.perf_counter()
     kwargs = dict(spec.params)
@@ -207,9 +213,11 @@ def call(spec: TaskSpec) -> tuple[Mapping[str, Any], str, float]:
         kwargs["seed"] = spec.seed
     if "deps" in sig:
         deps = {}
-        for name, path in spec.dep_shards.items():
+        for name, loc in spec.dep_shards.items():
             try:
-                deps[name] = read_shard(path, key=Path(path).stem)
+                raw = (inline or {}).get(loc.key)
+                deps[name] = (records.decode(raw, loc.key, read=True, where=f"result of {name!r}")[1] if raw
+                              else read_location(loc)[1])
             except CorruptFile as exc:
                 raise CorruptDependency(f"dependency {name!r}: {exc}") from None
         kwargs["deps"] = deps
@@ -222,29 +230,38 @@ def call(spec: TaskSpec) -> tuple[Mapping[str, Any], str, float]:
 
 def store_result(spec: TaskSpec, result: Mapping[str, Any], started: str, compute_s: float,
                  **extra: Any) -> dict[str, Any]:
-    """Write the shard of a finished task; returns what the runner is told (timings, the pool)."""
+    """The outcome of a finished task: timings, its pool and, for small results, their compact shard (``record``,
+    written by the driver with its batch); larger results are written here as an HDF5 shard."""
+    from olrg_hpc import records
+
+    t0 = time.perf_counter()
     pool = os.environ.get(POOL_ENV, "")
     # per-task facts as separate attributes; the run's provenance (package version, git commit, library
     # versions, study config) as one JSON attribute
     attrs = dict(task_name=spec.name, task_key=spec.key, function=f"{spec.fn.__module__}:{spec.fn.__qualname__}",
                  params=dict(spec.params), seed=spec.seed, host=host(), pool=pool, started=started, finished=now(),
-                 compute_seconds=compute_s, **extra, provenance=dict(spec.provenance))
-    write_s = write_result(spec.shard, result, attrs)
-    return {"name": spec.name, "key": spec.key, "compute_s": compute_s, "write_s": write_s, "pool": pool}
+                 compute_seconds=compute_s, **extra, provenance=spec.provenance)
+    raw = records.encode(result, attrs)
+    if raw is None:
+        write_shard(spec.shard, result, attrs, fsync_shards())
+    return {"name": spec.name, "key": spec.key, "compute_s": compute_s, "write_s": time.perf_counter() - t0,
+            "pool": pool, "record": raw}
 
 
-def execute(spec: TaskSpec, *_upstream: Any) -> dict[str, Any]:
-    """Run one task on a worker and write its shard; returns timings (the data stays on disk). A task that asks
-    for processes runs as a multi-process program (:func:`olrg_hpc.launch.run_launched`).
+def execute(spec: TaskSpec, *upstream: Any) -> dict[str, Any]:
+    """Run one task on a worker; returns its outcome (:func:`store_result`): small results travel back to the
+    driver as a compact shard, larger ones stay on disk. A task that asks for processes runs as a multi-process
+    program (:func:`olrg_hpc.launch.run_launched`).
 
-    ``_upstream`` holds the outcomes of dependencies computed in the same run: passing them makes Dask
-    order the tasks; the data itself is read from the dependencies' shards.
+    ``upstream`` holds the outcomes of dependencies computed in the same run: passing them makes Dask order the
+    tasks, and the compact shards among them are this task's inputs (the others are read from disk).
     """
+    inline = {u["key"]: u["record"] for u in upstream if isinstance(u, Mapping) and u.get("record")}
     if spec.resources.processes is not None:
         from olrg_hpc.launch import run_launched
 
-        return run_launched(spec)
-    result, started, compute_s = call(spec)
+        return run_launched(spec, inline)
+    result, started, compute_s = call(spec, inline)
     return store_result(spec, result, started, compute_s)
 
 

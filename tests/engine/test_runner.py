@@ -51,18 +51,24 @@ def ratio(a: float, b: float, declare: bool = False) -> dict:
         return {"r": np.array([1.0, np.float64(a) / np.float64(b)]), "n": 2}
 
 
-def edit_in_place(shard: Path, name: str, value: float) -> None:
-    """Set dataset ``name`` of a shard to ``value`` as an editor would: a valid file, its old checksum kept (an HDF5
-    shard through h5py, a compact shard through json)."""
-    compact = store.compact_path(shard)
-    if compact.exists():
-        rec = json.loads(compact.read_text())
-        entry = rec["data"][name]
-        entry["b64"] = base64.b64encode(np.asarray(value, dtype=entry["dtype"]).tobytes()).decode()
-        compact.write_text(json.dumps(rec))
+def edit_in_place(study_dir: Path, key: str, name: str, value: float) -> None:
+    """Set dataset ``name`` of task ``key``'s shard to ``value`` as an editor would: a valid file, the old checksum
+    kept (an HDF5 shard through h5py; a record of a batch file through json, the line rewritten)."""
+    h5 = store.shard_path(study_dir, key)
+    if h5.exists():
+        with h5py.File(h5, "a") as f:
+            f[name][()] = value
         return
-    with h5py.File(shard, "a") as f:
-        f[name][()] = value
+    loc = store.Shards(study_dir).candidates(key)[0]
+    lines = loc.path.read_bytes().splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        k, _, doc = line.partition(b"\t")
+        if k.decode() == key:
+            rec = json.loads(doc)
+            entry = rec["data"][name]
+            entry["b64"] = base64.b64encode(np.asarray(value, dtype=entry["dtype"]).tobytes()).decode()
+            lines[i] = k + b"\t" + json.dumps(rec).encode() + b"\n"
+    loc.path.write_bytes(b"".join(lines))
 
 
 def graph(n: int = 8) -> list[Task]:
@@ -91,11 +97,13 @@ def test_fan_out_reduce_and_resume(tmp_path, client):
 
     # lose three shards, damage two: exactly those five are recomputed, the result is identical
     manifest = {t["name"]: t["key"] for t in json.loads((tmp_path / "manifest.json").read_text())["tasks"]}
+    shards = store.Shards(tmp_path)
     for name in ("sq-1", "sq-2", "total"):
-        store.remove_shard(store.shard_path(tmp_path, manifest[name]))
-    for name in ("sq-3", "sq-4"):
-        p = store.shard_file(store.shard_path(tmp_path, manifest[name]))
-        p.write_bytes(p.read_bytes()[:100])
+        shards.remove(manifest[name])
+    for name in ("sq-3", "sq-4"):  # their records cut short: the line holds the first 100 bytes of the JSON
+        loc = store.Shards(tmp_path).candidates(manifest[name])[0]
+        raw = loc.path.read_bytes()
+        loc.path.write_bytes(raw[: loc.offset + 100] + raw[loc.offset + loc.length:])
     assert len(study_status(tmp_path)["missing"]) == 3 and len(study_status(tmp_path)["corrupt"]) == 2
     s3 = run_tasks(graph(), tmp_path, client, study_seed=5, progress=False)
     assert (s3.skipped, s3.missing, s3.corrupt, s3.computed) == (4, 3, 2, 5)
@@ -103,6 +111,10 @@ def test_fan_out_reduce_and_resume(tmp_path, client):
     assert again.keys() == first.keys()
     for k in first:
         np.testing.assert_array_equal(again[k], first[k])
+
+
+def _keys(study_dir: Path) -> dict[str, str]:
+    return {t["name"]: t["key"] for t in json.loads((study_dir / "manifest.json").read_text())["tasks"]}
 
 
 def test_seeds_are_stable_and_distinct(tmp_path, client):
@@ -173,7 +185,7 @@ def test_a_shard_edited_in_place_is_recomputed_and_never_consumed(tmp_path, clie
     s1 = run_tasks(graph(4), tmp_path, client, study_seed=5, progress=False)
     first = store.datasets(s1.study_file)
     keys = {t["name"]: t["key"] for t in json.loads((tmp_path / "manifest.json").read_text())["tasks"]}
-    edit_in_place(store.shard_path(tmp_path, keys["sq-2"]), "y", -4.0)
+    edit_in_place(tmp_path, keys["sq-2"], "y", -4.0)
     assert study_status(tmp_path)["corrupt"] == ["sq-2"]
     # the reducing task, run against the damaged shard, refuses it instead of summing -4
     from olrg_hpc.runner import plan
@@ -195,7 +207,7 @@ def test_a_shard_damaged_before_gather_is_not_gathered(tmp_path, client, monkeyp
 
     def damaging_gather(study_dir, entries, attrs):
         key = next(e["key"] for e in entries if e["name"] == "sq-1")
-        edit_in_place(store.shard_path(study_dir, key), "y", np.inf)
+        edit_in_place(study_dir, key, "y", np.inf)
         return real_gather(study_dir, entries, attrs)
 
     monkeypatch.setattr(store, "gather", damaging_gather)
@@ -222,7 +234,7 @@ def test_non_finite_results_fail_the_task_unless_declared_not_measured(tmp_path,
                                     "the task does not declare it")
     assert all("\n" not in e for e in failed.values())
     # no shard was written for them; the full traceback is in the log, not in the one line
-    assert len(store.shard_files(tmp_path)) == 2
+    assert sum(store.Shards(tmp_path).status(k) == "valid" for k in _keys(tmp_path).values()) == 2
     assert "Traceback (most recent call last)" in caplog.text and "task inf failed" in caplog.text
     with pytest.raises(NonFiniteResult, match="'a/b' holds 1 NaN"):
         check_finite({"a": {"b": np.array([[1.0, np.nan]])}, "s": "x", "i": np.arange(3)})
