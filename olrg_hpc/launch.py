@@ -216,9 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         from olrg_hpc.store import write_bytes_atomic
         from olrg_hpc.tasks import call, store_result
 
-        spec, inline = pickle.loads((work / "spec.pkl").read_bytes())
+        # before the task's modules are imported (unpickling the spec): nothing may touch a device before this
         init_distributed(coordinator(work, index) if count > 1 else None, count, index)
         import jax
+
+        spec, inline = pickle.loads((work / "spec.pkl").read_bytes())
 
         result, started, compute_s = call(spec, inline)
         if index == 0:

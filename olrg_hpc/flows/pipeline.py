@@ -73,7 +73,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from olrg_hpc.flows.mcmc import FlowedAction, flow_hmc, flow_imh, flow_multi_mh
 from olrg_hpc.flows.model import FlowSpec, Prior, count_params, make_flow
@@ -82,6 +81,7 @@ from olrg_hpc.flows.train import evaluate, make_mesh, train
 from olrg_hpc.jaxsetup import enable_x64
 from olrg_hpc.jaxtiming import compile_clock, compile_seconds
 from olrg_hpc.lattice import ensemble, hmc
+from olrg_hpc.sharding import replicate
 
 enable_x64()
 
@@ -203,9 +203,7 @@ def train_flow_task(point: Mapping[str, float], variant: str, flow: FlowSpec | M
     c_start = compile_seconds()
     # step-0 metrics placed as train() places its metrics, so that both share one compiled program
     mesh = make_mesh(n_dev)
-    repl = NamedSharding(mesh, PartitionSpec())
-    first = evaluate(model, jax.device_put(params, repl), jax.device_put(prior, repl), jax.device_put(action, repl),
-                     k_eval, metrics_batch, mesh)
+    first = evaluate(model, *replicate((params, prior, action), mesh), k_eval, metrics_batch, mesh)  # multi-process too
     step_compile: list[float] = []
 
     def on_sync(_step: int, _loss: float) -> None:  # first synchronisation: the step function is compiled
