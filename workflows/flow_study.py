@@ -42,7 +42,7 @@ from olrg_hpc.flows.model import FlowSpec
 from olrg_hpc.flows.priors import KINDS, PriorKind
 from olrg_hpc.lattice import ensemble
 from olrg_hpc.report import Table, WorkflowReport
-from olrg_hpc.tasks import Task
+from olrg_hpc.tasks import Resources, Task
 from workflows.phi4_ensembles import HMCChains
 
 #: the names a study may list under ``variants`` (the registry's, in its order)
@@ -102,6 +102,11 @@ class Training(Strict):
                          "kind at (L/2, beta_coarse) when there is one (8 -> 16 -> 32 ...), training the fine share "
                          "of the steps; else warm and multilevel start from a Gaussian pretraining at L/2 and the "
                          "coarse-prior kinds train from scratch")
+    processes: int | None = Field(None, ge=1, description="run each training as one program of this many processes "
+                                  "(jax.distributed; on a SLURM pool an srun step of its worker job); none: in the "
+                                  "worker")
+    devices_per_process: int | None = Field(None, ge=1, description="devices of each such process (CPU nodes: "
+                                            "emulated); none: what the node gives")
     rung: Literal["final", "pretrain"] = Field(
         "final", description="with ladder, what a fine flow starts from. final: the study's flow of the same kind "
         "at (L/2, beta_coarse), which trained its own full steps, all counted on the step axis; pretrain: a training "
@@ -310,9 +315,12 @@ class _Graph:
         inputs, kw = self.prior_inputs(k, p)
         if below is not None:
             inputs["below"] = below.name
+        tr = self.p.training
         return self.add(Task(name, pipeline.train_flow_task,
                              {"point": point, "variant": k.name, "steps": steps, "flow": flow.model_dump(mode="json"),
-                              "inputs": inputs, **kw, **self.p.training.task_kw()}, deps=tuple(inputs.values())))
+                              "inputs": inputs, **kw, **tr.task_kw()}, deps=tuple(inputs.values()),
+                             resources=Resources(accelerator=True, processes=tr.processes,
+                                                 devices=tr.devices_per_process)))
 
     def pretrain(self, k: PriorKind, p: Point) -> Task | None:
         """The training of kind ``k`` at ``p``'s coarse point for the coarse share of the steps (``None`` when its

@@ -35,7 +35,10 @@ from olrg_hpc.olrg import pipeline
 from olrg_hpc.olrg.maps import make_map
 from olrg_hpc.report import Table, WorkflowReport
 from olrg_hpc.spins.tebd import steps_on_grid
-from olrg_hpc.tasks import Task
+from olrg_hpc.tasks import Resources, Task
+
+#: training runs on an accelerator pool when the cluster has one
+TRAINING = Resources(accelerator=True)
 
 MapName = Literal["identity", "nrg", "dmrg", "linear", "omm", "tebd", "exact_block"]
 #: largest chain the exact-target term and the light-cone decision may use (dense exact TOBCs)
@@ -212,7 +215,7 @@ def build(params: Params) -> list[Task]:
                                   **sampling, "steps": tr.steps, "lr": tr.lr, "schedule": tr.schedule,
                                   "exact_weight": tr.exact_weight, "enlarge": tr.enlarge, "exact_max_n": exact_max,
                                   "consistency": tr.consistency, "batch_seed": seed},
-                                 deps=tuple(targets[(seed, n)] for n in needs))
+                                 deps=tuple(targets[(seed, n)] for n in needs), resources=TRAINING)
                         tasks.append(t)
                         deps = (t.name,)
                     elif seed != params.seeds[0]:
