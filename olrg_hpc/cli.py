@@ -95,8 +95,16 @@ def _study_log(study_dir: Path, verbose: bool) -> Iterator[Path]:
     from olrg_hpc import store
 
     path = Path(study_dir) / store.LOG
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handlers: list[logging.Handler] = []
+
+    def handler() -> logging.Handler:
+        # one per logger: Dask's clusters set the level of the handlers of its loggers (silence_logs), which
+        # must not silence the others
+        h = logging.FileHandler(path, encoding="utf-8")
+        h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        handlers.append(h)
+        return h
+
     saved = {}
     logging.captureWarnings(True)
     # Dask gives some child loggers (distributed.client, ...) handlers of their own: those are redirected too
@@ -105,7 +113,7 @@ def _study_log(study_dir: Path, verbose: bool) -> Iterator[Path]:
     for name in names:
         lg = logging.getLogger(name)
         saved[name] = (lg.handlers[:], lg.level, lg.propagate)
-        lg.handlers = [handler, *(lg.handlers if verbose else [])]
+        lg.handlers = [handler(), *(lg.handlers if verbose else [])]
         if name in LOGGERS:
             lg.setLevel(logging.INFO)
         lg.propagate = False
@@ -119,7 +127,8 @@ def _study_log(study_dir: Path, verbose: bool) -> Iterator[Path]:
         lg.handlers, lg.propagate = handlers, propagate
         lg.setLevel(level)
     logging.captureWarnings(False)
-    handler.close()
+    for h in handlers:
+        h.close()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import sys
 import time
 import traceback
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from olrg_hpc import store
 from olrg_hpc.errors import UserError
+from olrg_hpc.launch import LAUNCH_DIR
 from olrg_hpc.provenance import now, run_provenance
 from olrg_hpc.tasks import Task, TaskSpec, dep_label, execute, task_key, task_seed
 
@@ -168,6 +170,7 @@ def run_tasks(tasks: Sequence[Task], study_dir: Path, client: Any, *, study_seed
     entries = manifest_entries(ordered, specs)
     store.write_json_atomic(study_dir / store.MANIFEST, {"created": now(), "seed": study_seed, "tasks": entries})
     store.clean_temporaries(study_dir)
+    shutil.rmtree(study_dir / LAUNCH_DIR, ignore_errors=True)  # working folders of launches a killed run left
 
     summary = RunSummary(n_tasks=len(specs))
     shards = store.Shards(study_dir)

@@ -8,11 +8,14 @@ that (it sizes the whole cluster from the whole task queue); :class:`PoolScaler`
 ``interval`` seconds, on the cluster's event loop:
 
 - **demand**: the pool's runnable tasks (``no-worker``, ``queued``, ``processing``) in the scheduler, found by the
-  Dask resource their pool's workers advertise (``pool-NAME``; in a cluster of one pool, every task);
-- **target**: demand over the task slots of one job (workers x threads), rounded up, within the pool's
-  ``[minimum, maximum]`` (a fixed ``jobs: N`` is ``[N, N]``);
+  Dask resource their pool's workers advertise (``pool-NAME``; in a cluster of one pool, every task), and whether
+  any of its tasks still waits for its dependencies;
+- **target**: runnable tasks over the task slots of one job (workers x threads), rounded up, at least one job while
+  a task of the pool waits (so that a pool does not leave and come back between the stages of a graph), within the
+  pool's ``[minimum, maximum]`` (a fixed ``jobs: N`` is ``[N, N]``);
 - **up** at once: new job specs; **down** after ``wait_count`` checks in a row that want fewer: jobs whose workers
-  run nothing (not yet started ones first), retired gracefully by ``_correct_state``;
+  run nothing (not yet started ones first) are retired through the scheduler (``retire_workers``: the results they
+  hold move to other workers first), and only those that retired leave the spec (their jobs are then cancelled);
 - **replacement**: a job that ended (scancel, node failure, walltime, ``worker_lifetime``) leaves the cluster's
   ``workers`` after ``distributed.deploy.lost-worker-timeout`` while its spec stays; ``_correct_state`` then
   submits it again (a new SLURM job under the same name).
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -90,23 +94,28 @@ class PoolScaler:
         self._callback = None
         self.pools = {}
 
-    def demand(self) -> Counter[str]:
-        """Runnable tasks by pool, read from the scheduler (it runs in this process, on this event loop)."""
+    def demand(self) -> tuple[Counter[str], Counter[str]]:
+        """Runnable and waiting tasks by pool, read from the scheduler (in this process, on this event loop)."""
         sched = self.cluster.scheduler
-        out: Counter[str] = Counter()
+        runnable: Counter[str] = Counter()
+        waiting: Counter[str] = Counter()
         by_resource = {p.resource: p.name for p in self.pools.values() if p.resource}
         only = next(iter(self.pools)) if len(self.pools) == 1 else None
         for ts in sched.tasks.values():
-            if ts.state not in RUNNABLE:
+            if ts.state in RUNNABLE:
+                count = runnable
+            elif ts.state == "waiting":
+                count = waiting
+            else:
                 continue
             if only is not None:
-                out[only] += 1
+                count[only] += 1
                 continue
             for r in ts.resource_restrictions or ():
                 if r in by_resource:
-                    out[by_resource[r]] += 1
+                    count[by_resource[r]] += 1
                     break
-        return out
+        return runnable, waiting
 
     def _idle_jobs(self, pool: PoolJobs, names: list[str]) -> list[str]:
         """Jobs of ``pool`` that run no task, those whose workers never connected first."""
@@ -119,12 +128,15 @@ class PoolScaler:
     async def adapt(self) -> None:
         if not self.pools or getattr(self.cluster.status, "name", "") != "running":
             return
-        demand = self.demand()
+        runnable, waiting = self.demand()
         changed = False
         for pool in list(self.pools.values()):
             names = self.jobs(pool.name)
-            target = min(pool.maximum, max(pool.minimum, math.ceil(demand[pool.name] / max(pool.slots, 1))))
+            want = max(math.ceil(runnable[pool.name] / max(pool.slots, 1)), 1 if waiting[pool.name] else 0)
+            target = min(pool.maximum, max(pool.minimum, want))
             if target > len(names):
+                log.info("pool %s: %d -> %d jobs (%d runnable tasks)", pool.name, len(names), target,
+                         runnable[pool.name])
                 self.low[pool.name] = 0
                 for _ in range(target - len(names)):
                     while f"{pool.name}-{self.counter[pool.name]}" in self.cluster.worker_spec:
@@ -134,11 +146,30 @@ class PoolScaler:
             elif target < len(names):
                 self.low[pool.name] += 1
                 if self.low[pool.name] >= self.wait_count:
-                    for job in self._idle_jobs(pool, names)[: len(names) - target]:
-                        del self.cluster.worker_spec[job]
-                        changed = True
                     self.low[pool.name] = 0
+                    changed |= await self._retire(pool, self._idle_jobs(pool, names)[: len(names) - target])
             else:
                 self.low[pool.name] = 0
         if changed or set(self.cluster.worker_spec) - set(self.cluster.workers):
             await self.cluster._correct_state()
+
+    async def _retire(self, pool: PoolJobs, jobs: list[str]) -> bool:
+        """Retire ``jobs`` of ``pool`` (their results move to other workers first); drop from the spec those
+        whose workers retired or never connected. Whether any was dropped."""
+        if not jobs:
+            return False
+        sched = self.cluster.scheduler
+        connected = {ws.name: addr for addr, ws in sched.workers.items()}
+        names = [w for j in jobs for w in pool.workers_of(j) if w in connected]
+        retired = set()
+        if names:
+            out = await sched.retire_workers(names=names, close_workers=True, remove=True,
+                                             stimulus_id=f"olrg-pool-{pool.name}-{time.time()}")
+            retired = {ws.get("name") if isinstance(ws, dict) else getattr(ws, "name", None) for ws in out.values()}
+        gone = [j for j in jobs if not (pool.workers_of(j) & set(connected)) or pool.workers_of(j) <= retired]
+        if gone:
+            log.info("pool %s: %d -> %d jobs (retiring %s)", pool.name, len(self.jobs(pool.name)),
+                     len(self.jobs(pool.name)) - len(gone), ", ".join(gone))
+        for j in gone:
+            del self.cluster.worker_spec[j]
+        return bool(gone)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Start a single-node SLURM dev cluster (munged + slurmctld + slurmd) on this machine.
+# Start the SLURM dev cluster on this machine: munged, slurmctld, and two slurmd (two node names on this one host:
+# `hostname -s` and `hostname -s`-2), partitions debug (default) and cpu on node 1, gpu on both nodes.
 # Idempotent: daemons that already run are left alone. Needs root (no systemd required).
 #
 # Environment overrides:
-#   DEV_SLURM_CPUS             CPUs the node declares (default 8; may exceed the real core count)
+#   DEV_SLURM_CPUS             CPUs each node declares (default 8; may exceed the real core count)
 #   DEV_SLURM_MEM_MB           RealMemory of the node in MB (default: ~95% of MemTotal)
 #   DEV_SLURM_DEF_MEM_PER_CPU  partition default memory per CPU in MB (default 1000)
 #   DEV_SLURM_MAX_TIME         partition MaxTime (default INFINITE)
@@ -53,6 +54,8 @@ t_start=$(date +%s)
 # --- 0. settings (validated before anything is started) -------------------------------------------
 NODE="$(hostname -s)"
 [ -n "$NODE" ] || die "hostname -s returned nothing"
+NODE2="$NODE-2"
+NODES=("$NODE" "$NODE2")
 CPUS="${DEV_SLURM_CPUS:-8}"
 if [ -n "${DEV_SLURM_MEM_MB:-}" ]; then
     MEM_MB="$DEV_SLURM_MEM_MB"
@@ -112,24 +115,28 @@ install -d -m 0755 "$CONF_DIR" "$STATE_DIR" "$SPOOL_DIR" "$RUN_DIR" "$LOG_DIR"
 
 new_conf="$(mktemp)"
 trap 'rm -f "$new_conf"' EXIT
-sed -e "s|@GENERATED_MARKER@|$MARKER|g" \
-    -e "s|@NODENAME@|$NODE|g" \
-    -e "s|@CPUS@|$CPUS|g" \
-    -e "s|@REAL_MEMORY@|$MEM_MB|g" \
-    -e "s|@DEF_MEM_PER_CPU@|$DEF_MEM|g" \
-    -e "s|@MAX_TIME@|$MAX_TIME|g" \
-    -e "s|@STATE_DIR@|$STATE_DIR|g" \
-    -e "s|@SPOOL_DIR@|$SPOOL_DIR|g" \
-    -e "s|@RUN_DIR@|$RUN_DIR|g" \
-    -e "s|@LOG_DIR@|$LOG_DIR|g" \
-    "$TEMPLATE" >"$new_conf"
-if grep -q '@[A-Z_]*@' "$new_conf"; then
-    die "unsubstituted placeholder in generated config: $(grep -o '@[A-Z_]*@' "$new_conf" | sort -u | tr '\n' ' ')"
-fi
+render() {  # render TEMPLATE OUT
+    sed -e "s|@GENERATED_MARKER@|$MARKER|g" \
+        -e "s|@NODENAME@|$NODE|g" \
+        -e "s|@NODENAME2@|$NODE2|g" \
+        -e "s|@CPUS@|$CPUS|g" \
+        -e "s|@REAL_MEMORY@|$MEM_MB|g" \
+        -e "s|@DEF_MEM_PER_CPU@|$DEF_MEM|g" \
+        -e "s|@MAX_TIME@|$MAX_TIME|g" \
+        -e "s|@STATE_DIR@|$STATE_DIR|g" \
+        -e "s|@SPOOL_DIR@|$SPOOL_DIR|g" \
+        -e "s|@RUN_DIR@|$RUN_DIR|g" \
+        -e "s|@LOG_DIR@|$LOG_DIR|g" \
+        "$1" >"$2"
+    if grep -q '@[A-Z_0-9]*@' "$2"; then
+        die "unsubstituted placeholder in $2: $(grep -o '@[A-Z_0-9]*@' "$2" | sort -u | tr '\n' ' ')"
+    fi
+}
+render "$TEMPLATE" "$new_conf"
 
 ctld_running=0; slurmd_running=0
 pid_alive "$RUN_DIR/slurmctld.pid" slurmctld && ctld_running=1
-pid_alive "$RUN_DIR/slurmd.pid" slurmd && slurmd_running=1
+for n in "${NODES[@]}"; do pid_alive "$RUN_DIR/slurmd-$n.pid" slurmd && slurmd_running=1; done
 
 if [ -f "$CONF" ] && cmp -s "$new_conf" "$CONF"; then
     :  # unchanged
@@ -143,7 +150,8 @@ else
         cp -p "$CONF" "$backup"
     fi
     install -m 0644 "$new_conf" "$CONF"
-    log "wrote $CONF (NodeName=$NODE CPUs=$CPUS RealMemory=${MEM_MB}MB DefMemPerCPU=$DEF_MEM MaxTime=$MAX_TIME)"
+    log "wrote $CONF (nodes $NODE $NODE2, CPUs=$CPUS RealMemory=${MEM_MB}MB" \
+        "DefMemPerCPU=$DEF_MEM MaxTime=$MAX_TIME)"
 fi
 
 # --- 4. daemons --------------------------------------------------------------------------------------
@@ -175,46 +183,51 @@ if [ "$ok" -ne 1 ]; then
     die "slurmctld did not answer within ${TIMEOUT}s (scontrol ping: $(timeout 10 scontrol ping 2>&1 | head -n 1))"
 fi
 
-if [ "$slurmd_running" -eq 1 ]; then
-    log "slurmd already running (pid $(cat "$RUN_DIR/slurmd.pid"))"
-else
-    rm -f "$RUN_DIR/slurmd.pid"
-    log "starting slurmd"
-    if ! slurmd -f "$CONF"; then
-        tail_log "$LOG_DIR/slurmd.log"; die "slurmd failed to start"
+# One slurmd per node name (slurmd -N NAME): its own port, spool folder, pid file and log (%n in slurm.conf).
+for n in "${NODES[@]}"; do
+    if pid_alive "$RUN_DIR/slurmd-$n.pid" slurmd; then
+        log "slurmd $n already running (pid $(cat "$RUN_DIR/slurmd-$n.pid"))"
+        continue
     fi
-fi
+    rm -f "$RUN_DIR/slurmd-$n.pid"
+    install -d -m 0755 "$SPOOL_DIR/$n"
+    log "starting slurmd $n"
+    if ! slurmd -N "$n" -f "$CONF"; then
+        tail_log "$LOG_DIR/slurmd-$n.log"; die "slurmd $n failed to start"
+    fi
+done
 
-# --- 5. wait for the node ----------------------------------------------------------------------------
+# --- 5. wait for the nodes --------------------------------------------------------------------------
 deadline=$(( $(date +%s) + TIMEOUT ))
-state=""
-resumed=0
-while :; do
-    state="$(timeout 10 sinfo -h -n "$NODE" -o %T 2>/dev/null | head -n 1 || true)"
-    case "$state" in
-        idle|mix|mixed|alloc|allocated|completing) break ;;
-        down|drain|drained|draining|fail|failing|down~|drained~)
-            if [ "$resumed" -eq 0 ]; then
-                reason="$(sinfo -h -n "$NODE" -o %E 2>/dev/null | head -n 1 || true)"
-                log "node $NODE is '$state' (reason: ${reason:-none}): resuming it"
-                scontrol update nodename="$NODE" state=resume 2>/dev/null \
-                    || scontrol update nodename="$NODE" state=idle 2>/dev/null || true
-                resumed=1
-            fi ;;
-    esac
-    if ! pid_alive "$RUN_DIR/slurmd.pid" slurmd; then
-        tail_log "$LOG_DIR/slurmd.log"
-        die "slurmd is not running (node state: '${state:-unknown}')"
-    fi
-    if [ "$(date +%s)" -ge "$deadline" ]; then
-        tail_log "$LOG_DIR/slurmctld.log"
-        tail_log "$LOG_DIR/slurmd.log"
-        die "node $NODE not usable after ${TIMEOUT}s (state: '${state:-unknown}'); see the logs above"
-    fi
-    sleep 1
+for n in "${NODES[@]}"; do
+    state=""
+    resumed=0
+    while :; do
+        state="$(timeout 10 sinfo -h -n "$n" -o %T 2>/dev/null | head -n 1 || true)"
+        case "$state" in
+            idle|mix|mixed|alloc|allocated|completing) break ;;
+            down|drain|drained|draining|fail|failing|down~|drained~)
+                if [ "$resumed" -eq 0 ]; then
+                    reason="$(sinfo -h -n "$n" -o %E 2>/dev/null | head -n 1 || true)"
+                    log "node $n is '$state' (reason: ${reason:-none}): resuming it"
+                    scontrol update nodename="$n" state=resume 2>/dev/null \
+                        || scontrol update nodename="$n" state=idle 2>/dev/null || true
+                    resumed=1
+                fi ;;
+        esac
+        if ! pid_alive "$RUN_DIR/slurmd-$n.pid" slurmd; then
+            tail_log "$LOG_DIR/slurmd-$n.log"
+            die "slurmd $n is not running (node state: '${state:-unknown}')"
+        fi
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            tail_log "$LOG_DIR/slurmctld.log"
+            tail_log "$LOG_DIR/slurmd-$n.log"
+            die "node $n not usable after ${TIMEOUT}s (state: '${state:-unknown}'); see the logs above"
+        fi
+        sleep 1
+    done
 done
 
 t_end=$(date +%s)
-log "OK: cluster olrg-dev up in $(( t_end - t_start ))s -- node $NODE state=$state, partition debug," \
-    "CPUs=$(sinfo -h -n "$NODE" -o %c | head -n1), memory=$(sinfo -h -n "$NODE" -o %m | head -n1)MB," \
-    "config $CONF, logs $LOG_DIR/"
+log "OK: cluster olrg-dev up in $(( t_end - t_start ))s -- nodes ${NODES[*]} ($(sinfo -h -o '%P %D %N' | tr '\n' ';'))," \
+    "CPUs=$CPUS per node, config $CONF, logs $LOG_DIR/"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Show the state of the single-node SLURM dev cluster. Exit 0 when the node is usable, 1 otherwise.
+# Show the state of the SLURM dev cluster. Exit 0 when the node is usable, 1 otherwise.
 set -euo pipefail
 
 RUN_DIR=/run/slurm
@@ -18,7 +18,11 @@ daemon() {  # daemon NAME PIDFILE -- "running (pid N)" or "not running"
 
 printf '%-10s %s\n' munged "$(daemon munged /run/munge/munged.pid)"
 printf '%-10s %s\n' slurmctld "$(daemon slurmctld "$RUN_DIR/slurmctld.pid")"
-printf '%-10s %s\n' slurmd "$(daemon slurmd "$RUN_DIR/slurmd.pid")"
+for f in "$RUN_DIR"/slurmd-*.pid; do
+    [ -e "$f" ] || { printf '%-10s %s\n' slurmd "not running"; break; }
+    n="$(basename "$f" .pid)"
+    printf '%-10s %s\n' "${n}" "$(daemon slurmd "$f")"
+done
 
 if ! command -v sinfo >/dev/null 2>&1; then
     echo "SLURM client not installed (bash slurm/dev-cluster/install.sh)"; exit 1

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stop the single-node SLURM dev cluster started by start.sh: cancel jobs, shut down slurmctld and slurmd,
+# Stop the SLURM dev cluster started by start.sh: cancel jobs, shut down slurmctld and slurmd,
 # then stop munged. Idempotent: does nothing (and exits 0) when nothing runs.
 #
 # Environment:
@@ -68,7 +68,12 @@ wait_exit() {
 }
 
 mapfile -t ctld_pids < <(daemon_pids slurmctld "$RUN_DIR/slurmctld.pid")
-mapfile -t slurmd_pids < <(daemon_pids slurmd "$RUN_DIR/slurmd.pid")
+slurmd_pids=()
+for f in "$RUN_DIR"/slurmd*.pid; do  # one slurmd per node name (slurmd-NODE.pid)
+    [ -e "$f" ] && mapfile -t -O "${#slurmd_pids[@]}" slurmd_pids < <(daemon_pids slurmd "$f")
+done
+[ "${#slurmd_pids[@]}" -gt 0 ] || mapfile -t slurmd_pids < <(daemon_pids slurmd /nonexistent)
+mapfile -t slurmd_pids < <(printf '%s\n' "${slurmd_pids[@]}" | sort -u | sed '/^$/d')
 mapfile -t munge_pids < <(daemon_pids munged "$MUNGE_PID")
 
 stopped_any=0
@@ -93,7 +98,7 @@ if [ "${#ctld_pids[@]}" -gt 0 ] || [ "${#slurmd_pids[@]}" -gt 0 ]; then
     wait_exit slurmd "${slurmd_pids[@]}" || rc=1
     wait_exit slurmctld "${ctld_pids[@]}" || rc=1
     [ "$rc" -eq 0 ] || die "SLURM daemons did not stop"
-    rm -f "$RUN_DIR/slurmctld.pid" "$RUN_DIR/slurmd.pid"
+    rm -f "$RUN_DIR/slurmctld.pid" "$RUN_DIR"/slurmd*.pid
     log "slurmctld and slurmd stopped"
 else
     log "slurmctld/slurmd not running"
