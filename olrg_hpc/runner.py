@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: small results are written as one batch file per this many, or per this many seconds, whichever comes first
+FLUSH_RECORDS, FLUSH_S = 2000, 1.0
 #: longest error text of one failed task on the terminal (the full one is in the log)
 ERROR_CHARS = 300
 
@@ -227,39 +229,51 @@ def run_tasks(tasks: Sequence[Task], study_dir: Path, client: Any, *, study_seed
 
     errors: dict[str, str] = {}
     name_of = {f.key: n for n, f in futures.items()}
+    pending: list[tuple[str, bytes]] = []  # small results not yet in a batch file
+    since = 0.0
+
+    def flush() -> None:
+        summary.write_seconds += shards.add(pending)
+        pending.clear()
+
     bar = tqdm(total=len(futures), desc="tasks", unit="task", disable=not progress or not futures,
                file=sys.stderr, dynamic_ncols=True)
     try:
-        # completions are watched without their results; each batch's results (timings, pool) come in one
-        # gather, and their futures are released (a finished task's result is never needed again: it is on disk).
-        # Between batches the caller's check runs (it may raise to stop the run).
+        # completions are watched without their results, every 0.1 s; each batch's outcomes (timings, pool, small
+        # results) come in one gather, and their futures are released. Small results are written together: one
+        # batch file per FLUSH_RECORDS results or FLUSH_S seconds (the dependents computed in this run got them with
+        # the outcomes already). Between batches the caller's check runs (it may raise to stop the run).
         done = as_completed(list(futures.values()), raise_errors=False)
         while not done.is_empty():
             batch = done.next_batch(block=False)
-            if not batch:
-                if check is not None:
-                    check()
+            if batch:
+                finished = [f for f in batch if f.status == "finished"]
+                outcomes = client.gather(finished) if finished else []
+                if not pending and any(r.get("record") for r in outcomes):
+                    since = time.monotonic()
+                pending.extend((r["key"], r["record"]) for r in outcomes if r.get("record"))
+                for fut, res in zip(finished, outcomes, strict=True):
+                    summary.computed += 1
+                    summary.compute_seconds += res["compute_s"]
+                    summary.write_seconds += res["write_s"]
+                    summary.pools.setdefault(res.get("pool", ""), []).append(name_of[fut.key])
+                for fut in batch:
+                    name = name_of[fut.key]
+                    if fut.status != "finished":
+                        exc = fut.exception()
+                        errors[name] = one_line(f"{type(exc).__name__}: {exc}")
+                        tb = "".join(traceback.format_exception(type(exc), exc, fut.traceback()))
+                        log.error("task %s failed (key %s):\n%s", name, fut.key, tb.rstrip())
+                    futures.pop(name, None)
+                bar.update(len(batch))
+            if pending and (len(pending) >= FLUSH_RECORDS or time.monotonic() - since >= FLUSH_S):
+                flush()
+            if check is not None:
+                check()
+            if not done.is_empty():
                 time.sleep(0.1)
-                continue
-            finished = [f for f in batch if f.status == "finished"]
-            outcomes = client.gather(finished) if finished else []
-            # the small results of the batch: one batch file
-            summary.write_seconds += shards.add((r["key"], r["record"]) for r in outcomes if r.get("record"))
-            for fut, res in zip(finished, outcomes, strict=True):
-                summary.computed += 1
-                summary.compute_seconds += res["compute_s"]
-                summary.write_seconds += res["write_s"]
-                summary.pools.setdefault(res.get("pool", ""), []).append(name_of[fut.key])
-            for fut in batch:
-                name = name_of[fut.key]
-                if fut.status != "finished":
-                    exc = fut.exception()
-                    errors[name] = one_line(f"{type(exc).__name__}: {exc}")
-                    tb = "".join(traceback.format_exception(type(exc), exc, fut.traceback()))
-                    log.error("task %s failed (key %s):\n%s", name, fut.key, tb.rstrip())
-                futures.pop(name, None)
-            bar.update(len(batch))
     finally:
+        flush()  # also after an error or Ctrl-C: finished tasks are kept
         bar.close()
         futures.clear()
     failed_set = set(errors)

@@ -450,6 +450,11 @@ class Shards:
                     Location(key.decode(errors="replace"), path, start, len(line.rstrip(b"\n")) - len(key) - 1))
             offset += len(line)
 
+    def keys(self) -> set[str]:
+        """Every task key with a shard here, valid or not (not verified)."""
+        h5 = {p.stem for p in self.folder.glob("*.h5")} if self.folder.is_dir() else set()
+        return set(self.batched) | h5
+
     def candidates(self, key: str) -> list[Location]:
         h5 = shard_path(self.folder.parent, key)
         return [*self.batched.get(key, []), *([Location(key, h5)] if h5.exists() else [])]

@@ -1,13 +1,15 @@
-"""Cluster profiles to clients: address profiles, SLURM job scripts from profiles, one-line failures, and who can
-connect to a LocalCluster: only this run (TLS with credentials of the run), the dashboard on localhost."""
+"""Cluster profiles to clients: address profiles, SLURM job scripts from profiles (one pool or several), where a
+task goes among pools, one-line failures, and who can connect to a LocalCluster: only this run (TLS with
+credentials of the run), the dashboard on localhost."""
 
 from __future__ import annotations
 
 import pytest
 
-from olrg_hpc.cluster import open_client, slurm_cluster_kwargs, tunnel_hint
-from olrg_hpc.config import AddressProfile, LocalProfile, SlurmProfile, load_profile
+from olrg_hpc.cluster import Pool, open_client, placement, slurm_cluster_kwargs, tunnel_hint, worker_job_script
+from olrg_hpc.config import PROFILE_KINDS, AddressProfile, LocalProfile, SlurmProfile, load_profile
 from olrg_hpc.errors import UserError
+from olrg_hpc.tasks import Resources
 
 
 def test_address_profile_connects_to_a_running_scheduler():
@@ -53,6 +55,76 @@ def test_job_script_carries_every_profile_keyword(tmp_path):
     assert "--mem=" not in script  # skipped on request
     assert "--lifetime-restart" not in script  # retire the job, not just the process
     assert str(tmp_path / "logs") in str(kwargs["log_directory"])
+
+
+TWO_POOLS = dict(kind="slurm", account="proj", memory="2GB", interface="lo", job_script_prologue=["source venv"],
+                 pools={"cpu": {"queue": "cpu", "processes": 4, "cores": 4, "adapt": {"maximum_jobs": 8}},
+                        "gpu": {"queue": "gpu", "gpus_per_job": 4, "nodes": 2, "ntasks": 8, "cores": 8,
+                                "job_script_prologue": ["module load cuda"]}})
+
+
+def test_every_pool_gets_its_own_job_script():
+    prof = SlurmProfile(**TWO_POOLS)
+    pools = prof.worker_pools()
+    assert list(pools) == ["cpu", "gpu"]
+    assert pools["cpu"].adapt is not None and pools["cpu"].adapt.maximum_jobs == 8 and pools["gpu"].jobs is None
+    assert not pools["cpu"].is_accelerator and pools["gpu"].is_accelerator  # gpus_per_job > 0
+    cpu, gpu = worker_job_script(prof, pool="cpu"), worker_job_script(prof, pool="gpu")
+    for line in ("#SBATCH -J olrg-worker-cpu", "#SBATCH -p cpu", "#SBATCH -A proj", "#SBATCH -n 1",
+                 "export OLRG_HPC_POOL=cpu", "export OLRG_HPC_LAUNCH=srun", "source venv", "--resources pool-cpu=1",
+                 "--nworkers 4"):
+        assert line in cpu, line
+    for line in ("#SBATCH -J olrg-worker-gpu", "#SBATCH -p gpu", "#SBATCH -A proj", "#SBATCH --gres=gpu:4",
+                 "#SBATCH --ntasks=8", "#SBATCH --nodes=2", "#SBATCH --cpus-per-task=8", "export OLRG_HPC_POOL=gpu",
+                 "export OLRG_HPC_GPUS=4", "module load cuda", "--resources pool-gpu=8"):
+        assert line in gpu, line
+    assert "#SBATCH -n 1" not in gpu and "source venv" not in gpu  # the pool's own prologue replaces the profile's
+    # a profile without pools is one pool, as before: no resources asked or advertised
+    one = worker_job_script(SlurmProfile(kind="slurm", queue="debug"))
+    assert "--resources" not in one and "export OLRG_HPC_POOL=default" in one
+
+
+@pytest.mark.parametrize("pools, message", [
+    ({"gpu": {"memroy": "2GB"}}, r"pools\.gpu\.memroy: unknown key \(did you mean memory\?"),
+    ({"gpu": {"memory": "lots"}}, r"pools\.gpu\.memory: a memory size"),
+    ({"gpu": {"queue": "gpu; rm -rf ~"}}, r"pools\.gpu\.queue: a name"),
+    ({"gpu": {"ntasks": 4, "processes": 2, "cores": 2}}, r"pools\.gpu: ntasks \(4\) > 1 needs processes: 1"),
+    ({"gpu": {"nodes": 3, "ntasks": 2}}, r"pools\.gpu: nodes \(3\) exceeds ntasks"),
+    ({"gpu": {"interface": "lo", "jobs": 1, "adapt": {"maximum_jobs": 2}}}, r"pools\.gpu: set either jobs"),
+    ({"g-p-u": {}}, r"pools: .*a pool name of letters"),
+    ({"gpu": {"kind": "local"}}, r"pools\.gpu\.kind: unknown key"),
+])
+def test_bad_pools_are_one_line(tmp_path, pools, message):
+    import yaml
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"kind": "slurm", "jobs": 1, "pools": pools}))
+    with pytest.raises(UserError, match=message) as exc:
+        load_profile(str(path))
+    assert "\n" not in str(exc.value) and str(exc.value).startswith(f"{path}: ")
+
+
+def test_placement_sends_training_to_the_accelerator_pool_and_the_rest_to_cpu():
+    cpu, gpu = Pool("cpu", False, 1, 1, "pool-cpu"), Pool("gpu", True, 8, 4, "pool-gpu")
+    assert placement(Resources(), [cpu, gpu]) == (cpu, {"pool-cpu": 1.0})
+    assert placement(Resources(accelerator=True), [cpu, gpu]) == (gpu, {"pool-gpu": 1.0})
+    # a multi-process task holds its worker's every thread (the job's tasks are its processes)
+    assert placement(Resources(accelerator=True, processes=8), [cpu, gpu]) == (gpu, {"pool-gpu": 4.0})
+    with pytest.raises(ValueError, match="asks for 16 processes; pool 'gpu' runs at most 8"):
+        placement(Resources(accelerator=True, processes=16), [cpu, gpu])
+    # a profile without an accelerator pool trains on the CPU pool; one pool: no restriction at all
+    assert placement(Resources(accelerator=True), [cpu]) == (cpu, {"pool-cpu": 1.0})
+    local = Pool("local")
+    assert placement(Resources(accelerator=True, processes=4), [local]) == (local, None)
+    assert placement(Resources(), []) == (None, None)
+
+
+def test_every_kind_is_a_module_of_the_cluster_package():
+    from olrg_hpc.cluster import Kind, kind_of
+
+    for kind, model in PROFILE_KINDS.items():
+        assert model.model_fields["kind"].annotation.__args__ == (kind,)
+        assert isinstance(kind_of(model.model_construct(kind=kind)), Kind)
 
 
 def test_tunnel_hint(monkeypatch):

@@ -22,6 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from _edit import edit_number
 
 from olrg_hpc import store
 from olrg_hpc.cli import main
@@ -72,10 +73,7 @@ def _copy(finished: Path, tmp: Path) -> Path:
 
 def test_a_shard_edited_in_place_is_corrupt_for_status_and_recomputed(finished, tmp_path):
     work = _copy(finished, tmp_path)
-    shard = next((work / "st" / "shards").glob("*.h5"))
-    with h5py.File(shard, "a") as f:  # still valid HDF5, still 'complete', same key: only the numbers changed
-        name = next(k for k in f if isinstance(f[k], h5py.Dataset) and f[k].dtype.kind == "f" and f[k].size > 1)
-        f[name][0] = np.inf
+    edit_number(work / "st")  # still a valid file, still 'complete', same key: only a number changed
     st = _run(["status", "st"], work)
     assert st.returncode == 1 and "12 done, 0 missing, 1 partial or corrupt" in st.stdout, st.stdout
     cfg, prof = work / "faults.yaml", work / "local.yaml"
@@ -227,8 +225,7 @@ def test_ctrl_c_exits_130_with_one_line_and_no_tracebacks(tmp_path, when):
             time.sleep(0.02)
         time.sleep(0.3)
     else:
-        shards = tmp_path / "st" / "shards"
-        while time.monotonic() < deadline and len(list(shards.glob("*.h5"))) < 2:
+        while time.monotonic() < deadline and len(store.Shards(tmp_path / "st").keys()) < 2:
             time.sleep(0.05)
     assert proc.poll() is None, "the run ended before Ctrl-C"
     t0 = time.monotonic()

@@ -7,13 +7,13 @@ them across processes. The end-to-end path with worker processes is tested throu
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from _edit import edit_number
 
 from olrg_hpc import store
 from olrg_hpc.errors import UserError
@@ -49,26 +49,6 @@ def ratio(a: float, b: float, declare: bool = False) -> dict:
     """``a / b`` where b may be 0: NaN for 0/0 (not measured when ``declare``), inf for a/0."""
     with np.errstate(divide="ignore", invalid="ignore"):
         return {"r": np.array([1.0, np.float64(a) / np.float64(b)]), "n": 2}
-
-
-def edit_in_place(study_dir: Path, key: str, name: str, value: float) -> None:
-    """Set dataset ``name`` of task ``key``'s shard to ``value`` as an editor would: a valid file, the old checksum
-    kept (an HDF5 shard through h5py; a record of a batch file through json, the line rewritten)."""
-    h5 = store.shard_path(study_dir, key)
-    if h5.exists():
-        with h5py.File(h5, "a") as f:
-            f[name][()] = value
-        return
-    loc = store.Shards(study_dir).candidates(key)[0]
-    lines = loc.path.read_bytes().splitlines(keepends=True)
-    for i, line in enumerate(lines):
-        k, _, doc = line.partition(b"\t")
-        if k.decode() == key:
-            rec = json.loads(doc)
-            entry = rec["data"][name]
-            entry["b64"] = base64.b64encode(np.asarray(value, dtype=entry["dtype"]).tobytes()).decode()
-            lines[i] = k + b"\t" + json.dumps(rec).encode() + b"\n"
-    loc.path.write_bytes(b"".join(lines))
 
 
 def graph(n: int = 8) -> list[Task]:
@@ -185,7 +165,7 @@ def test_a_shard_edited_in_place_is_recomputed_and_never_consumed(tmp_path, clie
     s1 = run_tasks(graph(4), tmp_path, client, study_seed=5, progress=False)
     first = store.datasets(s1.study_file)
     keys = {t["name"]: t["key"] for t in json.loads((tmp_path / "manifest.json").read_text())["tasks"]}
-    edit_in_place(tmp_path, keys["sq-2"], "y", -4.0)
+    edit_number(tmp_path, keys["sq-2"], "y", -4.0)
     assert study_status(tmp_path)["corrupt"] == ["sq-2"]
     # the reducing task, run against the damaged shard, refuses it instead of summing -4
     from olrg_hpc.runner import plan
@@ -207,7 +187,7 @@ def test_a_shard_damaged_before_gather_is_not_gathered(tmp_path, client, monkeyp
 
     def damaging_gather(study_dir, entries, attrs):
         key = next(e["key"] for e in entries if e["name"] == "sq-1")
-        edit_in_place(study_dir, key, "y", np.inf)
+        edit_number(study_dir, key, "y", np.inf)
         return real_gather(study_dir, entries, attrs)
 
     monkeypatch.setattr(store, "gather", damaging_gather)

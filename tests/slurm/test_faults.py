@@ -48,7 +48,7 @@ def test_cancelled_worker_job_is_replaced_and_study_completes(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     shards = tmp_path / "slurm" / "shards"
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not (len(_jobs(name)) == 2 and len(list(shards.glob("*.h5"))) >= 2):
+    while time.monotonic() < deadline and not (len(_jobs(name)) == 2 and len(store.Shards(shards.parent).keys()) >= 2):
         assert proc.poll() is None, proc.communicate()[1]
         time.sleep(0.3)
     before = set(_jobs(name))

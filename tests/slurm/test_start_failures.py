@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from olrg_hpc import store
+
 pytestmark = pytest.mark.slurm
 
 EXE = [sys.executable, "-m", "olrg_hpc.cli"]
@@ -89,7 +91,7 @@ def test_ctrl_c_on_a_slurm_profile_exits_130_and_releases_the_jobs(tmp_path):
     reader.start()
     shards = tmp_path / "st" / "shards"
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not list(shards.glob("*.h5")):
+    while time.monotonic() < deadline and not store.Shards(shards.parent).keys():
         assert proc.poll() is None, "".join(lines)
         time.sleep(0.2)
     t0 = time.monotonic()
@@ -117,7 +119,7 @@ def test_credentials_of_a_killed_run_are_replaced_and_a_finished_run_leaves_none
                             start_new_session=True)
     study = tmp_path / "st"
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not list((study / "shards").glob("*.h5")):
+    while time.monotonic() < deadline and not store.Shards(study).keys():
         assert proc.poll() is None
         time.sleep(0.2)
     old = _credentials(study)
