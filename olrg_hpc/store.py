@@ -616,7 +616,23 @@ def write_bytes_atomic(path: Path, raw: bytes, durable: bool = False) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    write_bytes_atomic(path, json.dumps(data, indent=1, sort_keys=True, default=str).encode())
+    """``data`` as JSON, atomically: a list, and each list value of a mapping, one item per line (json's C encoder,
+    which an indented dump cannot use: a 10,000-task manifest in ~0.1 s instead of ~1 s)."""
+
+    def dumps(x: Any) -> str:
+        return json.dumps(x, sort_keys=True, default=str)
+
+    def block(items: list[Any]) -> str:
+        return "[\n" + ",\n".join(dumps(x) for x in items) + "\n]" if items else "[]"
+
+    if isinstance(data, list):
+        text = block(data)
+    elif isinstance(data, Mapping):
+        text = "{\n" + ",\n".join(f"{dumps(str(k))}: {block(v) if isinstance(v, list) else dumps(v)}"
+                                  for k, v in sorted(data.items())) + "\n}"
+    else:
+        text = dumps(data)
+    write_bytes_atomic(path, text.encode())
 
 
 def remove_study(study_dir: Path) -> None:
