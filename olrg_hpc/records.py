@@ -100,21 +100,17 @@ def _json_attr(value: Any) -> Any:
 def tree_digest(attrs: Mapping[str, Any], data: Mapping[str, Any]) -> str:
     """The digest :func:`olrg_hpc.store.seal` gives a group with these attributes and these members (``data``
     entries, their ``sha256`` already set)."""
-    from olrg_hpc.store import UNSIGNED, hash_value
+    from olrg_hpc.store import UNSIGNED, hash_attrs
 
     h = hashlib.sha256()
-    for k, v in sorted(attrs.items()):
-        if k not in UNSIGNED:
-            h.update(f"a{len(k)}:{k}".encode())
-            hash_value(h, v)
+    hash_attrs(h, attrs, UNSIGNED)
     for name in sorted(data):
         e = data[name]
         if "group" in e:
             h.update(f"g{len(name)}:{name}:{tree_digest({}, e['group'])}".encode())
         else:  # a dataset: its name and its one attribute, sha256
             h.update(f"d{len(name)}:{name}".encode())
-            h.update(b"a6:sha256")
-            hash_value(h, e["sha256"])
+            hash_attrs(h, {"sha256": e["sha256"]})
     return h.hexdigest()
 
 

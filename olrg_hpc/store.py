@@ -1,4 +1,4 @@
-"""The HDF5 result store: one shard per task, written atomically, checksummed, gathered into one study file.
+"""The result store: one shard per task, written atomically, checksummed, gathered into one HDF5 study file.
 
 Layout of a study folder::
 
@@ -6,8 +6,8 @@ Layout of a study folder::
       .lock              held (fcntl) by the one run or report at work in the folder; says its host and pid
       config.yaml        the study config as run
       manifest.json      every task of the graph: name, key, function, params, dependencies
-      shards/KEY.h5      one finished task (only ever appears complete: temp file + rename) ...
-      shards/KEY.json    ... or, for results of at most 64 kB, a compact shard (:mod:`olrg_hpc.records`)
+      shards/KEY.h5      one finished task with results over 64 kB (only ever appears complete: temp file + rename)
+      shards/batch-*.jsonl  finished tasks with small results: a compact shard per line (:class:`Shards`)
       failures.json      tasks that failed in the last run, with their errors
       run.log            the runs' log: full tracebacks of failed tasks, Dask's messages
       study.h5           all shards gathered (plain HDF5: readable with h5py alone)
@@ -16,9 +16,9 @@ A shard holds the task's results as datasets (nested dicts become groups) and it
 attributes of the root group: ``task_name``, ``task_key``, ``function``, ``params`` (JSON), ``seed``,
 ``host``, ``started``/``finished`` (ISO 8601 UTC), ``compute_seconds``, ``provenance`` (JSON: the run's
 ``olrg_hpc_version``, ``git_commit``, ``code_hash``, ``version_numpy``/``jax``/``dask``/..., ``study_config`` YAML),
-``pool`` (the worker pool that ran it, when known), ``sha256`` (below) and, written last, ``complete = True``.
-A compact shard holds the same as one JSON document; the functions below that take a shard's path
-(``shards/KEY.h5``) find either kind.
+``pool`` (the worker pool that ran it, when known), ``launch`` (a multi-process task's layout), ``sha256`` (below)
+and, written last, ``complete = True``. A compact shard (:mod:`olrg_hpc.records`) holds the same as one JSON
+document with the same digests; :class:`Shards` finds a task's shard in either form.
 
 **Checksums.** Every dataset carries an attribute ``sha256``: the SHA-256 of its dtype, shape and data as
 h5py reads them back (strings as UTF-8, each prefixed by its length), computed when it is written. A group
@@ -150,16 +150,21 @@ def put(group: h5py.Group, name: str, value: Any, **kwargs: Any) -> h5py.Dataset
     return ds
 
 
+def hash_attrs(h: Any, attrs: Mapping[str, Any], skip: tuple[str, ...] = ()) -> None:
+    """Feed a group's or dataset's attributes (sorted by name, ``skip`` left out) into the hash ``h``."""
+    for k, v in sorted(attrs.items()):
+        if k not in skip:
+            h.update(f"a{len(k)}:{k}".encode())
+            hash_value(h, v)
+
+
 def _walk(group: h5py.Group, attrs: Mapping[str, Any], out: dict[str, Any] | None, check: bool) -> str:
     """The digest of ``group`` (its ``attrs``, already read, and its members; see the module docstring), reading
     every attribute once. With ``check`` every dataset is read back and compared with its ``sha256`` and every
     sealed subgroup with its digest (:class:`CorruptFile` names the first failure); ``out`` then receives the
     data (nested dicts for groups). Without ``check`` (sealing a group just written) no data is read."""
     h = hashlib.sha256()
-    for k, v in sorted(attrs.items()):
-        if k not in UNSIGNED:
-            h.update(f"a{len(k)}:{k}".encode())
-            hash_value(h, v)
+    hash_attrs(h, attrs, UNSIGNED)
     for name in sorted(group):
         if not isinstance(group.get(name, getlink=True), h5py.HardLink):
             raise CorruptFile(f"{group.name}/{name}: a link, not data")
@@ -181,9 +186,7 @@ def _walk(group: h5py.Group, attrs: Mapping[str, Any], out: dict[str, Any] | Non
                 if out is not None:
                     out[name] = val
             h.update(f"d{len(name)}:{name}".encode())
-            for k, v in sorted(own.items()):
-                h.update(f"a{len(k)}:{k}".encode())
-                hash_value(h, v)
+            hash_attrs(h, own)
             continue
         sub_out: dict[str, Any] | None = {} if out is not None else None
         sub = _walk(obj, own, sub_out, check) if check or DIGEST not in own else str(own[DIGEST])
