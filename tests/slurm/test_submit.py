@@ -88,7 +88,7 @@ def test_missing_partition_is_one_line_and_submits_nothing(tmp_path):
     for cmd in (["submit", "s.yaml", "--cluster", "p.yaml"], ["run", "s.yaml", "--cluster", "p.yaml"]):
         out = subprocess.run([*EXE, *cmd], cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert out.returncode == 2
-        assert "olrg-hpc: error: queue: partition 'nosuch' does not exist (sinfo lists: debug)" in out.stderr
+        assert "olrg-hpc: error: queue: partition 'nosuch' does not exist (sinfo lists: debug, cpu, gpu)" in out.stderr
         assert "Traceback" not in out.stderr
     q = subprocess.run(["squeue", "-h", "-n", "olrg-nopart"], capture_output=True, text=True, timeout=30)
     assert q.stdout.strip() == ""
