@@ -110,3 +110,58 @@ def test_two_processes_of_two_devices_train_as_one_process_of_four(tmp_path, cli
     assert a.shape == b.shape == (20,) and b[-1] < b[0]
     print("max relative difference", np.max(np.abs(a - b) / np.abs(b)))
     np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+CTRL_C_STUDY = """\
+study: launch-ctrl-c
+workflow: flow_study
+seed: 1
+params:
+  points: [{L: 4, beta: 0.5}]
+  variants: [gaussian]
+  flow: {kind: z2, n_layers: 2, hidden: [4]}
+  training: {steps: 100000, batch_size: 16, metrics_every: 50000, metrics_batch: 16, processes: 2,
+             devices_per_process: 2}
+  flow_hmc: {variants: []}
+"""
+
+
+def test_ctrl_c_ends_the_processes_of_a_running_training(tmp_path):
+    """Ctrl-C to the driver while a training of 2 processes runs: exit 130, and the processes end with their worker
+    (the cluster closes; the kernel kills them with the worker process that started them)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    (tmp_path / "s.yaml").write_text(CTRL_C_STUDY)
+    (tmp_path / "local.yaml").write_text("kind: local\nn_workers: 1\ndashboard_address: ':0'\n")
+    proc = subprocess.Popen([sys.executable, "-m", "olrg_hpc.cli", "run", "s.yaml", "--cluster", "local.yaml",
+                             "--output", "st", "--no-progress", "--no-report"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    def launched() -> list[psutil.Process]:
+        """The training's processes: `python -m olrg_hpc.launch FOLDER` started in this study's folder."""
+        out = []
+        for p in psutil.process_iter(["cmdline", "cwd"]):
+            cmd = p.info["cmdline"] or []
+            if "olrg_hpc.launch" in cmd and p.info["cwd"] and Path(p.info["cwd"]) == tmp_path:
+                out.append(p)
+        return out
+
+    deadline = time.monotonic() + 300
+    procs: list[psutil.Process] = []
+    while time.monotonic() < deadline and len(procs) < 2:
+        assert proc.poll() is None, proc.communicate()[1]
+        procs = launched()
+        time.sleep(0.2)
+    assert len(procs) == 2, "the training's processes never started"
+    time.sleep(2)  # well into the training
+    assert all(p.is_running() for p in procs)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    gone, alive = psutil.wait_procs(procs, timeout=30)
+    assert not alive, f"processes of the interrupted training still run: {[p.pid for p in alive]}"
