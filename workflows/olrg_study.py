@@ -85,7 +85,8 @@ class Params(Strict):
     training: Training = Training()
     t_max: float = Field(2.0, gt=0)
     n_times: int = Field(41, ge=2)
-    windows: list[float] = Field([2.0, 4.0], min_length=1, description="max |error| is tabulated on each [0, w]")
+    windows: list[float] | None = Field(None, min_length=1, description="max |error| is tabulated on each [0, w]; "
+                                        "default 2 and 4 where they fit, else t_max")
 
     @property
     def train_T(self) -> float:
@@ -122,7 +123,7 @@ class Params(Strict):
             raise ValueError(f"mixed_field_ising is checked against ED: N at most 14 (got {self.N})")
         if any(isinstance(v, list) and not v for v in self.couplings.values()):
             raise ValueError("couplings: a swept coupling needs at least one value")
-        for w in self.windows:
+        for w in self.windows or []:
             if not 0 < w <= self.t_max + 1e-12:
                 raise ValueError(f"windows: {w:g} is not in (0, t_max = {self.t_max:g}]")
         known = get_args(MapName)
@@ -238,7 +239,8 @@ def build(params: Params) -> list[Task]:
                       "N": params.N, "t_max": params.t_max, "n_times": params.n_times})
             tasks.append(e)
             evals.append(e.name)
-    tasks.append(Task("compare", pipeline.compare_maps, {"windows": list(params.windows)}, deps=tuple(evals)))
+    windows = params.windows or [w for w in (2.0, 4.0) if w <= params.t_max] or [params.t_max]
+    tasks.append(Task("compare", pipeline.compare_maps, {"windows": windows}, deps=tuple(evals)))
     return tasks
 
 
