@@ -1,5 +1,5 @@
 """Domain-decomposed HMC for 2D phi^4: every MPI rank runs the jitted JAX trajectory on its block, with the
-halo exchange inside the compiled program (science.md section 2, "HMC baseline").
+halo exchange inside the compiled program (docs/conventions.md section 2, "HMC baseline").
 
 Launch::
 

@@ -1,6 +1,6 @@
 """Real scalar phi^4 theory on a d-dimensional periodic hypercubic lattice (JAX, float64).
 
-Conventions (docs: ``/work/shared/science.md`` section 2; Albergo et al. arXiv:2101.08176 eq. (30);
+Conventions (docs: ``docs/conventions.md`` section 2; Albergo et al. arXiv:2101.08176 eq. (30);
 Albandea et al. arXiv:2302.08408 section 4 / arXiv:2310.03381 eq. (1)). All sums run over the ``V = L^d``
 sites ``x`` and the ``d`` forward unit vectors ``mu``; boundary conditions are periodic.
 
@@ -85,7 +85,7 @@ def _neighbour_sum(phi: jax.Array, ndim: int) -> jax.Array:
 @partial(jax.tree_util.register_dataclass, data_fields=["m2", "lam"], meta_fields=["ndim"])
 @dataclass(frozen=True)
 class Phi4Action:
-    """phi^4 action in the tutorial convention (arXiv:2101.08176 eq. (30); science.md section 2).
+    """phi^4 action in the tutorial convention (arXiv:2101.08176 eq. (30); docs/conventions.md section 2).
 
     ``S = sum_x [ sum_mu (2 phi_x^2 - phi_x phi_{x+mu} - phi_x phi_{x-mu}) + m2 phi_x^2 + lam phi_x^4 ]``
     on a periodic lattice with ``ndim`` dimensions (the last ``ndim`` axes of the field).
@@ -158,7 +158,7 @@ class Phi4Action:
     def from_hopping(cls, kappa: float, lam: float, ndim: int = 2) -> tuple[Phi4Action, float]:
         """Tutorial-convention action equivalent to the hopping action ``S_h(kappa, lam_h)``.
 
-        Returns ``(action, s)`` with ``phi_h = s * phi_tut``, ``s = 1 / sqrt(kappa)`` (science.md:
+        Returns ``(action, s)`` with ``phi_h = s * phi_tut``, ``s = 1 / sqrt(kappa)`` (docs/conventions.md:
         ``phi_tut = sqrt(kappa) phi_h``, ``m2 = (1 - 2 lam_h)/kappa - 2d``, ``lam = lam_h / kappa^2``).
         Same as :meth:`from_beta_lambda` with ``beta = 2 kappa``.
         """

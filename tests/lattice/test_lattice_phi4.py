@@ -1,4 +1,4 @@
-"""phi^4 action: conventions, conversions (science.md section 2), force vs autodiff, batching."""
+"""phi^4 action: conventions, conversions (docs/conventions.md section 2), force vs autodiff, batching."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def fields() -> np.ndarray:
 
 
 def test_tutorial_point_is_beta_lambda_half_half(fields: np.ndarray) -> None:
-    # science.md: (m2, lam) = (-4, 8) is beta/lambda at beta = 0.5, lam = 0.5 with phi_bl = 2 phi_tut
+    # docs/conventions.md: (m2, lam) = (-4, 8) is beta/lambda at beta = 0.5, lam = 0.5 with phi_bl = 2 phi_tut
     act, c = Phi4Action.from_beta_lambda(0.5, 0.5)
     assert act == TUTORIAL
     assert c == 2.0

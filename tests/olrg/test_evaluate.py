@@ -11,7 +11,7 @@ from olrg_hpc.olrg import maps as M
 from olrg_hpc.spins import models
 
 TIMES = np.round(np.arange(0.1, 2.01, 0.1), 10)
-# science.md section 1: exact <S^z_1 S^z_2>(t) = C(t)/4 at h = J = 1, t = 0.1 .. 2.0 (N >= 6)
+# docs/conventions.md section 1: exact <S^z_1 S^z_2>(t) = C(t)/4 at h = J = 1, t = 0.1 .. 2.0 (N >= 6)
 SCIENCE_SZSZ = [0.240, 0.213, 0.176, 0.137, 0.104, 0.084, 0.077, 0.083, 0.095, 0.109,
                 0.120, 0.126, 0.127, 0.125, 0.123, 0.121, 0.121, 0.122, 0.124, 0.125]  # fmt: skip
 
