@@ -5,7 +5,8 @@ reference), its JSON-able keyword parameters and the names of the tasks it depen
 each task a *key*: a hash of the function's path, the parameters, the package version, a content hash of
 the source the function can run (:func:`olrg_hpc.provenance.module_code_hash`: its module and every module of
 ``olrg_hpc`` and ``workflows`` that module imports, so a change there without a version bump does not reuse old
-shards, while a change elsewhere, say to a report, keeps them), the task's seed and the keys of its dependencies.
+shards, while a change elsewhere, say to a report, keeps them), the task's seed (from the study seed and the
+task's name, :func:`task_seed`) and the keys of its dependencies.
 A shard written under that key is valid for exactly those inputs.
 
 The function returns a mapping of names to arrays/scalars/strings (nested mappings become HDF5 groups).
@@ -106,8 +107,13 @@ def canonical_json(obj: Any) -> str:
 
 
 def task_seed(study_seed: int, task: Task) -> int:
-    """A 63-bit seed from the study seed, the function and the parameters (not the task's display name)."""
-    h = hashlib.sha256(canonical_json([study_seed, task.function, task.params]).encode()).digest()
+    """A 63-bit seed from the study seed and the task's full name (``part:name`` inside a suite).
+
+    Not from the parameters: a key added to one task's parameters leaves every other task's random stream as it
+    was, and two tasks of equal parameters (two suite parts of the same content, replicas) draw different
+    streams. A task's key still hashes its parameters (:func:`task_key`), so a changed parameter recomputes it.
+    """
+    h = hashlib.sha256(canonical_json([study_seed, task.name]).encode()).digest()
     return int.from_bytes(h[:8], "little") >> 1
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from olrg_hpc import provenance, tasks
-from olrg_hpc.tasks import Task, task_key
+from olrg_hpc.tasks import Task, task_key, task_seed
 
 
 def _double(x: float) -> dict:
@@ -23,6 +23,18 @@ def test_code_hash_is_a_stable_hex_digest():
     assert re.fullmatch(r"[0-9a-f]{64}", first)
     assert provenance.code_hash() == first
     assert provenance.run_provenance()["code_hash"] == first
+
+
+def test_a_parameter_added_to_one_task_moves_no_other_stream():
+    """Seeds hash the study seed and the task's name: a key added to one task leaves every seed as it was (its own
+    too), while that task's key, which hashes the parameters, changes so it is recomputed."""
+    a, b = Task("a", _double, {"x": 1.5}), Task("b", _double, {"x": 1.5})
+    wider = Task("a", _double, {"x": 1.5, "extra": 2})
+    assert task_seed(3, a) != task_seed(3, b)  # equal parameters, different names: different streams
+    assert task_seed(3, wider) == task_seed(3, a) and task_seed(3, b) == task_seed(3, Task("b", _double, {"x": 1.5}))
+    assert task_key(wider, task_seed(3, wider), []) != task_key(a, task_seed(3, a), [])
+    assert task_seed(4, a) != task_seed(3, a)  # another study seed: other streams
+    assert 0 <= task_seed(3, a) < 2**63
 
 
 def test_task_key_changes_with_the_code(monkeypatch):
