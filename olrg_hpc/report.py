@@ -13,12 +13,15 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 
 from olrg_hpc import store
 from olrg_hpc.errors import UserError
+
+if TYPE_CHECKING:
+    from olrg_hpc.config import WorkflowLookup
 
 
 @dataclass
@@ -71,8 +74,9 @@ def provenance_table(study_file: Path) -> Table:
     return Table("Provenance", ["item", "value"], rows)
 
 
-def write_report(study_dir: Path) -> tuple[Path, list[str]]:
+def write_report(study_dir: Path, get_workflow: WorkflowLookup) -> tuple[Path, list[str]]:
     """Write STUDY_DIR/report/ (PNGs, summary.txt, index.html); returns the folder and the terminal lines.
+    ``get_workflow`` finds the ``report`` of the study file's workflow (the command line hands the registry down).
 
     Holds the study folder's lock (:func:`olrg_hpc.store.study_lock`) and verifies the study file against its
     checksums before drawing anything from it.
@@ -87,12 +91,10 @@ def write_report(study_dir: Path) -> tuple[Path, list[str]]:
         if not study_file.exists():
             raise missing
         store.verify_study_file(study_file)
-        return _write_report(study_dir, study_file)
+        return _write_report(study_dir, study_file, get_workflow)
 
 
-def _write_report(study_dir: Path, study_file: Path) -> tuple[Path, list[str]]:
-    from workflows import get_workflow
-
+def _write_report(study_dir: Path, study_file: Path, get_workflow: WorkflowLookup) -> tuple[Path, list[str]]:
     try:
         with h5py.File(study_file, "r") as f:
             workflow = str(f.attrs["workflow"])
@@ -104,7 +106,11 @@ def _write_report(study_dir: Path, study_file: Path) -> tuple[Path, list[str]]:
     import matplotlib
 
     matplotlib.use("Agg")
-    rep: WorkflowReport = get_workflow(workflow).report(study_file, out_dir)
+    try:
+        report = get_workflow(workflow).report
+    except KeyError as exc:
+        raise UserError(f"{study_file}: workflow: {exc.args[0]}") from None
+    rep: WorkflowReport = report(study_file, out_dir)
     tables = [*rep.tables, provenance_table(study_file)]
     lines: list[str] = []
     for t in tables:

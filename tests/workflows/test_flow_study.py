@@ -23,7 +23,7 @@ from olrg_hpc.flows.model import GaussianPrior, make_flow, sample_flow
 from olrg_hpc.flows.priors import KINDS, EnsembleDraws, params_from_tree, refine_init
 from olrg_hpc.jaxtiming import compile_clock
 from olrg_hpc.lattice.ensemble import action_for, hmc_ensemble
-from workflows import flow_study
+from workflows import flow_study, get_workflow
 
 EXE = [sys.executable, "-m", "olrg_hpc.cli"]
 
@@ -299,7 +299,7 @@ def test_bad_params_are_one_line(tmp_path: Path, params: str, where: str) -> Non
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(STUDY.format(params=params))
     with pytest.raises(UserError) as err:
-        load_study(cfg)
+        load_study(cfg, get_workflow)
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith(f"{cfg}: ")
     assert where.replace("Value error, ", "") in msg, msg

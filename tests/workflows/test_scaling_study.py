@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from olrg_hpc import scaling, store
 from olrg_hpc.cli import main
 from olrg_hpc.report import write_report
-from workflows import scaling_study
+from workflows import get_workflow, scaling_study
 
 
 def _params(**over):
@@ -127,7 +127,7 @@ def test_curves_reasons_and_report_from_a_study_file(tmp_path):
     study = tmp_path / "study"
     store.write_shard(store.shard_path(study, "k"), res, {"task_key": "k"})
     store.gather(study, [{"name": "curves", "key": "k"}], {"workflow": "scaling_study"})
-    out_dir, lines = write_report(study)
+    out_dir, lines = write_report(study, get_workflow)
     assert sorted(p.name for p in out_dir.glob("*.png")) == [
         "scaling-mpi_hmc.png", "scaling-throughput.png", "scaling-training.png"]
     text = "\n".join(lines)
