@@ -135,6 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from olrg_hpc import store
     from olrg_hpc.cluster import health_check, open_client
     from olrg_hpc.config import load_profile, load_study
+    from olrg_hpc.devices import watch_worker_devices
     from olrg_hpc.runner import run_tasks
 
     cfg, params = load_study(args.config, get_workflow)
@@ -151,6 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _say(f"study {cfg.study}: workflow {cfg.workflow}, {len(tasks)} tasks -> {study_dir}")
         with _study_log(study_dir, args.verbose) as log_path:
             with open_client(profile, study_dir=study_dir, echo=_say, log_file=log_path) as client:
+                watch_worker_devices(client, profile, _say)  # a GPU profile whose workers see only CPUs: one line
                 summary = run_tasks(tasks, study_dir, client, study_seed=cfg.seed, retries=cfg.retries,
                                     study_attrs={"study": cfg.study, "workflow": cfg.workflow,
                                                  "study_config": config_text},
