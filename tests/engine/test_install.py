@@ -8,6 +8,7 @@ from pip's cache on two busy cores, and the run another ~10 s.
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -45,6 +46,19 @@ def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) ->
     out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, f"{' '.join(args)}: exit {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
     return out
+
+
+def test_only_the_command_line_imports_the_workflows():
+    """The engine and the physics import no workflow (anywhere in a file, functions included): the command line
+    hands the registry down."""
+    offenders = set()
+    for f in sorted((ROOT / "olrg_hpc").rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            if any(n == "workflows" or n.startswith("workflows.") for n in names):
+                offenders.add(f.relative_to(ROOT).as_posix())
+    assert offenders == {"olrg_hpc/cli.py"}, offenders
 
 
 @pytest.mark.slow
