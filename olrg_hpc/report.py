@@ -20,6 +20,7 @@ import html
 import json
 import math
 import numbers
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
     from olrg_hpc.config import WorkflowLookup
 
 
+#: a cell that reads as a number (``0.123``, ``-4``, ``3.039(48)``, ``1.2e-05``) or as "not measured" (``-``)
+_NUMBER = re.compile(r"^(?:[-+]?(?:\d|\.\d)|-$)")
+
+
 @dataclass
 class Table:
     title: str
@@ -46,8 +51,10 @@ class Table:
         widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(self.header)]
         line = "  ".join(h.ljust(w) for h, w in zip(self.header, widths, strict=True))
         out = [self.title, line, "-" * len(line)]
-        out += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-                for r in cells]
+        # numbers right-aligned, text (the first column, descriptions) left-aligned
+        right = [i > 0 and all(_NUMBER.match(r[i]) for r in cells) for i in range(len(self.header))]
+        out += ["  ".join(c.rjust(w) if right[i] else c.ljust(w)
+                          for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in cells]
         return out
 
     def html(self) -> str:

@@ -34,6 +34,9 @@ def test_table_cells_have_three_significant_digits():
               [[0.123456, 123456.0, np.float32(2.5), 7, np.int64(12345), True, math.nan, "3.14159 as text"]])
     assert t.text()[-1].split() == ["0.123", "1.23e+05", "2.5", "7", "12345", "True", "-", "3.14159", "as", "text"]
     assert "<td>0.123</td>" in t.html() and sig3(np.float64(1 / 3)) == "0.333"
+    # a column of numbers is right-aligned, a column with text (descriptions) left-aligned
+    lines = Table("t", ["item", "value", "n"], [["model", "tfim, open chain", 1.5], ["N", 12, "3.0(1)"]]).text()
+    assert lines[3:] == ["model  tfim, open chain     1.5", "N      12                3.0(1)"]
 
 
 def _study(tmp_path: Path) -> Path:
