@@ -3,7 +3,7 @@
 A *study* is one YAML file naming its workflow and that workflow's parameters::
 
     study: tfim-quench          # name; also the default output folder studies/<study>
-    workflow: chain_sweep       # a module in workflows/ (see workflows.WORKFLOWS)
+    workflow: chain_sweep       # a workflow of the registry the command line hands down (workflows.WORKFLOWS)
     seed: 1234                  # study seed; every task derives its own from it and its name
     retries: 1                  # times a raising task is retried before it is reported as failed
     output: studies/tfim        # optional output folder
@@ -37,7 +37,9 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -45,6 +47,7 @@ from dask.utils import parse_bytes, parse_timedelta
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from olrg_hpc.errors import UserError
+from olrg_hpc.resources import shipped_dir
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: one word for the shell and for sbatch: partitions, accounts, job names, interfaces
@@ -96,6 +99,10 @@ def check_job_path(label: str, path: str | Path) -> None:
     if not SAFE_PATH.fullmatch(text):
         raise UserError(f"{label}: {shown(text)} cannot go into a SLURM job script: use a path of letters, digits "
                         f"and {_allowed(SAFE_PATH)} (no spaces, quotes or shell characters)")
+
+
+#: a workflow registry: name -> module with ``Params``, ``build`` and ``report``; KeyError naming the known ones
+WorkflowLookup = Callable[[str], ModuleType]
 
 
 class StudyConfig(Strict):
@@ -514,10 +521,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_study(path: str | Path) -> tuple[StudyConfig, BaseModel]:
-    """Load and validate a study config and its workflow parameters."""
-    from workflows import get_workflow
-
+def load_study(path: str | Path, get_workflow: WorkflowLookup) -> tuple[StudyConfig, BaseModel]:
+    """Load and validate a study config and its workflow parameters (``get_workflow``: the registry the caller
+    hands down, e.g. :func:`workflows.get_workflow`; the engine does not know the workflows)."""
     data = read_yaml(path)
     try:
         cfg = StudyConfig.model_validate(data)
@@ -535,18 +541,21 @@ def load_study(path: str | Path) -> tuple[StudyConfig, BaseModel]:
 
 
 def find_profile(name_or_path: str, search_root: Path | None = None) -> Path:
-    """Resolve ``--cluster``: a path to a YAML file, or a name in configs/clusters/ (cwd, then the source tree)."""
+    """Resolve ``--cluster``: a path to a YAML file, or a name in ``configs/clusters/`` of the working directory,
+    then of ``search_root``, then among the shipped profiles (the repository's ``configs/clusters/``, or an
+    installed wheel's copies: :func:`olrg_hpc.resources.shipped_dir`)."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         if not p.exists():
             raise UserError(f"{p}: no such cluster profile file")
         return p
-    roots = [Path.cwd()] + ([search_root] if search_root else []) + [Path(__file__).resolve().parents[1]]
-    for root in roots:
-        cand = root / "configs" / "clusters" / f"{name_or_path}.yaml"
+    dirs = [root / "configs" / "clusters" for root in [Path.cwd()] + ([search_root] if search_root else [])]
+    dirs.append(shipped_dir("clusters"))
+    for d in dirs:
+        cand = d / f"{name_or_path}.yaml"
         if cand.exists():
             return cand
-    known = sorted({c.stem for r in roots for c in (r / "configs" / "clusters").glob("*.yaml")})
+    known = sorted({c.stem for d in dirs for c in d.glob("*.yaml")})
     raise UserError(f"--cluster {name_or_path}: no such profile (known: {', '.join(known) or 'none'})")
 
 

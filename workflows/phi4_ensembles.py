@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 
 from olrg_hpc.config import Strict
 from olrg_hpc.lattice import ensemble
-from olrg_hpc.report import Table, WorkflowReport
+from olrg_hpc.report import Table, WorkflowReport, value_error
 from olrg_hpc.tasks import Task
 
 
@@ -101,7 +101,7 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
             label = name.removeprefix("collect-")
 
             def pm(key: str, s: dict = s) -> str:
-                return f"{s[key]:.5g} ± {s[key + '_err']:.2g}"
+                return value_error(s[key], s[key + "_err"])
 
             rows.append([label, float(g["acceptance"][()]), pm("abs_M"), pm("chi2"), pm("chi2_connected"),
                          pm("binder"), pm("phi2"), pm("tau_int_M2"), pm("exp_minus_dH")])

@@ -29,7 +29,7 @@ from pydantic import Field, field_validator, model_validator
 
 from olrg_hpc import scaling
 from olrg_hpc.config import Strict
-from olrg_hpc.report import Table, WorkflowReport
+from olrg_hpc.report import Table, WorkflowReport, sig3
 from olrg_hpc.spins.models import ModelName
 from olrg_hpc.tasks import Task
 
@@ -166,6 +166,11 @@ def _points(params: Params) -> list[tuple[str, str, int, str, Any, dict[str, Any
     return out
 
 
+#: results that may be NaN, "not measured": the cores other processes kept busy, when the host was not sampled
+#: (``scaling.host_facts(sample_s=0)``), in each point and in every curve of ``curves``
+NOT_MEASURED = ("background_busy_cores", "*/background_busy_cores")
+
+
 def build(params: Params) -> list[Task]:
     tasks: list[Task] = []
     seen: set[str] = set()
@@ -175,9 +180,9 @@ def build(params: Params) -> list[Task]:
         if name in seen:  # the same measurement serves both curves
             continue
         seen.add(name)
-        tasks.append(Task(name, fn, kw, deps=(tasks[-1].name,) if tasks else ()))
+        tasks.append(Task(name, fn, kw, deps=(tasks[-1].name,) if tasks else (), nan_ok=NOT_MEASURED))
     tasks.append(Task("curves", scaling.scaling_curves, {"curves": curves, "threshold": params.efficiency_threshold},
-                      deps=tuple(t.name for t in tasks)))
+                      deps=tuple(t.name for t in tasks), nan_ok=NOT_MEASURED))
     return tasks
 
 
@@ -253,11 +258,11 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
                 note.append(f"others busy {c['background_busy_cores'][i]:.1f} cores")
                 if "repeat_spread" in c and c["repeat_spread"] is not None and c["repeat_spread"][i] > 1.1:
                     note.append(f"repeats x{c['repeat_spread'][i]:.2f}")
-                rows.append([name, int(res), float(c["seconds"][i]), f"{c['rate'][i]:.4g} {keys['rate_unit']}",
-                             round(float(c["speedup"][i]), 3), round(float(c["efficiency"][i]), 3), ", ".join(note)])
+                rows.append([name, int(res), float(c["seconds"][i]), f"{sig3(c['rate'][i])} {keys['rate_unit']}",
+                             float(c["speedup"][i]), float(c["efficiency"][i]), ", ".join(note)])
             stop = int(c["stops_at"])
             stops.append([name, f"{int(c['resources'][0])}-{int(c['resources'][-1])}",
-                          round(float(c["efficiency"][-1]), 3), stop or "-", _text(c["reason"])])
+                          float(c["efficiency"][-1]), stop or "-", _text(c["reason"])])
     rep.tables.append(Table("Scaling measurements (time: throughput s per batch, MPI s per MD step, training s per "
                             "step)", ["curve", "resources", "time (s)", "rate", "speed-up", "efficiency", "notes"],
                             rows))

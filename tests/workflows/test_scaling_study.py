@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from olrg_hpc import scaling, store
 from olrg_hpc.cli import main
 from olrg_hpc.report import write_report
-from workflows import scaling_study
+from olrg_hpc.tasks import NonFiniteResult, check_finite
+from workflows import get_workflow, scaling_study
 
 
 def _params(**over):
@@ -41,6 +42,16 @@ class TestGraph:
         assert curves["throughput-weak"]["points"] == [[1, "throughput-w1-M4"], [2, "throughput-w2-M8"]]
         assert curves["mpi_hmc-weak"]["points"][-1] == [4, "mpi-r4-L16x16"]
         assert {t.name: t for t in tasks}["mpi-r4-L16x16"].params["dims"] == [2, 2]
+
+    def test_an_unsampled_host_is_not_measured(self):
+        """host_facts(sample_s=0) gives NaN busy cores: every measurement and the curves declare it (Task.nan_ok)."""
+        facts = scaling.host_facts(sample_s=0)
+        assert np.isnan(facts["background_busy_cores"])
+        for t in scaling_study.build(_params()):
+            check_finite({"background_busy_cores": facts["background_busy_cores"],
+                          "mpi_hmc-strong": {"background_busy_cores": np.array([np.nan, 0.5])}}, t.nan_ok)
+            with pytest.raises(NonFiniteResult):
+                check_finite({"seconds": np.array([np.nan])}, t.nan_ok)
 
     def test_only_one_mode_and_part(self):
         tasks = scaling_study.build(scaling_study.Params.model_validate(
@@ -127,7 +138,7 @@ def test_curves_reasons_and_report_from_a_study_file(tmp_path):
     study = tmp_path / "study"
     store.write_shard(store.shard_path(study, "k"), res, {"task_key": "k"})
     store.gather(study, [{"name": "curves", "key": "k"}], {"workflow": "scaling_study"})
-    out_dir, lines = write_report(study)
+    out_dir, lines = write_report(study, get_workflow)
     assert sorted(p.name for p in out_dir.glob("*.png")) == [
         "scaling-mpi_hmc.png", "scaling-throughput.png", "scaling-training.png"]
     text = "\n".join(lines)
