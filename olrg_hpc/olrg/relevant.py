@@ -36,7 +36,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from olrg_hpc.jaxsetup import enable_x64
-from olrg_hpc.spins import ed
 from olrg_hpc.spins.models import OPERATORS, ChainModel, X, Y, Z
 
 enable_x64()
@@ -48,7 +47,6 @@ __all__ = [
     "grow_site",
     "grow_exact",
     "hamiltonian",
-    "dense_reference",
     "xp_of",
     "to_jax",
 ]
@@ -200,11 +198,6 @@ def grow_exact(model: ChainModel, n: int, n0: int = 2) -> RelevantSet:
     for _ in range(n - n0):
         S = grow_site(S, model)
     return S
-
-
-def dense_reference(model: ChainModel, n: int) -> np.ndarray:
-    """``ed.dense_hamiltonian`` of the ``n``-site chain (the exact target of :func:`grow_exact`)."""
-    return ed.dense_hamiltonian(model.with_n(n))
 
 
 def to_jax(S: RelevantSet) -> RelevantSet:
