@@ -216,12 +216,10 @@ def cmd_hmc(args: argparse.Namespace) -> int:
     from olrg_hpc.lattice.mpi_hmc import run_mpi_hmc
 
     comm = MPI.COMM_WORLD
-    params = cfg.model_dump(exclude_none=True, exclude={"program", "ntasks"})
-    for key in ("out", "checkpoint"):
-        if cfg.model_dump().get(key):
-            Path(params[key]).parent.mkdir(parents=True, exist_ok=True)
-    params["restart"] = bool(cfg.checkpoint)
-    res = run_mpi_hmc(params, comm)
+    for path in (cfg.out, cfg.checkpoint):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    res = run_mpi_hmc(cfg.spec(), comm)
     if comm.Get_rank() == 0:
         w = np.exp(-np.asarray(res["dH"]))
         t = res["timings"]

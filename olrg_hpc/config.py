@@ -47,6 +47,7 @@ from dask.utils import parse_bytes, parse_timedelta
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from olrg_hpc.errors import UserError
+from olrg_hpc.lattice.mpi_hmc_spec import MPIHMCSpec
 from olrg_hpc.resources import shipped_dir
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -303,49 +304,18 @@ class AddressProfile(Strict):
 ClusterProfile = Annotated[LocalProfile | SlurmProfile | AddressProfile, Field(discriminator="kind")]
 _PROFILE_ADAPTER: TypeAdapter[LocalProfile | SlurmProfile | AddressProfile] = TypeAdapter(ClusterProfile)
 
-class MPIHMCConfig(Strict):
-    """An MPI HMC run (``mpiexec -n N olrg-hpc hmc CONFIG``; see olrg_hpc.lattice.mpi_hmc).
-
-    Exactly one action convention: ``m2`` (tutorial), ``beta`` (beta/lambda) or ``kappa`` (hopping),
-    each with ``lam``. ``n_traj`` is the total target: a rerun resumes from ``checkpoint``.
-    """
+class MPIHMCConfig(MPIHMCSpec):
+    """An MPI HMC run (``mpiexec -n N olrg-hpc hmc CONFIG``): the program's own spec
+    (:class:`olrg_hpc.lattice.mpi_hmc_spec.MPIHMCSpec`, its keys, defaults and checks), ``out`` required, plus
+    what the engine needs to start it. A rerun resumes from ``checkpoint``."""
 
     program: Literal["mpi_hmc"]
-    L: int | list[int] = Field(description="L, or [Ly, Lx]")
-    m2: float | None = Field(None, allow_inf_nan=False)
-    beta: float | None = Field(None, gt=0, allow_inf_nan=False)
-    kappa: float | None = Field(None, gt=0, allow_inf_nan=False)
-    lam: float = Field(ge=0, allow_inf_nan=False)
-    n_traj: int = Field(ge=1)
-    seed: int = Field(0, ge=0)
-    tau: float = Field(1.0, gt=0, allow_inf_nan=False)
-    n_steps: int = Field(10, ge=1)
-    integrator: Literal["leapfrog", "omelyan"] = "leapfrog"
-    init: Literal["hot", "cold"] = "hot"
-    init_scale: float = Field(0.5, gt=0, allow_inf_nan=False,
-                              description="hot start: standard deviation of the field per site")
-    dims: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=2, max_length=2,
-                                                          description="process grid [Py, Px]")
-    checkpoint: str | None = None
-    checkpoint_every: int = Field(0, ge=0)
     out: str = Field(description="results file, HDF5 with provenance (written by rank 0, atomically)")
-    transport: Literal["mpi4jax", "callback"] | None = Field(
-        None, description="how halos travel between ranks (default: mpi4jax when installed)")
-    watchdog_s: float = Field(300.0, gt=0, allow_inf_nan=False,
-                              description="end the run when a rank makes no progress for this long")
     ntasks: int = Field(4, ge=1, description="MPI ranks when submitted with olrg-hpc submit")
 
-    @model_validator(mode="after")
-    def _check(self) -> MPIHMCConfig:
-        given = [k for k in ("m2", "beta", "kappa") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of m2, beta, kappa (got {', '.join(given) or 'none'})")
-        sizes = [self.L, self.L] if isinstance(self.L, int) else self.L
-        if len(sizes) != 2 or min(sizes) < 2:
-            raise ValueError(f"L must be an extent >= 2 or [Ly, Lx] (got {self.L})")
-        if self.dims is not None and (sizes[0] % self.dims[0] or sizes[1] % self.dims[1]):
-            raise ValueError(f"dims {self.dims} must divide the lattice {sizes}")
-        return self
+    def spec(self) -> MPIHMCSpec:
+        """The program's spec (without the engine's keys)."""
+        return MPIHMCSpec.model_validate(self.model_dump(exclude={"program", "ntasks"}))
 
 
 def load_hmc_config(path: str | Path) -> MPIHMCConfig:

@@ -68,8 +68,8 @@ class MPIScaling(Strict):
     strong_L: int = Field(512, ge=4, description="global L x L lattice at every rank count (strong scaling)")
     weak_local: int = Field(256, ge=2, description="local block edge per rank (weak scaling)")
     n_traj: int = Field(10, ge=1)
-    n_steps: int = Field(10, ge=1, description="MD steps per trajectory")
-    m2: float = 1.0
+    n_steps: int | None = Field(None, ge=1, description="MD steps per trajectory (default: the MPI HMC program's)")
+    m2: float = Field(1.0, description="tutorial convention (the couplings only fix the work per site)")
     lam: float = Field(0.5, ge=0)
     launcher: Literal["auto", "mpiexec", "srun"] = "auto"
 
@@ -147,13 +147,14 @@ def _points(params: Params) -> list[tuple[str, str, int, str, Any, dict[str, Any
                 out.append(("throughput", mode, w, f"throughput-w{w}-M{m}", scaling.throughput_task,
                             {"n_workers": w, "n_tasks": m, **common}))
     if (b := params.mpi) is not None:
-        common = {"n_traj": b.n_traj, "n_steps": b.n_steps, "m2": b.m2, "lam": b.lam, "launcher": b.launcher, **tmo}
+        run = {k: v for k, v in b.model_dump(include={"m2", "lam", "n_traj", "n_steps"}).items() if v is not None}
         for mode in params.modes:
             for r in b.ranks:
                 py, px = scaling.process_grid(r)
                 shape = [b.strong_L] * 2 if mode == "strong" else [b.weak_local * py, b.weak_local * px]
                 out.append(("mpi_hmc", mode, r, f"mpi-r{r}-L{shape[0]}x{shape[1]}", scaling.mpi_hmc_task,
-                            {"n_ranks": r, "shape": shape, "dims": [py, px], **common}))
+                            {"n_ranks": r, "spec": {"L": shape, "dims": [py, px], **run}, "launcher": b.launcher,
+                             **tmo}))
     if (c := params.training) is not None:
         common = {"n_steps": c.n_steps, "warmup_steps": c.warmup_steps, "L": c.L, "n_layers": c.n_layers,
                   "hidden": list(c.hidden), "kernel_size": c.kernel_size, "m2": c.m2, "lam": c.lam,

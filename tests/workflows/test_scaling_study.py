@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from olrg_hpc import scaling, store
 from olrg_hpc.cli import main
+from olrg_hpc.lattice.mpi_hmc_spec import MPIHMCSpec
 from olrg_hpc.report import write_report
 from olrg_hpc.tasks import NonFiniteResult, check_finite
 from workflows import get_workflow, scaling_study
@@ -41,7 +42,8 @@ class TestGraph:
         assert set(curves) == {f"{p}-{m}" for p in ("throughput", "mpi_hmc", "training") for m in ("strong", "weak")}
         assert curves["throughput-weak"]["points"] == [[1, "throughput-w1-M4"], [2, "throughput-w2-M8"]]
         assert curves["mpi_hmc-weak"]["points"][-1] == [4, "mpi-r4-L16x16"]
-        assert {t.name: t for t in tasks}["mpi-r4-L16x16"].params["dims"] == [2, 2]
+        spec = MPIHMCSpec.model_validate({t.name: t for t in tasks}["mpi-r4-L16x16"].params["spec"])
+        assert spec.dims == [2, 2] and spec.shape == (16, 16) and spec.n_traj == 10  # the program's own spec
 
     def test_an_unsampled_host_is_not_measured(self):
         """host_facts(sample_s=0) gives NaN busy cores: every measurement and the curves declare it (Task.nan_ok)."""
