@@ -126,7 +126,8 @@ def test_curves_reasons_and_report_from_a_study_file(tmp_path):
               "mpi_hmc-strong": {"part": "mpi_hmc", "mode": "strong",
                                  "points": [[1, "mpi1"], [2, "mpi2"], [4, "mpi4"]]},
               "mpi_hmc-weak": {"part": "mpi_hmc", "mode": "weak", "points": [[1, "mpi1"], [2, "mpi2"]]},
-              "training-strong": {"part": "training", "mode": "strong", "points": [[1, "trn1"], [2, "trn2"]]}}
+              "training-strong": {"part": "training", "mode": "strong", "points": [[1, "trn1"], [2, "trn2"]]},
+              "training-weak": {"part": "training", "mode": "weak", "points": [[1, "trn1"]]}}
     res = scaling.scaling_curves(curves, 0.7, deps=_synthetic_points())
     t = res["throughput-strong"]
     np.testing.assert_allclose(t["speedup"], [1, 8 / 4.2, 2])
@@ -142,13 +143,21 @@ def test_curves_reasons_and_report_from_a_study_file(tmp_path):
     store.gather(study, [{"name": "curves", "key": "k"}], {"workflow": "scaling_study"})
     out_dir, lines = write_report(study, get_workflow)
     assert sorted(p.name for p in out_dir.glob("*.png")) == [
-        "scaling-mpi_hmc.png", "scaling-throughput.png", "scaling-training.png"]
+        "scaling-mpi_hmc.png", "scaling-throughput.png", "scaling-training.png"]  # training-weak: one point
     text = "\n".join(lines)
-    assert "Where scaling stops (efficiency < 0.7)" in text and "2 usable" in text
+    assert "Verdict per curve: efficiency against the target E >= 0.7 on h (2 usable cores)" in text
     stops = [ln for ln in lines if ln.startswith("mpi_hmc-strong") and "halo exchange" in ln]
     assert len(stops) == 1
     tables = json.loads((out_dir / "tables.json").read_text())
-    assert len(tables[0]["rows"]) == 3 + 3 + 2 + 2
+    assert [t["title"].split(" ")[0] for t in tables[:3]] == ["What", "Verdict", "Scaling"]
+    computed = dict(tables[0]["rows"])
+    assert computed["target"] == "efficiency E >= 0.7 (the study's efficiency_threshold)"
+    assert computed["mpi_hmc-strong: MPI ranks 1, 2, 4"] == "mpi1, mpi2, mpi4"  # no task parameters in this file
+    verdict = {r[0]: r for r in tables[1]["rows"]}
+    assert verdict["mpi_hmc-strong"][1:3] == ["1: 1, 2: 0.909, 4: 0.417", "met up to 2, missed from 4 MPI ranks"]
+    assert verdict["mpi_hmc-weak"][2:] == ["met up to 2 MPI ranks (the largest measured)", "-"]
+    assert verdict["training-weak"][1:3] == ["1: 1", "met up to 1 devices (the largest measured)"]
+    assert len(tables[2]["rows"]) == 3 + 3 + 2 + 2 + 1
 
 
 def _run_study(tmp_path: Path, params: str) -> Path:
@@ -173,7 +182,8 @@ def _check_curves(study: Path, names: set[str]) -> None:
         assert g["host/usable_cpus"][()] >= 1
     figs = sorted(p.name for p in (study / "report").glob("*.png"))
     assert figs == sorted({f"scaling-{n.rsplit('-', 1)[0]}.png" for n in names})
-    assert "Where scaling stops" in (study / "report" / "summary.txt").read_text()
+    summary = (study / "report" / "summary.txt").read_text()
+    assert summary.startswith("What was computed") and "Verdict per curve" in summary
 
 
 @pytest.mark.mpi
@@ -185,6 +195,9 @@ def test_mpi_part_end_to_end_and_resume(tmp_path, capsys):
         r2 = f["tasks/mpi-r2-L16x16"]
         assert list(r2["dims"][()]) == [2, 1] and 0 <= r2["halo_share"][()] <= 1
         assert r2.attrs["compute_seconds"] > 0  # provenance of every measurement
+    computed = dict(json.loads((study / "report" / "tables.json").read_text())[0]["rows"])
+    assert computed["mpi_hmc-strong: MPI ranks 1, 2"] == "L = 16 x 16"
+    assert computed["mpi_hmc-weak: MPI ranks 1, 2"] == "8 x 8 sites per rank"
     capsys.readouterr()
     assert main(["run", str(study / "config.yaml"), "--output", str(study), "--no-progress", "--no-report",
                  "--cluster", str(tmp_path / "one.yaml")]) == 0
