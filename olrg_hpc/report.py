@@ -22,6 +22,7 @@ import math
 import numbers
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,6 +92,25 @@ def value_error(x: Any, err: Any) -> str:
         return f"{v:.{decimals}f}({round(e * 10**decimals):d})"
     step = 10.0 ** (-decimals)
     return f"{round(v / step) * step:.0f}({round(e / step) * step:.0f})"
+
+
+#: a result agrees with its reference when no observable's pull exceeds this (combined standard deviations) ...
+AGREE_SIGMA = 2.0
+#: ... and is in tension up to this; beyond it they disagree
+TENSION_SIGMA = 3.0
+
+
+def agreement(pulls: Mapping[str, float], missing: str = "no reference") -> str:
+    """Verdict on pulls against a reference (``{observable: (value - reference) / combined error}``): the largest
+    one and what it means (:data:`AGREE_SIGMA`, :data:`TENSION_SIGMA`); ``missing`` when no pull is finite."""
+    finite = {k: float(v) for k, v in pulls.items() if math.isfinite(float(v))}
+    if not finite:
+        return missing
+    key = max(finite, key=lambda k: abs(finite[k]))
+    worst = abs(finite[key])
+    word = ("agrees" if worst <= AGREE_SIGMA else
+            f"tension ({AGREE_SIGMA:.0f}-{TENSION_SIGMA:.0f} sigma)" if worst <= TENSION_SIGMA else "disagrees")
+    return f"{word}: max |pull| {worst:.1f} sigma ({key})"
 
 
 def _fmt(v: Any) -> str:

@@ -41,7 +41,8 @@ from olrg_hpc.flows import pipeline
 from olrg_hpc.flows.model import FlowSpec
 from olrg_hpc.flows.priors import KINDS, PriorKind
 from olrg_hpc.lattice import ensemble
-from olrg_hpc.report import COMPUTED, Table, WorkflowReport, sig3, value_error
+from olrg_hpc.report import AGREE_SIGMA, COMPUTED, TENSION_SIGMA, Table, WorkflowReport, sig3, value_error
+from olrg_hpc.report import agreement as report_agreement
 from olrg_hpc.tasks import Task
 from workflows.phi4_ensembles import HMCChains
 
@@ -387,10 +388,6 @@ def build(params: Params) -> list[Task]:
 
 
 # ------------------------------------------------------------------------------------------------ report
-#: a flow sampler agrees with HMC when no observable's pull exceeds this (combined standard deviations) ...
-AGREE_SIGMA = 2.0
-#: ... and is in tension up to this; beyond it they disagree
-TENSION_SIGMA = 3.0
 #: issue #6's goal for the training head start: a fraction of the Gaussian flow's training at most this
 HEAD_START_GOAL = 0.5
 
@@ -402,15 +399,8 @@ _COMPARED = (("abs_M", "<|M|>"), ("chi2", "chi2"), ("binder", "U"))
 
 
 def agreement(pulls: Mapping[str, float]) -> str:
-    """Verdict on a sampler's pulls against HMC (``{observable: pull}``): the largest one and what it means."""
-    finite = {k: float(v) for k, v in pulls.items() if np.isfinite(float(v))}
-    if not finite:
-        return "no HMC at this L"
-    key = max(finite, key=lambda k: abs(finite[k]))
-    worst = abs(finite[key])
-    word = ("agrees" if worst <= AGREE_SIGMA else
-            f"tension ({AGREE_SIGMA:.0f}-{TENSION_SIGMA:.0f} sigma)" if worst <= TENSION_SIGMA else "disagrees")
-    return f"{word}: max |pull| {worst:.1f} sigma ({key})"
+    """Verdict on a sampler's pulls against HMC (``{observable: pull}``): :func:`olrg_hpc.report.agreement`."""
+    return report_agreement(pulls, missing="no HMC at this L")
 
 
 def first_reaching(steps: np.ndarray, values: np.ndarray, target: float, below: bool = False) -> int | None:

@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 
 from olrg_hpc.config import Strict
 from olrg_hpc.lattice import ensemble
-from olrg_hpc.report import COMPUTED, Table, WorkflowReport, value_error
+from olrg_hpc.report import AGREE_SIGMA, COMPUTED, TENSION_SIGMA, Table, WorkflowReport, agreement, value_error
 from olrg_hpc.tasks import Task
 
 
@@ -110,7 +110,6 @@ def free_field_exact(point: dict[str, float]) -> dict[str, float] | None:
 def _verdict(s: dict[str, float], exact: dict[str, float] | None, settings: dict) -> list[str]:
     """Agreement with the exact answers (pulls in standard deviations) and whether the run is long enough."""
     from olrg_hpc.flows.pipeline import MIN_CHAIN_TAUS, MIN_THERM_TAUS
-    from workflows.flow_study import agreement  # the same 2 / 3 sigma rule as the flow samplers' verdict
 
     pulls = {"<exp(-dH)>": (s["exp_minus_dH"] - 1.0) / s["exp_minus_dH_err"]}
     cells = [f"{value_error(s['exp_minus_dH'], s['exp_minus_dH_err'])} vs 1"]
@@ -139,7 +138,6 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
     import numpy as np
 
     from olrg_hpc.flows.pipeline import MIN_CHAIN_TAUS, MIN_THERM_TAUS
-    from workflows.flow_study import AGREE_SIGMA, TENSION_SIGMA
 
     rep = WorkflowReport()
     rows, verdicts, hists = [], [], []
