@@ -30,7 +30,7 @@ Measured in one run, each next to its baseline:
 * HMC cost per effectively independent sample of chi2 versus L at fixed physics (``--cost-*`` flags):
   the jitted batched HMC (:func:`olrg_hpc.lattice.hmc.run_chain`, ``--cost-chains`` independent chains)
   along the Albandea line lam = 0.5 (beta/lambda convention): L = 8, beta = 0.576 and L = 16,
-  beta = 0.634 (the authors' coarse and fine points, science.md section 2), L = 32, beta = 0.660 and L = 64,
+  beta = 0.634 (the authors' coarse and fine points, docs/conventions.md section 2), L = 32, beta = 0.660 and L = 64,
   beta = 0.674 (matched here to the xi_2nd/L = 0.247 of L = 16; the naive ``beta_c - a / L`` line through the
   first two points gives 0.663 at L = 32, where xi/L = 0.271(7)), other L extrapolated (:func:`line_beta`) or given with
   ``--cost-betas``. xi_2nd/L and the Binder cumulant are printed to check how fixed the physics

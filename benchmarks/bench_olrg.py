@@ -8,7 +8,7 @@ Usage::
     python benchmarks/bench_olrg.py --cases --formulations --complex-map --dims 8 16 32   # loss-gradient kernels
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/bench_olrg.py --timing ...  # 8 CPU devices
 
-Cases (science.md section 1 and issue #4; quench from ``|0...0>``, ``C(t) = <Z_1 Z_2>(t)``):
+Cases (docs/conventions.md section 1 and issue #4; quench from ``|0...0>``, ``C(t) = <Z_1 Z_2>(t)``):
 
 * ``paper``: TFIM ``J = h = 1``, ``D = 8`` (exact ``n0 = 3`` sites), blocks grown to ``N = 10``, order 2, trained on
   ``t in [0, 2]`` (the paper's Fig. 2: relative error at most 1e-2, typically 1e-3, for ``t in [0.1, 2]``).

@@ -7,6 +7,10 @@ Exit codes: 0 success; 1 some tasks failed (each named with its error in one lin
 ``run`` holds the study folder's lock from before it writes anything until the report is written, and
 logs everything Dask says (and every failed task's traceback) into ``STUDY_DIR/run.log`` instead of the
 terminal; ``-v`` shows Dask's messages on the terminal as well.
+
+The command line is the one module of ``olrg_hpc`` that knows the study workflows: it hands their registry
+(:func:`workflows.get_workflow`) to the engine (:func:`olrg_hpc.config.load_study`,
+:func:`olrg_hpc.report.write_report`, :func:`olrg_hpc.submit.prepare`), which imports no workflow itself.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 
 from olrg_hpc import __version__
 from olrg_hpc.errors import UserError
+from workflows import get_workflow
 
 #: longest line an error prints (a value in it is already cut; this bounds paths and the rest)
 MAX_LINE = 1000
@@ -54,7 +59,6 @@ def _build(cfg, params) -> list:
     """The study's task graph, bounded (:func:`olrg_hpc.tasks.bounded_graph`) and checked."""
     from olrg_hpc.runner import topological_order
     from olrg_hpc.tasks import bounded_graph
-    from workflows import get_workflow
 
     with bounded_graph():
         return topological_order(get_workflow(cfg.workflow).build(params))
@@ -75,7 +79,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         hcfg = load_hmc_config(args.config)
         print(f"{args.config}: ok (MPI HMC program, L = {hcfg.L}, {hcfg.n_traj} trajectories)")
         return 0
-    cfg, params = load_study(args.config)
+    cfg, params = load_study(args.config, get_workflow)
     tasks = _build(cfg, params)
     path, profile = load_profile(args.cluster)
     _check_output(profile, _study_dir(cfg, None), f"{args.config}: output")
@@ -137,9 +141,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from olrg_hpc import store
     from olrg_hpc.cluster import health_check, open_client, pools_of
     from olrg_hpc.config import load_profile, load_study
+    from olrg_hpc.devices import watch_worker_devices
     from olrg_hpc.runner import run_tasks
 
-    cfg, params = load_study(args.config)
+    cfg, params = load_study(args.config, get_workflow)
     _, profile = load_profile(args.cluster)
     tasks = _build(cfg, params)
     study_dir = _study_dir(cfg, args.output)
@@ -153,6 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _say(f"study {cfg.study}: workflow {cfg.workflow}, {len(tasks)} tasks -> {study_dir}")
         with _study_log(study_dir, args.verbose) as log_path:
             with open_client(profile, study_dir=study_dir, echo=_say, log_file=log_path) as client:
+                watch_worker_devices(client, profile, _say)  # a GPU profile whose workers see only CPUs: one line
                 summary = run_tasks(tasks, study_dir, client, study_seed=cfg.seed, retries=cfg.retries,
                                     study_attrs={"study": cfg.study, "workflow": cfg.workflow,
                                                  "study_config": config_text},
@@ -172,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_report(study_dir: Path) -> None:
     from olrg_hpc.report import write_report
 
-    out_dir, lines = write_report(study_dir)
+    out_dir, lines = write_report(study_dir, get_workflow)
     for line in lines:
         print(line)
     _say(f"report: {out_dir}")
@@ -223,12 +229,10 @@ def cmd_hmc(args: argparse.Namespace) -> int:
     from olrg_hpc.lattice.mpi_hmc import run_mpi_hmc
 
     comm = MPI.COMM_WORLD
-    params = cfg.model_dump(exclude_none=True, exclude={"program", "ntasks"})
-    for key in ("out", "checkpoint"):
-        if cfg.model_dump().get(key):
-            Path(params[key]).parent.mkdir(parents=True, exist_ok=True)
-    params["restart"] = bool(cfg.checkpoint)
-    res = run_mpi_hmc(params, comm)
+    for path in (cfg.out, cfg.checkpoint):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    res = run_mpi_hmc(cfg.spec(), comm)
     if comm.Get_rank() == 0:
         w = np.exp(-np.asarray(res["dH"]))
         t = res["timings"]
@@ -243,7 +247,7 @@ def cmd_hmc(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from olrg_hpc.submit import prepare, sbatch
 
-    sub = prepare(args.config, args.cluster, check=not args.dry_run)
+    sub = prepare(args.config, args.cluster, get_workflow, check=not args.dry_run)
     if args.dry_run:
         print(sub.script, end="")
         return 0

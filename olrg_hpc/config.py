@@ -3,7 +3,7 @@
 A *study* is one YAML file naming its workflow and that workflow's parameters::
 
     study: tfim-quench          # name; also the default output folder studies/<study>
-    workflow: chain_sweep       # a module in workflows/ (see workflows.WORKFLOWS)
+    workflow: chain_sweep       # a workflow of the registry the command line hands down (workflows.WORKFLOWS)
     seed: 1234                  # study seed; every task derives its own from it and its name
     retries: 1                  # times a raising task is retried before it is reported as failed
     output: studies/tfim        # optional output folder
@@ -38,7 +38,9 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -55,6 +57,8 @@ from pydantic import (
 )
 
 from olrg_hpc.errors import UserError
+from olrg_hpc.lattice.mpi_hmc_spec import MPIHMCSpec
+from olrg_hpc.resources import shipped_dir
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: one word for the shell and for sbatch: partitions, accounts, job names, interfaces
@@ -106,6 +110,10 @@ def check_job_path(label: str, path: str | Path) -> None:
     if not SAFE_PATH.fullmatch(text):
         raise UserError(f"{label}: {shown(text)} cannot go into a SLURM job script: use a path of letters, digits "
                         f"and {_allowed(SAFE_PATH)} (no spaces, quotes or shell characters)")
+
+
+#: a workflow registry: name -> module with ``Params``, ``build`` and ``report``; KeyError naming the known ones
+WorkflowLookup = Callable[[str], ModuleType]
 
 
 class StudyConfig(Strict):
@@ -394,49 +402,18 @@ ClusterProfile = Annotated[AnyProfile, Field(discriminator="kind")]
 _PROFILE_ADAPTER: TypeAdapter[AnyProfile] = TypeAdapter(ClusterProfile)
 _KINDS_TEXT = ", ".join(PROFILE_KINDS)
 
-class MPIHMCConfig(Strict):
-    """An MPI HMC run (``mpiexec -n N olrg-hpc hmc CONFIG``; see olrg_hpc.lattice.mpi_hmc).
-
-    Exactly one action convention: ``m2`` (tutorial), ``beta`` (beta/lambda) or ``kappa`` (hopping),
-    each with ``lam``. ``n_traj`` is the total target: a rerun resumes from ``checkpoint``.
-    """
+class MPIHMCConfig(MPIHMCSpec):
+    """An MPI HMC run (``mpiexec -n N olrg-hpc hmc CONFIG``): the program's own spec
+    (:class:`olrg_hpc.lattice.mpi_hmc_spec.MPIHMCSpec`, its keys, defaults and checks), ``out`` required, plus
+    what the engine needs to start it. A rerun resumes from ``checkpoint``."""
 
     program: Literal["mpi_hmc"]
-    L: int | list[int] = Field(description="L, or [Ly, Lx]")
-    m2: float | None = Field(None, allow_inf_nan=False)
-    beta: float | None = Field(None, gt=0, allow_inf_nan=False)
-    kappa: float | None = Field(None, gt=0, allow_inf_nan=False)
-    lam: float = Field(ge=0, allow_inf_nan=False)
-    n_traj: int = Field(ge=1)
-    seed: int = Field(0, ge=0)
-    tau: float = Field(1.0, gt=0, allow_inf_nan=False)
-    n_steps: int = Field(10, ge=1)
-    integrator: Literal["leapfrog", "omelyan"] = "leapfrog"
-    init: Literal["hot", "cold"] = "hot"
-    init_scale: float = Field(0.5, gt=0, allow_inf_nan=False,
-                              description="hot start: standard deviation of the field per site")
-    dims: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=2, max_length=2,
-                                                          description="process grid [Py, Px]")
-    checkpoint: str | None = None
-    checkpoint_every: int = Field(0, ge=0)
     out: str = Field(description="results file, HDF5 with provenance (written by rank 0, atomically)")
-    transport: Literal["mpi4jax", "callback"] | None = Field(
-        None, description="how halos travel between ranks (default: mpi4jax when installed)")
-    watchdog_s: float = Field(300.0, gt=0, allow_inf_nan=False,
-                              description="end the run when a rank makes no progress for this long")
     ntasks: int = Field(4, ge=1, description="MPI ranks when submitted with olrg-hpc submit")
 
-    @model_validator(mode="after")
-    def _check(self) -> MPIHMCConfig:
-        given = [k for k in ("m2", "beta", "kappa") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of m2, beta, kappa (got {', '.join(given) or 'none'})")
-        sizes = [self.L, self.L] if isinstance(self.L, int) else self.L
-        if len(sizes) != 2 or min(sizes) < 2:
-            raise ValueError(f"L must be an extent >= 2 or [Ly, Lx] (got {self.L})")
-        if self.dims is not None and (sizes[0] % self.dims[0] or sizes[1] % self.dims[1]):
-            raise ValueError(f"dims {self.dims} must divide the lattice {sizes}")
-        return self
+    def spec(self) -> MPIHMCSpec:
+        """The program's spec (without the engine's keys)."""
+        return MPIHMCSpec.model_validate(self.model_dump(exclude={"program", "ntasks"}))
 
 
 def load_hmc_config(path: str | Path) -> MPIHMCConfig:
@@ -612,10 +589,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_study(path: str | Path) -> tuple[StudyConfig, BaseModel]:
-    """Load and validate a study config and its workflow parameters."""
-    from workflows import get_workflow
-
+def load_study(path: str | Path, get_workflow: WorkflowLookup) -> tuple[StudyConfig, BaseModel]:
+    """Load and validate a study config and its workflow parameters (``get_workflow``: the registry the caller
+    hands down, e.g. :func:`workflows.get_workflow`; the engine does not know the workflows)."""
     data = read_yaml(path)
     try:
         cfg = StudyConfig.model_validate(data)
@@ -633,18 +609,21 @@ def load_study(path: str | Path) -> tuple[StudyConfig, BaseModel]:
 
 
 def find_profile(name_or_path: str, search_root: Path | None = None) -> Path:
-    """Resolve ``--cluster``: a path to a YAML file, or a name in configs/clusters/ (cwd, then the source tree)."""
+    """Resolve ``--cluster``: a path to a YAML file, or a name in ``configs/clusters/`` of the working directory,
+    then of ``search_root``, then among the shipped profiles (the repository's ``configs/clusters/``, or an
+    installed wheel's copies: :func:`olrg_hpc.resources.shipped_dir`)."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         if not p.exists():
             raise UserError(f"{p}: no such cluster profile file")
         return p
-    roots = [Path.cwd()] + ([search_root] if search_root else []) + [Path(__file__).resolve().parents[1]]
-    for root in roots:
-        cand = root / "configs" / "clusters" / f"{name_or_path}.yaml"
+    dirs = [root / "configs" / "clusters" for root in [Path.cwd()] + ([search_root] if search_root else [])]
+    dirs.append(shipped_dir("clusters"))
+    for d in dirs:
+        cand = d / f"{name_or_path}.yaml"
         if cand.exists():
             return cand
-    known = sorted({c.stem for r in roots for c in (r / "configs" / "clusters").glob("*.yaml")})
+    known = sorted({c.stem for d in dirs for c in d.glob("*.yaml")})
     raise UserError(f"--cluster {name_or_path}: no such profile (known: {', '.join(known) or 'none'})")
 
 

@@ -222,10 +222,10 @@ def main(argv: list[str] | None = None) -> int:
 
         spec, inline = pickle.loads((work / "spec.pkl").read_bytes())
 
-        result, started, compute_s = call(spec, inline)
+        result, started, compute_s, cpu_s = call(spec, inline)
         if index == 0:
             layout = f"{count} processes x {jax.local_device_count()} {jax.devices()[0].platform} devices"
-            out = store_result(spec, result, started, compute_s, launch=layout)
+            out = store_result(spec, result, started, compute_s, cpu_s, launch=layout)
             write_bytes_atomic(work / "result.pkl", pickle.dumps(out))
         return 0
     except BaseException as exc:  # noqa: BLE001 - reported to the worker in full, then this process ends

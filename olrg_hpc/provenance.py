@@ -8,6 +8,8 @@ import hashlib
 import importlib.util
 import socket
 import subprocess
+import sys
+from collections import Counter
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -160,3 +162,24 @@ def run_provenance() -> dict[str, str]:
 
 def host() -> str:
     return socket.gethostname()
+
+
+def jax_devices() -> dict[str, str]:
+    """``{"jax_backend": "gpu", "jax_devices": "4 x gpu (NVIDIA H100 80GB HBM3)"}`` for this process when JAX
+    is already imported, ``{}`` otherwise (recording it must not start a backend a task never used).
+
+    The backend is what JAX runs on by default (``cpu``, ``gpu``, ``tpu``); the devices are counted by platform
+    and kind. A GPU node whose JAX reports ``cpu`` runs the CPU build of jaxlib, or sees no GPU
+    (:mod:`olrg_hpc.devices`).
+    """
+    jax = sys.modules.get("jax")
+    if jax is None or not hasattr(jax, "devices"):
+        return {}
+    try:
+        devices = jax.devices()
+    except RuntimeError as exc:  # no usable backend (e.g. JAX_PLATFORMS names one that is absent)
+        return {"jax_backend": "none", "jax_devices": " ".join(str(exc).split())[:200]}
+    kinds = Counter((d.platform, str(d.device_kind)) for d in devices)
+    return {"jax_backend": str(jax.default_backend()),
+            "jax_devices": ", ".join(f"{n} x {p}" + (f" ({k})" if k.lower() != p else "")
+                                     for (p, k), n in kinds.items())}

@@ -194,23 +194,24 @@ def throughput_task(n_workers: int, n_tasks: int, model: str = "tfim", n_sites: 
 
 
 # ------------------------------------------------------------------------------------------------ (b) MPI HMC
-def mpi_hmc_task(n_ranks: int, shape: Sequence[int], dims: Sequence[int], n_traj: int = 10, n_steps: int = 10,
-                 m2: float = 1.0, lam: float = 0.5, launcher: str = "auto", repeats: int = 1,
+def mpi_hmc_task(n_ranks: int, spec: Mapping[str, Any], launcher: str = "auto", repeats: int = 1,
                  timeout_s: float = 600) -> dict[str, Any]:
-    """Time per MD step of ``olrg_hpc.lattice.mpi_hmc`` on ``n_ranks`` ranks, lattice ``shape``, grid ``dims``.
+    """Time per MD step of ``olrg_hpc.lattice.mpi_hmc`` on ``n_ranks`` ranks.
 
-    ``launcher``: ``auto`` (srun inside a SLURM allocation, mpiexec elsewhere), ``mpiexec`` or ``srun``.
-    The couplings only fix the work per site; timings do not depend on them. The program runs ``repeats``
-    times; the run with the shortest MD time is reported.
+    ``spec``: the run (:class:`~olrg_hpc.lattice.mpi_hmc_spec.MPIHMCSpec` fields: lattice ``L``, process grid
+    ``dims``, couplings, ``n_traj``, ...; the program's defaults for the rest); the kernel's parts are timed
+    (``profile``). ``launcher``: ``auto`` (srun inside a SLURM allocation, mpiexec elsewhere), ``mpiexec`` or
+    ``srun``. The couplings only fix the work per site; timings do not depend on them. The program runs
+    ``repeats`` times; the run with the shortest MD time is reported.
     """
+    from olrg_hpc.lattice.mpi_hmc_spec import MPIHMCSpec, to_argv
     from olrg_hpc.mpi import mpi_launcher
 
+    run = MPIHMCSpec.model_validate({**spec, "profile": True})
     facts = host_facts()
     use_srun = {"auto": None, "mpiexec": False, "srun": True}[launcher]
     cmd = [*mpi_launcher(n_ranks, use_srun=use_srun), sys.executable, "-m", "olrg_hpc.lattice.mpi_hmc",
-           "--L", str(shape[0]), str(shape[1]), "--dims", str(dims[0]), str(dims[1]), "--m2", repr(float(m2)),
-           "--lam", repr(float(lam)), "--n-traj", str(n_traj), "--n-steps", str(n_steps), "--seed", "1",
-           "--profile"]
+           *to_argv(run)]
     runs = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -218,14 +219,13 @@ def mpi_hmc_task(n_ranks: int, shape: Sequence[int], dims: Sequence[int], n_traj
         runs.append((summary, time.perf_counter() - t0))
     summary, wall = min(runs, key=lambda sw: sw[0]["timings"]["md_s"])
     t = summary["timings"]
-    md_steps = n_traj * n_steps
-    step = t["md_s"] / md_steps
-    ly, lx = shape[0] // dims[0], shape[1] // dims[1]
-    return {"n_ranks": n_ranks, "shape": list(shape), "dims": list(summary["dims"]), "local_block": [ly, lx],
-            "md_step_s": step, "traj_s": t["total_s"] / n_traj,
+    step = t["md_s"] / (run.n_traj * run.n_steps)
+    (ly, lx), (py, px) = run.shape, summary["dims"]
+    return {"n_ranks": n_ranks, "shape": list(run.shape), "dims": [py, px], "local_block": [ly // py, lx // px],
+            "md_step_s": step, "traj_s": t["total_s"] / run.n_traj,
             "halo_share": t["halo_s"] / t["md_s"], "force_share": t["force_s"] / t["md_s"],
             "rng_share": t["rng_s"] / t["total_s"], "reduce_share": t["reduce_s"] / t["total_s"],
-            "site_updates_per_s": shape[0] * shape[1] / step, "acceptance": summary["acceptance"],
+            "site_updates_per_s": ly * lx / step, "acceptance": summary["acceptance"],
             "wall_s_incl_startup": wall, "command": " ".join(cmd[:4]) + " ... mpi_hmc",
             **_spread([sw[0]["timings"]["md_s"] for sw in runs]), **facts, "resources": n_ranks}
 

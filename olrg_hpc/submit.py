@@ -1,5 +1,8 @@
 """Submit and walk away: render a job script from a template in ``slurm/`` and hand it to ``sbatch``.
 
+The templates are read from the repository's ``slurm/`` in a source checkout and from the package's copies in an
+installed wheel (:func:`olrg_hpc.resources.shipped_dir`).
+
 ``olrg-hpc submit STUDY_CONFIG --cluster PROFILE`` renders ``slurm/driver.sbatch``: a one-core job that
 runs the Dask workflow from inside the allocation, its workers being further SLURM jobs of the profile.
 ``olrg-hpc submit HMC_CONFIG --cluster PROFILE`` (a config with ``program: mpi_hmc``) renders
@@ -23,10 +26,19 @@ from pathlib import Path
 from string import Template
 
 from olrg_hpc.cluster import check_slurm
-from olrg_hpc.config import SlurmProfile, check_job_path, load_hmc_config, load_profile, load_study, read_yaml
+from olrg_hpc.config import (
+    SlurmProfile,
+    WorkflowLookup,
+    check_job_path,
+    load_hmc_config,
+    load_profile,
+    load_study,
+    read_yaml,
+)
 from olrg_hpc.errors import UserError
+from olrg_hpc.resources import shipped_dir
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "slurm"
+TEMPLATES = shipped_dir("slurm")
 
 
 @dataclass
@@ -68,8 +80,9 @@ def _common(profile: SlurmProfile) -> dict[str, str]:
             "workdir": shlex.quote(str(Path.cwd()))}
 
 
-def prepare(config: str, cluster: str, check: bool = True) -> Submission:
-    """Validate the config and the profile and render the job script (nothing is submitted)."""
+def prepare(config: str, cluster: str, get_workflow: WorkflowLookup, check: bool = True) -> Submission:
+    """Validate the config (its workflow found with ``get_workflow``) and the profile and render the job script
+    (nothing is submitted)."""
     _, profile = load_profile(cluster)
     if not isinstance(profile, SlurmProfile):
         raise UserError(f"--cluster {cluster}: submit needs a slurm profile (this one is kind {profile.kind})")
@@ -84,7 +97,7 @@ def prepare(config: str, cluster: str, check: bool = True) -> Submission:
         values.update(job_name="olrg-hmc", log=str(log), ntasks=str(cfg.ntasks),
                       mem_per_cpu=profile.memory.replace(" ", ""), config=shlex.quote(str(Path(config).resolve())))
         return Submission(render("mpi_hmc.sbatch", values), out_dir / "mpi_hmc.sbatch", log, None)
-    cfg, _ = load_study(config)
+    cfg, _ = load_study(config, get_workflow)
     study_dir = Path(cfg.output or Path("studies") / cfg.study).resolve()
     check_job_path(f"{config}: output", study_dir)
     log = study_dir / "driver-%j.out"

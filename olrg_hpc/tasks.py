@@ -5,7 +5,8 @@ reference), its JSON-able keyword parameters and the names of the tasks it depen
 each task a *key*: a hash of the function's path, the parameters, the package version, a content hash of
 the source the function can run (:func:`olrg_hpc.provenance.module_code_hash`: its module and every module of
 ``olrg_hpc`` and ``workflows`` that module imports, so a change there without a version bump does not reuse old
-shards, while a change elsewhere, say to a report, keeps them), the task's seed and the keys of its dependencies.
+shards, while a change elsewhere, say to a report, keeps them), the task's seed (from the study seed and the
+task's name, :func:`task_seed`) and the keys of its dependencies.
 A shard written under that key is valid for exactly those inputs.
 
 The function returns a mapping of names to arrays/scalars/strings (nested mappings become HDF5 groups).
@@ -19,6 +20,13 @@ is never a result, and ``NaN`` only where the task declares it, in :attr:`Task.n
 paths, ``fnmatch`` style, ``/`` between nested names), as the marker of a value that was not measured (a
 ratio to a baseline that the study did not run, a window with no data). Anything else non-finite fails the
 task with one line naming the result, so an overflow or a diverged fit never lands in a shard as a number.
+
+**Timings and devices.** Each shard records ``compute_seconds`` (wall clock of the task function) and
+``cpu_seconds`` (CPU time of the worker process meanwhile, every thread of it: XLA's and BLAS's pools included).
+Another job on the machine stretches the wall clock but hardly the CPU time, so a cost compared across runs reads
+``cpu_seconds``; with ``threads_per_worker > 1`` it also counts the tasks running beside it in the same process.
+A task that used JAX records its backend and devices (``jax_backend``, ``jax_devices``:
+:func:`olrg_hpc.provenance.jax_devices`).
 
 **Bounded graphs.** :func:`bounded_graph` counts the tasks a workflow creates while it builds its graph and
 stops at :data:`MAX_TASKS`: a size in a config such as ``replicas: 1000000000`` fails in a fraction of a second
@@ -44,7 +52,7 @@ import numpy as np
 
 from olrg_hpc import __version__
 from olrg_hpc.errors import UserError
-from olrg_hpc.provenance import host, module_code_hash, now
+from olrg_hpc.provenance import host, jax_devices, module_code_hash, now
 from olrg_hpc.store import CorruptFile, Location, fsync_shards, read_location, write_shard
 
 #: Most tasks one study graph may hold. The driver keeps every task's spec, future and manifest entry (~2 kB)
@@ -134,8 +142,13 @@ def canonical_json(obj: Any) -> str:
 
 
 def task_seed(study_seed: int, task: Task) -> int:
-    """A 63-bit seed from the study seed, the function and the parameters (not the task's display name)."""
-    h = hashlib.sha256(canonical_json([study_seed, task.function, task.params]).encode()).digest()
+    """A 63-bit seed from the study seed and the task's full name (``part:name`` inside a suite).
+
+    Not from the parameters: a key added to one task's parameters leaves every other task's random stream as it
+    was, and two tasks of equal parameters (two suite parts of the same content, replicas) draw different
+    streams. A task's key still hashes its parameters (:func:`task_key`), so a changed parameter recomputes it.
+    """
+    h = hashlib.sha256(canonical_json([study_seed, task.name]).encode()).digest()
     return int.from_bytes(h[:8], "little") >> 1
 
 
@@ -199,14 +212,15 @@ def check_finite(results: Mapping[str, Any], nan_ok: tuple[str, ...] = (), prefi
         raise NonFiniteResult(f"result {path!r} holds {what} of {arr.size} values{where}{hint}")
 
 
-def call(spec: TaskSpec, inline: Mapping[str, bytes] | None = None) -> tuple[Mapping[str, Any], str, float]:
+def call(spec: TaskSpec,
+         inline: Mapping[str, bytes] | None = None) -> tuple[Mapping[str, Any], str, float, float]:
     """Run the task's function (its seed and dependencies passed when it takes them) and check its results;
-    returns ``(results, started, compute seconds)``. ``inline``: compact shards of dependencies by key, as they
-    came back from their workers in this run (verified as when read from disk)."""
+    returns ``(results, started, wall seconds, CPU seconds)``. ``inline``: compact shards of dependencies by key,
+    as they came back from their workers in this run (verified as when read from disk)."""
     from olrg_hpc import records
 
     started = now()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     kwargs = dict(spec.params)
     sig = inspect.signature(spec.fn).parameters
     if "seed" in sig:
@@ -225,10 +239,10 @@ def call(spec: TaskSpec, inline: Mapping[str, bytes] | None = None) -> tuple[Map
     if not isinstance(result, Mapping):
         raise TypeError(f"task {spec.name}: {spec.fn.__qualname__} returned {type(result).__name__}, not a mapping")
     check_finite(result, spec.nan_ok)
-    return result, started, time.perf_counter() - t0
+    return result, started, time.perf_counter() - t0, time.process_time() - cpu0
 
 
-def store_result(spec: TaskSpec, result: Mapping[str, Any], started: str, compute_s: float,
+def store_result(spec: TaskSpec, result: Mapping[str, Any], started: str, compute_s: float, cpu_s: float,
                  **extra: Any) -> dict[str, Any]:
     """The outcome of a finished task: timings, its pool and, for small results, their compact shard (``record``,
     written by the driver with its batch); larger results are written here as an HDF5 shard."""
@@ -240,12 +254,13 @@ def store_result(spec: TaskSpec, result: Mapping[str, Any], started: str, comput
     # versions, study config) as one JSON attribute
     attrs = dict(task_name=spec.name, task_key=spec.key, function=f"{spec.fn.__module__}:{spec.fn.__qualname__}",
                  params=dict(spec.params), seed=spec.seed, host=host(), pool=pool, started=started, finished=now(),
-                 compute_seconds=compute_s, **extra, provenance=spec.provenance)
+                 compute_seconds=compute_s, cpu_seconds=cpu_s, **jax_devices(), **extra,
+                 provenance=spec.provenance)
     raw = records.encode(result, attrs)
     if raw is None:
         write_shard(spec.shard, result, attrs, fsync_shards())
-    return {"name": spec.name, "key": spec.key, "compute_s": compute_s, "write_s": time.perf_counter() - t0,
-            "pool": pool, "record": raw}
+    return {"name": spec.name, "key": spec.key, "compute_s": compute_s, "cpu_s": cpu_s,
+            "write_s": time.perf_counter() - t0, "pool": pool, "record": raw}
 
 
 def execute(spec: TaskSpec, *upstream: Any) -> dict[str, Any]:
@@ -261,8 +276,7 @@ def execute(spec: TaskSpec, *upstream: Any) -> dict[str, Any]:
         from olrg_hpc.launch import run_launched
 
         return run_launched(spec, inline)
-    result, started, compute_s = call(spec, inline)
-    return store_result(spec, result, started, compute_s)
+    return store_result(spec, *call(spec, inline))
 
 
 def noop(i: int = 0) -> dict[str, Any]:

@@ -41,7 +41,8 @@ from olrg_hpc.flows import pipeline
 from olrg_hpc.flows.model import FlowSpec
 from olrg_hpc.flows.priors import KINDS, PriorKind
 from olrg_hpc.lattice import ensemble
-from olrg_hpc.report import Table, WorkflowReport
+from olrg_hpc.report import AGREE_SIGMA, COMPUTED, TENSION_SIGMA, Table, WorkflowReport, sig3, value_error
+from olrg_hpc.report import agreement as report_agreement
 from olrg_hpc.tasks import Resources, Task
 from workflows.phi4_ensembles import HMCChains
 
@@ -389,15 +390,12 @@ def build(params: Params) -> list[Task]:
                 s = g.add(Task(f"fhmc-{k.name}-{tag}", pipeline.flow_hmc_task,
                                {**common, **fh, "inputs": fh_inputs}, deps=tuple(fh_inputs.values())))
                 samplers.append(s.name)
-    g.add(Task("compare", pipeline.compare_samplers, {}, deps=tuple(samplers)))
+    # NaN: "not measured", for a sampler at an L without an HMC run to compare with (pipeline.compare_samplers)
+    g.add(Task("compare", pipeline.compare_samplers, {}, deps=tuple(samplers), nan_ok=("cost_over_hmc", "pull_*")))
     return g.tasks
 
 
 # ------------------------------------------------------------------------------------------------ report
-#: a flow sampler agrees with HMC when no observable's pull exceeds this (combined standard deviations) ...
-AGREE_SIGMA = 2.0
-#: ... and is in tension up to this; beyond it they disagree
-TENSION_SIGMA = 3.0
 #: issue #6's goal for the training head start: a fraction of the Gaussian flow's training at most this
 HEAD_START_GOAL = 0.5
 
@@ -408,36 +406,9 @@ HEAD_START_KEYS = ("variant", "L", "metric_step", "acceptance", "metric_seconds"
 _COMPARED = (("abs_M", "<|M|>"), ("chi2", "chi2"), ("binder", "U"))
 
 
-def sig3(x: Any) -> str:
-    """``x`` with three significant digits ("-" when not finite)."""
-    v = float(x)
-    return f"{v:.3g}" if np.isfinite(v) else "-"
-
-
-def value_error(x: Any, err: Any) -> str:
-    """``x`` with its error in parentheses, the error to two significant digits and ``x`` to the same decimal
-    place: ``value_error(3.0394, 0.0481) == "3.039(48)"``, ``value_error(1234.5, 56) == "1234(56)"`` (the plain
-    three significant digits of :func:`sig3` when the error is not positive and finite)."""
-    v, e = float(x), float(err)
-    if not (np.isfinite(v) and np.isfinite(e) and e > 0):
-        return sig3(v)
-    decimals = 1 - int(np.floor(np.log10(e)))
-    if decimals > 0:
-        return f"{v:.{decimals}f}({round(e * 10**decimals):d})"
-    step = 10.0 ** (-decimals)
-    return f"{round(v / step) * step:.0f}({round(e / step) * step:.0f})"
-
-
 def agreement(pulls: Mapping[str, float]) -> str:
-    """Verdict on a sampler's pulls against HMC (``{observable: pull}``): the largest one and what it means."""
-    finite = {k: float(v) for k, v in pulls.items() if np.isfinite(float(v))}
-    if not finite:
-        return "no HMC at this L"
-    key = max(finite, key=lambda k: abs(finite[k]))
-    worst = abs(finite[key])
-    word = ("agrees" if worst <= AGREE_SIGMA else
-            f"tension ({AGREE_SIGMA:.0f}-{TENSION_SIGMA:.0f} sigma)" if worst <= TENSION_SIGMA else "disagrees")
-    return f"{word}: max |pull| {worst:.1f} sigma ({key})"
+    """Verdict on a sampler's pulls against HMC (``{observable: pull}``): :func:`olrg_hpc.report.agreement`."""
+    return report_agreement(pulls, missing="no HMC at this L")
 
 
 def first_reaching(steps: np.ndarray, values: np.ndarray, target: float, below: bool = False) -> int | None:
@@ -735,7 +706,7 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
     rep = WorkflowReport()
     with h5py.File(study_file, "r") as f:
         tasks = f["tasks"]
-        rep.tables.append(Table("What was computed", ["item", "value"], computed_rows(tasks)))
+        rep.tables.append(Table(COMPUTED, ["item", "value"], computed_rows(tasks)))
         if "compare" in tasks:
             rep.tables.append(Table(
                 f"Verdict per sampler: agreement with HMC at the same L (agrees: every |pull| <= {AGREE_SIGMA:.0f}; "

@@ -33,7 +33,7 @@ from pydantic import Field, model_validator
 from olrg_hpc.config import Strict
 from olrg_hpc.olrg import pipeline
 from olrg_hpc.olrg.maps import make_map
-from olrg_hpc.report import Table, WorkflowReport
+from olrg_hpc.report import COMPUTED, Table, WorkflowReport, sig3
 from olrg_hpc.spins.tebd import steps_on_grid
 from olrg_hpc.tasks import Resources, Task
 
@@ -88,7 +88,8 @@ class Params(Strict):
     training: Training = Training()
     t_max: float = Field(2.0, gt=0)
     n_times: int = Field(41, ge=2)
-    windows: list[float] = Field([2.0, 4.0], min_length=1, description="max |error| is tabulated on each [0, w]")
+    windows: list[float] | None = Field(None, min_length=1, description="max |error| is tabulated on each [0, w]; "
+                                        "default 2 and 4 where they fit, else t_max")
 
     @property
     def train_T(self) -> float:
@@ -125,7 +126,7 @@ class Params(Strict):
             raise ValueError(f"mixed_field_ising is checked against ED: N at most 14 (got {self.N})")
         if any(isinstance(v, list) and not v for v in self.couplings.values()):
             raise ValueError("couplings: a swept coupling needs at least one value")
-        for w in self.windows:
+        for w in self.windows or []:
             if not 0 < w <= self.t_max + 1e-12:
                 raise ValueError(f"windows: {w:g} is not in (0, t_max = {self.t_max:g}]")
         known = get_args(MapName)
@@ -241,7 +242,9 @@ def build(params: Params) -> list[Task]:
                       "N": params.N, "t_max": params.t_max, "n_times": params.n_times})
             tasks.append(e)
             evals.append(e.name)
-    tasks.append(Task("compare", pipeline.compare_maps, {"windows": list(params.windows)}, deps=tuple(evals)))
+    windows = params.windows or [w for w in (2.0, 4.0) if w <= params.t_max] or [params.t_max]
+    # a window with no time of an evaluation in it (e.g. [0.1, 2] when t_max < 0.1) is NaN: not measured
+    tasks.append(Task("compare", pipeline.compare_maps, {"windows": windows}, deps=tuple(evals), nan_ok=("max_*",)))
     return tasks
 
 
@@ -280,7 +283,7 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
             computed.append([n, f"n0 = {p['n0']} (D = {2**p['n0']}), blocks to {p['n_final']} sites, exact targets to "
                                 f"{p.get('exact_max_n') or p['n_final']}, T = {p['T']:g}, K = {p['K']}, "
                                 f"{p['steps']} steps, consistency {p.get('consistency', 'joint')}"])
-        rep.tables.append(Table("What was computed", ["item", "value"], computed))
+        rep.tables.append(Table(COMPUTED, ["item", "value"], computed))
 
         for key, names in sorted(groups.items()):
             N = attrs[names[0]]["N"]
@@ -324,8 +327,8 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
         for i, lab in enumerate(labels):
             a = attrs[lab]
             seconds = float(c["train_seconds"][i]) + float(tasks[lab]["eval_seconds"][()])
-            table_rows.append([_label(lab), _dim_of(a, tasks[lab]), *[_sig(float(c[k][i])) for k in cols],
-                               _sig(seconds), _verdict(lab, a, err, labels, attrs)])
+            table_rows.append([_label(lab), _dim_of(a, tasks[lab]), *[sig3(float(c[k][i])) for k in cols],
+                               sig3(seconds), _verdict(lab, a, err, labels, attrs)])
         head = ["map", "D / chi", *[f"max |err| [0, {k.removeprefix('max_abs_err_t')}]" for k in cols],
                 "seconds (train + eval)", f"against TEBD at chi = D on [0, {widest.removeprefix('max_abs_err_t')}]"]
         rep.tables.append(Table("OLRG maps against the exact C(t)", head, table_rows))
@@ -353,10 +356,6 @@ def _file_key(key: str) -> str:
 
 def _dim_of(a: dict[str, Any], g: Any) -> int:
     return int(g["chi"][()]) if a["map_name"] == "tebd" else 2 ** int(a["n0"])
-
-
-def _sig(x: float) -> str:
-    return f"{x:.3g}"
 
 
 def _tebd_peer(lab: str, a: dict[str, Any], labels: list[str], attrs: dict[str, dict[str, Any]]) -> str | None:
@@ -420,7 +419,7 @@ def _time_to_accuracy(labels: list[str], attrs: dict[str, dict[str, Any]], tasks
         peers = sorted((int(tasks[o]["chi"][()]), o) for o in labels
                        if attrs[o]["map_name"] == "tebd" and attrs[o]["couplings"] == a["couplings"])
         hit = next(((chi, o) for chi, o in peers if err[o] <= err[lab]), None)
-        rows.append([_label(lab), _sig(err[lab]), _sig(ours),
+        rows.append([_label(lab), sig3(err[lab]), sig3(ours),
                      hit[0] if hit else "none of " + ", ".join(str(ch) for ch, _ in peers),
-                     _sig(float(tasks[hit[1]]["eval_seconds"][()])) if hit else ""])
+                     sig3(float(tasks[hit[1]]["eval_seconds"][()])) if hit else ""])
     return rows

@@ -2,9 +2,10 @@
 
 Graph: ``replicas`` independent ``ens`` tasks per point (own seeds; each batches ``n_chains`` chains in one
 jitted HMC scan and stores configurations, chunked and compressed, plus histories) -> one ``collect``
-task per point pooling the replicas (Gamma-method errors with chains as replicas) -> study file -> report
-with <|M|>, chi2, Binder cumulant, <phi^2>, tau_int and acceptance per point. The stored configurations
-feed flow training (coarse-to-fine priors).
+task per point pooling the replicas (Gamma-method errors with chains as replicas) -> study file -> report:
+what was computed, a verdict per point (<exp(-dH)> = 1 always; at lam = 0 the free field's exact <phi^2> and
+chi2; acceptance, tau_int and run length), <|M|>, chi2, Binder cumulant and <phi^2> per point, M histograms.
+The stored configurations feed flow training (coarse-to-fine priors).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pydantic import Field, model_validator
 
 from olrg_hpc.config import Strict
 from olrg_hpc.lattice import ensemble
-from olrg_hpc.report import Table, WorkflowReport
+from olrg_hpc.report import AGREE_SIGMA, COMPUTED, TENSION_SIGMA, Table, WorkflowReport, agreement, value_error
 from olrg_hpc.tasks import Task
 
 
@@ -84,38 +85,123 @@ def build(params: Params) -> list[Task]:
     return tasks
 
 
+_OBSERVABLES = ("M = (1/V) sum_x phi_x in the field of each point's convention; <|M|>, chi2 = V <M^2>, connected "
+                "chi2 = V (<M^2> - <|M|>^2), Binder U = 1 - <M^4> / (3 <M^2>^2), <phi^2>; tau_int(M^2) in "
+                "measurements; errors: Gamma method (S = 1.5), chains as replicas")
+
+
+def _pretty(point: dict[str, float]) -> str:
+    """``L = 8: m2 = -4, lam = 8`` (the point's own convention)."""
+    return f"L = {int(point['L'])}: " + ", ".join(f"{k} = {point[k]:g}" for k in ("m2", "beta", "lam") if k in point)
+
+
+def free_field_exact(point: dict[str, float]) -> dict[str, float] | None:
+    """Exact ``<phi^2>`` and ``chi2`` of a ``lam = 0`` point in its own field convention (``phi = c phi_tut``, so
+    both scale with ``c^2``); ``None`` for an interacting point or an unstable free one (tutorial ``m2 <= 0``)."""
+    from olrg_hpc.lattice.phi4 import free_field_values
+
+    action, c = ensemble.action_for(point)
+    if point["lam"] != 0 or action.m2 <= 0:
+        return None
+    L = int(point["L"])
+    return {k: c**2 * v for k, v in free_field_values((L, L), action.m2).items()}
+
+
+def _verdict(s: dict[str, float], exact: dict[str, float] | None, settings: dict) -> list[str]:
+    """Agreement with the exact answers (pulls in standard deviations) and whether the run is long enough."""
+    from olrg_hpc.flows.pipeline import MIN_CHAIN_TAUS, MIN_THERM_TAUS
+
+    pulls = {"<exp(-dH)>": (s["exp_minus_dH"] - 1.0) / s["exp_minus_dH_err"]}
+    cells = [f"{value_error(s['exp_minus_dH'], s['exp_minus_dH_err'])} vs 1"]
+    for key, name in (("phi2", "<phi^2>"), ("chi2", "chi2")):
+        if exact is None:
+            cells.append("-")
+        else:
+            pulls[name] = (s[key] - exact[key]) / s[f"{key}_err"]
+            cells.append(f"{value_error(s[key], s[f'{key}_err'])} vs {exact[key]:.4g}")
+    tau = max(s["tau_int_M2"], 0.5)
+    chain = settings["n_traj"] / settings["meas_every"] / tau
+    therm = settings["n_therm"] / settings["meas_every"] / tau
+    long_enough = chain >= MIN_CHAIN_TAUS and therm >= MIN_THERM_TAUS
+    run = (f"{'long enough' if long_enough else 'too short for its errors'} ({chain:.0f} tau per chain, "
+           f"{therm:.0f} of thermalisation)")
+    return [*cells, agreement(pulls), value_error(s["tau_int_M2"], s["tau_int_M2_err"]), run]
+
+
 def report(study_file: Path, out_dir: Path) -> WorkflowReport:
+    """What was computed; per point the verdict (the exact answers: <exp(-dH)> = 1 always, <phi^2> and chi2 of
+    the free field at lam = 0; acceptance, tau_int and run length); the observables; M histograms per point."""
+    import json
+
     import h5py
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from olrg_hpc.flows.pipeline import MIN_CHAIN_TAUS, MIN_THERM_TAUS
+
     rep = WorkflowReport()
-    rows = []
-    fig, ax = plt.subplots(figsize=(6, 4))
+    rows, verdicts, hists = [], [], []
     with h5py.File(study_file, "r") as f:
-        for name in sorted(f["tasks"]):
-            if not name.startswith("collect-"):
-                continue
-            g = f["tasks"][name]
+        tasks = f["tasks"]
+        labels = sorted((n.removeprefix("collect-") for n in tasks if n.startswith("collect-")),
+                        key=lambda label: (int(label.split("-")[0].removeprefix("L")), label))  # by L
+        settings: dict = {}
+        for label in labels:
+            g = tasks[f"collect-{label}"]
+            replicas = sorted(n for n in tasks if n.startswith(f"ens-{label}-r"))
+            settings = {**json.loads(tasks[replicas[0]].attrs["params"]), "replicas": len(replicas)}
+            point = settings["point"]
             s = {k: float(v[()]) for k, v in g["summary"].items()}
-            label = name.removeprefix("collect-")
+            exact = free_field_exact(point)
+            verdicts.append([_pretty(point), float(g["acceptance"][()]), *_verdict(s, exact, settings)])
 
             def pm(key: str, s: dict = s) -> str:
-                return f"{s[key]:.5g} ± {s[key + '_err']:.2g}"
+                return value_error(s[key], s[key + "_err"])
 
-            rows.append([label, float(g["acceptance"][()]), pm("abs_M"), pm("chi2"), pm("chi2_connected"),
-                         pm("binder"), pm("phi2"), pm("tau_int_M2"), pm("exp_minus_dH")])
-            m = np.asarray(g["M"][()]).ravel()
-            ax.hist(m, bins=60, density=True, histtype="step", label=label)
-    ax.set_xlabel("M = (1/V) sum phi")
-    ax.set_ylabel("density")
-    ax.legend(fontsize=7)
+            rows.append([_pretty(point), pm("abs_M"), pm("chi2"), pm("chi2_connected"), pm("binder"), pm("phi2")])
+            hists.append((_pretty(point), np.asarray(g["M"][()]).ravel(), exact, int(point["L"])))
+    if not labels:
+        return rep
+    hmc = (f"{settings['n_chains']} chains x {settings['replicas']} replicas per point, {settings['n_therm']} "
+           f"thermalisation + {settings['n_traj']} trajectories each, measured every {settings['meas_every']}; "
+           f"tau = {settings['tau']:g}" + (f" +- {100 * settings['tau_jitter']:.0f}%" if settings["tau_jitter"] else "")
+           + f", {settings['n_steps']} {settings['integrator']} steps")
+    rep.tables.append(Table(COMPUTED, ["item", "value"], [
+        ["model", "2D phi^4, periodic L x L; tutorial convention S = sum_x [-2 sum_mu phi_x phi_x+mu + (4 + m2) "
+                  "phi_x^2 + lam phi_x^4], beta/lambda convention S = sum_x [-beta sum_mu chi_x chi_x+mu + "
+                  "(1 - 2 lam) chi_x^2 + lam chi_x^4], chi = sqrt(2/beta) phi"],
+        ["points", "; ".join(r[0] for r in rows)],
+        ["sampling", f"HMC: {hmc}"],
+        ["numbers", _OBSERVABLES],
+        ["exact answers", "<exp(-dH)> = 1 for any action; at lam = 0 (free field, tutorial m2 > 0) <phi^2> = "
+                          "(1/V) sum_p G(p) and chi2 = G(0), G(p) = 1 / [2 (p_hat^2 + m2)]"]]))
+    rep.tables.append(Table(
+        f"Verdict per point: the exact answers (agrees: every |pull| <= {AGREE_SIGMA:.0f} sigma; tension: <= "
+        f"{TENSION_SIGMA:.0f}), tau_int(M^2) and run length (Gamma-method errors trustworthy from "
+        f"{MIN_CHAIN_TAUS:.0f} tau_int per chain and {MIN_THERM_TAUS:.0f} of thermalisation)",
+        ["point", "acceptance", "<exp(-dH)>", "<phi^2> (exact)", "chi2 (exact)", "agreement", "tau_int(M^2)",
+         "run"], verdicts))
+    rep.tables.append(Table("HMC ensembles: observables (field of each point's convention; errors: Gamma method, "
+                            "S = 1.5, chains as replicas)",
+                            ["point", "<|M|>", "chi2 = V<M^2>", "chi2 connected", "Binder U", "<phi^2>"], rows))
+    cols = min(len(hists), 3)
+    nrows = -(-len(hists) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
+    for ax, (title, m, exact, L) in zip(axes.ravel(), hists, strict=False):
+        ax.hist(m, bins=60, density=True, histtype="step", lw=1.5, label="HMC")
+        if exact is not None:  # M of the free field is Gaussian with <M^2> = chi2 / V
+            sd = np.sqrt(exact["chi2"]) / L
+            x = np.linspace(-4 * sd, 4 * sd, 200)
+            ax.plot(x, np.exp(-0.5 * (x / sd) ** 2) / (sd * np.sqrt(2 * np.pi)), "k--", lw=1, label="exact (free)")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("M = (1/V) sum_x phi_x")
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(hists):]:
+        ax.set_visible(False)
+    axes[0][0].set_ylabel("density")
     fig.tight_layout()
     path = out_dir / "magnetization_histograms.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     rep.figures.append(path)
-    rep.tables.append(Table("HMC ensembles (errors: Gamma method, S = 1.5, chains as replicas)",
-                            ["point", "acceptance", "<|M|>", "chi2 = V<M^2>", "chi2 connected", "Binder U",
-                             "<phi^2>", "tau_int(M^2)", "<exp(-dH)>"], rows))
     return rep

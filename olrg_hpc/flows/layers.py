@@ -60,6 +60,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from olrg_hpc.lattice.phi4 import free_field_propagator
+
 __all__ = [
     "checkerboard_mask",
     "circular_conv",
@@ -420,17 +422,6 @@ class SitewiseOddMap(nn.Module):
             u = u - (g - ay) / dg
         u = jnp.sign(y) * u
         return u, -jnp.sum(jnp.log(self._g(u)[1]), axis=(-2, -1))
-
-
-def free_field_propagator(
-    shape: tuple[int, int], m2: Any, dtype: Any = jnp.float64, z: Any = 1.0
-) -> jax.Array:
-    """``G(p) = 1 / [2 (z p_hat^2 + m2)]`` on the ``fft2`` momentum grid, ``p_hat^2 = sum_mu 4 sin^2(p_mu/2)``
-    (``z = 1``: the free propagator of the tutorial action; ``m2``, ``z`` may be traced)."""
-    p1 = 2.0 * jnp.pi * jnp.fft.fftfreq(shape[0])
-    p2 = 2.0 * jnp.pi * jnp.fft.fftfreq(shape[1])
-    phat2 = 4.0 * jnp.sin(p1 / 2)[:, None] ** 2 + 4.0 * jnp.sin(p2 / 2)[None, :] ** 2
-    return (1.0 / (2.0 * (z * phat2 + m2))).astype(dtype)
 
 
 def _scale_modes(x: jax.Array, g: jax.Array, power: float) -> tuple[jax.Array, jax.Array]:

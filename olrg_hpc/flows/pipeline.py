@@ -74,6 +74,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from olrg_hpc import checkpoint
 from olrg_hpc.flows.mcmc import FlowedAction, flow_hmc, flow_imh, flow_multi_mh
 from olrg_hpc.flows.model import FlowSpec, Prior, count_params, make_flow
 from olrg_hpc.flows.priors import EnsembleDraws, PriorKind, kind, params_from_tree
@@ -169,18 +170,18 @@ def train_flow_task(point: Mapping[str, float], variant: str, flow: FlowSpec | M
     """Train the flow of the prior kind ``variant`` at ``point`` (module docstring) with reverse KL (Adam,
     optionally cosine-annealed), data parallel over the devices that divide ``batch_size``.
 
-    Returns the trained ``params`` (nested group), the per-step ``loss``, and metrics on ``metrics_batch``
-    fresh samples at step 0 and every ``metrics_every`` steps: ``metric_step``, ``acceptance`` (independent
-    MH), ``ess`` (per sample), ``metric_loss``, ``logw_var`` (variance of ``log w``: comparable across priors),
-    ``metric_seconds`` (training seconds without compilation and measurement). A training with a ``below``
-    input starts from that flow as its kind says (:meth:`~olrg_hpc.flows.priors.PriorKind.initial_params`) and
-    both axes continue from it (``step_offset``, ``seconds_offset``); for a kind with a ``prior_ensemble`` the
-    seconds axis adds the HMC run seconds of that ensemble (the flow could not be trained without it).
-    ``work_offset``: the training below in steps at this ``L`` (each rung's steps times its volume over this
-    one's: at fixed batch a step's work is about its volume; 8 -> 16 steps took 0.26 times as long on 2 cores),
-    so the fine steps plus ``work_offset`` are the training's work in units of one step here, a deterministic
-    counterpart of the seconds axis. ``train_seconds``, ``compile_seconds``, ``wall_seconds`` of this task, and
-    ``total_train_seconds`` (``seconds_offset`` + ``train_seconds``).
+    Returns the trained ``params`` (leaves ``00000 ...``: :func:`olrg_hpc.checkpoint.leaves`), the per-step
+    ``loss``, and metrics on ``metrics_batch`` fresh samples at step 0 and every ``metrics_every`` steps:
+    ``metric_step``, ``acceptance`` (independent MH), ``ess`` (per sample), ``metric_loss``, ``logw_var`` (variance
+    of ``log w``: comparable across priors), ``metric_seconds`` (training seconds without compilation and
+    measurement). A training with a ``below`` input starts from that flow as its kind says
+    (:meth:`~olrg_hpc.flows.priors.PriorKind.initial_params`) and both axes continue from it (``step_offset``,
+    ``seconds_offset``); for a kind with a ``prior_ensemble`` the seconds axis adds the HMC run seconds of that
+    ensemble (the flow could not be trained without it). ``work_offset``: the training below in steps at this ``L``
+    (each rung's steps times its volume over this one's: at fixed batch a step's work is about its volume; 8 -> 16
+    steps took 0.26 times as long on 2 cores), so the fine steps plus ``work_offset`` are the training's work in
+    units of one step here, a deterministic counterpart of the seconds axis. ``train_seconds``, ``compile_seconds``,
+    ``wall_seconds`` of this task, and ``total_train_seconds`` (``seconds_offset`` + ``train_seconds``).
     """
     L = int(point["L"])
     k = kind(variant)
@@ -221,7 +222,7 @@ def train_flow_task(point: Mapping[str, float], variant: str, flow: FlowSpec | M
     last = res.metrics[-1] if res.metrics and int(res.metrics[-1]["step"]) == steps else None
     train_seconds = max((float(last["train_wall_s"]) if last else res.wall_s) - step_c, 0.0)
     return {
-        "variant": variant, "L": L, "params": jax.device_get(res.state.params), "loss": res.losses,
+        "variant": variant, "L": L, "params": checkpoint.leaves(res.state.params), "loss": res.losses,
         "metric_step": np.array([m["step"] for m in ms]) + step_offset,
         "acceptance": np.array([m["acceptance"] for m in ms]), "ess": np.array([m["ess"] for m in ms]),
         "metric_loss": np.array([m["loss"] for m in ms]), "logw_var": np.array([m["logw_var"] for m in ms]),

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from olrg_hpc import checkpoint
 from olrg_hpc.flows.coarse import (
     CoarsePrior,
     EnsemblePrior,
@@ -190,12 +191,12 @@ def kind(name: str) -> PriorKind:
 
 
 def params_from_tree(flow: Flow, shape: tuple[int, int], stored: Mapping[str, Any], dtype: Any = jnp.float32) -> Any:
-    """Flow parameters from a stored nested mapping (a task result's ``params`` group), checked against the
-    flow's own parameter tree (same names and shapes) and cast to ``dtype``."""
-    template = init_flow(flow, 0, shape, dtype)
+    """Flow parameters from stored leaves (a training task result's ``params`` group, written with
+    :func:`olrg_hpc.checkpoint.leaves`), checked against the flow's own parameter tree (count and shapes) and cast
+    to ``dtype``."""
     try:
-        return jax.tree.map(lambda t, s: jnp.asarray(np.asarray(s), t.dtype).reshape(t.shape), template, dict(stored))
-    except (ValueError, TypeError) as exc:
+        return jax.tree.map(jnp.asarray, checkpoint.from_leaves(stored, init_flow(flow, 0, shape, dtype)))
+    except ValueError as exc:
         raise ValueError(f"stored flow parameters do not fit the flow ({exc})") from None
 
 

@@ -5,7 +5,7 @@
 ``meas_every`` trajectories, and returns:
 
 - ``configs``: float32 configurations ``(n_meas, n_chains, L, L)`` in the *field convention of the point*
-  (beta/lambda points return phi_bl = c phi_tut, science.md section 2), ready to feed flow training;
+  (beta/lambda points return phi_bl = c phi_tut, docs/conventions.md section 2), ready to feed flow training;
 - per-measurement histories ``(n_meas, n_chains)``: ``M``, ``abs_M``, ``phi2``, ``action_density`` (S/V);
 - ``dH`` and ``accepted`` per trajectory and chain, and ``acceptance``;
 - ``run_seconds`` and ``compile_seconds`` of the chains (thermalisation included; :mod:`olrg_hpc.jaxtiming`):

@@ -1,6 +1,6 @@
 """Hybrid Monte Carlo for :class:`~olrg_hpc.lattice.phi4.Phi4Action` in JAX (float64, jit, batched chains).
 
-Conventions (science.md section 2, "HMC baseline"; Duane et al. 1987; Omelyan, Mryglod, Folk 2003;
+Conventions (docs/conventions.md section 2, "HMC baseline"; Duane et al. 1987; Omelyan, Mryglod, Folk 2003;
 Takaishi & de Forcrand, hep-lat/0505020):
 
 * Hamiltonian ``H(phi, p) = sum_x p_x^2 / 2 + S[phi]`` with unit-mass Gaussian momenta ``p ~ N(0, 1)``.

@@ -1,12 +1,14 @@
 """Domain-decomposed HMC for 2D phi^4: every MPI rank runs the jitted JAX trajectory on its block, with the
-halo exchange inside the compiled program (science.md section 2, "HMC baseline").
+halo exchange inside the compiled program (docs/conventions.md section 2, "HMC baseline").
 
 Launch::
 
     mpiexec -n 4 python -m olrg_hpc.lattice.mpi_hmc --L 16 --beta 0.634 --lam 0.5 --n-traj 100 \\
-        --seed 1 --out run.h5 [--checkpoint ckpt.h5 --checkpoint-every 10 --restart]
+        --seed 1 --out run.h5 [--checkpoint ckpt.h5 --checkpoint-every 10]
 
-or ``mpiexec -n 4 olrg-hpc hmc CONFIG``, or call :func:`run_mpi_hmc` with a parameter dict and a communicator.
+or ``mpiexec -n 4 olrg-hpc hmc CONFIG``, or call :func:`run_mpi_hmc` with an
+:class:`~olrg_hpc.lattice.mpi_hmc_spec.MPIHMCSpec` and a communicator. The spec holds every setting, its
+defaults and its checks; the command line has one option per field (``--help``).
 
 Design
 ------
@@ -42,14 +44,16 @@ Design
   (:func:`olrg_hpc.store.write_shard`: temporary sibling + fsync + ``os.replace``) with the field
   (float64, bit-exact), the number of completed trajectories (together with the seed the whole RNG
   state: the generator is a pure function of ``(seed, trajectory, site)``), the physics identity, the
-  run config, the process grid, provenance attributes (host, time, package version, git commit, library
+  run's spec, the process grid, provenance attributes (host, time, package version, git commit, library
   versions) and all histories (:func:`write_checkpoint`). ``n_traj`` is the *total* target; a restarted
   run (any number of ranks) continues from the checkpoint to ``n_traj``, bit-identically to a straight
-  run: 3 + 3 trajectories equal 6 straight ones. A checkpoint that is not a complete MPI HMC checkpoint,
+  run: 3 + 3 trajectories equal 6 straight ones (``restart``, the default, resumes from an existing checkpoint;
+  ``--no-restart`` starts afresh and overwrites it). A checkpoint that is not a complete MPI HMC checkpoint,
   or one written for other parameters (random-number layout included), stops every rank with one
   :class:`~olrg_hpc.errors.UserError` naming the file (:func:`read_checkpoint`).
-* **Bad input and lost ranks.** Non-finite couplings, non-positive extents, step counts or process-grid
-  entries stop every rank with one :class:`~olrg_hpc.errors.UserError` before anything runs. A rank that
+* **Bad input and lost ranks.** The spec refuses non-finite couplings, non-positive extents, step counts or
+  process-grid entries (one line naming the key, before MPI starts); a grid that does not fit the ranks stops
+  every rank with one :class:`~olrg_hpc.errors.UserError` before anything runs. A rank that
   stops, hangs or dies leaves the others waiting inside MPI: a :class:`olrg_hpc.mpi.Watchdog` on every
   rank ends the whole run (one line, exit code 3) when no progress was made for ``watchdog_s`` seconds
   beyond the expected duration of the current segment.
@@ -65,13 +69,12 @@ trajectory), ``force_s``, ``rng_s`` (momenta), ``reduce_s`` (global sums).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -84,6 +87,7 @@ from olrg_hpc.jaxsetup import enable_x64
 from olrg_hpc.lattice import hmc
 from olrg_hpc.lattice.halo import Decomposition, rank_device
 from olrg_hpc.lattice.hmc import OMELYAN_LAMBDA
+from olrg_hpc.lattice.mpi_hmc_spec import MPIHMCSpec, error_line, parse_argv
 from olrg_hpc.lattice.phi4 import Phi4Action
 
 enable_x64()
@@ -99,6 +103,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "write_checkpoint",
     "read_checkpoint",
+    "MPIHMCSpec",
     "run_mpi_hmc",
     "main",
 ]
@@ -111,22 +116,6 @@ _PURPOSE_ACCEPT = 2
 SEGMENT = 256
 #: A segment is sized to take about this many seconds (bounded by :data:`SEGMENT` and the checkpoints).
 _SEGMENT_TARGET_S = 5.0
-
-_DEFAULTS: dict[str, Any] = {
-    "tau": 1.0,
-    "n_steps": 10,
-    "integrator": "leapfrog",
-    "init": "hot",
-    "init_scale": 0.5,
-    "checkpoint": None,
-    "checkpoint_every": 0,
-    "restart": False,
-    "out": None,
-    "dims": None,
-    "transport": None,
-    "watchdog_s": 300.0,
-    "profile": False,
-}
 
 
 # ---------------------------------------------------------------------------------------- parameters
@@ -152,48 +141,6 @@ def tutorial_parameters(params: dict[str, Any]) -> tuple[float, float, float, st
     c2 = 2.0 / beta
     conv = "beta_lambda" if given[0] == "beta" else "hopping"
     return (1.0 - 2.0 * lam) * c2 - 4.0, lam * c2 * c2, math.sqrt(c2), conv
-
-
-def _shape(params: dict[str, Any]) -> tuple[int, int]:
-    L = params["L"]
-    if isinstance(L, (int, np.integer)):
-        shape = (int(L), int(L))
-    else:
-        L = [int(v) for v in L]
-        if len(L) not in (1, 2):
-            raise ValueError(f"L = {params['L']}: an int or [Ly, Lx]")
-        shape = (L[0], L[-1])
-    if min(shape) < 2 or shape[0] * shape[1] >= 2**32:
-        raise ValueError(f"L = {params['L']}: extents must be >= 2 and the volume below 2^32")
-    return shape
-
-
-def _checked(p: dict[str, Any]) -> dict[str, Any]:
-    """The run's validated settings; one-line :class:`UserError` naming the key and value otherwise."""
-    try:
-        m2, lam, scale, convention = tutorial_parameters(p)
-        out = {"m2": m2, "lam": lam, "scale": scale, "convention": convention, "shape": _shape(p)}
-        for key, cast, ok, what in (("seed", int, lambda v: 0 <= v < 2**64, "in [0, 2^64)"),
-                                    ("n_traj", int, lambda v: 0 <= v < 2**32, "in [0, 2^32)"),
-                                    ("n_steps", int, lambda v: v >= 1, ">= 1"),
-                                    ("tau", float, lambda v: math.isfinite(v) and v > 0, "finite and > 0"),
-                                    ("init_scale", float, lambda v: math.isfinite(v) and v > 0, "finite and > 0"),
-                                    ("checkpoint_every", int, lambda v: v >= 0, ">= 0"),
-                                    ("watchdog_s", float, lambda v: math.isfinite(v) and v > 0, "finite and > 0")):
-            v = cast(p[key])
-            if not ok(v):
-                raise ValueError(f"{key} = {p[key]}: must be {what}")
-            out[key] = v
-        if p["integrator"] not in ("leapfrog", "omelyan"):
-            raise ValueError(f"integrator = {p['integrator']!r}: 'leapfrog' or 'omelyan'")
-        if p["init"] not in ("hot", "cold"):
-            raise ValueError(f"init = {p['init']!r}: 'hot' or 'cold'")
-        dims = p["dims"]
-        if dims is not None and (len(dims) != 2 or any(int(d) < 1 for d in dims)):
-            raise ValueError(f"dims = {list(dims)}: two positive integers [Py, Px]")
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"mpi_hmc: {exc}") from None
-    return out
 
 
 # ---------------------------------------------------------------------------------------- random numbers
@@ -457,46 +404,44 @@ def _write_results(path: str, result: dict[str, Any], identity: dict[str, Any], 
 
 
 # ---------------------------------------------------------------------------------------- driver
-def run_mpi_hmc(params: dict[str, Any], comm: Any) -> dict[str, Any]:
+def run_mpi_hmc(spec: MPIHMCSpec | Mapping[str, Any], comm: Any) -> dict[str, Any]:
     """Run (or resume) a domain-decomposed HMC chain; collective over ``comm``.
 
-    ``params`` keys: ``L`` (int or ``[Ly, Lx]``), ``n_traj`` (total target), ``seed``, action
-    (``m2``+``lam`` | ``beta``+``lam`` | ``kappa``+``lam``), optional ``tau`` (1.0), ``n_steps`` (10),
-    ``integrator`` (``"leapfrog"``|``"omelyan"``), ``init`` (``"hot"``|``"cold"``), ``init_scale`` (0.5),
-    ``phi0`` (global start field, tutorial normalisation; overrides ``init``), ``checkpoint`` (path),
-    ``checkpoint_every`` (0 = only at the end), ``restart`` (resume from ``checkpoint`` if it exists),
-    ``out`` (results, HDF5), ``dims`` (process grid), ``profile`` (time the kernel's parts, module docstring),
-    ``transport`` (``"mpi4jax"`` | ``"callback"``; default:
-    mpi4jax when installed), ``watchdog_s`` (300: end the run when a rank makes no progress for this long
-    beyond the expected). Bad values, or a damaged or mismatched checkpoint, raise
-    :class:`~olrg_hpc.errors.UserError` on every rank.
+    ``spec``: every setting (:class:`~olrg_hpc.lattice.mpi_hmc_spec.MPIHMCSpec`; a mapping is validated into one
+    first). A mapping the spec refuses, a grid that does not fit the ranks, or a damaged or mismatched
+    checkpoint raise :class:`~olrg_hpc.errors.UserError` on every rank.
 
     Returns on every rank: ``dH``, ``accepted``, ``action``, ``magnetization``, ``phi2`` (one entry per
     trajectory, after the accept/reject step, including trajectories done before a restart),
     ``acceptance``, ``trajectory`` (completed), ``m2``, ``lam``, ``field_scale``, ``dims``, ``transport``,
     ``device``, ``timings``; ``phi`` (final global field, tutorial normalisation) on rank 0, ``None`` elsewhere.
     """
+    from pydantic import ValidationError
+
     from olrg_hpc.mpi import Watchdog
 
     t_start = time.perf_counter()
-    p = {**_DEFAULTS, **params}
-    v = _checked(p)
+    try:
+        spec = MPIHMCSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise UserError(error_line(exc)) from None
     # watched from here: setting up the grid, reading the checkpoint and compiling get at least 600 s
-    with Watchdog(comm.Get_rank(), max(600.0, v["watchdog_s"]), prefix="mpi_hmc") as watchdog:
-        return _run(p, v, comm, watchdog, t_start)
+    with Watchdog(comm.Get_rank(), max(600.0, spec.watchdog_s), prefix="mpi_hmc") as watchdog:
+        return _run(spec, comm, watchdog, t_start)
 
 
-def _run(p: dict[str, Any], v: dict[str, Any], comm: Any, watchdog: Any, t_start: float) -> dict[str, Any]:
-    """:func:`run_mpi_hmc` after validation (``v``: :func:`_checked`), under ``watchdog``."""
-    shape, seed, n_traj, n_steps, tau = v["shape"], v["seed"], v["n_traj"], v["n_steps"], v["tau"]
-    integrator = str(p["integrator"])
+def _run(spec: MPIHMCSpec, comm: Any, watchdog: Any, t_start: float) -> dict[str, Any]:
+    """:func:`run_mpi_hmc` after validation, under ``watchdog``."""
+    m2, lam, scale, convention = tutorial_parameters(spec.model_dump())
+    shape, seed, n_traj, n_steps, tau = spec.shape, spec.seed, spec.n_traj, spec.n_steps, spec.tau
+    integrator = spec.integrator
     _single_thread_xla()
     try:
-        dec = Decomposition(comm, shape, p["dims"], p["transport"])
+        dec = Decomposition(comm, shape, spec.dims, spec.transport)
     except ValueError as exc:
-        raise UserError(f"mpi_hmc: {exc}") from None
+        raise UserError(str(exc)) from None
     cart = dec.cart
-    ident = {"m2": v["m2"], "lam": v["lam"], "Ly": shape[0], "Lx": shape[1], "seed": seed, "tau": tau,
+    ident = {"m2": m2, "lam": lam, "Ly": shape[0], "Lx": shape[1], "seed": seed, "tau": tau,
              "n_steps": n_steps, "integrator": integrator, "rng": _RNG}
 
     def fail(msg: str) -> UserError:
@@ -506,8 +451,8 @@ def _run(p: dict[str, Any], v: dict[str, Any], comm: Any, watchdog: Any, t_start
     hist: dict[str, list[Any]] = {k: [] for k in _HISTORY}
     start_traj = 0
     global_phi: np.ndarray | None = None
-    ckpt = p["checkpoint"]
-    if p["restart"] and ckpt:
+    ckpt = spec.checkpoint
+    if spec.restart and ckpt:
         state = None
         if dec.rank == 0 and os.path.exists(ckpt):
             try:
@@ -530,20 +475,14 @@ def _run(p: dict[str, Any], v: dict[str, Any], comm: Any, watchdog: Any, t_start
             for k in hist:
                 hist[k] = list(state[k])
     if global_phi is None:
-        if p.get("phi0") is not None:
-            global_phi = np.asarray(p["phi0"], dtype=np.float64)
-            if global_phi.shape != shape:
-                raise fail(f"mpi_hmc: phi0 has shape {global_phi.shape}, expected {shape}")
-        else:
-            global_phi = initial_field(seed, shape, str(p["init"]), v["init_scale"])
+        global_phi = initial_field(seed, shape, spec.init, spec.init_scale)
 
     device = rank_device(cart)
     phi = jax.device_put(dec.block(global_phi), device)
     del global_phi
-    config = {k: val for k, val in p.items() if k != "phi0"}
-    ckpt_attrs = {"config": config, "dims": list(dec.dims), "n_ranks": dec.size, "field_scale": v["scale"],
-                  "convention": v["convention"], "transport": dec.transport}
-    every = v["checkpoint_every"]
+    ckpt_attrs = {"config": spec.model_dump(), "dims": list(dec.dims), "n_ranks": dec.size, "field_scale": scale,
+                  "convention": convention, "transport": dec.transport}
+    every = spec.checkpoint_every
     n_force = (n_steps + 1) if integrator == "leapfrog" else (2 * n_steps + 1)
     compile_s = run_s = ckpt_s = 0.0
 
@@ -565,9 +504,9 @@ def _run(p: dict[str, Any], v: dict[str, Any], comm: Any, watchdog: Any, t_start
             raise fail(err)  # unwritable directory, full disk, ...
 
     # compile (a call with 0 trajectories: no messages), allowed its own long time before the first collective
-    watchdog.expect(max(600.0, v["watchdog_s"]))
+    watchdog.expect(max(600.0, spec.watchdog_s))
     t0 = time.perf_counter()
-    segment = _segment_program(dec, Phi4Action(v["m2"], v["lam"]), seed, tau, n_steps, integrator)
+    segment = _segment_program(dec, Phi4Action(m2, lam), seed, tau, n_steps, integrator)
     jax.block_until_ready(segment(phi, np.int64(start_traj), np.int64(0)))  # compiles; 0 trajectories
     cart.Barrier()
     compile_s = time.perf_counter() - t0
@@ -577,7 +516,7 @@ def _run(p: dict[str, Any], v: dict[str, Any], comm: Any, watchdog: Any, t_start
     while k < n_traj:
         stop = n_traj if not (ckpt and every) else min(n_traj, (k // every + 1) * every)
         n = min(stop - k, SEGMENT, 1 if per_traj is None else max(1, int(_SEGMENT_TARGET_S / per_traj)))
-        watchdog.expect(v["watchdog_s"] + (per_traj or 0.0) * n)
+        watchdog.expect(spec.watchdog_s + (per_traj or 0.0) * n)
         t0 = time.perf_counter()
         phi, out = segment(phi, np.int64(k), np.int64(n))
         out = jax.device_get(out)
@@ -592,7 +531,7 @@ def _run(p: dict[str, Any], v: dict[str, Any], comm: Any, watchdog: Any, t_start
             checkpoint(k)
             ckpt_s += time.perf_counter() - t0
 
-    watchdog.expect(v["watchdog_s"])
+    watchdog.expect(spec.watchdog_s)
     if ckpt:
         t0 = time.perf_counter()
         checkpoint(n_traj)
@@ -600,9 +539,9 @@ def _run(p: dict[str, Any], v: dict[str, Any], comm: Any, watchdog: Any, t_start
     phi_final = dec.gather(np.asarray(phi))
     timings: dict[str, Any] = {"total_s": time.perf_counter() - t_start, "compile_s": compile_s, "run_s": run_s,
                                "md_s": run_s, "checkpoint_s": ckpt_s}
-    if p["profile"]:
-        watchdog.expect(max(600.0, v["watchdog_s"]))
-        per = _profile(dec, Phi4Action(v["m2"], v["lam"]), seed, phi)
+    if spec.profile:
+        watchdog.expect(max(600.0, spec.watchdog_s))
+        per = _profile(dec, Phi4Action(m2, lam), seed, phi)
         n_run = max(n_traj - start_traj, 0)
         timings.update({"halo_s": per["halo"] * (n_force + 2) * n_run, "force_s": per["force"] * n_force * n_run,
                         "rng_s": per["momenta"] * n_run, "reduce_s": per["sum"] * n_run})
@@ -616,10 +555,10 @@ def _run(p: dict[str, Any], v: dict[str, Any], comm: Any, watchdog: Any, t_start
         "magnetization": np.asarray(hist["magnetization"], dtype=np.float64),
         "phi2": np.asarray(hist["phi2"], dtype=np.float64),
         "trajectory": n_traj,
-        "m2": v["m2"],
-        "lam": v["lam"],
-        "field_scale": v["scale"],
-        "convention": v["convention"],
+        "m2": m2,
+        "lam": lam,
+        "field_scale": scale,
+        "convention": convention,
         "dims": dec.dims,
         "size": dec.size,
         "transport": dec.transport,
@@ -628,50 +567,19 @@ def _run(p: dict[str, Any], v: dict[str, Any], comm: Any, watchdog: Any, t_start
         "phi": phi_final,
     }
     result["acceptance"] = float(np.mean(result["accepted"])) if len(result["accepted"]) else float("nan")
-    if p["out"] and dec.rank == 0:
-        _write_results(str(p["out"]), result, ident, {**ckpt_attrs, "timings": timings})
+    if spec.out and dec.rank == 0:
+        _write_results(spec.out, result, ident, {**ckpt_attrs, "timings": timings})
     dec.free()
     return result
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="python -m olrg_hpc.lattice.mpi_hmc", description=__doc__.split("\n")[0]
-    )
-    ap.add_argument("--L", type=int, nargs="+", required=True, help="L, or Ly Lx")
-    g = ap.add_mutually_exclusive_group(required=True)
-    g.add_argument("--m2", type=float, help="tutorial convention (with --lam)")
-    g.add_argument("--beta", type=float, help="beta/lambda convention (with --lam)")
-    g.add_argument("--kappa", type=float, help="hopping convention (with --lam)")
-    ap.add_argument("--lam", type=float, required=True)
-    ap.add_argument("--n-traj", type=int, required=True, help="total number of trajectories")
-    ap.add_argument("--seed", type=int, required=True)
-    ap.add_argument("--tau", type=float, default=1.0)
-    ap.add_argument("--n-steps", type=int, default=10)
-    ap.add_argument("--integrator", choices=["leapfrog", "omelyan"], default="leapfrog")
-    ap.add_argument("--init", choices=["hot", "cold"], default="hot")
-    ap.add_argument("--init-scale", type=float, default=0.5, help="width of the hot start")
-    ap.add_argument("--dims", type=int, nargs=2, default=None)
-    ap.add_argument("--checkpoint", default=None, help="HDF5 checkpoint (rank 0, atomic)")
-    ap.add_argument("--checkpoint-every", type=int, default=0)
-    ap.add_argument("--restart", action="store_true")
-    ap.add_argument("--out", default=None, help="results file (HDF5, written atomically by rank 0)")
-    ap.add_argument("--transport", choices=["mpi4jax", "callback"], default=None,
-                    help="how halos travel (default: mpi4jax when installed)")
-    ap.add_argument("--profile", action="store_true", help="time the kernel's parts after the run")
-    ap.add_argument("--watchdog-s", type=float, default=300.0,
-                    help="end the run when no progress was made for this long beyond the expected")
-    return ap
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry (``python -m olrg_hpc.lattice.mpi_hmc``); prints a JSON summary on rank 0."""
-    args = _parser().parse_args(argv)
+    """Command-line entry (``python -m olrg_hpc.lattice.mpi_hmc``, one option per field of the spec); prints a
+    JSON summary on rank 0. Bad input: one line ``mpi_hmc: error: ...`` from rank 0, exit code 2."""
     from mpi4py import MPI
 
-    params = {k: v for k, v in vars(args).items() if v is not None}
     try:
-        res = run_mpi_hmc(params, MPI.COMM_WORLD)
+        res = run_mpi_hmc(parse_argv(argv), MPI.COMM_WORLD)
     except UserError as exc:  # every rank fails alike: say it once
         if MPI.COMM_WORLD.Get_rank() == 0:
             print(f"mpi_hmc: error: {exc}", file=sys.stderr)

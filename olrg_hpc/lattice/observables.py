@@ -1,6 +1,6 @@
 """Observables of phi^4 configurations (pure numpy; accepts numpy or JAX arrays).
 
-Conventions (science.md section 2; Albergo et al. arXiv:2101.08176 section IV.A; Albandea et al.
+Conventions (docs/conventions.md section 2; Albergo et al. arXiv:2101.08176 section IV.A; Albandea et al.
 arXiv:2302.08408 section 4). A configuration array has shape ``(*batch, L_1, ..., L_d)``: the lattice is
 the last ``ndim`` axes, every leading index is one configuration (Monte Carlo time, chain, ...).
 ``V = prod L_mu``. Two kinds of functions:

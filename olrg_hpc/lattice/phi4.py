@@ -1,6 +1,6 @@
 """Real scalar phi^4 theory on a d-dimensional periodic hypercubic lattice (JAX, float64).
 
-Conventions (docs: ``/work/shared/science.md`` section 2; Albergo et al. arXiv:2101.08176 eq. (30);
+Conventions (docs: ``docs/conventions.md`` section 2; Albergo et al. arXiv:2101.08176 eq. (30);
 Albandea et al. arXiv:2302.08408 section 4 / arXiv:2310.03381 eq. (1)). All sums run over the ``V = L^d``
 sites ``x`` and the ``d`` forward unit vectors ``mu``; boundary conditions are periodic.
 
@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +60,8 @@ __all__ = [
     "beta_lambda_to_tutorial_field",
     "tutorial_to_hopping_field",
     "hopping_to_tutorial_field",
+    "free_field_propagator",
+    "free_field_values",
 ]
 
 
@@ -85,7 +88,7 @@ def _neighbour_sum(phi: jax.Array, ndim: int) -> jax.Array:
 @partial(jax.tree_util.register_dataclass, data_fields=["m2", "lam"], meta_fields=["ndim"])
 @dataclass(frozen=True)
 class Phi4Action:
-    """phi^4 action in the tutorial convention (arXiv:2101.08176 eq. (30); science.md section 2).
+    """phi^4 action in the tutorial convention (arXiv:2101.08176 eq. (30); docs/conventions.md section 2).
 
     ``S = sum_x [ sum_mu (2 phi_x^2 - phi_x phi_{x+mu} - phi_x phi_{x-mu}) + m2 phi_x^2 + lam phi_x^4 ]``
     on a periodic lattice with ``ndim`` dimensions (the last ``ndim`` axes of the field).
@@ -158,7 +161,7 @@ class Phi4Action:
     def from_hopping(cls, kappa: float, lam: float, ndim: int = 2) -> tuple[Phi4Action, float]:
         """Tutorial-convention action equivalent to the hopping action ``S_h(kappa, lam_h)``.
 
-        Returns ``(action, s)`` with ``phi_h = s * phi_tut``, ``s = 1 / sqrt(kappa)`` (science.md:
+        Returns ``(action, s)`` with ``phi_h = s * phi_tut``, ``s = 1 / sqrt(kappa)`` (docs/conventions.md:
         ``phi_tut = sqrt(kappa) phi_h``, ``m2 = (1 - 2 lam_h)/kappa - 2d``, ``lam = lam_h / kappa^2``).
         Same as :meth:`from_beta_lambda` with ``beta = 2 kappa``.
         """
@@ -224,3 +227,24 @@ def tutorial_to_hopping_field(phi: jax.Array, kappa: float) -> jax.Array:
 def hopping_to_tutorial_field(phi_h: jax.Array, kappa: float) -> jax.Array:
     """``phi_tut = sqrt(kappa) phi_h``."""
     return math.sqrt(kappa) * jnp.asarray(phi_h)
+
+
+def free_field_propagator(
+    shape: tuple[int, int], m2: Any, dtype: Any = jnp.float64, z: Any = 1.0
+) -> jax.Array:
+    """``G(p) = 1 / [2 (z p_hat^2 + m2)]`` on the ``fft2`` momentum grid, ``p_hat^2 = sum_mu 4 sin^2(p_mu/2)``
+    (``z = 1``: the free propagator of the tutorial action; ``m2``, ``z`` may be traced)."""
+    p1 = 2.0 * jnp.pi * jnp.fft.fftfreq(shape[0])
+    p2 = 2.0 * jnp.pi * jnp.fft.fftfreq(shape[1])
+    phat2 = 4.0 * jnp.sin(p1 / 2)[:, None] ** 2 + 4.0 * jnp.sin(p2 / 2)[None, :] ** 2
+    return (1.0 / (2.0 * (z * phat2 + m2))).astype(dtype)
+
+
+def free_field_values(shape: tuple[int, int], m2: float) -> dict[str, float]:
+    """Exact ``<phi^2>`` and ``chi2 = V <M^2>`` of the free field (``lam = 0``, tutorial convention, ``m2 > 0``)
+    on a periodic ``shape`` lattice: ``<phi^2> = (1/V) sum_p G(p)`` and ``chi2 = G(0) = 1 / (2 m2)``
+    (docs/conventions.md, "Exact free-field checks": 0.1270869988 and 0.5 at ``L = 8, m2 = 1``)."""
+    if not m2 > 0:
+        raise ValueError(f"the free field needs m2 > 0 (got {m2})")
+    g = free_field_propagator(shape, m2)
+    return {"phi2": float(jnp.mean(g)), "chi2": float(g[0, 0])}

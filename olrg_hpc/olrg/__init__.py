@@ -1,4 +1,4 @@
-"""Operator Learning Renormalization Group (science.md section 1; Luo, Luo, Melko, arXiv:2403.03199).
+"""Operator Learning Renormalization Group (docs/conventions.md section 1; Luo, Luo, Melko, arXiv:2403.03199).
 
 Modules: :mod:`.relevant` (relevant-operator sets, site growth), :mod:`.maps` (identity, NRG, DMRG-style,
 learned linear isometry, neural Operator Matrix Map), :mod:`.loss` (TOBC loss), :mod:`.train` (optax training,

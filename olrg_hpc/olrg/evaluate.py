@@ -1,17 +1,17 @@
-"""Quench dynamics of the final compressed block and its error against exact results (science.md section 1).
+"""Quench dynamics of the final compressed block and its error against exact results (docs/conventions.md section 1).
 
 After growing from the exact ``n0``-site block to ``N`` sites with an operator map (one compression per added
 site, :func:`grow_and_map`), the final ``D x D`` set gives
 
     <O(t)> = Tr[ rho e^{iHt} O e^{-iHt} ]   (D x D, exact eigendecomposition of H),
 
-the OLRG estimate of ``C(t) = <Z_1 Z_2>(t)`` after the quench from ``|0...0>`` (science.md "Convention";
+the OLRG estimate of ``C(t) = <Z_1 Z_2>(t)`` after the quench from ``|0...0>`` (docs/conventions.md "Convention";
 the paper's Fig. 2 plots ``<S^z_1 S^z_2> = C/4``). Exact references: free fermions for the TFIM
 (:func:`olrg_hpc.spins.freefermion.tfim_quench`, any ``N``), exact diagonalization otherwise (``N <= 14``,
 sparse ``expm_multiply``; dense below 11 sites).
 
 Generative maps (OMM) are averaged over ``omap.n_noise`` independent noise realizations of the whole chain of maps
-(the expectation value is averaged, science.md "expectations are averaged over samples").
+(the expectation value is averaged, docs/conventions.md "expectations are averaged over samples").
 
 Known behaviour (tested): NRG keeps the lowest ``D`` levels of every block, but the quench from ``|0...0>`` at
 ``h = J = 1`` populates high-energy states of the block, so NRG's ``C(t)`` is wrong already at short times.

@@ -1,4 +1,4 @@
-"""The OLRG loss on time-ordered boundary correlations (science.md section 1, "Loss: TOBCs").
+"""The OLRG loss on time-ordered boundary correlations (docs/conventions.md section 1, "Loss: TOBCs").
 
 Conventions are those of :mod:`olrg_hpc.spins.tobc` (so exact targets and the learned loss agree):
 
@@ -16,8 +16,8 @@ is formed, ``benchmarks/bench_olrg.py --formulations``). Its custom JVP is the D
 (as :func:`expm_herm`'s), so derivatives are finite and exact even for degenerate spectra (plain autodiff through
 ``eigh`` divides by ``E_i - E_j``).
 
-Loss (science.md): ``L = sum_scales sum_k sum_samples w_k |chi_grown - chi_mapped|^2`` (chi is complex: real for
-an even number of commutators, imaginary otherwise, so ``|.|^2`` is the square of the non-zero part). At each
+Loss (docs/conventions.md): ``L = sum_scales sum_k sum_samples w_k |chi_grown - chi_mapped|^2`` (chi is complex:
+real for an even number of commutators, imaginary otherwise, so ``|.|^2`` is the square of the non-zero part). At each
 scale the grown set ``S_{n+1} = grow(S_n)`` (``2D``) and its compression ``map(S_{n+1})`` (``D``) are compared; the
 compressed set is grown at the next scale (end to end: gradients flow through all earlier maps). Weights
 ``w_k``: ``"one"`` (1), ``"inv_factorial"`` (``1/k!``) or ``"delta"`` (``delta^k / (2^k k!)``). By default every
@@ -311,7 +311,7 @@ class TOBCBatch(NamedTuple):
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Static description of one OLRG loss (science.md section 1).
+    """Static description of one OLRG loss (docs/conventions.md section 1).
 
     ``n0``: exact initial block (``D = 2^n0``); scales are the blocks ``n = n0+1 .. n_final`` (one compression each).
     ``sample_T`` (our extension, off by default): every sample gets its own final time ``T_s = u T``,

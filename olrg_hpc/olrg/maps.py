@@ -1,4 +1,4 @@
-"""Operator maps: compress a grown relevant set (``2D x 2D``) back to ``D x D`` (science.md "Operator maps").
+"""Operator maps: compress a grown relevant set (``2D x 2D``) back to ``D x D`` (docs/conventions.md "Operator maps").
 
 One interface (:class:`OperatorMap`)::
 
@@ -21,7 +21,7 @@ Linear maps use ONE isometry ``V`` (``2D x D``, ``V^dagger V = I_D``) for every 
   ``(rho_avg)_{mn} = rho_{mn} (e^{-i w T} - 1)/(-i w T)``, ``w = E_m - E_n`` (entry ``rho_{mn}`` for ``w = 0``).
   ``mode="ground"`` uses the ground state of the grown block instead (a rank-1 density matrix padded by the
   next eigenvectors of ``H``: the DMRG ground-state choice without environment). There is no superblock /
-  environment: this is the cheap "DMRG-style" baseline of science.md, stated here as the choice we made.
+  environment: this is the cheap "DMRG-style" baseline of docs/conventions.md, stated here as the choice we made.
 * :class:`LinearIsometryMap`: learned ``V = Q`` of the QR decomposition of an unconstrained ``2D x D`` matrix
   ``M`` (real, or complex with ``complex_=True``), sign-fixed so that ``diag(R) > 0`` (then ``V`` is a smooth
   function of ``M``, and ``M = V`` for any isometry ``V`` reproduces it). Parameters per scale (``shared=False``)

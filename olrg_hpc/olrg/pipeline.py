@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from olrg_hpc import checkpoint
 from olrg_hpc.olrg.evaluate import against_exact, error_curve, exact_curve
 from olrg_hpc.olrg.loss import LossConfig, draw_samples, exact_chi
 from olrg_hpc.olrg.maps import make_map
@@ -33,20 +34,16 @@ from olrg_hpc.spins.models import make_model
 LEARNED = ("linear", "omm")
 
 
-def _leaves(tree: Any) -> dict[str, np.ndarray]:
-    return {f"{i:05d}": np.asarray(leaf) for i, leaf in enumerate(jax.tree_util.tree_leaves(tree))}
-
-
 def params_from_leaves(map_name: str, map_options: Mapping[str, Any], n0: int, n_final: int,
                        leaves: Mapping[str, np.ndarray]) -> Any:
-    """Rebuild a trained map's parameters from stored leaves, using the map's own ``init`` as template."""
+    """Rebuild a trained map's parameters from stored leaves (:func:`olrg_hpc.checkpoint.from_leaves`), using the
+    map's own ``init`` as template."""
     omap = make_map(map_name, **map_options)
     template = omap.init(jax.random.PRNGKey(0), 2 * 2**n0, 2**n0, n_final - n0)
-    treedef = jax.tree_util.tree_structure(template)
-    stored = [np.asarray(leaves[k]) for k in sorted(leaves)]
-    if len(stored) != treedef.num_leaves:
-        raise ValueError(f"{map_name}: stored parameters have {len(stored)} leaves, the map has {treedef.num_leaves}")
-    return jax.tree_util.tree_unflatten(treedef, stored)
+    try:
+        return checkpoint.from_leaves(leaves, template)
+    except ValueError as e:
+        raise ValueError(f"{map_name}: {e}") from None
 
 
 #: Loss and optimizer settings of the paper-parity run (TFIM J = h = 1, D = 8, n 4 -> 10, order 2; measured in
@@ -113,7 +110,7 @@ def train_map_task(model: str, couplings: Mapping[str, float], map_name: str, ma
     state = Trainer(omap, cfg, tc, exact=exact).run()
     seconds = time.perf_counter() - t0
     return {"loss": np.asarray(state.history), "train_seconds": seconds, "steps": steps,
-            "devices": len(jax.devices()), "params": _leaves(state.params)}
+            "devices": len(jax.devices()), "params": checkpoint.leaves(state.params)}
 
 
 def evaluate_map_task(model: str, couplings: Mapping[str, float], map_name: str, map_options: Mapping[str, Any],

@@ -1,10 +1,10 @@
-"""Relevant-operator sets and site growth (science.md section 1, "Relevant operators and site growth").
+"""Relevant-operator sets and site growth (docs/conventions.md section 1, "Relevant operators and site growth").
 
 A block of ``n`` sites is represented by ``S_n = {H_n, B_n, O_n, rho_n}``, every member a dense ``D x D``
 complex128 JAX array (:class:`RelevantSet`):
 
 * ``H_terms[a]`` (shape ``(n_terms, D, D)``) and ``H_coefs[a]``: the block Hamiltonian is
-  ``H_n = sum_a H_coefs[a] H_terms[a]``. The terms are kept separately (science.md: "keep its terms separately
+  ``H_n = sum_a H_coefs[a] H_terms[a]``. The terms are kept separately (docs/conventions.md: "keep its terms separately
   so that coefficients may depend on time or on h"). Each term is the *unit* sum over the block of one
   operator type: every bond term ``(c_k, L_k, R_k)`` of :meth:`ChainModel.bond_terms` gives
   ``sum_i L_k,i R_k,i+1`` with coefficient ``c_k``; the on-site term ``h_site`` of :meth:`ChainModel.site_term`
@@ -13,7 +13,7 @@ complex128 JAX array (:class:`RelevantSet`):
 * ``B[k]`` (shape ``(n_boundary, D, D)``): the boundary operators of :meth:`ChainModel.boundary_ops` on the
   last site (``Z`` for the Ising chains; ``S^z`` and ``S^+`` for XXZ). A bond whose left operator is the adjoint of
   a boundary operator (``S^-`` for XXZ) uses ``B[k]^dagger``.
-* ``O``: target observable, ``Z_0 Z_1`` (science.md's ``Z_1 Z_2``; sites are 0-based as in
+* ``O``: target observable, ``Z_0 Z_1`` (docs/conventions.md's ``Z_1 Z_2``; sites are 0-based as in
   :mod:`olrg_hpc.spins.models`).
 * ``rho``: initial density matrix ``|0...0><0...0|``.
 
@@ -21,7 +21,7 @@ Kronecker convention as in :mod:`olrg_hpc.spins.models`: the block is the most s
 the least significant one, so growth is ``X_{n+1} = X_n (x) I_2`` etc. and grown operators agree entry by entry
 with :func:`olrg_hpc.spins.ed.dense_hamiltonian` when nothing is compressed.
 
-Growth (science.md, generalized to several bond types):
+Growth (docs/conventions.md, generalized to several bond types):
 ``H_{n+1} = H_n (x) I + sum_k c_k B^k_n (x) E^k + I_D (x) h_site``, ``B_{n+1} = I_D (x) B_site``,
 ``O_{n+1} = O_n (x) I``, ``rho_{n+1} = rho_n (x) |0><0|``.
 """
@@ -36,7 +36,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from olrg_hpc.jaxsetup import enable_x64
-from olrg_hpc.spins import ed
 from olrg_hpc.spins.models import OPERATORS, ChainModel, X, Y, Z
 
 enable_x64()
@@ -48,7 +47,6 @@ __all__ = [
     "grow_site",
     "grow_exact",
     "hamiltonian",
-    "dense_reference",
     "xp_of",
     "to_jax",
 ]
@@ -157,7 +155,7 @@ def initial_set(model: ChainModel, n0: int, observable: str = "Z0Z1") -> Relevan
 
 
 def grow_site(S: RelevantSet, model: ChainModel, new_site_op: np.ndarray | None = None) -> RelevantSet:
-    """Add one site: ``D -> 2D`` (science.md growth rules; module docstring).
+    """Add one site: ``D -> 2D`` (docs/conventions.md growth rules; module docstring).
 
     Works on numpy arrays (fast eager path) and on JAX arrays/tracers (result in the same array library).
 
@@ -200,11 +198,6 @@ def grow_exact(model: ChainModel, n: int, n0: int = 2) -> RelevantSet:
     for _ in range(n - n0):
         S = grow_site(S, model)
     return S
-
-
-def dense_reference(model: ChainModel, n: int) -> np.ndarray:
-    """``ed.dense_hamiltonian`` of the ``n``-site chain (the exact target of :func:`grow_exact`)."""
-    return ed.dense_hamiltonian(model.with_n(n))
 
 
 def to_jax(S: RelevantSet) -> RelevantSet:

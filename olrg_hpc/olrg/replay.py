@@ -1,8 +1,9 @@
 """C(t) of a trained OLRG map from a study file, on any time grid, without retraining.
 
-One line, from the repository root (the committed long-window study, the D = 16 map at h = 1)::
+One line, from the repository root, after ``olrg-hpc run experiments/olrg_long/small.yaml`` (its D = 16 map, on a grid
+twice as fine and twice as long as the study's)::
 
-    python -m olrg_hpc.olrg.replay results/olrg-long/study.h5 train-linear-D16-h1 --t-max 10 --n-times 201
+    python -m olrg_hpc.olrg.replay studies/olrg-long-small/study.h5 train-linear-D16 --t-max 6 --n-times 301
 
 prints ``t  C_olrg(t)  C_exact(t)  |error|`` for the chain of the task's evaluation (``--N`` to change it). The map is
 rebuilt from the task's stored parameters (``params/00000 ...``) and its recorded arguments (model, couplings, map,

@@ -1,9 +1,10 @@
-"""Training of OLRG operator maps with optax, data-parallel over devices, HDF5 checkpoints (science.md section 1).
+"""Training of OLRG operator maps with optax, data-parallel over devices, HDF5 checkpoints (docs/conventions.md,
+section 1).
 
 * Optimizer: ``adam`` or ``adamw`` (``weight_decay``), gradient clipping by global norm (``clip``, 0 = off),
   learning-rate schedule ``constant``, ``cosine`` (decay to ``lr * final_lr_factor``) or ``exponential``, with
   optional linear ``warmup`` steps.
-* Schedules (science.md "Training"): ``"together"``: all scales in one loss (teal); ``"gradual"``: stage ``j``
+* Schedules (docs/conventions.md "Training"): ``"together"``: all scales in one loss (teal); ``"gradual"``: stage ``j``
   trains the loss of scales ``0..j`` (blocks ``n0+1 .. n0+1+j``) for ``steps_per_stage`` steps, the optimizer
   state is re-initialised at each stage start (rogerluo-duck). Stage of a step: ``step // steps_per_stage``
   (capped at the last stage).

@@ -46,7 +46,6 @@ import numpy as np
 import scipy.linalg as sla
 
 __all__ = [
-    "tfim_bidiagonal",
     "tfim_majorana_generator",
     "tfim_single_particle_energies",
     "tfim_ground_energy",
@@ -59,11 +58,6 @@ __all__ = [
 ]
 
 _INITIAL = ("up", "plus")
-
-
-def tfim_bidiagonal(n: int, J: float, h: float) -> np.ndarray:
-    """The ``n x n`` bidiagonal matrix ``B_ii = |h|``, ``B_{i,i+1} = |J|`` (E0 = -sum s_k(B))."""
-    return np.diag(np.full(n, abs(float(h)))) + np.diag(np.full(n - 1, abs(float(J))), 1)
 
 
 def tfim_majorana_generator(n: int, J: float, h: float) -> np.ndarray:

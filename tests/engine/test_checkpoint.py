@@ -57,6 +57,37 @@ def test_structure_mismatch(tmp_path):
         checkpoint.load(tmp_path / "c.h5", {"params": {"other": jnp.zeros(2)}})
 
 
+def test_parameters_in_a_task_result_are_the_checkpoint_leaves(tmp_path):
+    """One format: a task returns its parameters as checkpoint.leaves, the shard stores them as the datasets a
+    checkpoint group holds (same names, same bytes), and from_leaves rebuilds the tree in the template's dtypes."""
+    import h5py
+
+    params, _, _ = _state()
+    shard = tmp_path / "k.h5"
+    store.write_shard(shard, {"params": checkpoint.leaves(params)}, {"task_name": "train"})
+    checkpoint.save(tmp_path / "c.h5", {"params": params})
+    with h5py.File(shard) as fs, h5py.File(tmp_path / "c.h5") as fc:
+        assert sorted(fs["params"]) == sorted(k for k in fc["params"]) == ["00000", "00001", "00002"]
+        for name in fs["params"]:
+            np.testing.assert_array_equal(fs["params"][name][()], fc["params"][name][()])
+    back = checkpoint.from_leaves(store.read_shard(shard)["params"], params)
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(params)
+    for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == b.dtype
+
+
+@pytest.mark.parametrize(("stored", "message"), [
+    (lambda lv: {k: v for k, v in lv.items() if k != "00002"}, "have 2 leaves, the model has 3"),
+    (lambda lv: {**lv, "00001": np.zeros((3, 2))}, r"leaf 00001 has shape \(3, 2\), the model's has \(2, 3\)"),
+    (lambda lv: {"00000": lv["00000"], "00001": lv["00001"], "x": lv["00002"]}, "have no leaf 00002"),
+])
+def test_leaves_of_another_model_are_refused(stored, message):
+    params, _, _ = _state()
+    with pytest.raises(ValueError, match=message):
+        checkpoint.from_leaves(stored(checkpoint.leaves(params)), params)
+
+
 @pytest.mark.parametrize("edit", ["leaf", "array", "attribute"])
 def test_a_checkpoint_edited_in_place_is_refused(tmp_path, edit):
     """A checkpoint changed through h5py (still valid HDF5) fails its checksums on load instead of resuming

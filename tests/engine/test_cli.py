@@ -55,7 +55,8 @@ def test_run_rerun_status_report(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "dashboard: http://" in out.stderr
     assert "13 tasks: 0 skipped" in out.stderr and "13 computed, 0 failed" in out.stderr
-    assert "max |ED - free fermion|" in out.stdout
+    assert out.stdout.startswith("What was computed") and "Verdict: ED against free fermions" in out.stdout
+    assert out.stdout.count("agrees (< 1e-10)") == 6  # (N = 6, 8) x three h
     study = tmp_path / "st"
     assert (study / "study.h5").exists() and (study / "report" / "index.html").exists()
     diff = store.datasets(study / "study.h5")["tasks/collect-tfim/ed_vs_ff_max_diff"]

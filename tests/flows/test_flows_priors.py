@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from olrg_hpc import checkpoint
 from olrg_hpc.flows.coarse import CoarsePrior, EnsemblePrior, RefineFlow, RefinePrior, refine_sigma
 from olrg_hpc.flows.model import FlowSpec, GaussianPrior, count_params, init_flow, make_flow, z2_flow
 from olrg_hpc.flows.priors import KINDS, EnsembleDraws, kind
@@ -83,10 +84,11 @@ def test_each_kind_starts_from_the_flow_below_as_it_says() -> None:
     key = jax.random.key(3)
     fresh = KINDS["gaussian"].initial_params(model, 8, key)
     jax.tree.map(np.testing.assert_array_equal, fresh, init_flow(model, key, (8, 8), jnp.float32))
-    below = {"params": jax.tree.map(lambda p: np.asarray(p) + 0.25, fresh)}
+    shifted = jax.tree.map(lambda p: np.asarray(p) + 0.25, fresh)
+    below = {"params": checkpoint.leaves(shifted)}  # as a training task stores them
     for name in ("warm", "coarse"):
         moved = KINDS[name].initial_params(model, 8, key, below)
-        jax.tree.map(np.testing.assert_array_equal, moved, below["params"])
+        jax.tree.map(np.testing.assert_array_equal, moved, shifted)
     with pytest.raises(ValueError, match="the warm prior starts from a flow trained at L/2"):
         KINDS["warm"].initial_params(model, 8, key)
     with pytest.raises(ValueError, match="the same_L prior starts from fresh parameters"):

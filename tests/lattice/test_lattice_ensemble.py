@@ -12,7 +12,7 @@ COMMON = dict(n_therm=20, n_traj=100, meas_every=1, tau=1.0, n_steps=10, integra
 
 
 def test_beta_lambda_point_is_the_tutorial_point_rescaled():
-    # science.md: (m2 = -4, lam = 8) is beta = 0.5, lam = 0.5 with phi_bl = 2 phi_tut. Same seed, same
+    # docs/conventions.md: (m2 = -4, lam = 8) is beta = 0.5, lam = 0.5 with phi_bl = 2 phi_tut. Same seed, same
     # action after conversion: the chains are identical and only the stored field differs by the factor 2.
     a = hmc_ensemble({"L": 6, "m2": -4.0, "lam": 8.0}, n_chains=4, seed=3, **COMMON)
     b = hmc_ensemble({"L": 6, "beta": 0.5, "lam": 0.5}, n_chains=4, seed=3, **COMMON)
@@ -24,7 +24,7 @@ def test_beta_lambda_point_is_the_tutorial_point_rescaled():
 
 
 def test_free_field_phi2_and_chi2_within_errors():
-    # lam = 0, L = 8, m2 = 1: <phi^2> = 0.1270869988 and chi2 = 0.5 exactly (science.md table); trajectory
+    # lam = 0, L = 8, m2 = 1: <phi^2> = 0.1270869988 and chi2 = 0.5 exactly (docs/conventions.md table); trajectory
     # length jittered, since a fixed tau = 1 leaves free modes with omega*tau ~ pi unmixed. 5 sigma: the
     # Gamma-method error itself is uncertain at this statistics.
     r = hmc_ensemble({"L": 8, "m2": 1.0, "lam": 0.0}, n_chains=32, seed=1, tau_jitter=0.5, store_configs=False,

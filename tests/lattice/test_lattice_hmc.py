@@ -1,4 +1,4 @@
-"""JAX HMC: reversibility, <exp(-dH)> = 1, dH ~ eps^2, exact free-field values (science.md section 2)."""
+"""JAX HMC: reversibility, <exp(-dH)> = 1, dH ~ eps^2, exact free-field values (docs/conventions.md section 2)."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def test_dh_scales_as_eps_squared(thermalized: jax.Array, integrator: str) -> No
 
 
 def test_free_field_exact_values() -> None:
-    """lam = 0, L = 8, m2 = 1 (tutorial convention): exact values from science.md section 2.
+    """lam = 0, L = 8, m2 = 1 (tutorial convention): exact values from docs/conventions.md section 2.
 
     256 chains x 150 measurements (300 trajectories) after 50 thermalisation trajectories; trajectory
     length jittered by +-50% because at fixed tau = 1 the free modes with omega tau ~ pi

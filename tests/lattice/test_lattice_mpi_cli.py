@@ -67,8 +67,8 @@ def test_bad_config_says_it_once(tmp_path):
 
 
 @pytest.mark.parametrize("edit, key", [
-    (("m2: -4.0", "m2: .nan"), "m2: Input should be a finite number"),
-    (("lam: 8.0", "lam: .inf"), "lam: Input should be a finite number"),
+    (("m2: -4.0", "m2: .nan"), "m2: a finite number (got nan)"),
+    (("lam: 8.0", "lam: .inf"), "lam: a finite number (got inf)"),
     (("n_steps: 8", "n_steps: 8\ndims: [0, 1]"), "dims.0: Input should be greater than or equal to 1"),
     (("n_steps: 8", "n_steps: 8\ndims: [-1, 2]"), "dims.0: Input should be greater than or equal to 1"),
 ], ids=["nan-m2", "inf-lam", "dims-0", "dims-negative"])

@@ -1,4 +1,4 @@
-"""Observables on exactly sampled free fields (lam = 0, tutorial convention, science.md section 2)."""
+"""Observables on exactly sampled free fields (lam = 0, tutorial convention, docs/conventions.md section 2)."""
 
 from __future__ import annotations
 

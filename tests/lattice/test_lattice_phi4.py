@@ -1,4 +1,4 @@
-"""phi^4 action: conventions, conversions (science.md section 2), force vs autodiff, batching."""
+"""phi^4 action: conventions, conversions (docs/conventions.md section 2), force vs autodiff, batching."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from olrg_hpc.lattice import phi4
-from olrg_hpc.lattice.phi4 import Phi4Action
+from olrg_hpc.lattice.phi4 import Phi4Action, free_field_values
 
 TUTORIAL = Phi4Action(m2=-4.0, lam=8.0)
 
@@ -19,7 +19,7 @@ def fields() -> np.ndarray:
 
 
 def test_tutorial_point_is_beta_lambda_half_half(fields: np.ndarray) -> None:
-    # science.md: (m2, lam) = (-4, 8) is beta/lambda at beta = 0.5, lam = 0.5 with phi_bl = 2 phi_tut
+    # docs/conventions.md: (m2, lam) = (-4, 8) is beta/lambda at beta = 0.5, lam = 0.5 with phi_bl = 2 phi_tut
     act, c = Phi4Action.from_beta_lambda(0.5, 0.5)
     assert act == TUTORIAL
     assert c == 2.0
@@ -120,3 +120,13 @@ def test_to_beta_lambda_rejects_impossible() -> None:
         Phi4Action(m2=-5.0, lam=0.0).to_beta_lambda()
     with pytest.raises(ValueError):
         Phi4Action.from_beta_lambda(0.0, 0.5)
+
+
+@pytest.mark.parametrize(("L", "m2", "phi2", "chi2"), [(8, 1.0, 0.1270869988, 0.5), (8, 0.25, 0.1927505945, 2.0),
+                                                       (16, 1.0, 0.1270249394, 0.5)])
+def test_free_field_values_match_the_conventions_table(L: int, m2: float, phi2: float, chi2: float) -> None:
+    """Against the exact free-field table of docs/conventions.md (10 digits there: 1e-10)."""
+    got = free_field_values((L, L), m2)
+    assert got["phi2"] == pytest.approx(phi2, abs=1e-10) and got["chi2"] == pytest.approx(chi2, abs=1e-12)
+    with pytest.raises(ValueError, match="m2 > 0"):
+        free_field_values((L, L), 0.0)

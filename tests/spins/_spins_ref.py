@@ -29,7 +29,7 @@ def chain(n: int, bond: list[tuple[complex, np.ndarray, np.ndarray]], site: list
     return H
 
 
-# science.md section 1, "Exact references": E0 of H = -J sum ZZ - g sum X, J = 1 (12 decimals given).
+# docs/conventions.md section 1, "Exact references": E0 of H = -J sum ZZ - g sum X, J = 1 (12 decimals given).
 E0_TABLE = {
     (8, 0.5): -7.640592553590,
     (8, 1.0): -9.837951447459,
@@ -39,6 +39,6 @@ E0_TABLE = {
     (10, 1.5): -16.535254946759,
 }
 E0_TABLE_LARGE = {(64, 0.5): -67.196171190601, (64, 1.0): -81.125980123144}
-# science.md: <S^z_1 S^z_2>(t) = <Z_1 Z_2>/4 at h = J = 1, t = 0.1 ... 2.0, three digits
+# docs/conventions.md: <S^z_1 S^z_2>(t) = <Z_1 Z_2>/4 at h = J = 1, t = 0.1 ... 2.0, three digits
 SZSZ_TABLE = [0.240, 0.213, 0.176, 0.137, 0.104, 0.084, 0.077, 0.083, 0.095, 0.109,
               0.120, 0.126, 0.127, 0.125, 0.123, 0.121, 0.121, 0.122, 0.124, 0.125]  # fmt: skip

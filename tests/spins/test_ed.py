@@ -1,4 +1,4 @@
-"""Exact diagonalization: operators, ground states against science.md, and real-time evolution."""
+"""Exact diagonalization: operators, ground states against docs/conventions.md, and real-time evolution."""
 
 from __future__ import annotations
 

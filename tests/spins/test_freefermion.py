@@ -1,4 +1,4 @@
-"""Free-fermion TFIM against closed forms, science.md tables and exact diagonalization."""
+"""Free-fermion TFIM against closed forms, docs/conventions.md tables and exact diagonalization."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def _check_against_ed(n, h, initial):
     zz_ed, x_ed = _ed_profiles(n, 1.0, h, initial, times)
     res = ff.tfim_quench(n, 1.0, h, times, initial=initial)
     # both sides exact to ~1e-13 (expm_multiply tolerance 2^-53 per step; Majorana eigensolver ~1e-14):
-    # science.md asks for 1e-10
+    # docs/conventions.md asks for 1e-10
     np.testing.assert_allclose(res["zz"], zz_ed, atol=1e-10)
     np.testing.assert_allclose(res["x"], x_ed, atol=1e-10)
 

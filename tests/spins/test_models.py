@@ -76,7 +76,7 @@ def test_block_growth_reproduces_hamiltonian(model):
 
 
 def test_xxz_boundary_coupling_form():
-    """XXZ bond = C_z (x) S^z + (C_+ (x) S^- + h.c.)/2 with C_z = J delta S^z, C_+ = J S^+ (science.md)."""
+    """XXZ bond = C_z (x) S^z + (C_+ (x) S^- + h.c.)/2 with C_z = J delta S^z, C_+ = J S^+ (docs/conventions.md)."""
     J, delta = 0.9, 0.4
     m = models.xxz(2, J=J, delta=delta)
     bond = sum(c * np.kron(a, b) for c, a, b in m.bond_terms())

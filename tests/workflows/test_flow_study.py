@@ -23,7 +23,8 @@ from olrg_hpc.flows.model import GaussianPrior, make_flow, sample_flow
 from olrg_hpc.flows.priors import KINDS, EnsembleDraws, params_from_tree, refine_init
 from olrg_hpc.jaxtiming import compile_clock
 from olrg_hpc.lattice.ensemble import action_for, hmc_ensemble
-from workflows import flow_study
+from olrg_hpc.tasks import NonFiniteResult, check_finite
+from workflows import flow_study, get_workflow
 
 EXE = [sys.executable, "-m", "olrg_hpc.cli"]
 
@@ -299,7 +300,7 @@ def test_bad_params_are_one_line(tmp_path: Path, params: str, where: str) -> Non
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(STUDY.format(params=params))
     with pytest.raises(UserError) as err:
-        load_study(cfg)
+        load_study(cfg, get_workflow)
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith(f"{cfg}: ")
     assert where.replace("Value error, ", "") in msg, msg
@@ -367,7 +368,10 @@ def test_library_steps_at_toy_size(tmp_path: Path) -> None:
     assert gather["configs"].shape == (40, 2, 2) and gather["configs"].dtype == np.float32
 
     pre = _through_shard(tmp_path, "pre", pipeline.train_flow_task(COARSE, "gaussian", steps=4, seed=1, **TRAIN))
-    assert pre["params"]["params"]["layers_2"]["log_scale"].shape == ()  # the flax tree itself, as a group
+    # the parameters as checkpoint leaves, which the flow's own tree reads back
+    assert sorted(pre["params"]) == [f"{i:05d}" for i in range(len(pre["params"]))]
+    back = params_from_tree(make_flow(TINY_FLOW), (COARSE["L"],) * 2, pre["params"])
+    assert back["params"]["layers_2"]["log_scale"].shape == ()
     np.testing.assert_array_equal(pre["metric_step"], [0, 2, 4])
     warm = pipeline.train_flow_task(FINE, "warm", steps=2, seed=2, deps={"pretrain": pre}, inputs={"below": "pretrain"},
                                     **TRAIN)
@@ -492,7 +496,8 @@ def test_free_field_flow_trains_and_transfers_through_shards(tmp_path: Path) -> 
     the warm start at the finer L reads them back (same tree, 37 + 2 parameters)."""
     train = {**TRAIN, "flow": {**TINY_FLOW, "free_field": True}}
     pre = _through_shard(tmp_path, "pre", pipeline.train_flow_task(COARSE, "gaussian", steps=2, seed=1, **train))
-    assert pre["n_params"] == 39 and pre["params"]["params"]["layers_0"]["log_m2"].shape == ()
+    stored = params_from_tree(make_flow(train["flow"]), (2, 2), pre["params"])["params"]
+    assert pre["n_params"] == 39 and stored["layers_0"]["log_m2"].shape == ()
     warm = pipeline.train_flow_task(FINE, "warm", steps=2, seed=2, deps={"pretrain": pre}, inputs={"below": "pretrain"},
                                     **train)
     assert warm["n_params"] == 39 and np.all(np.isfinite(warm["loss"]))
@@ -507,9 +512,10 @@ def test_multilevel_flow_refines_the_flow_below_through_shards(tmp_path: Path) -
     flow4 = {**TINY_FLOW, "sublattice": True, "refine": {"coarse": TINY_FLOW, "scale": 1.05}}
     key = jax.random.key(4)
     init4 = refine_init(make_flow(flow4), pre, key, 4)["params"]
-    jax.tree.map(np.testing.assert_array_equal, init4["layers_0"]["coarse"], dict(pre["params"]["params"]))
     coarse_model = make_flow(TINY_FLOW)
-    phi_c, _ = sample_flow(coarse_model, params_from_tree(coarse_model, (2, 2), pre["params"]),
+    pre_params = params_from_tree(coarse_model, (2, 2), pre["params"])
+    jax.tree.map(np.testing.assert_array_equal, init4["layers_0"]["coarse"], pre_params["params"])
+    phi_c, _ = sample_flow(coarse_model, pre_params,
                                     GaussianPrior((2, 2)), jax.random.split(key)[1], 1024)
     sigma = refine_sigma(np.asarray(phi_c), 1.05, True)
     np.testing.assert_allclose(np.exp(init4["layers_0"]["log_sigma"]), [sigma] * 3, rtol=1e-6)
@@ -522,7 +528,7 @@ def test_multilevel_flow_refines_the_flow_below_through_shards(tmp_path: Path) -
     fine8 = {"L": 8, "beta": 0.55, "lam": 0.5}
     flow8 = {**TINY_FLOW, "sublattice": True, "refine": {"coarse": flow4, "scale": (0.55 / 0.5) ** 0.5}}
     init8 = refine_init(make_flow(flow8), ml4, key, 8)["params"]
-    below = ml4["params"]["params"]
+    below = params_from_tree(make_flow(flow4), (4, 4), ml4["params"])["params"]
     for name in ("layers_1", "layers_2", "layers_3"):  # the ladder: couplings and rescaling from the rung below
         jax.tree.map(np.testing.assert_array_equal, init8[name], dict(below[name]))
     np.testing.assert_array_equal(init8["layers_0"]["log_sigma"], below["layers_0"]["log_sigma"])  # its widths too
@@ -636,7 +642,12 @@ def test_cost_over_hmc_is_per_L() -> None:
                                    "c-fhmc16": _fake_sampler("flow-HMC", "warm", 16, 2.0, rng),
                                    "d-imh32": _fake_sampler("flow-MH", "warm", 32, 3.0, rng)})
     np.testing.assert_allclose(c["cost_over_hmc"][:3], [1.0, 1.0, 0.25])
-    assert np.isnan(c["cost_over_hmc"][3])
+    assert np.isnan(c["cost_over_hmc"][3]) and np.isnan(c["pull_chi2"][3])
+    # the study's compare task declares those as "not measured", so such a result is stored; the others are not
+    compare = {t.name: t for t in flow_study.build(_params())}["compare"]
+    check_finite(c, compare.nan_ok)
+    with pytest.raises(NonFiniteResult, match="result 'chi2' holds 1 NaN"):
+        check_finite({**c, "chi2": np.where(np.isnan(c["cost_over_hmc"]), np.nan, c["chi2"])}, compare.nan_ok)
 
 
 def test_report_with_several_L(tmp_path: Path) -> None:

@@ -13,8 +13,10 @@ from pydantic import ValidationError
 
 from olrg_hpc import scaling, store
 from olrg_hpc.cli import main
+from olrg_hpc.lattice.mpi_hmc_spec import MPIHMCSpec
 from olrg_hpc.report import write_report
-from workflows import scaling_study
+from olrg_hpc.tasks import NonFiniteResult, check_finite
+from workflows import get_workflow, scaling_study
 
 
 def _params(**over):
@@ -40,7 +42,18 @@ class TestGraph:
         assert set(curves) == {f"{p}-{m}" for p in ("throughput", "mpi_hmc", "training") for m in ("strong", "weak")}
         assert curves["throughput-weak"]["points"] == [[1, "throughput-w1-M4"], [2, "throughput-w2-M8"]]
         assert curves["mpi_hmc-weak"]["points"][-1] == [4, "mpi-r4-L16x16"]
-        assert {t.name: t for t in tasks}["mpi-r4-L16x16"].params["dims"] == [2, 2]
+        spec = MPIHMCSpec.model_validate({t.name: t for t in tasks}["mpi-r4-L16x16"].params["spec"])
+        assert spec.dims == [2, 2] and spec.shape == (16, 16) and spec.n_traj == 10  # the program's own spec
+
+    def test_an_unsampled_host_is_not_measured(self):
+        """host_facts(sample_s=0) gives NaN busy cores: every measurement and the curves declare it (Task.nan_ok)."""
+        facts = scaling.host_facts(sample_s=0)
+        assert np.isnan(facts["background_busy_cores"])
+        for t in scaling_study.build(_params()):
+            check_finite({"background_busy_cores": facts["background_busy_cores"],
+                          "mpi_hmc-strong": {"background_busy_cores": np.array([np.nan, 0.5])}}, t.nan_ok)
+            with pytest.raises(NonFiniteResult):
+                check_finite({"seconds": np.array([np.nan])}, t.nan_ok)
 
     def test_only_one_mode_and_part(self):
         tasks = scaling_study.build(scaling_study.Params.model_validate(
@@ -113,7 +126,8 @@ def test_curves_reasons_and_report_from_a_study_file(tmp_path):
               "mpi_hmc-strong": {"part": "mpi_hmc", "mode": "strong",
                                  "points": [[1, "mpi1"], [2, "mpi2"], [4, "mpi4"]]},
               "mpi_hmc-weak": {"part": "mpi_hmc", "mode": "weak", "points": [[1, "mpi1"], [2, "mpi2"]]},
-              "training-strong": {"part": "training", "mode": "strong", "points": [[1, "trn1"], [2, "trn2"]]}}
+              "training-strong": {"part": "training", "mode": "strong", "points": [[1, "trn1"], [2, "trn2"]]},
+              "training-weak": {"part": "training", "mode": "weak", "points": [[1, "trn1"]]}}
     res = scaling.scaling_curves(curves, 0.7, deps=_synthetic_points())
     t = res["throughput-strong"]
     np.testing.assert_allclose(t["speedup"], [1, 8 / 4.2, 2])
@@ -127,15 +141,23 @@ def test_curves_reasons_and_report_from_a_study_file(tmp_path):
     study = tmp_path / "study"
     store.write_shard(store.shard_path(study, "k"), res, {"task_key": "k"})
     store.gather(study, [{"name": "curves", "key": "k"}], {"workflow": "scaling_study"})
-    out_dir, lines = write_report(study)
+    out_dir, lines = write_report(study, get_workflow)
     assert sorted(p.name for p in out_dir.glob("*.png")) == [
-        "scaling-mpi_hmc.png", "scaling-throughput.png", "scaling-training.png"]
+        "scaling-mpi_hmc.png", "scaling-throughput.png", "scaling-training.png"]  # training-weak: one point
     text = "\n".join(lines)
-    assert "Where scaling stops (efficiency < 0.7)" in text and "2 usable" in text
+    assert "Verdict per curve: efficiency against the target E >= 0.7 on h (2 usable cores)" in text
     stops = [ln for ln in lines if ln.startswith("mpi_hmc-strong") and "halo exchange" in ln]
     assert len(stops) == 1
     tables = json.loads((out_dir / "tables.json").read_text())
-    assert len(tables[0]["rows"]) == 3 + 3 + 2 + 2
+    assert [t["title"].split(" ")[0] for t in tables[:3]] == ["What", "Verdict", "Scaling"]
+    computed = dict(tables[0]["rows"])
+    assert computed["target"] == "efficiency E >= 0.7 (the study's efficiency_threshold)"
+    assert computed["mpi_hmc-strong: MPI ranks 1, 2, 4"] == "mpi1, mpi2, mpi4"  # no task parameters in this file
+    verdict = {r[0]: r for r in tables[1]["rows"]}
+    assert verdict["mpi_hmc-strong"][1:3] == ["1: 1, 2: 0.909, 4: 0.417", "met up to 2, missed from 4 MPI ranks"]
+    assert verdict["mpi_hmc-weak"][2:] == ["met up to 2 MPI ranks (the largest measured)", "-"]
+    assert verdict["training-weak"][1:3] == ["1: 1", "met up to 1 devices (the largest measured)"]
+    assert len(tables[2]["rows"]) == 3 + 3 + 2 + 2 + 1
 
 
 def _run_study(tmp_path: Path, params: str) -> Path:
@@ -160,7 +182,8 @@ def _check_curves(study: Path, names: set[str]) -> None:
         assert g["host/usable_cpus"][()] >= 1
     figs = sorted(p.name for p in (study / "report").glob("*.png"))
     assert figs == sorted({f"scaling-{n.rsplit('-', 1)[0]}.png" for n in names})
-    assert "Where scaling stops" in (study / "report" / "summary.txt").read_text()
+    summary = (study / "report" / "summary.txt").read_text()
+    assert summary.startswith("What was computed") and "Verdict per curve" in summary
 
 
 @pytest.mark.mpi
@@ -172,6 +195,9 @@ def test_mpi_part_end_to_end_and_resume(tmp_path, capsys):
         r2 = f["tasks/mpi-r2-L16x16"]
         assert list(r2["dims"][()]) == [2, 1] and 0 <= r2["halo_share"][()] <= 1
         assert r2.attrs["compute_seconds"] > 0  # provenance of every measurement
+    computed = dict(json.loads((study / "report" / "tables.json").read_text())[0]["rows"])
+    assert computed["mpi_hmc-strong: MPI ranks 1, 2"] == "L = 16 x 16"
+    assert computed["mpi_hmc-weak: MPI ranks 1, 2"] == "8 x 8 sites per rank"
     capsys.readouterr()
     assert main(["run", str(study / "config.yaml"), "--output", str(study), "--no-progress", "--no-report",
                  "--cluster", str(tmp_path / "one.yaml")]) == 0

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from olrg_hpc import cli
-from olrg_hpc.tasks import dep_label
+from olrg_hpc.tasks import dep_label, task_seed
 from workflows import suite
 
 CHAINS = {"workflow": "chain_sweep",
@@ -31,6 +31,17 @@ def test_names_are_prefixed_and_dependencies_keep_their_names():
     assert all(d.startswith("b:") for d in collect.deps)
     assert dep_label("b:collect-tfim", "b:tfim-N6-h1-ed") == "tfim-N6-h1-ed"
     assert dep_label("collect-tfim", "tfim-N6-h1-ed") == "tfim-N6-h1-ed"
+
+
+def test_two_parts_of_the_same_content_draw_different_streams():
+    """Task seeds hash the full name, part prefix included: parts a and b build the same tasks with the same
+    parameters, and every one of their tasks gets its own seed."""
+    tasks = suite.build(suite.Params.model_validate({"parts": {"a": CHAINS, "b": CHAINS}}))
+    by_name = {t.name: t for t in tasks}
+    pairs = [(by_name[n], by_name["b:" + n.removeprefix("a:")]) for n in by_name if n.startswith("a:")]
+    assert len(pairs) == 3 and all(ta.params == tb.params and ta.fn is tb.fn for ta, tb in pairs)
+    seeds = [task_seed(5, t) for t in tasks]
+    assert len(set(seeds)) == len(seeds)
 
 
 @pytest.mark.parametrize("edit, words", [
