@@ -58,7 +58,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import socket
 import sys
 import time
@@ -636,10 +635,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
     else:
         text = dumps(data)
     write_bytes_atomic(path, text.encode())
-
-
-def remove_study(study_dir: Path) -> None:
-    shutil.rmtree(study_dir, ignore_errors=True)
 
 
 def datasets(path: Path) -> dict[str, Any]:

@@ -11,35 +11,14 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from chain_study import EXE, chain_study, run_cli
 
 from olrg_hpc import store
-
-EXE = [sys.executable, "-m", "olrg_hpc.cli"]
-
-STUDY = """\
-study: cli-test
-workflow: chain_sweep
-seed: 7
-params:
-  t_max: 3.0
-  n_times: {n_times}
-  sweeps:
-    - model: tfim
-      n_sites: {sizes}
-      couplings: {{J: [1.0], h: [0.5, 1.0, 2.0]}}
-      methods: [ed, free_fermion]
-"""
-
-
-def _run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
 
 
 def _profile(tmp_path: Path) -> Path:
@@ -50,8 +29,8 @@ def _profile(tmp_path: Path) -> Path:
 
 def test_run_rerun_status_report(tmp_path):
     cfg = tmp_path / "s.yaml"
-    cfg.write_text(STUDY.format(n_times=21, sizes="[6, 8]"))
-    out = _run(["run", str(cfg), "--cluster", str(_profile(tmp_path)), "--output", "st"], tmp_path)
+    cfg.write_text(chain_study("cli-test"))
+    out = run_cli(["run", str(cfg), "--cluster", str(_profile(tmp_path)), "--output", "st"], tmp_path)
     assert out.returncode == 0, out.stderr
     assert "dashboard: http://" in out.stderr
     assert "13 tasks: 0 skipped" in out.stderr and "13 computed, 0 failed" in out.stderr
@@ -62,25 +41,25 @@ def test_run_rerun_status_report(tmp_path):
     diff = store.datasets(study / "study.h5")["tasks/collect-tfim/ed_vs_ff_max_diff"]
     assert np.max(diff) < 1e-10  # ED and free fermions are both exact: only rounding separates them
 
-    again = _run(["run", str(cfg), "--cluster", str(_profile(tmp_path)), "--output", "st", "--no-report"], tmp_path)
+    again = run_cli(["run", str(cfg), "--cluster", str(_profile(tmp_path)), "--output", "st", "--no-report"], tmp_path)
     assert again.returncode == 0 and "13 tasks: 13 skipped" in again.stderr
 
-    st = _run(["status", "st"], tmp_path)
+    st = run_cli(["status", "st"], tmp_path)
     assert st.returncode == 0 and "13 tasks: 13 done, 0 missing" in st.stdout
 
-    rep = _run(["report", "st"], tmp_path)
+    rep = run_cli(["report", "st"], tmp_path)
     assert rep.returncode == 0 and "Provenance" in rep.stdout
 
 
 def test_report_and_status_of_a_missing_study(tmp_path):
     for cmd in ("report", "status"):
-        out = _run([cmd, "nowhere"], tmp_path)
+        out = run_cli([cmd, "nowhere"], tmp_path)
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and "nowhere" in out.stderr
 
 
 def test_killed_driver_resumes_with_only_missing_tasks(tmp_path):
     cfg = tmp_path / "s.yaml"
-    cfg.write_text(STUDY.format(n_times=201, sizes="[9, 10, 11, 12]"))
+    cfg.write_text(chain_study("cli-test", n_times=201, sizes=(9, 10, 11, 12)))
     prof = _profile(tmp_path)
     proc = subprocess.Popen([*EXE, "run", str(cfg), "--cluster", str(prof), "--output", "killed", "--no-progress"],
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -95,7 +74,7 @@ def test_killed_driver_resumes_with_only_missing_tasks(tmp_path):
     done_before = len(store.Shards(tmp_path / "killed").keys())
     assert 4 <= done_before < 25
 
-    rerun = _run(["run", str(cfg), "--cluster", str(prof), "--output", "killed", "--no-report"], tmp_path)
+    rerun = run_cli(["run", str(cfg), "--cluster", str(prof), "--output", "killed", "--no-report"], tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     m = re.search(r"25 tasks: (\d+) skipped \(valid shard\), (\d+) to run", rerun.stderr)
     assert m, rerun.stderr
@@ -103,7 +82,7 @@ def test_killed_driver_resumes_with_only_missing_tasks(tmp_path):
     assert skipped >= done_before - 0 and skipped + to_run == 25
     assert not list(shards.glob(".*tmp*")), "temporary files of the killed run must be cleaned up"
 
-    clean = _run(["run", str(cfg), "--cluster", str(prof), "--output", "clean", "--no-report"], tmp_path)
+    clean = run_cli(["run", str(cfg), "--cluster", str(prof), "--output", "clean", "--no-report"], tmp_path)
     assert clean.returncode == 0, clean.stderr
     resumed, undisturbed = store.datasets(tmp_path / "killed/study.h5"), store.datasets(tmp_path / "clean/study.h5")
     assert resumed.keys() == undisturbed.keys()
@@ -113,6 +92,6 @@ def test_killed_driver_resumes_with_only_missing_tasks(tmp_path):
 
 @pytest.mark.parametrize("bad", ["nope.yaml"])
 def test_run_with_bad_config_leaves_nothing(tmp_path, bad):
-    out = _run(["run", bad, "--output", "x"], tmp_path)
+    out = run_cli(["run", bad, "--output", "x"], tmp_path)
     assert out.returncode == 2 and "nope.yaml: no such file" in out.stderr
     assert not (tmp_path / "x").exists()

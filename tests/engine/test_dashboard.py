@@ -12,23 +12,11 @@ import sys
 import time
 import urllib.request
 
-STUDY = """\
-study: dash
-workflow: chain_sweep
-seed: 1
-params:
-  t_max: 3.0
-  n_times: 301
-  sweeps:
-    - model: tfim
-      n_sites: [11, 12]
-      couplings: {J: [1.0], h: [0.5, 1.0, 2.0]}
-      methods: [ed]
-"""
+from chain_study import chain_study
 
 
 def test_dashboard_serves_status_page_during_run(tmp_path):
-    (tmp_path / "s.yaml").write_text(STUDY)
+    (tmp_path / "s.yaml").write_text(chain_study("dash", sizes=(11, 12), methods=("ed",), n_times=301, seed=1))
     (tmp_path / "p.yaml").write_text("kind: local\nn_workers: 1\ndashboard_address: ':0'\n")
     proc = subprocess.Popen([sys.executable, "-m", "olrg_hpc.cli", "run", "s.yaml", "--cluster", "p.yaml",
                              "--no-progress", "--no-report"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)

@@ -23,37 +23,20 @@ import h5py
 import numpy as np
 import pytest
 from _edit import edit_number
+from chain_study import EXE, chain_study, run_cli
 
 from olrg_hpc import store
 from olrg_hpc.cli import main
 
-EXE = [sys.executable, "-m", "olrg_hpc.cli"]
 
-STUDY = """\
-study: {name}
-workflow: chain_sweep
-seed: 7
-params:
-  t_max: 3.0
-  n_times: {n_times}
-  sweeps:
-    - model: tfim
-      n_sites: {sizes}
-      couplings: {{J: [1.0], h: [0.5, 1.0, 2.0]}}
-      methods: [ed, free_fermion]
-"""
-
-
-def _files(tmp: Path, name: str = "faults", n_times: int = 21, sizes: str = "[6, 8]") -> tuple[Path, Path]:
+def _files(tmp: Path, name: str = "faults", n_times: int = 21, sizes: tuple[int, ...] = (6, 8)) -> tuple[Path, Path]:
     cfg = tmp / f"{name}.yaml"
-    cfg.write_text(STUDY.format(name=name, n_times=n_times, sizes=sizes))
+    cfg.write_text(chain_study(name, n_times=n_times, sizes=sizes))
     prof = tmp / "local.yaml"
     prof.write_text("kind: local\nn_workers: 2\nthreads_per_worker: 1\ndashboard_address: '127.0.0.1:0'\n")
     return cfg, prof
 
 
-def _run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +44,7 @@ def finished(tmp_path_factory) -> Path:
     """One finished study (13 tasks); tests copy it before they damage it."""
     tmp = tmp_path_factory.mktemp("finished")
     cfg, prof = _files(tmp)
-    out = _run(["run", str(cfg), "--cluster", str(prof), "--output", "st", "--no-report"], tmp)
+    out = run_cli(["run", str(cfg), "--cluster", str(prof), "--output", "st", "--no-report"], tmp)
     assert out.returncode == 0, out.stderr
     return tmp
 
@@ -74,10 +57,10 @@ def _copy(finished: Path, tmp: Path) -> Path:
 def test_a_shard_edited_in_place_is_corrupt_for_status_and_recomputed(finished, tmp_path):
     work = _copy(finished, tmp_path)
     edit_number(work / "st")  # still a valid file, still 'complete', same key: only a number changed
-    st = _run(["status", "st"], work)
+    st = run_cli(["status", "st"], work)
     assert st.returncode == 1 and "12 done, 0 missing, 1 partial or corrupt" in st.stdout, st.stdout
     cfg, prof = work / "faults.yaml", work / "local.yaml"
-    again = _run(["run", str(cfg), "--cluster", str(prof), "--output", "st", "--no-report"], work)
+    again = run_cli(["run", str(cfg), "--cluster", str(prof), "--output", "st", "--no-report"], work)
     assert again.returncode == 0 and "13 tasks: 12 skipped (valid shard), 1 to run (0 missing, 1 partial or corrupt)" \
         in again.stderr, again.stderr
     a, b = store.datasets(work / "st/study.h5"), store.datasets(finished / "st/study.h5")
@@ -90,14 +73,14 @@ def test_report_refuses_a_study_file_edited_in_place(finished, tmp_path):
     work = _copy(finished, tmp_path)
     with h5py.File(work / "st/study.h5", "a") as f:
         f["tasks/collect-tfim/ed_vs_ff_max_diff"][0] = 0.0  # a plausible value: no check of ranges would see it
-    rep = _run(["report", "st"], work)
+    rep = run_cli(["report", "st"], work)
     assert rep.returncode == 2 and rep.stderr.count("\n") == 1, rep.stderr
     assert "corrupt" in rep.stderr and "tasks/collect-tfim/ed_vs_ff_max_diff: checksum mismatch" in rep.stderr
     assert not (work / "st" / "report").exists()
 
 
 def test_a_second_run_in_the_same_folder_is_refused_and_the_first_finishes(tmp_path):
-    cfg, prof = _files(tmp_path, n_times=201, sizes="[9, 10, 11, 12]")
+    cfg, prof = _files(tmp_path, n_times=201, sizes=(9, 10, 11, 12))
     first = subprocess.Popen([*EXE, "run", str(cfg), "--cluster", str(prof), "--output", "st", "--no-report",
                               "--no-progress"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = tmp_path / "st" / store.LOCK
@@ -106,12 +89,12 @@ def test_a_second_run_in_the_same_folder_is_refused_and_the_first_finishes(tmp_p
         assert first.poll() is None, first.communicate()[1]
         time.sleep(0.05)
     t0 = time.monotonic()
-    second = _run(["run", str(cfg), "--cluster", str(prof), "--output", "st", "--no-report"], tmp_path)
+    second = run_cli(["run", str(cfg), "--cluster", str(prof), "--output", "st", "--no-report"], tmp_path)
     refused_after = time.monotonic() - t0
     assert first.poll() is None, "the first run ended before the second one tried: make it longer"
     assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
     assert f"in use by another olrg-hpc run, pid {first.pid} on {socket.gethostname()}" in second.stderr
-    rep = _run(["report", "st"], tmp_path)
+    rep = run_cli(["report", "st"], tmp_path)
     assert rep.returncode == 2 and f"pid {first.pid}" in rep.stderr
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err
@@ -120,7 +103,7 @@ def test_a_second_run_in_the_same_folder_is_refused_and_the_first_finishes(tmp_p
     print(f"second run refused {refused_after:.1f} s after it started (interpreter start and imports included)")
 
     other, _ = _files(tmp_path, name="another-study")
-    out = _run(["run", str(other), "--cluster", str(prof), "--output", "st"], tmp_path)
+    out = run_cli(["run", str(other), "--cluster", str(prof), "--output", "st"], tmp_path)
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert "holds another study ('faults'" in out.stderr
     assert "study: faults" in (tmp_path / "st" / "config.yaml").read_text()
@@ -131,7 +114,7 @@ def test_output_that_cannot_be_a_folder_is_one_line(tmp_path, case):
     cfg, prof = _files(tmp_path)
     (tmp_path / "taken").write_text("my notes\n")
     output = "taken" if case == "a file" else "taken/study"
-    out = _run(["run", str(cfg), "--cluster", str(prof), "--output", output], tmp_path)
+    out = run_cli(["run", str(cfg), "--cluster", str(prof), "--output", output], tmp_path)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
     assert "taken" in out.stderr and ("not a folder" in out.stderr or "is a file" in out.stderr)
     assert (tmp_path / "taken").read_text() == "my notes\n"
@@ -208,7 +191,7 @@ def test_task_failures_are_one_line_each_with_the_traceback_in_run_log(tmp_path,
 @pytest.mark.parametrize("when", ["starting", "running"])
 def test_ctrl_c_exits_130_with_one_line_and_no_tracebacks(tmp_path, when):
     """SIGINT to the whole process group, as a terminal sends it: the driver and its worker processes."""
-    cfg, prof = _files(tmp_path, n_times=201, sizes="[9, 10, 11, 12]")
+    cfg, prof = _files(tmp_path, n_times=201, sizes=(9, 10, 11, 12))
     proc = subprocess.Popen([*EXE, "run", str(cfg), "--cluster", str(prof), "--output", "st", "--no-progress"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)

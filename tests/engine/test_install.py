@@ -15,21 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from chain_study import chain_study
 
 from olrg_hpc.resources import SHIPPED
 
 ROOT = Path(__file__).resolve().parents[2]
 
-TINY = """\
-study: tiny
-workflow: chain_sweep
-seed: 1
-params:
-  t_max: 1.0
-  n_times: 11
-  sweeps:
-    - {model: tfim, n_sites: [6], couplings: {J: [1.0], h: [1.0]}, methods: [ed, free_fermion]}
-"""
 
 HMC = """\
 program: mpi_hmc
@@ -83,7 +74,7 @@ def test_an_installed_wheel_validates_submits_runs_and_reports_from_any_director
         for f in originals:
             assert (package / "_shipped" / name / f.name).read_bytes() == f.read_bytes(), f
 
-    (work / "tiny.yaml").write_text(TINY)
+    (work / "tiny.yaml").write_text(chain_study("tiny", sizes=(6,), h=(1.0,), t_max=1.0, n_times=11, seed=1))
     (work / "hmc.yaml").write_text(HMC)
     out = _run([cli, "validate", "tiny.yaml"], work, env).stdout
     assert "ok (workflow chain_sweep, 3 tasks)" in out and "_shipped/clusters/local.yaml: ok" in out, out

@@ -10,24 +10,12 @@ import uuid
 
 import numpy as np
 import pytest
+from chain_study import chain_study
 
 from olrg_hpc import store
 
 pytestmark = pytest.mark.slurm
 
-STUDY = """\
-study: faults
-workflow: chain_sweep
-seed: 9
-params:
-  t_max: 3.0
-  n_times: 401
-  sweeps:
-    - model: tfim
-      n_sites: [10, 11, 12]
-      couplings: {J: [1.0], h: [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]}
-      methods: [ed]
-"""
 
 
 def _jobs(name: str, states: str = "RUNNING") -> list[str]:
@@ -39,7 +27,9 @@ def _jobs(name: str, states: str = "RUNNING") -> list[str]:
 
 def test_cancelled_worker_job_is_replaced_and_study_completes(tmp_path):
     name = f"olrg-fault-{uuid.uuid4().hex[:6]}"
-    (tmp_path / "s.yaml").write_text(STUDY)
+    (tmp_path / "s.yaml").write_text(
+        chain_study("faults", sizes=(10, 11, 12), h=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0), methods=("ed",), n_times=401,
+                    seed=9))
     (tmp_path / "slurm.yaml").write_text(
         f"kind: slurm\nqueue: debug\ncores: 1\nmemory: 1GB\nwalltime: '00:20:00'\njobs: 2\ninterface: lo\n"
         f"job_name: {name}\ndashboard_address: ':0'\n")

@@ -7,33 +7,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+from chain_study import EXE, chain_study
 
 from olrg_hpc import store
 
 pytestmark = pytest.mark.slurm
 
-EXE = [sys.executable, "-m", "olrg_hpc.cli"]
 
-STUDY = """\
-study: start-failures
-workflow: chain_sweep
-seed: 7
-params:
-  t_max: 3.0
-  n_times: {n_times}
-  sweeps:
-    - model: tfim
-      n_sites: {sizes}
-      couplings: {{J: [1.0], h: [0.5, 1.0, 2.0]}}
-      methods: [ed]
-"""
 
 PROFILE = ("kind: slurm\nqueue: debug\ncores: 1\nmemory: 1GB\nwalltime: '00:10:00'\njobs: 2\ninterface: lo\n"
            "job_name: {name}\ndashboard_address: '127.0.0.1:0'\n")
@@ -51,10 +37,11 @@ def _released(name: str, timeout: float = 30) -> bool:
     return _squeue(name) == []
 
 
-def _setup(tmp_path: Path, extra: str = "", n_times: int = 11, sizes: str = "[6, 8]") -> tuple[str, Path, Path]:
+def _setup(tmp_path: Path, extra: str = "", n_times: int = 11,
+           sizes: tuple[int, ...] = (6, 8)) -> tuple[str, Path, Path]:
     name = f"olrg-start-{uuid.uuid4().hex[:6]}"
     cfg, prof = tmp_path / "s.yaml", tmp_path / "p.yaml"
-    cfg.write_text(STUDY.format(n_times=n_times, sizes=sizes))
+    cfg.write_text(chain_study("start-failures", sizes=sizes, methods=("ed",), n_times=n_times))
     prof.write_text(PROFILE.format(name=name) + extra)
     return name, cfg, prof
 
@@ -82,7 +69,7 @@ def test_worker_jobs_that_cannot_start_stop_the_study_with_their_log(tmp_path, f
 
 def test_ctrl_c_on_a_slurm_profile_exits_130_and_releases_the_jobs(tmp_path):
     """dask-jobqueue's SIGINT handler would exit 0 with no message."""
-    name, cfg, prof = _setup(tmp_path, n_times=401, sizes="[10, 11, 12]")
+    name, cfg, prof = _setup(tmp_path, n_times=401, sizes=(10, 11, 12))
     proc = subprocess.Popen([*EXE, "run", str(cfg), "--cluster", str(prof), "--output", "st", "--no-progress"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -113,7 +100,7 @@ def _credentials(study: Path) -> dict[str, str]:
 
 
 def test_credentials_of_a_killed_run_are_replaced_and_a_finished_run_leaves_none(tmp_path):
-    name, cfg, prof = _setup(tmp_path, n_times=401, sizes="[10, 11, 12]")
+    name, cfg, prof = _setup(tmp_path, n_times=401, sizes=(10, 11, 12))
     cmd = [*EXE, "run", str(cfg), "--cluster", str(prof), "--output", "st", "--no-progress", "--no-report"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

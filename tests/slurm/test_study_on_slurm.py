@@ -12,6 +12,7 @@ import uuid
 import h5py
 import numpy as np
 import pytest
+from chain_study import chain_study
 
 from olrg_hpc import store
 from olrg_hpc.cluster import open_client
@@ -19,19 +20,6 @@ from olrg_hpc.config import SlurmProfile
 
 pytestmark = pytest.mark.slurm
 
-STUDY = """\
-study: slurm-test
-workflow: chain_sweep
-seed: 3
-params:
-  t_max: 2.0
-  n_times: 41
-  sweeps:
-    - model: tfim
-      n_sites: [8, 10]
-      couplings: {J: [1.0], h: [0.5, 1.0]}
-      methods: [ed, free_fermion]
-"""
 
 
 def _squeue(name: str) -> list[str]:
@@ -42,7 +30,8 @@ def _squeue(name: str) -> list[str]:
 
 def test_study_on_slurm_matches_local_and_releases_jobs(tmp_path):
     name = f"olrg-test-{uuid.uuid4().hex[:6]}"
-    (tmp_path / "s.yaml").write_text(STUDY)
+    (tmp_path / "s.yaml").write_text(
+        chain_study("slurm-test", sizes=(8, 10), h=(0.5, 1.0), t_max=2.0, n_times=41, seed=3))
     (tmp_path / "slurm.yaml").write_text(
         f"kind: slurm\nqueue: debug\ncores: 1\nmemory: 1GB\nwalltime: '00:20:00'\njobs: 2\ninterface: lo\n"
         f"job_name: {name}\ndashboard_address: ':0'\n")

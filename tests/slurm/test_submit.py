@@ -6,32 +6,17 @@ Also the bad-input lines of the SLURM path: a partition that does not exist, no 
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from chain_study import EXE, chain_study
 
 pytestmark = pytest.mark.slurm
 
-EXE = [sys.executable, "-m", "olrg_hpc.cli"]
 
-STUDY = """\
-study: submitted
-workflow: chain_sweep
-seed: 5
-output: {out}
-params:
-  t_max: 1.0
-  n_times: 11
-  sweeps:
-    - model: tfim
-      n_sites: [6, 8]
-      couplings: {{J: [1.0], h: [1.0]}}
-      methods: [ed, free_fermion]
-"""
 
 PROFILE = ("kind: slurm\nqueue: debug\ncores: 1\nmemory: 1GB\nwalltime: '00:10:00'\njobs: 1\ninterface: lo\n"
            "job_name: {name}\ndashboard_address: ':0'\n")
@@ -53,7 +38,8 @@ def _submit(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_submit_study_runs_driver_in_allocation(tmp_path):
-    (tmp_path / "s.yaml").write_text(STUDY.format(out=tmp_path / "study"))
+    (tmp_path / "s.yaml").write_text(
+        chain_study("submitted", h=(1.0,), t_max=1.0, n_times=11, seed=5, output=tmp_path / "study"))
     (tmp_path / "p.yaml").write_text(PROFILE.format(name="olrg-submit-test"))
     dry = _submit(["s.yaml", "--cluster", "p.yaml", "--dry-run"], tmp_path)
     assert dry.returncode == 0 and "#SBATCH --partition=debug" in dry.stdout and "olrg_hpc.cli run" in dry.stdout
@@ -83,7 +69,8 @@ def test_submit_mpi_hmc_with_srun(tmp_path):
 
 
 def test_missing_partition_is_one_line_and_submits_nothing(tmp_path):
-    (tmp_path / "s.yaml").write_text(STUDY.format(out=tmp_path / "study"))
+    (tmp_path / "s.yaml").write_text(
+        chain_study("submitted", h=(1.0,), t_max=1.0, n_times=11, seed=5, output=tmp_path / "study"))
     (tmp_path / "p.yaml").write_text(PROFILE.format(name="olrg-nopart").replace("queue: debug", "queue: nosuch"))
     for cmd in (["submit", "s.yaml", "--cluster", "p.yaml"], ["run", "s.yaml", "--cluster", "p.yaml"]):
         out = subprocess.run([*EXE, *cmd], cwd=tmp_path, capture_output=True, text=True, timeout=120)

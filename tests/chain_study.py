@@ -1,0 +1,30 @@
+"""The small chain_sweep study that the command-line, fault and SLURM tests run, and the command line itself.
+
+ED (and free fermions) of open TFIM chains: every task takes well under a second, the answers are exact, and two
+runs with the same seed give identical study files, which is what those tests compare.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+#: ``olrg-hpc`` as the test session's interpreter runs it
+EXE = [sys.executable, "-m", "olrg_hpc.cli"]
+
+
+def chain_study(name: str, *, sizes: Sequence[int] = (6, 8), h: Sequence[float] = (0.5, 1.0, 2.0),
+                methods: Sequence[str] = ("ed", "free_fermion"), t_max: float = 3.0, n_times: int = 21,
+                seed: int = 7, output: Path | None = None) -> str:
+    """The YAML text of a chain_sweep study: one TFIM sweep (J = 1) over ``sizes`` x ``h``."""
+    out = f"output: {output}\n" if output is not None else ""
+    return (f"study: {name}\nworkflow: chain_sweep\nseed: {seed}\n{out}params:\n  t_max: {t_max}\n"
+            f"  n_times: {n_times}\n  sweeps:\n    - model: tfim\n      n_sites: {list(sizes)}\n"
+            f"      couplings: {{J: [1.0], h: {list(h)}}}\n      methods: [{', '.join(methods)}]\n")
+
+
+def run_cli(args: Sequence[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``olrg-hpc ARGS`` in ``cwd``, its output captured."""
+    return subprocess.run([*EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
