@@ -188,8 +188,9 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         dims = _GRIDS[comm.Get_size()]
         shape = (local * dims[0], local * dims[1])
         dec = Decomposition(comm, shape, dims, spec["transport"])
-        block = mpi_hmc._Block(act, dec)
-        md = jax.jit(lambda phi, p: hmc.leapfrog(block, phi, p, 0.01, n_steps))
+        depth = mpi_hmc.halo_depth(dec, hmc.force_evaluations(n_steps)) if spec.get("halo", "trajectory") == \
+            "trajectory" else 0
+        md = jax.jit(mpi_hmc.molecular_dynamics(dec, act, 0.01 * n_steps, n_steps, "leapfrog", depth))
         phi = 0.5 * jax.random.normal(jax.random.fold_in(key, dec.rank), (local, local), dtype=jnp.float64)
         mom = jax.random.normal(jax.random.fold_in(key, 1000 + dec.rank), (local, local), dtype=jnp.float64)
         jax.block_until_ready(md(phi, mom))
@@ -201,13 +202,18 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             times.append(comm.allreduce(time.perf_counter() - t0, op=MPI.MAX))
         dec.free()
         res = mpi_hmc.run_mpi_hmc({"L": list(shape), "dims": list(dims), **MPI_POINT, "seed": 1,
-                                   "n_traj": n_traj, "n_steps": n_steps, "transport": spec["transport"]}, comm)
+                                   "n_traj": n_traj, "n_steps": n_steps, "transport": spec["transport"],
+                                   "halo": spec.get("halo", "trajectory")}, comm)
         out.update(kernel_s=min(times), program_s=res["timings"]["run_s"], transport=res["transport"],
-                   dims=list(dims), acceptance=res["acceptance"])
+                   dims=list(dims), acceptance=res["acceptance"], halo_depth=res["halo_depth"])
         if comm.Get_rank() != 0:
             return {}
     else:
-        md = jax.jit(lambda phi, p: hmc.leapfrog(act, phi, p, 0.01, n_steps))
+        def md(phi: Any, p: Any) -> Any:  # the work of one trajectory's molecular dynamics, as the ranks do it
+            phi1, p1 = hmc.leapfrog(act, phi, p, 0.01, n_steps)
+            return act.action(phi), act.action(phi1), phi1, p1
+
+        md = jax.jit(md)
         phi = 0.5 * jax.random.normal(key, (local, local), dtype=jnp.float64)
         mom = jax.random.normal(jax.random.fold_in(key, 1), (local, local), dtype=jnp.float64)
         jax.block_until_ready(md(phi, mom))
@@ -249,7 +255,7 @@ def _spread(x: list[float]) -> dict[str, float]:
 
 
 def bench_mpi(ranks: list[int], locals_: list[int], transports: list[str], n_steps: int, n_traj: int,
-              calls: int, repeats: int) -> dict[str, Any]:
+              calls: int, repeats: int, halos: tuple[str, ...] = ("trajectory",)) -> dict[str, Any]:
     """The MPI section (module docstring): interleaved rounds, per-round ratios and efficiencies."""
     from olrg_hpc.mpi import find_mpiexec
 
@@ -263,8 +269,8 @@ def bench_mpi(ranks: list[int], locals_: list[int], transports: list[str], n_ste
     for rnd in range(repeats):
         for local in locals_:
             base = {"local": local, "n_steps": n_steps, "n_traj": n_traj, "calls": calls}
-            configs = [("single", base), *[(f"{t}-r{r}", {**base, "ranks": r, "transport": t})
-                                           for t in transports for r in ranks]]
+            configs = [("single", base), *[(f"{t}-{h}-r{r}", {**base, "ranks": r, "transport": t, "halo": h})
+                                           for t in transports for h in halos for r in ranks]]
             for name, spec in configs:
                 got = _run_worker(spec)
                 if got is not None:
@@ -273,17 +279,18 @@ def bench_mpi(ranks: list[int], locals_: list[int], transports: list[str], n_ste
     rows = []
     for local in locals_:
         single = {g["round"]: g for g in raw.get(f"l{local}-single", [])}
-        for t in transports:
-            one = {g["round"]: g for g in raw.get(f"l{local}-{t}-r1", [])}
+        for t, h in [(t, h) for t in transports for h in halos]:
+            one = {g["round"]: g for g in raw.get(f"l{local}-{t}-{h}-r1", [])}
             for r in ranks:
-                got = {g["round"]: g for g in raw.get(f"l{local}-{t}-r{r}", [])}
+                got = {g["round"]: g for g in raw.get(f"l{local}-{t}-{h}-r{r}", [])}
                 rounds = sorted(set(got) & set(single))
                 if not rounds:
                     continue
                 sites = local * local
                 row: dict[str, Any] = {
                     "local_block": [local, local], "ranks": r, "dims": got[rounds[0]]["dims"],
-                    "transport": got[rounds[0]]["transport"], "oversubscribed": r > ncpu, "rounds": len(rounds),
+                    "transport": got[rounds[0]]["transport"], "halo": h,
+                    "halo_depth": got[rounds[0]]["halo_depth"], "oversubscribed": r > ncpu, "rounds": len(rounds),
                     "kernel_site_steps_per_s_per_rank": _spread([sites * n_steps / got[i]["kernel_s"] for i in rounds]),
                     "single_kernel_site_steps_per_s": _spread(
                         [sites * n_steps / single[i]["kernel_s"] for i in rounds]),
@@ -301,7 +308,8 @@ def bench_mpi(ranks: list[int], locals_: list[int], transports: list[str], n_ste
                         [one[i]["program_s"] / got[i]["program_s"] for i in both])
                 rows.append(row)
                 eff = row.get("weak_efficiency_kernel", {}).get("median", float("nan"))
-                print(f"  l={local:4d} {row['transport']:8s} r={r} {row['dims']}: kernel "
+                print(f"  l={local:4d} {row['transport']:8s} halo {h:10s} (depth {row['halo_depth']:2d}) r={r} "
+                      f"{row['dims']}: kernel "
                       f"{row['kernel_site_steps_per_s_per_rank']['median'] / 1e6:7.1f} M/s per rank "
                       f"(x{row['kernel_ratio']['median']:.2f} single), program "
                       f"{row['program_site_steps_per_s_per_rank']['median'] / 1e6:7.1f} M/s "
@@ -561,6 +569,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mpi-local", type=int, nargs="+", default=[256, 512], help="block edges per rank")
     ap.add_argument("--mpi-transports", nargs="+", default=None,
                     help="mpi4jax and/or callback (default: both when mpi4jax is installed)")
+    ap.add_argument("--mpi-halos", nargs="+", default=["trajectory"], choices=["trajectory", "force"],
+                    help="halo exchange once per trajectory and/or at every force evaluation (mpi_hmc's halo)")
     ap.add_argument("--mpi-n-traj", type=int, default=20)
     ap.add_argument("--mpi-n-steps", type=int, default=10)
     ap.add_argument("--mpi-calls", type=int, default=5, help="timed kernel calls per measurement (best kept)")
@@ -610,7 +620,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"MPI program vs single-process JAX kernel ({args.mpi_local} sites per rank edge, {transports}, "
               f"{args.mpi_repeats} interleaved rounds):")
         mpi_rows = bench_mpi(args.mpi_ranks, args.mpi_local, transports, args.mpi_n_steps, args.mpi_n_traj,
-                             args.mpi_calls, args.mpi_repeats)
+                             args.mpi_calls, args.mpi_repeats, tuple(args.mpi_halos))
     analysis: dict[str, Any] = {}
     if args.analysis_seeds:
         print("Replica analysis: per-chain means (before) against Wolff's global mean (after):")

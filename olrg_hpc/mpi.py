@@ -26,7 +26,10 @@ def mpi_launcher(n_ranks: int, *, use_srun: bool | None = None) -> list[str]:
     """The command prefix that starts ``n_ranks`` MPI processes here.
 
     ``use_srun=None`` picks srun when running inside a SLURM allocation (``SLURM_JOB_ID`` set and srun on
-    PATH), which places ranks on the allocated nodes through PMI-2; otherwise mpiexec.
+    PATH), which places ranks on the allocated nodes through PMI-2 (and binds them as the cluster's task
+    affinity says); otherwise mpiexec, which binds each rank to a core of its own when there are enough
+    (``-bind-to core``: a rank that migrates between cores, or shares one with a rank spinning in MPI, runs at
+    a fraction of its speed; the MPI HMC benchmark measured 1.6x on two ranks).
     """
     if n_ranks < 1:
         raise UserError(f"MPI ranks: need at least 1 (got {n_ranks})")
@@ -37,7 +40,8 @@ def mpi_launcher(n_ranks: int, *, use_srun: bool | None = None) -> list[str]:
     exe = find_mpiexec()
     if exe is None:
         raise UserError("mpiexec: not found beside the Python interpreter or on PATH (pip install '.[mpi]')")
-    return [exe, "-n", str(n_ranks)]
+    bind = ["-bind-to", "core"] if n_ranks <= len(os.sched_getaffinity(0)) else []
+    return [exe, "-n", str(n_ranks), *bind]
 
 
 class Watchdog:

@@ -150,6 +150,29 @@ class Decomposition:
             out.append((pair[0], pair[1]))
         return tuple(out)
 
+    def depth(self, w: int) -> tuple[int, int]:
+        """Halo depth along each axis for an extension by ``w`` sites: ``w`` along a split axis, 0 along an axis
+        with one process (the block is the whole periodic extent there)."""
+        return tuple(w if self.dims[a] > 1 else 0 for a in (0, 1))
+
+    def extend(self, x: jax.Array, w: int) -> jax.Array:
+        """The block ``x`` (shape ``(..., ly, lx)``) with ``w`` rows/columns of its neighbours on each side of
+        every split axis: shape ``(..., ly + 2 wy, lx + 2 wx)`` (:meth:`depth`), identical to the same window
+        cut from the global field with periodic wrap. One exchange per split axis (two messages), ``y`` first,
+        then ``x`` on the ``y``-extended block, so that the corners come from the diagonal neighbours.
+        Needs ``w <= ly`` (``lx``) along a split axis: the halo comes from the adjacent rank only."""
+        for axis, w_a in zip((-2, -1), self.depth(w), strict=True):
+            if w_a == 0:
+                continue
+            if w_a > x.shape[axis]:
+                raise ValueError(f"halo depth {w_a} exceeds the block extent {x.shape[axis]} along axis {axis + 2}")
+            lo, hi = self.neighbours[axis + 2]
+            first = jax.lax.slice_in_dim(x, 0, w_a, axis=axis)
+            last = jax.lax.slice_in_dim(x, x.shape[axis] - w_a, x.shape[axis], axis=axis)
+            fwd, bwd = self._sendrecv([(axis + 2, True, first, hi, lo), (axis + 2, False, last, lo, hi)])
+            x = jnp.concatenate([bwd, x, fwd], axis=axis)
+        return x
+
     def allsum(self, x: jax.Array) -> jax.Array:
         """Sum of ``x`` (float64 vector) over all ranks, bit-identical on every rank."""
         if self.size == 1:

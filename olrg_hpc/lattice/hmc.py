@@ -198,6 +198,15 @@ def omelyan(
     return phi, p
 
 
+def force_evaluations(n_steps: int, integrator: str = "leapfrog") -> int:
+    """Force evaluations of one trajectory of ``n_steps`` steps with the named integrator."""
+    if integrator == "leapfrog":
+        return n_steps + 1
+    if integrator == "omelyan":
+        return 2 * n_steps + 1
+    raise ValueError(f"unknown integrator {integrator!r}; choose from {INTEGRATORS}")
+
+
 def integrate(
     action: Phi4Action,
     phi: jax.Array,

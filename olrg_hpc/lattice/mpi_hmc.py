@@ -22,13 +22,21 @@ Design
 * **Decomposition** (:class:`olrg_hpc.lattice.halo.Decomposition`): a periodic Cartesian grid ``dims``
   (``MPI.Compute_dims`` unless given), global layout ``phi[y, x]``, each rank one ``(Ly/Py, Lx/Px)`` block.
 * **Kernel.** The integrators are :func:`olrg_hpc.lattice.hmc.leapfrog` / ``omelyan`` themselves, applied
-  to the block: each force evaluation fetches the block's halos (four ``sendrecv`` of boundary rows and
-  columns, none along an axis with one rank) and evaluates :func:`olrg_hpc.lattice.hmc.force` with them,
-  the same operations per site as on the whole lattice. A whole run segment (up to :data:`SEGMENT`
+  to the block with the same operations per site as on the whole lattice. The halos travel once per
+  trajectory (``halo: trajectory``, the default): the block's ``phi`` and ``p`` are extended by ``w = n_force +
+  1`` rows and columns of the neighbours (:meth:`~olrg_hpc.lattice.halo.Decomposition.extend`: one exchange per
+  split axis, corners included) and the trajectory runs on the extended block as if it were periodic; the
+  wrapped edges are wrong, each force evaluation carries that one site further in, and after ``n_force``
+  evaluations the block and its forward neighbours are still exact (:func:`molecular_dynamics`). That trades
+  ``2 w / l`` more force work for ``n_force + 1`` fewer message rounds, each of which costs about as much as a
+  force evaluation of a 256^2 block on CPU (tens of microseconds). A block shallower than ``w`` along a split axis
+  (or ``halo: force``) exchanges one row/column at every force evaluation instead (four ``sendrecv``, none along
+  an axis with one rank). A whole run segment (up to :data:`SEGMENT`
   trajectories: momenta, molecular dynamics, global sums, Metropolis) is one jitted program; the messages
   are XLA custom calls (mpi4jax) or host callbacks through mpi4py (``transport``, see
   :mod:`olrg_hpc.lattice.halo`). Each rank runs on its own JAX device (:func:`~olrg_hpc.lattice.halo.rank_device`:
-  a GPU when JAX has one, else the CPU, where XLA is kept to one thread per rank).
+  a GPU when JAX has one, else the CPU, where XLA is kept to one thread per rank and ``mpiexec`` binds each rank
+  to a core, :func:`olrg_hpc.mpi.mpi_launcher`).
 * **Reductions.** One global sum per trajectory of the local ``dH`` (kinetic plus action differences of the
   block) and of the action, ``sum phi`` and ``sum phi^2`` of old and new fields, bit-identical on every
   rank, so all ranks take the same accept/reject decision (accept if ``u < exp(-dH)``; NaN rejected).
@@ -39,7 +47,7 @@ Design
   of ``threefry(key, (i, 0))``. Momenta: purpose 1;
   the Metropolis uniform: purpose 2, site 0; a hot start ``init_scale * N(0, 1)``: purpose 0, trajectory 0.
   Every rank draws only its own sites, so 1, 2, 4 ranks produce the same chain (to the rounding of the
-  global sums, ~1e-13).
+  global sums, ~1e-13 relative; the field of the once-per-trajectory halo to a few ulps).
 * **Checkpoint / restart.** Rank 0 gathers the global field and writes an HDF5 checkpoint atomically
   (:func:`olrg_hpc.store.write_shard`: temporary sibling + fsync + ``os.replace``) with the field
   (float64, bit-exact), the number of completed trajectories (together with the seed the whole RNG
@@ -58,13 +66,14 @@ Design
   rank ends the whole run (one line, exit code 3) when no progress was made for ``watchdog_s`` seconds
   beyond the expected duration of the current segment.
 * **Results** (``out``, rank 0, atomic): HDF5 with provenance, holding the arrays ``dH``, ``accepted``,
-  ``action``, ``magnetization``, ``phi2``, ``phi``, ``acceptance``, ``field_scale``, ``dims``.
+  ``action``, ``magnetization``, ``phi2``, ``phi``, ``acceptance``, ``field_scale``, ``dims``; attribute
+  ``halo_depth`` (0: exchanges at every force evaluation).
 
 Timings returned (each the maximum over ranks): ``compile_s`` (compiling the segment program), ``run_s``
 (running the trajectories, exchanges and sums included; also as ``md_s``), ``checkpoint_s``, ``total_s``; and
 ``n_force``, the force evaluations per rank. With ``profile`` the parts are timed afterwards, each in its own
-jitted loop on the block (:func:`_profile`), and scaled to the run: ``halo_s`` (``n_force + 2`` exchanges per
-trajectory), ``force_s``, ``rng_s`` (momenta), ``reduce_s`` (global sums).
+jitted loop on the block (:func:`_profile`), and scaled to the run: ``halo_s`` (one exchange of depth ``w`` per
+trajectory, or ``n_force + 2`` one-site exchanges), ``force_s``, ``rng_s`` (momenta), ``reduce_s`` (global sums).
 """
 
 from __future__ import annotations
@@ -104,6 +113,8 @@ __all__ = [
     "write_checkpoint",
     "read_checkpoint",
     "MPIHMCSpec",
+    "halo_depth",
+    "molecular_dynamics",
     "run_mpi_hmc",
     "main",
 ]
@@ -212,19 +223,72 @@ class _Block:
         return jnp.sum(-a.hopping_coefficient * hop + a.mass_coefficient * phi**2 + a.lam * phi**4)
 
 
-def _segment_program(dec: Any, action: Any, seed: int, tau: float, n_steps: int, integrator: str) -> Any:
-    """``segment(phi, k0, n) -> (phi, (dH, accepted, action, magnetization, phi2))``, jitted: trajectories
-    ``k0 .. k0 + n - 1`` (``n <= SEGMENT``) on this rank's block; histories padded to :data:`SEGMENT`."""
+def halo_depth(dec: Any, n_force: int) -> int:
+    """Depth of the once-per-trajectory halo: ``n_force + 1`` (each force evaluation needs valid neighbours one
+    site further in, the final action one more), or 0 (exchange at every force evaluation) when a split axis's
+    block is shallower than that or nothing is split."""
+    w = n_force + 1
+    split = [ext for ext, d in zip((dec.ly, dec.lx), dec.dims, strict=True) if d > 1]
+    return w if split and all(w <= ext for ext in split) else 0
+
+
+def _md_per_force(dec: Any, action: Any, tau: float, n_steps: int, integrator: str) -> Any:
+    """``md(phi, p) -> (S_old, S_new, phi', p')`` of the block (actions: the block's shares), the halos fetched
+    at every force evaluation."""
     block = _Block(action, dec)
+
+    def md(phi: Any, p: Any) -> tuple[Any, Any, Any, Any]:
+        phi1, p1 = hmc.integrate(block, phi, p, tau, n_steps, integrator)
+        return block.local_action(phi), block.local_action(phi1), phi1, p1
+
+    return md
+
+
+def _md_per_trajectory(dec: Any, action: Any, tau: float, n_steps: int, integrator: str, w: int) -> Any:
+    """``md`` as :func:`_md_per_force`, with one exchange per trajectory: ``phi`` and ``p`` extended by ``w``
+    sites of the neighbours (:meth:`~olrg_hpc.lattice.halo.Decomposition.extend`), the trajectory integrated
+    on the extended block as if it were periodic, and the block cut out. The wrapped edges are wrong, and each
+    force evaluation carries the error one site further in; after ``n_force < w`` of them the block and its
+    forward neighbours are still exact, with the same operations per site as on the whole lattice."""
+    (wy, wx), (ly, lx) = dec.depth(w), (dec.ly, dec.lx)
+    block = (slice(wy, wy + ly), slice(wx, wx + lx))
+
+    def share(ext: Any) -> Any:  # the block's share of S; forward neighbours inside the extension
+        hop = ext * jnp.roll(ext, -1, axis=0) + ext * jnp.roll(ext, -1, axis=1)
+        dens = -action.hopping_coefficient * hop + action.mass_coefficient * ext**2 + action.lam * ext**4
+        return jnp.sum(dens[block])
+
+    def md(phi: Any, p: Any) -> tuple[Any, Any, Any, Any]:
+        phi_e, p_e = dec.extend(jnp.stack([phi, p]), w)
+        phi1_e, p1_e = hmc.integrate(action, phi_e, p_e, tau, n_steps, integrator)
+        return share(phi_e), share(phi1_e), phi1_e[block], p1_e[block]
+
+    return md
+
+
+def molecular_dynamics(dec: Any, action: Any, tau: float, n_steps: int, integrator: str, depth: int) -> Any:
+    """``md(phi, p) -> (S_old, S_new, phi', p')`` of one trajectory on this rank's block (the actions: the
+    block's shares of ``S``), with one halo exchange of ``depth`` sites per trajectory or, for ``depth`` 0, an
+    exchange at every force evaluation."""
+    if depth:
+        return _md_per_trajectory(dec, action, tau, n_steps, integrator, depth)
+    return _md_per_force(dec, action, tau, n_steps, integrator)
+
+
+def _segment_program(dec: Any, action: Any, seed: int, tau: float, n_steps: int, integrator: str,
+                     depth: int = 0) -> Any:
+    """``segment(phi, k0, n) -> (phi, (dH, accepted, action, magnetization, phi2))``, jitted: trajectories
+    ``k0 .. k0 + n - 1`` (``n <= SEGMENT``) on this rank's block; histories padded to :data:`SEGMENT`.
+    ``depth``: halo depth of one exchange per trajectory (:func:`halo_depth`); 0: exchange per force evaluation."""
+    md = molecular_dynamics(dec, action, tau, n_steps, integrator, depth)
     sites = dec.global_sites()
     volume = float(dec.shape[0] * dec.shape[1])
 
     def trajectory(k: Any, phi: Any) -> tuple[Any, tuple[Any, ...]]:
         p = site_normals(seed, k, _PURPOSE_MOMENTA, sites)
         u = _site_uniforms(seed, k, _PURPOSE_ACCEPT, np.zeros(1, dtype=np.uint32))[0]
-        s_old, k_old = block.local_action(phi), 0.5 * jnp.sum(p * p)
-        phi1, p1 = hmc.integrate(block, phi, p, tau, n_steps, integrator)
-        s_new, k_new = block.local_action(phi1), 0.5 * jnp.sum(p1 * p1)
+        s_old, s_new, phi1, p1 = md(phi, p)
+        k_old, k_new = 0.5 * jnp.sum(p * p), 0.5 * jnp.sum(p1 * p1)
         local = jnp.stack([(k_new - k_old) + (s_new - s_old), s_new, s_old, jnp.sum(phi1), jnp.sum(phi),
                            jnp.sum(phi1 * phi1), jnp.sum(phi * phi)])
         tot = dec.allsum(local)
@@ -248,23 +312,30 @@ def _segment_program(dec: Any, action: Any, seed: int, tau: float, n_steps: int,
     return jax.jit(segment)
 
 
-def _profile(dec: Any, action: Any, seed: int, phi: Any, reps: int = 20) -> dict[str, float]:
+def _profile(dec: Any, action: Any, seed: int, phi: Any, depth: int = 0, reps: int = 20) -> dict[str, float]:
     """Seconds per call of the kernel's parts, each in its own jitted loop of ``reps`` calls on this block (the
     segment program is one compiled unit and cannot be timed in parts): ``halo`` (one exchange, waiting for
-    neighbours included), ``force`` (one force evaluation with given halos), ``momenta`` (one trajectory's
+    neighbours included: of ``phi`` and ``p`` to ``depth`` sites, or of ``phi`` one site deep when ``depth`` is
+    0), ``force`` (one force evaluation, on the extended block when ``depth``), ``momenta`` (one trajectory's
     draw), ``sum`` (one global sum)."""
     halos0 = dec.halos(phi)
+    ext0 = dec.extend(jnp.stack([phi, phi]), depth)[0] if depth else None
 
     def consume(phi: Any, x: Any) -> Any:  # a data dependence XLA cannot drop
         return phi.at[0, 0].add(0.0 * x)
 
     def halo_loop(phi: Any) -> Any:
         def body(_: Any, ph: Any) -> Any:
+            if depth:
+                return consume(ph, jnp.sum(dec.extend(jnp.stack([ph, ph]), depth)[:, 0, 0]))
             edges = [e for pair in dec.halos(ph) for e in pair if e is not None]
             return consume(ph, sum((jnp.sum(e) for e in edges), jnp.zeros(())))
         return jax.lax.fori_loop(0, reps, body, phi)
 
     def force_loop(phi: Any) -> Any:
+        if depth:
+            return consume(phi, jnp.sum(jax.lax.fori_loop(0, reps, lambda _, e: e + 1e-9 * hmc.force(action, e),
+                                                           ext0)[0]))
         return jax.lax.fori_loop(0, reps, lambda _, ph: ph + 1e-9 * hmc.force(action, ph, halos0), phi)
 
     def momenta_loop(phi: Any) -> Any:
@@ -480,10 +551,11 @@ def _run(spec: MPIHMCSpec, comm: Any, watchdog: Any, t_start: float) -> dict[str
     device = rank_device(cart)
     phi = jax.device_put(dec.block(global_phi), device)
     del global_phi
+    n_force = hmc.force_evaluations(n_steps, integrator)
+    depth = halo_depth(dec, n_force) if spec.halo == "trajectory" else 0
     ckpt_attrs = {"config": spec.model_dump(), "dims": list(dec.dims), "n_ranks": dec.size, "field_scale": scale,
-                  "convention": convention, "transport": dec.transport}
+                  "convention": convention, "transport": dec.transport, "halo_depth": depth}
     every = spec.checkpoint_every
-    n_force = (n_steps + 1) if integrator == "leapfrog" else (2 * n_steps + 1)
     compile_s = run_s = ckpt_s = 0.0
 
     def checkpoint(done: int) -> None:
@@ -506,7 +578,7 @@ def _run(spec: MPIHMCSpec, comm: Any, watchdog: Any, t_start: float) -> dict[str
     # compile (a call with 0 trajectories: no messages), allowed its own long time before the first collective
     watchdog.expect(max(600.0, spec.watchdog_s))
     t0 = time.perf_counter()
-    segment = _segment_program(dec, Phi4Action(m2, lam), seed, tau, n_steps, integrator)
+    segment = _segment_program(dec, Phi4Action(m2, lam), seed, tau, n_steps, integrator, depth)
     jax.block_until_ready(segment(phi, np.int64(start_traj), np.int64(0)))  # compiles; 0 trajectories
     cart.Barrier()
     compile_s = time.perf_counter() - t0
@@ -541,9 +613,10 @@ def _run(spec: MPIHMCSpec, comm: Any, watchdog: Any, t_start: float) -> dict[str
                                "md_s": run_s, "checkpoint_s": ckpt_s}
     if spec.profile:
         watchdog.expect(max(600.0, spec.watchdog_s))
-        per = _profile(dec, Phi4Action(m2, lam), seed, phi)
+        per = _profile(dec, Phi4Action(m2, lam), seed, phi, depth)
         n_run = max(n_traj - start_traj, 0)
-        timings.update({"halo_s": per["halo"] * (n_force + 2) * n_run, "force_s": per["force"] * n_force * n_run,
+        exchanges = 1 if depth else n_force + 2
+        timings.update({"halo_s": per["halo"] * exchanges * n_run, "force_s": per["force"] * n_force * n_run,
                         "rng_s": per["momenta"] * n_run, "reduce_s": per["sum"] * n_run})
     # the slowest rank defines the wall time
     timings = {key: cart.allreduce(val, op=dec.MPI.MAX) for key, val in timings.items()}
@@ -562,6 +635,7 @@ def _run(spec: MPIHMCSpec, comm: Any, watchdog: Any, t_start: float) -> dict[str
         "dims": dec.dims,
         "size": dec.size,
         "transport": dec.transport,
+        "halo_depth": depth,
         "device": str(device),
         "timings": timings,
         "phi": phi_final,

@@ -61,6 +61,9 @@ class MPIHMCSpec(BaseModel):
     out: str | None = Field(None, description="results file, HDF5 with provenance (rank 0, atomic)")
     transport: Literal["mpi4jax", "callback"] | None = Field(
         None, description="how halos travel between ranks (default: mpi4jax when installed)")
+    halo: Literal["trajectory", "force"] = Field(
+        "trajectory", description="halo exchange once per trajectory, of depth n_force + 1, where the blocks are "
+        "at least that deep (else per force evaluation), or at every force evaluation")
     watchdog_s: float = Field(300.0, gt=0, description="end the run when a rank makes no progress for this long "
                               "beyond the expected")
     profile: bool = Field(False, description="time the kernel's parts after the run")

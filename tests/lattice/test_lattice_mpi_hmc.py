@@ -48,7 +48,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, str], dict
     for n, transport in [(1, TRANSPORTS[-1]), *[(n, t) for n in (2, 4) for t in TRANSPORTS]]:
         f = d / f"r{n}-{transport}.h5"
         _launch(n, [*COMMON, "--n-traj", str(N_TRAJ), "--out", str(f), "--transport", transport])
-        res[n, transport] = read_shard(f)
+        res[n, transport] = {**read_shard(f), "_path": f}
     res[1] = res[1, TRANSPORTS[-1]]
     return res
 
@@ -69,6 +69,49 @@ def test_decomposition_independent(runs: dict[Any, dict[str, np.ndarray]]) -> No
             np.testing.assert_array_equal(got["accepted"], ref["accepted"])
             np.testing.assert_allclose(got["action"], ref["action"], rtol=1e-13)
     assert list(runs[4, "callback"]["dims"]) == [2, 2]
+
+
+@pytest.mark.mpi
+def test_small_blocks_exchange_at_every_force_evaluation(runs: dict[Any, dict[str, np.ndarray]]) -> None:
+    """L = 8 on 2 and 4 ranks: blocks of 4 or 8 sites are shallower than the 12 sites a once-per-trajectory halo
+    of 10 leapfrog steps needs, so these runs take the per-force exchange (the chains above are that path's)."""
+    import h5py
+
+    for n in (2, 4):
+        with h5py.File(runs[n, TRANSPORTS[0]]["_path"]) as f:
+            assert f.attrs["halo_depth"] == 0
+
+
+#: a lattice whose blocks hold the once-per-trajectory halo: 16 x 32 or 16 x 16 sites per rank, depth 12
+DEEP = ["--L", "32", "--m2", "-4", "--lam", "8", "--seed", str(SEED), "--n-steps", "10", "--n-traj", str(N_TRAJ)]
+
+
+@pytest.mark.mpi
+def test_one_exchange_per_trajectory_gives_the_same_chain(tmp_path: Path) -> None:
+    """L = 32, 10 leapfrog steps: on 2 and 4 ranks (every transport) each trajectory extends the block by 12 sites
+    of its neighbours (corners from the diagonal ones on the 2 x 2 grid) and integrates it alone. Against one
+    rank and against the per-force exchange on 2 ranks: the field to 1e-14 (a few ulps of |phi| <~ 3: XLA compiles
+    the extended block's arithmetic in loops of other shapes, so the last bit may differ), dH to 5e-12 (rounding
+    of sums of 1024 terms of size <~ 10, summed in another order by each decomposition: 1e-12 measured), the
+    same accept decisions. A wrong or missing halo row (a corner, the wrap) moves the field by O(0.1)."""
+    import h5py
+
+    def run(n: int, *extra: str) -> dict[str, Any]:
+        f = tmp_path / f"r{n}{'-'.join(extra)}.h5"
+        _launch(n, [*DEEP, "--out", str(f), *extra])
+        with h5py.File(f) as h:
+            return {**read_shard(f), "depth": int(h.attrs["halo_depth"])}
+
+    ref = run(1)
+    assert ref["depth"] == 0 and 0 < ref["accepted"].sum()
+    others = [run(n, "--transport", t) for n in (2, 4) for t in TRANSPORTS]
+    per_force = run(2, "--halo", "force")
+    assert per_force["depth"] == 0 and all(o["depth"] == 12 for o in others)
+    for got in [*others, per_force]:
+        np.testing.assert_allclose(got["phi"], ref["phi"], rtol=0, atol=1e-14)
+        np.testing.assert_allclose(got["dH"], ref["dH"], rtol=0, atol=5e-12)
+        np.testing.assert_array_equal(got["accepted"], ref["accepted"])
+        np.testing.assert_allclose(got["action"], ref["action"], rtol=1e-13)
 
 
 @pytest.mark.mpi
