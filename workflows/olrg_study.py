@@ -420,6 +420,7 @@ def _time_to_accuracy(labels: list[str], attrs: dict[str, dict[str, Any]], tasks
                        if attrs[o]["map_name"] == "tebd" and attrs[o]["couplings"] == a["couplings"])
         hit = next(((chi, o) for chi, o in peers if err[o] <= err[lab]), None)
         rows.append([_label(lab), sig3(err[lab]), sig3(ours),
-                     hit[0] if hit else "none of " + ", ".join(str(ch) for ch, _ in peers),
+                     hit[0] if hit else ("none of " + ", ".join(str(ch) for ch, _ in peers) if peers
+                                         else "no TEBD in this study"),
                      sig3(float(tasks[hit[1]]["eval_seconds"][()])) if hit else ""])
     return rows
