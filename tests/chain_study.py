@@ -6,8 +6,12 @@ runs with the same seed give identical study files, which is what those tests co
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,3 +32,27 @@ def chain_study(name: str, *, sizes: Sequence[int] = (6, 8), h: Sequence[float] 
 def run_cli(args: Sequence[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """``olrg-hpc ARGS`` in ``cwd``, its output captured."""
     return subprocess.run([*EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+class BackgroundRun:
+    """``olrg-hpc run CONFIG --cluster PROFILE --output st --no-progress`` in ``cwd``, in a session of its own (as a
+    terminal runs a foreground job), its standard error collected line by line while it runs (``err_lines``)."""
+
+    def __init__(self, config: Path, profile: Path, cwd: Path) -> None:
+        self.proc = subprocess.Popen([*EXE, "run", str(config), "--cluster", str(profile), "--output", "st",
+                                      "--no-progress"], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, start_new_session=True)
+        self.err_lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.err_lines.extend(self.proc.stderr), daemon=True)
+        self._reader.start()
+
+    def interrupt(self, timeout: float = 120) -> tuple[str, str, float]:
+        """Ctrl-C to the whole process group (driver and workers), as a terminal sends it; waits for the end and
+        returns ``(stdout, stderr, seconds from the signal to the exit)``."""
+        t0 = time.monotonic()
+        os.killpg(self.proc.pid, signal.SIGINT)
+        out = self.proc.stdout.read()
+        self.proc.wait(timeout=timeout)
+        took = time.monotonic() - t0
+        self._reader.join(timeout=10)
+        return out, "".join(self.err_lines), took

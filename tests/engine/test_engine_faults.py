@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import h5py
 import numpy as np
 import pytest
 from _edit import edit_number
-from chain_study import EXE, chain_study, run_cli
+from chain_study import EXE, BackgroundRun, chain_study, run_cli
 
 from olrg_hpc import store
 from olrg_hpc.cli import main
@@ -192,12 +190,8 @@ def test_task_failures_are_one_line_each_with_the_traceback_in_run_log(tmp_path,
 def test_ctrl_c_exits_130_with_one_line_and_no_tracebacks(tmp_path, when):
     """SIGINT to the whole process group, as a terminal sends it: the driver and its worker processes."""
     cfg, prof = _files(tmp_path, n_times=201, sizes=(9, 10, 11, 12))
-    proc = subprocess.Popen([*EXE, "run", str(cfg), "--cluster", str(prof), "--output", "st", "--no-progress"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    err_lines: list[str] = []
-    reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True)
-    reader.start()
+    run = BackgroundRun(cfg, prof, tmp_path)
+    proc = run.proc
     deadline = time.monotonic() + 180
     if when == "starting":  # the cluster's worker processes exist and are importing their modules
         import psutil
@@ -211,13 +205,7 @@ def test_ctrl_c_exits_130_with_one_line_and_no_tracebacks(tmp_path, when):
         while time.monotonic() < deadline and len(store.Shards(tmp_path / "st").keys()) < 2:
             time.sleep(0.05)
     assert proc.poll() is None, "the run ended before Ctrl-C"
-    t0 = time.monotonic()
-    os.killpg(proc.pid, signal.SIGINT)
-    out = proc.stdout.read()
-    proc.wait(timeout=120)
-    took = time.monotonic() - t0
-    reader.join(timeout=10)
-    err = "".join(err_lines)
+    out, err, took = run.interrupt()
     assert proc.returncode == 130, err
     assert err.splitlines()[-1] == "olrg-hpc: interrupted; finished tasks are kept in their shards, rerun to resume"
     assert "Traceback" not in out + err and "Error" not in out + err, err

@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from chain_study import EXE, chain_study
+from chain_study import EXE, BackgroundRun, chain_study
 
 from olrg_hpc import store
 
@@ -70,24 +69,13 @@ def test_worker_jobs_that_cannot_start_stop_the_study_with_their_log(tmp_path, f
 def test_ctrl_c_on_a_slurm_profile_exits_130_and_releases_the_jobs(tmp_path):
     """dask-jobqueue's SIGINT handler would exit 0 with no message."""
     name, cfg, prof = _setup(tmp_path, n_times=401, sizes=(10, 11, 12))
-    proc = subprocess.Popen([*EXE, "run", str(cfg), "--cluster", str(prof), "--output", "st", "--no-progress"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
-    reader.start()
-    shards = tmp_path / "st" / "shards"
+    run = BackgroundRun(cfg, prof, tmp_path)
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not store.Shards(shards.parent).keys():
-        assert proc.poll() is None, "".join(lines)
+    while time.monotonic() < deadline and not store.Shards(tmp_path / "st").keys():
+        assert run.proc.poll() is None, "".join(run.err_lines)
         time.sleep(0.2)
-    t0 = time.monotonic()
-    os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(timeout=120)
-    took = time.monotonic() - t0
-    reader.join(timeout=10)
-    err = "".join(lines)
-    assert proc.returncode == 130, err
+    _, err, took = run.interrupt()
+    assert run.proc.returncode == 130, err
     assert err.splitlines()[-1] == "olrg-hpc: interrupted; finished tasks are kept in their shards, rerun to resume"
     assert "Traceback" not in err
     assert _released(name)
