@@ -24,7 +24,7 @@ Format (UTF-8 JSON, readable with ``json`` and ``numpy`` alone)::
 
 Every ``sha256`` is computed as :mod:`olrg_hpc.store` computes it for the dataset or group an HDF5 shard would
 hold (dtype, shape and data as read back; the root over its attributes, ``complete`` aside, its members' names and
-digests), and :func:`load` recomputes them all from the decoded data: an edited number, string, name or attribute
+digests), and :func:`decode` recomputes them all from the decoded data: an edited number, string, name or attribute
 fails as it does in an HDF5 shard. Decoded values have the types an HDF5 shard reads back as: numpy arrays,
 numpy scalars for 0-d numbers, ``str``, object arrays of ``str``, nested dicts.
 """
@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 
 FORMAT = "olrg-hpc compact shard 1"
-SUFFIX = ".json"
 #: results up to this many bytes of numbers and string characters become compact shards
 MAX_BYTES = 64 * 1024
 _KINDS = "biufc"
