@@ -218,9 +218,14 @@ class _Block:
         """The block's share of ``S``: ``sum_{x in block} [-2 sum_mu phi_x phi_{x+mu} + (4 + m2) phi_x^2 +
         lam phi_x^4]`` (the forward neighbours of the last row/column are halos)."""
         (y_fwd, _), (x_fwd, _) = self.dec.halos(phi)
-        hop = phi * hmc._shift(phi, 0, True, y_fwd) + phi * hmc._shift(phi, 1, True, x_fwd)
-        a = self.action
-        return jnp.sum(-a.hopping_coefficient * hop + a.mass_coefficient * phi**2 + a.lam * phi**4)
+        return jnp.sum(_density(self.action, phi, hmc._shift(phi, 0, True, y_fwd), hmc._shift(phi, 1, True, x_fwd)))
+
+
+def _density(action: Any, phi: Any, y_fwd: Any, x_fwd: Any) -> Any:
+    """Action density with each bond on its backward site: ``-2 phi_x (phi_{x+y} + phi_{x+x}) + (4 + m2) phi_x^2
+    + lam phi_x^4``, given the forward neighbours ``y_fwd``, ``x_fwd`` of every site."""
+    hop = phi * y_fwd + phi * x_fwd
+    return -action.hopping_coefficient * hop + action.mass_coefficient * phi**2 + action.lam * phi**4
 
 
 def halo_depth(dec: Any, n_force: int) -> int:
@@ -254,9 +259,7 @@ def _md_per_trajectory(dec: Any, action: Any, tau: float, n_steps: int, integrat
     block = (slice(wy, wy + ly), slice(wx, wx + lx))
 
     def share(ext: Any) -> Any:  # the block's share of S; forward neighbours inside the extension
-        hop = ext * jnp.roll(ext, -1, axis=0) + ext * jnp.roll(ext, -1, axis=1)
-        dens = -action.hopping_coefficient * hop + action.mass_coefficient * ext**2 + action.lam * ext**4
-        return jnp.sum(dens[block])
+        return jnp.sum(_density(action, ext, jnp.roll(ext, -1, axis=0), jnp.roll(ext, -1, axis=1))[block])
 
     def md(phi: Any, p: Any) -> tuple[Any, Any, Any, Any]:
         phi_e, p_e = dec.extend(jnp.stack([phi, p]), w)
