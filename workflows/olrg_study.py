@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -62,6 +62,11 @@ class Training(Strict):
         "local", description="past the exact blocks: 'local' trains each map on its own input (grown set fixed), "
                              "'joint' differentiates end to end (olrg_hpc.olrg.loss.LossConfig.consistency)")
     enlarge: int = Field(0, ge=0, le=2, description="exact sites added to both blocks before the TOBCs are compared")
+    environments: list[Annotated[int, Field(ge=1, le=6)] | Literal["latest"]] = Field(
+        default_factory=list, description="the consistency term also with the block joined to exact chains of these "
+                                          "many sites and to 'latest', the block it grew from "
+                                          "(olrg_hpc.olrg.loss.LossConfig.environments)")
+    env_weight: float = Field(1.0, gt=0, description="weight of the environments' consistency terms")
 
 
 class Variant(Strict):
@@ -215,7 +220,8 @@ def build(params: Params) -> list[Task]:
                                  {**common, "map_name": kind, "map_options": opts, "n0": n0, "n_final": n_final,
                                   **sampling, "steps": tr.steps, "lr": tr.lr, "schedule": tr.schedule,
                                   "exact_weight": tr.exact_weight, "enlarge": tr.enlarge, "exact_max_n": exact_max,
-                                  "consistency": tr.consistency, "batch_seed": seed},
+                                  "consistency": tr.consistency, "environments": tr.environments,
+                                  "env_weight": tr.env_weight, "batch_seed": seed},
                                  deps=tuple(targets[(seed, n)] for n in needs), resources=TRAINING)
                         tasks.append(t)
                         deps = (t.name,)
@@ -282,7 +288,9 @@ def report(study_file: Path, out_dir: Path) -> WorkflowReport:
             p = _params(g)
             computed.append([n, f"n0 = {p['n0']} (D = {2**p['n0']}), blocks to {p['n_final']} sites, exact targets to "
                                 f"{p.get('exact_max_n') or p['n_final']}, T = {p['T']:g}, K = {p['K']}, "
-                                f"{p['steps']} steps, consistency {p.get('consistency', 'joint')}"])
+                                f"{p['steps']} steps, consistency {p.get('consistency', 'joint')}"
+                                + (f" in environments {', '.join(map(str, p['environments']))}"
+                                   if len(p.get('environments', ())) else "")])
         rep.tables.append(Table(COMPUTED, ["item", "value"], computed))
 
         for key, names in sorted(groups.items()):

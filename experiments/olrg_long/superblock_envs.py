@@ -7,11 +7,14 @@ block (``relevant.grow_site``: the grown set ``G``, dimension ``2 D``) and train
 - ``isolated``: the block alone;
 - ``first``: the block coupled by ``J`` at its open end to the exact first block;
 - ``latest``: the block coupled to the previous compressed block (as in infinite-system DMRG); at the first step
-  it is the exact first block, counted once.
+  it is the exact first block, counted once;
+- ``earlier``: every compressed block between the first and the latest;
+- ``e<m>``: an exact chain of ``m`` sites.
 
-A superblock ``G (x) E`` has the Hamiltonian ``H_G + H_E + J B_G (x) B_E`` (``B``: the boundary operator) and the
-state ``rho_G (x) rho_E``. The loss is the mean over environments of ``mean_t (C~(t) - C(t))^2``. The targets come
-from ``G`` and the compressed blocks alone, so no exact answer beyond ``n0`` sites enters. The map starts from the
+A superblock ``G (x) E`` (``olrg_hpc.olrg.relevant.couple``) has the Hamiltonian ``H_G + H_E + J B_G (x) B_E``
+(``B``: the boundary operator) and the state ``rho_G (x) rho_E``. The loss is the mean over environments of
+``mean_t (C~(t) - C(t))^2`` (``olrg_hpc.olrg.loss.pure_curve``). The targets come from ``G`` and the compressed
+blocks alone, so no exact answer beyond ``n0`` sites enters. The map starts from the
 DMRG time-averaged isometry of ``G``. Printed per block: the loss, then the block's own ``C(t)`` against its exact
 chain (for judging only). At the end: the grown block's ``C(t)`` against the 64-site chain (free fermions).
 
@@ -32,20 +35,8 @@ from olrg_hpc.jaxsetup import blas_single_thread
 from olrg_hpc.olrg import loss as olrg_loss
 from olrg_hpc.olrg import maps
 from olrg_hpc.olrg.evaluate import block_expectation, exact_curve
-from olrg_hpc.olrg.relevant import RelevantSet, grow_site, hamiltonian, initial_set
+from olrg_hpc.olrg.relevant import RelevantSet, couple, grow_site, initial_set
 from olrg_hpc.spins.models import make_model
-
-
-def superblock(g: RelevantSet, env: RelevantSet | None, coupling: float) -> RelevantSet:
-    """``g`` coupled at its boundary to ``env`` (``g`` itself for None), as a one-term relevant set."""
-    if env is None:
-        return g
-    xp = jnp if isinstance(g.O, jax.Array) else np
-    hg, he = hamiltonian(g), xp.asarray(hamiltonian(env))
-    dg, de = hg.shape[0], he.shape[0]
-    hs = xp.kron(hg, xp.eye(de)) + xp.kron(xp.eye(dg), he) + coupling * xp.kron(g.B[0], xp.asarray(env.B[0]))
-    return RelevantSet(H_terms=hs[None], H_coefs=xp.ones(1), B=xp.zeros((1, dg * de, dg * de), complex),
-                       O=xp.kron(g.O, xp.eye(de)), rho=xp.kron(g.rho, xp.asarray(env.rho)), n=0)
 
 
 def main() -> None:
@@ -59,14 +50,15 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--nt", type=int, default=100, help="times on the training window")
     ap.add_argument("--envs", nargs="+", default=["isolated", "first", "latest"],
-                    choices=["isolated", "first", "latest"])
+                    help="isolated, first, latest, earlier (every compressed block before the latest), "
+                         "e<m> (an exact block of m sites)")
     a = ap.parse_args()
 
     model = make_model("tfim", a.n_grow, J=1.0, h=a.h)
     d_keep = 2**a.n0
     linear = maps.LinearIsometryMap(complex_=True, keep_state=True)
     times = np.linspace(0, a.T, a.nt)
-    tj, no_ops, no_idx = jnp.asarray(times), jnp.zeros((a.nt, 0)), jnp.zeros((a.nt, 0), jnp.int32)
+    tj = jnp.asarray(times)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(a.lr, a.steps, 0.01)))
     block = initial_set(model, a.n0)
     blocks = {a.n0: block}
@@ -74,11 +66,14 @@ def main() -> None:
     with blas_single_thread():
         for n in range(a.n0, a.n_grow):
             g = jax.tree.map(jnp.asarray, grow_site(block, model))
-            sizes = {"isolated": None, "first": a.n0, "latest": n}  # at the first step, first and latest are one
-            envs = [None if m is None else jax.tree.map(jnp.asarray, blocks[m])
-                    for m in dict.fromkeys(sizes[e] for e in a.envs)]
-            targets = [jnp.asarray(block_expectation(jax.tree.map(np.asarray, superblock(g, e, 1.0)), times))
-                       for e in envs]
+            names: list = []
+            for e in a.envs:  # at the first step, first and latest are one
+                names += {"isolated": [None], "first": [a.n0], "latest": [n],
+                          "earlier": list(range(a.n0 + 1, n))}.get(e, [e])
+            envs = [None if m is None else jax.tree.map(jnp.asarray, blocks[m] if isinstance(m, int) else
+                                                        initial_set(model, int(m[1:]), "Z0"))
+                    for m in dict.fromkeys(names)]
+            targets = [olrg_loss.pure_curve(g if e is None else couple(g, e, model), tj) for e in envs]
             warm = np.asarray(maps.DMRGMap(T=a.T).isometry({}, jax.tree.map(np.asarray, g), 0, None, d_keep))
             params = linear.init(jax.random.PRNGKey(0), 2 * d_keep, d_keep, 1, warm=[warm])
 
@@ -86,8 +81,8 @@ def main() -> None:
                 small = linear(params, g, 0, None, dim_keep=d_keep)
                 total = 0.0
                 for env, target in zip(envs, targets, strict=True):
-                    c = olrg_loss.tobc_chi(superblock(small, env, 1.0), no_ops, no_ops, tj, None, no_idx)
-                    total = total + jnp.mean((jnp.real(c) - target) ** 2)
+                    c = olrg_loss.pure_curve(small if env is None else couple(small, env, model), tj)
+                    total = total + jnp.mean((c - target) ** 2)
                 return total / len(envs)
 
             @jax.jit

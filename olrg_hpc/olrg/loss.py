@@ -29,6 +29,13 @@ One-more-site comparison (``enlarge = 1``, the ``enlarge_by`` of the reference c
 grown by ``enlarge`` exact sites before chi is taken, ``grow^e(S_{n+1})`` against ``grow^e(map(S_{n+1}))``, so the
 boundary operators and ``O(T)`` see the compressed block through exact sites, as the rest of the chain does; the
 exact-target term then uses the ``(n + 1 + enlarge)``-site chain. It costs ``2^enlarge`` times larger matrices.
+Consistency in environments (optional, ``environments``): at every scale also
+``env_weight * sum_E sum_s w_0 |C_{G.E}(T_s) - C_{map(G).E}(T_s)|^2`` over the order-0 samples, where ``G.E`` is the
+grown set joined at its open end to an environment block ``E`` (:func:`~olrg_hpc.olrg.relevant.couple`): an exact
+chain of ``m`` sites, or ``"latest"``, the block the scale grew from (as infinite-system DMRG pairs a block with its
+mirror). The isolated term fixes the block's own TOBCs; the environments fix how the compressed block responds to
+sites it has not yet met, which is what growth past the exact blocks needs (experiments/olrg_long). The targets come
+from ``G`` and small exact chains only, so no exact answer of a longer chain enters.
 Generative maps (OMM): chi is averaged over ``n_noise`` noise realizations of the whole chain of maps before the
 difference is squared.
 """
@@ -48,13 +55,14 @@ from olrg_hpc.spins.models import ChainModel
 from olrg_hpc.spins.tobc import ExactTOBC, sample_tobc_inputs
 
 from .maps import OperatorMap
-from .relevant import RelevantSet, grow_site, hamiltonian, initial_set, to_jax
+from .relevant import RelevantSet, couple, grow_site, hamiltonian, initial_set, to_jax
 
 enable_x64()
 
 __all__ = [
     "expm_herm",
     "tobc_chi",
+    "pure_curve",
     "order_weights",
     "OrderBlock",
     "TOBCBatch",
@@ -232,6 +240,52 @@ def tobc_chi(S: RelevantSet, times: Any, signs: Any, T: Any, mask: Any = None, b
     return _tobc_chi_eig(H, S.B.astype(cdt), onehot, S.O.astype(cdt), S.rho.astype(cdt), times, signs, Tarr, mask)
 
 
+def _pure_vector(rho: Any) -> Any:
+    """``psi`` with ``rho = psi psi^dagger`` for a rank-1 ``rho`` (every block's state: the initial one is pure and a
+    compression ``V^dagger rho V`` keeps the rank): its largest-diagonal column over the root of that diagonal."""
+    j = jnp.argmax(jnp.real(jnp.diagonal(jax.lax.stop_gradient(rho))))
+    return rho[:, j] / jnp.sqrt(jnp.real(rho[j, j]))
+
+
+@jax.custom_jvp
+def _pure_curve_eig(H: Any, O: Any, psi: Any, t: Any) -> Any:
+    """``<psi| U(t)^dagger O U(t) |psi>`` for each ``t`` (real, shape (m,)); ``H``, ``O`` Hermitian."""
+    E, W = jnp.linalg.eigh(H)
+    Wh = W.conj().T
+    a = _phases(E, t) * (Wh @ psi)
+    return jnp.real(jnp.sum(a.conj() * (a @ (Wh @ O @ W).T), axis=-1))
+
+
+@_pure_curve_eig.defjvp
+def _pure_curve_eig_jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[Any, Any]:
+    """Exact JVP in the eigenbasis of ``H`` (Daleckii-Krein, finite for degenerate spectra as in
+    :func:`_tobc_chi_eig_jvp`), at ``O(m D^2)`` beyond one ``eigh``: with ``a(t) = f(t) o W^dagger psi``,
+    ``da = (dH~ o L(t)) c + f o W^dagger dpsi - i E f c dt`` and ``dchi = 2 Re(a^dagger O~ da) + a^dagger dO~ a``."""
+    H, O, psi, t = primals
+    dH, dO, dpsi, dt = tangents
+    E, W = jnp.linalg.eigh(H)
+    Wh = W.conj().T
+    c, f = Wh @ psi, _phases(E, t)
+    a = f * c
+    Oa = a @ (Wh @ O @ W).T  # rows: O~ a(t)
+    da = jnp.einsum("ij,tij,j->ti", Wh @ dH @ W, _divided_differences(E, f, t), c) + f * (Wh @ dpsi) \
+        + (-1j * E * f * dt[:, None]) * c
+    dchi = 2.0 * jnp.real(jnp.sum(Oa.conj() * da, axis=-1)) \
+        + jnp.real(jnp.sum(a.conj() * (a @ (Wh @ dO @ W).T), axis=-1))
+    return jnp.real(jnp.sum(a.conj() * Oa, axis=-1)), dchi
+
+
+def pure_curve(S: RelevantSet, times: Any) -> Any:
+    """``C(t) = Tr[rho O(t)]`` of a block with a rank-1 state at ``times`` (shape (m,), real): order 0 of
+    :func:`tobc_chi` at ``O(m D^2)`` after one ``eigh`` where :func:`tobc_chi` takes ``O(m D^3)`` (it forms
+    ``O(t)``); what the environments' consistency terms evaluate on superblocks of ``2 D^2`` states."""
+    S = to_jax(S)
+    H = hamiltonian(S)
+    cdt = jnp.complex128
+    return _pure_curve_eig((0.5 * (H + H.conj().T)).astype(cdt), S.O.astype(cdt), _pure_vector(S.rho.astype(cdt)),
+                           jnp.asarray(times, jnp.float64))
+
+
 def _tobc_chi_expm(S: RelevantSet, times: Any, signs: Any, T: Any, mask: Any = None, bidx: Any = None) -> Any:
     """:func:`tobc_chi` written with the evolution matrices ``U(t)`` (:func:`expm_herm`): the plain definition,
     kept as the reference the eigenbasis form is tested and benchmarked against (2-3 times slower)."""
@@ -331,6 +385,9 @@ class LossConfig:
     simpler (a consistent but wrong fixed point: at ``D = 16``, exact targets to 6 sites and consistency to 10,
     the jointly trained chain's ``C(t)`` was off by 0.25 already at ``t <= 1``); locally they cannot. Scales with
     exact targets are always trained end to end.
+    ``environments``: the consistency term is also taken with the block joined to each of these (module
+    docstring): an int ``m`` is the exact ``m``-site chain (1 to 6), ``"latest"`` the block the scale grew from;
+    ``env_weight`` multiplies that term. Under ``"local"`` the environment blocks are fixed inputs too.
     """
 
     model: ChainModel
@@ -351,10 +408,15 @@ class LossConfig:
     n_order0: int | None = None
     enlarge: int = 0
     consistency: str = "joint"
+    environments: tuple[int | str, ...] = ()
+    env_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.consistency not in ("joint", "local"):
             raise ValueError(f"consistency must be 'joint' or 'local', got {self.consistency!r}")
+        for e in self.environments:
+            if e != "latest" and not (isinstance(e, int) and 1 <= e <= 6):
+                raise ValueError(f"environments: {e!r} is neither 'latest' nor an exact block of 1 to 6 sites")
 
     @property
     def n_scales(self) -> int:
@@ -481,7 +543,8 @@ def scale_chis(
 ) -> tuple[Any, Any]:
     """chi of the grown and of the mapped set at every scale for one noise key.
 
-    Two tuples with one (n_scales, n_k) array per block of ``batch`` (order ``k``, :class:`TOBCBatch`).
+    Two tuples with one (n_scales, n_k) array per block of ``batch`` (order ``k``, :class:`TOBCBatch`), then one
+    (n_scales, n_0) array of order-0 chis per environment (``cfg.environments``).
 
     Compressing maps run the scales in a ``lax.scan`` (``scan=True``; the scale index is then traced, and the
     static ``RelevantSet.n`` inside the body is that of the initial block); the identity map uses a Python loop.
@@ -489,17 +552,22 @@ def scale_chis(
     S = initial_set(cfg.model, cfg.n0, cfg.observable) if S0 is None else S0
     keys = jax.random.split(key, cfg.n_scales)
     n_exact = len(cfg.exact_scales)
+    exact_envs = {m: to_jax(initial_set(cfg.model, m, "Z0")) for m in cfg.environments if m != "latest"}
+    b0 = batch.blocks[0]
 
     def one_scale(S: RelevantSet, s: Any, k: Any) -> tuple[RelevantSet, Any, Any]:
+        if cfg.consistency == "local":  # past the exact scales the input is fixed (LossConfig.consistency)
+            S = jax.tree_util.tree_map(lambda a: jnp.where(s >= n_exact, jax.lax.stop_gradient(a), a), S)
         G = grow_site(S, cfg.model)
-        if cfg.consistency == "local":  # past the exact scales: G is a fixed input (LossConfig.consistency)
-            G = jax.tree_util.tree_map(lambda a: jnp.where(s >= n_exact, jax.lax.stop_gradient(a), a), G)
         Sm = omap(params, G, s, k, dim_keep=cfg.dim if omap.compresses else None)
         Ge, Sme = G, Sm
         for _ in range(cfg.enlarge):
             Ge, Sme = grow_site(Ge, cfg.model), grow_site(Sme, cfg.model)
         cg = tuple(tobc_chi(Ge, b.times, b.signs, b.Tf, None, b.bidx) for b in batch.blocks)
         cm = tuple(tobc_chi(Sme, b.times, b.signs, b.Tf, None, b.bidx) for b in batch.blocks)
+        for E in (S if e == "latest" else exact_envs[e] for e in cfg.environments):  # C(T_s) joined to E
+            cg += (pure_curve(couple(G, E, cfg.model), b0.Tf),)
+            cm += (pure_curve(couple(Sm, E, cfg.model), b0.Tf),)
         return Sm, cg, cm
 
     if not omap.compresses or not scan or cfg.n_scales < 2:
@@ -529,10 +597,12 @@ def olrg_loss(
     cgs, cms = jax.vmap(lambda k: scale_chis(params, omap, cfg, batch, k, S0))(jax.random.split(key, nn_))
     exact_idx = jnp.asarray(cfg.exact_scales, jnp.int32)
     loss = jnp.zeros((), jnp.float64)
-    for b, cg, cm in zip(batch.blocks, cgs, cms, strict=True):
+    nb = len(batch.blocks)
+    for i, (cg, cm) in enumerate(zip(cgs, cms, strict=True)):
+        b = batch.blocks[i if i < nb else 0]  # past the orders: the environments, on the order-0 samples
         cg, cm = cg.mean(0), cm.mean(0)
         w = jnp.asarray(b.weight)[None, :]
-        loss = loss + jnp.sum(w * jnp.abs(cg - cm) ** 2)
-        if cfg.exact_scales:
+        loss = loss + (1.0 if i < nb else cfg.env_weight) * jnp.sum(w * jnp.abs(cg - cm) ** 2)
+        if i < nb and cfg.exact_scales:
             loss = loss + cfg.exact_weight * jnp.sum(w * jnp.abs(jnp.asarray(b.exact) - cm[exact_idx]) ** 2)
     return loss

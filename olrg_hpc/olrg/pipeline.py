@@ -18,7 +18,7 @@ These are the library calls the ``olrg_study`` workflow fans out (no Dask here):
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -60,12 +60,14 @@ RECIPE: dict[str, Any] = {"weights": "delta", "delta": 0.02, "optimizer": "adamw
 
 def _loss_config(model: str, couplings: Mapping[str, float], n0: int, n_final: int, T: float, K: int,
                  n_per_order: int, exact_weight: float, sample_T: bool, weights: str, delta: float, enlarge: int,
-                 n_order0: int | None, exact_max_n: int | None, consistency: str) -> LossConfig:
+                 n_order0: int | None, exact_max_n: int | None, consistency: str,
+                 environments: Sequence[int | str] = (), env_weight: float = 1.0) -> LossConfig:
     """The loss of a training task; the exact-target task draws its samples from the same fields."""
     return LossConfig(model=make_model(model, n_final, **couplings), n0=n0, n_final=n_final, T=T, K=K,
                       n_per_order=n_per_order, weights=weights, delta=delta, exact_weight=exact_weight,
                       exact_max_n=n_final + enlarge if exact_max_n is None else exact_max_n, sample_T=sample_T,
-                      enlarge=enlarge, n_order0=n_order0, consistency=consistency)
+                      enlarge=enlarge, n_order0=n_order0, consistency=consistency,
+                      environments=tuple(environments), env_weight=env_weight)
 
 
 def exact_targets_task(model: str, couplings: Mapping[str, float], n_sites: int, T: float, K: int,
@@ -87,19 +89,20 @@ def train_map_task(model: str, couplings: Mapping[str, float], map_name: str, ma
                    weights: str = RECIPE["weights"], delta: float = RECIPE["delta"],
                    warmup: int = RECIPE["warmup"], clip: float = RECIPE["clip"], enlarge: int = 0,
                    n_order0: int | None = None, exact_max_n: int | None = None, consistency: str = "joint",
-                   batch_seed: int | None = None,
+                   environments: Sequence[int | str] = (), env_weight: float = 1.0, batch_seed: int | None = None,
                    deps: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Train one learned map end to end on the TOBC loss (all devices of this process, data parallel).
 
     Defaults are :data:`RECIPE`. Scales are the blocks ``n0 + 1 .. n_final``; the exact-target term covers chains up
     to ``exact_max_n`` sites (default ``n_final + enlarge``; never more than 12), the blocks beyond it are trained on
-    the consistency term alone (``consistency``, :class:`~olrg_hpc.olrg.loss.LossConfig`). ``enlarge``: the
+    the consistency term alone (``consistency``, :class:`~olrg_hpc.olrg.loss.LossConfig`), taken also in
+    ``environments`` (weight ``env_weight``). ``enlarge``: the
     one-more-site comparison; ``n_order0``: the number of order-0 samples. ``batch_seed``: the seed of the TOBC
     samples and of the map's initial parameters (default: the task's ``seed``); exact targets from
     :func:`exact_targets_task` dependencies with the same ``batch_seed`` are used, the others computed here.
     """
     cfg = _loss_config(model, couplings, n0, n_final, T, K, n_per_order, exact_weight, sample_T, weights, delta,
-                       enlarge, n_order0, exact_max_n, consistency)
+                       enlarge, n_order0, exact_max_n, consistency, environments, env_weight)
     seed = (seed if batch_seed is None else batch_seed) % (2**31)
     tc = TrainConfig(steps=steps, optimizer=RECIPE["optimizer"], lr=lr, lr_schedule=RECIPE["lr_schedule"],
                      warmup=warmup, clip=clip, schedule=schedule, seed=seed,

@@ -46,6 +46,7 @@ __all__ = [
     "initial_set",
     "grow_site",
     "grow_exact",
+    "couple",
     "hamiltonian",
     "xp_of",
     "to_jax",
@@ -198,6 +199,36 @@ def grow_exact(model: ChainModel, n: int, n0: int = 2) -> RelevantSet:
     for _ in range(n - n0):
         S = grow_site(S, model)
     return S
+
+
+def couple(S: RelevantSet, E: RelevantSet, model: ChainModel) -> RelevantSet:
+    """The superblock of ``S`` and the environment block ``E`` joined at their last sites (``E`` mirrored).
+
+    ``H = H_S (x) I + I (x) H_E + sum_k c_k B^k_S (x) E^k_E``, where ``E^k_E`` is the bond's right operator on ``E``'s
+    last site (one of ``E.B`` or its adjoint); ``O = O_S (x) I``, ``rho = rho_S (x) rho_E``; one Hamiltonian term and
+    no boundary operator (``B = 0``): the superblock is closed. Mirroring ``E`` is exact for chains whose bonds are
+    symmetric under reflection (the Ising chains). ``E`` is the most significant factor's partner: the Kronecker
+    order is ``S (x) E``. Works on numpy and JAX arrays, differentiable in both blocks.
+    """
+    xp = xp_of(S.H_terms, S.B, S.O, S.rho, E.H_terms, E.B, E.rho)
+    dt = S.H_terms.dtype
+    ds, de = S.dim, E.dim
+    bnames = model.boundary_ops()
+    H = xp.kron(hamiltonian(S), xp.eye(de, dtype=dt)) + xp.kron(xp.eye(ds, dtype=dt), hamiltonian(E))
+    for c, kind, left, right in term_specs(model):
+        if kind != "bond":
+            continue
+        k, adj = left
+        Bs = S.B[k].conj().T if adj else S.B[k]
+        match = [(j, False) for j, nm in enumerate(bnames) if np.allclose(OPERATORS[nm], right)]
+        match += [(j, True) for j, nm in enumerate(bnames) if np.allclose(OPERATORS[nm].conj().T, right)]
+        if not match:
+            raise ValueError("a bond's right operator is neither a boundary operator nor an adjoint of one")
+        j, adj_e = match[0]
+        H = H + c * xp.kron(Bs, E.B[j].conj().T if adj_e else E.B[j])
+    d = ds * de
+    return RelevantSet(H_terms=H[None], H_coefs=xp.ones(1, dtype=S.H_coefs.dtype), B=xp.zeros((1, d, d), dtype=dt),
+                       O=xp.kron(S.O, xp.eye(de, dtype=dt)), rho=xp.kron(S.rho, E.rho), n=S.n + E.n)
 
 
 def to_jax(S: RelevantSet) -> RelevantSet:
