@@ -134,7 +134,7 @@ def test_exact_target_tasks_are_the_training_batch_targets(tmp_path):
     import h5py
 
     from olrg_hpc.olrg import loss as L
-    from olrg_hpc.olrg.replay import replay_curve
+    from olrg_hpc.olrg.replay import block_errors, replay_curve
     from olrg_hpc.spins.models import make_model
 
     common = {"model": "tfim", "couplings": {"J": 1.0, "h": 1.0}}
@@ -167,5 +167,10 @@ def test_exact_target_tasks_are_the_training_batch_targets(tmp_path):
             g[f"params/{k}"] = v
     r = replay_curve(study, "train-linear-D8", np.linspace(0.0, 1.5, 7), N=12)
     np.testing.assert_allclose(r["approx"], ev["approx"], atol=1e-12)
+    # per block: the last block's own curve is the evaluation on a chain of n_final sites (same block, nothing cut)
+    blocks = block_errors(study, "train-linear-D8", np.linspace(0.0, 1.5, 7))
+    ev6 = pipeline.evaluate_map_task(**args, N=6, t_max=1.5, n_times=7, deps={"t": trained})
+    assert blocks["n"].tolist() == [4, 5, 6] and np.all(blocks["max_abs_err"] > 0)
+    np.testing.assert_allclose(blocks["max_abs_err"][-1], ev6["abs_err"].max(), rtol=1e-9)
     with pytest.raises(Exception, match="no task"):
         replay_curve(study, "train-nope", [0.0])
