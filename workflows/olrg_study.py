@@ -69,10 +69,16 @@ class Training(Strict):
     env_weight: float = Field(1.0, gt=0, description="weight of the environments' consistency terms")
 
 
+#: training fields a variant may set for itself (the sampling fields are shared: exact targets serve every map)
+VARIANT_TRAINING = ("steps", "lr", "schedule", "exact_weight", "consistency", "environments", "env_weight")
+
+
 class Variant(Strict):
     map: MapName
     n_final: int | None = Field(None, ge=3, description="blocks trained (learned maps); default the study's")
     options: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict, description="this map's own values of the training "
+                                     f"fields {', '.join(VARIANT_TRAINING)}")
 
 
 class Params(Strict):
@@ -120,6 +126,11 @@ class Params(Strict):
             return v.map, v.options, v.n_final
         return name, self.map_options.get(name, {}), None
 
+    def training_of(self, name: str) -> Training:
+        """The training settings of a map name or variant label (a variant's ``training`` over the study's)."""
+        own = self.variants[name].training if name in self.variants else {}
+        return Training(**{**self.training.model_dump(), **own}) if own else self.training
+
     @model_validator(mode="after")
     def _check(self) -> Params:
         bad = [n for n in self.n0 if not 2 <= n <= 6]
@@ -138,9 +149,14 @@ class Params(Strict):
         for name in self.maps:
             if name not in known and name not in self.variants:
                 raise ValueError(f"maps: {name!r} is neither a map ({', '.join(known)}) nor a variant")
-        for label in self.variants:
+        for label, v in self.variants.items():
             if label in known:
                 raise ValueError(f"variants: {label!r} is a map's name; give the variant another label")
+            bad_keys = sorted(set(v.training) - set(VARIANT_TRAINING))
+            if bad_keys:
+                raise ValueError(f"variants.{label}.training: {bad_keys[0]!r} is shared by the study; a variant may "
+                                 f"set {', '.join(VARIANT_TRAINING)}")
+            self.training_of(label)
         for name, opts in self.map_options.items():
             _check_map_options(name, opts)
         for label, v in self.variants.items():
@@ -204,12 +220,13 @@ def build(params: Params) -> list[Task]:
             for n0 in params.n0:
                 for name in params.maps:
                     kind, opts, n_var = params.resolved(name)
+                    tv = params.training_of(name)
                     n_final = n_fin if n_var is None else n_var
                     deps: tuple[str, ...] = ()
                     if kind in pipeline.LEARNED:
                         # exact targets: one task per block (shared by every D), when any block has one
                         exact_max = min(tr.exact_max_n, n_final + tr.enlarge)
-                        needs = range(n0 + 1 + tr.enlarge, exact_max + 1) if tr.exact_weight > 0 else range(0)
+                        needs = range(n0 + 1 + tr.enlarge, exact_max + 1) if tv.exact_weight > 0 else range(0)
                         for n in needs:
                             if (seed, n) not in targets:
                                 t = Task(f"targets-n{n}{pl}{sl}", pipeline.exact_targets_task,
@@ -218,10 +235,10 @@ def build(params: Params) -> list[Task]:
                                 targets[(seed, n)] = t.name
                         t = Task(f"train-{name}-D{2**n0}{pl}{sl}", pipeline.train_map_task,
                                  {**common, "map_name": kind, "map_options": opts, "n0": n0, "n_final": n_final,
-                                  **sampling, "steps": tr.steps, "lr": tr.lr, "schedule": tr.schedule,
-                                  "exact_weight": tr.exact_weight, "enlarge": tr.enlarge, "exact_max_n": exact_max,
-                                  "consistency": tr.consistency, "environments": tr.environments,
-                                  "env_weight": tr.env_weight, "batch_seed": seed},
+                                  **sampling, "steps": tv.steps, "lr": tv.lr, "schedule": tv.schedule,
+                                  "exact_weight": tv.exact_weight, "enlarge": tr.enlarge, "exact_max_n": exact_max,
+                                  "consistency": tv.consistency, "environments": tv.environments,
+                                  "env_weight": tv.env_weight, "batch_seed": seed},
                                  deps=tuple(targets[(seed, n)] for n in needs), resources=TRAINING)
                         tasks.append(t)
                         deps = (t.name,)

@@ -98,9 +98,10 @@ def test_long_window_graph_sweeps_points_seeds_and_variants():
     p = olrg_study.Params.model_validate({
         "n0": [2, 3], "couplings": {"J": 1.0, "h": [0.5, 1.0]}, "seeds": [0, 1], "n_final": "light_cone",
         "N": 64, "t_max": 4.0, "n_times": 81, "maps": ["exact_block", "tebd", "linear", "cut"],
-        "variants": {"cut": {"map": "linear", "n_final": 7, "options": {"beyond": "decouple"}}},
+        "variants": {"cut": {"map": "linear", "n_final": 7, "options": {"beyond": "decouple"},
+                             "training": {"environments": [], "steps": 7}}},
         "map_options": {"linear": {"beyond": "decouple"}}, "tebd_chis": [16], "windows": [2, 4],
-        "training": {"exact_max_n": 7}})
+        "training": {"exact_max_n": 7, "environments": [1, 2, "latest"]}})
     by = {t.name: t for t in olrg_study.build(p)}
     for h in ("0.5", "1"):
         n_lc = by[f"train-linear-D4-h{h}-s0"].params["n_final"]
@@ -112,7 +113,9 @@ def test_long_window_graph_sweeps_points_seeds_and_variants():
             assert tr.params["batch_seed"] == s
             assert set(tr.deps) == {f"targets-n{n}-h{h}-s{s}" for n in (4, 5, 6, 7)}  # blocks of n0 = 3
             assert set(by[f"train-linear-D4-h{h}-s{s}"].deps) == set(tr.deps) | {f"targets-n3-h{h}-s{s}"}
-            assert by[f"train-cut-D8-h{h}-s{s}"].params["n_final"] == 7
+            cut = by[f"train-cut-D8-h{h}-s{s}"].params
+            assert cut["n_final"] == 7 and cut["environments"] == [] and cut["steps"] == 7  # its own training
+            assert tr.params["environments"] == [1, 2, "latest"] and tr.params["steps"] == 300
         assert by[f"targets-n5-h{h}-s1"].params["n_sites"] == 5
         assert f"eval-exact_block-n7-h{h}" in by and f"eval-tebd-chi16-h{h}" in by
         assert f"eval-tebd-D8-h{h}" in by and f"eval-tebd-D8-h{h}-s1" not in by  # TEBD does not depend on the seed
@@ -124,6 +127,11 @@ def test_long_window_graph_sweeps_points_seeds_and_variants():
         olrg_study.Params.model_validate({"maps": ["nrg"], "windows": [3.0]})
     with pytest.raises(ValueError, match="another label"):
         olrg_study.Params.model_validate({"maps": ["nrg"], "variants": {"nrg": {"map": "dmrg"}}})
+    with pytest.raises(ValueError, match="shared by the study"):  # sampling fields: one exact target set for all
+        olrg_study.Params.model_validate({"maps": ["v"], "variants": {"v": {"map": "linear", "training": {"T": 2}}}})
+    with pytest.raises(ValueError, match="environments"):
+        olrg_study.Params.model_validate({"maps": ["v"], "variants": {"v": {"map": "linear",
+                                                                             "training": {"environments": [9]}}}})
 
 
 def test_exact_target_tasks_are_the_training_batch_targets(tmp_path):
