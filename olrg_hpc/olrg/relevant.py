@@ -207,8 +207,8 @@ def couple(S: RelevantSet, E: RelevantSet, model: ChainModel) -> RelevantSet:
     ``H = H_S (x) I + I (x) H_E + sum_k c_k B^k_S (x) E^k_E``, where ``E^k_E`` is the bond's right operator on ``E``'s
     last site (one of ``E.B`` or its adjoint); ``O = O_S (x) I``, ``rho = rho_S (x) rho_E``; one Hamiltonian term and
     no boundary operator (``B = 0``): the superblock is closed. Mirroring ``E`` is exact for chains whose bonds are
-    symmetric under reflection (the Ising chains). ``E`` is the most significant factor's partner: the Kronecker
-    order is ``S (x) E``. Works on numpy and JAX arrays, differentiable in both blocks.
+    symmetric under reflection (the Ising chains). Kronecker order ``S (x) E``. Works on numpy and JAX arrays,
+    differentiable in both blocks.
     """
     xp = xp_of(S.H_terms, S.B, S.O, S.rho, E.H_terms, E.B, E.rho)
     dt = S.H_terms.dtype
