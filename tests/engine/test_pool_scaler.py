@@ -18,6 +18,14 @@ def nap(x: float) -> float:
     return x
 
 
+def gated(x: float) -> float:
+    """Runs until the test sets the event "go": the pool's tasks stay pending however slowly its workers start."""
+    from distributed import Event
+
+    Event("go").wait(timeout=120)
+    return x
+
+
 def _until(cond, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -36,7 +44,7 @@ def cluster():
 
 
 def test_each_pool_scales_to_its_own_tasks_and_replaces_a_lost_worker(cluster):
-    from distributed import Client, Worker, wait
+    from distributed import Client, Event, Worker, wait
 
     pools = [PoolJobs(name, {"cls": Worker, "options": {"nthreads": 1, "resources": {f"pool-{name}": 1}}},
                       0, hi, 1, f"pool-{name}") for name, hi in (("a", 2), ("b", 1))]
@@ -45,7 +53,7 @@ def test_each_pool_scales_to_its_own_tasks_and_replaces_a_lost_worker(cluster):
         scaler.start()
         time.sleep(1.0)
         assert scaler.jobs("a") == [] and scaler.jobs("b") == []  # no tasks, no workers
-        futs = client.map(nap, range(16), resources={"pool-a": 1}, pure=False)
+        futs = client.map(gated, range(16), resources={"pool-a": 1}, pure=False)
         _until(lambda: len(scaler.jobs("a")) == 2)  # 16 runnable tasks, at most 2 jobs
         assert scaler.jobs("b") == []  # the other pool stays at zero
         # a worker of pool a lost while its tasks run: its job is started again, every task finishes
@@ -55,6 +63,7 @@ def test_each_pool_scales_to_its_own_tasks_and_replaces_a_lost_worker(cluster):
         cluster.sync(old.close)
         _until(lambda: victim in cluster.workers and cluster.workers[victim] is not old and victim in {
             ws.name for ws in cluster.scheduler.workers.values()})  # started again, connected
+        Event("go", client=client).set()
         wait(futs)
         assert sorted(f.result() for f in futs) == list(range(16))
         del futs  # a worker holding results someone still wants is not retired (they would be lost)
