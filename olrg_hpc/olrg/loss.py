@@ -54,7 +54,7 @@ from olrg_hpc.jaxsetup import enable_x64
 from olrg_hpc.spins.models import ChainModel
 from olrg_hpc.spins.tobc import ExactTOBC, sample_tobc_inputs
 
-from .maps import OperatorMap
+from .maps import OperatorMap, state_vector
 from .relevant import RelevantSet, couple, grow_site, hamiltonian, initial_set, to_jax
 
 enable_x64()
@@ -240,13 +240,6 @@ def tobc_chi(S: RelevantSet, times: Any, signs: Any, T: Any, mask: Any = None, b
     return _tobc_chi_eig(H, S.B.astype(cdt), onehot, S.O.astype(cdt), S.rho.astype(cdt), times, signs, Tarr, mask)
 
 
-def _pure_vector(rho: Any) -> Any:
-    """``psi`` with ``rho = psi psi^dagger`` for a rank-1 ``rho`` (every block's state: the initial one is pure and a
-    compression ``V^dagger rho V`` keeps the rank): its largest-diagonal column over the root of that diagonal."""
-    j = jnp.argmax(jnp.real(jnp.diagonal(jax.lax.stop_gradient(rho))))
-    return rho[:, j] / jnp.sqrt(jnp.real(rho[j, j]))
-
-
 @jax.custom_jvp
 def _pure_curve_eig(H: Any, O: Any, psi: Any, t: Any) -> Any:
     """``<psi| U(t)^dagger O U(t) |psi>`` for each ``t`` (real, shape (m,)); ``H``, ``O`` Hermitian."""
@@ -276,13 +269,16 @@ def _pure_curve_eig_jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> 
 
 
 def pure_curve(S: RelevantSet, times: Any) -> Any:
-    """``C(t) = Tr[rho O(t)]`` of a block with a rank-1 state at ``times`` (shape (m,), real): order 0 of
+    """``C(t) = Tr[rho O(t)]`` of a block with a rank-1 state (every block's: the initial one is pure and a
+    compression ``V^dagger rho V`` keeps the rank) at ``times`` (shape (m,), real): order 0 of
     :func:`tobc_chi` at ``O(m D^2)`` after one ``eigh`` where :func:`tobc_chi` takes ``O(m D^3)`` (it forms
     ``O(t)``); what the environments' consistency terms evaluate on superblocks of ``2 D^2`` states."""
     S = to_jax(S)
     H = hamiltonian(S)
     cdt = jnp.complex128
-    return _pure_curve_eig((0.5 * (H + H.conj().T)).astype(cdt), S.O.astype(cdt), _pure_vector(S.rho.astype(cdt)),
+    rho = S.rho.astype(cdt)
+    psi = state_vector(rho) * jnp.sqrt(jnp.real(jnp.trace(rho)))  # rho = psi psi^dagger (rank 1)
+    return _pure_curve_eig((0.5 * (H + H.conj().T)).astype(cdt), S.O.astype(cdt), psi,
                            jnp.asarray(times, jnp.float64))
 
 

@@ -106,7 +106,7 @@ def _decoupled_from(n: int, scale: Any, mapped: RelevantSet, S: RelevantSet) -> 
     return jax.tree_util.tree_map(lambda a, b: jnp.where(scale >= n, b.astype(a.dtype), a), mapped, decouple(S))
 
 
-def _state_vector(rho: Any) -> Any:
+def state_vector(rho: Any) -> Any:
     """Unit ``v`` with ``rho = Tr(rho) |v><v|`` for a rank-1 ``rho``: its largest-diagonal column, normalized."""
     j = jnp.argmax(jnp.real(jnp.diagonal(jax.lax.stop_gradient(rho))))
     col = rho[:, j]
@@ -310,7 +310,7 @@ class LinearIsometryMap(OperatorMap):
         if self.complex_:
             M = M + 1j * params["Mi"][s]
         if self.keep_state:  # first column = the block's state: V keeps it exactly (Tr rho and C(0) preserved)
-            v = _state_vector(jnp.asarray(S.rho))
+            v = state_vector(jnp.asarray(S.rho))
             v = v if self.complex_ else jnp.real(v)  # real maps of real models: rho stays real
             M = jnp.concatenate([v[:, None].astype(M.dtype), M[:, 1:]], axis=1)
         return qr_isometry(M)
