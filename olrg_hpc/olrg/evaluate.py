@@ -27,6 +27,8 @@ seeds 0 and 1, 2e-4 at t = 0.1 (benchmarks/bench_olrg.py).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -43,8 +45,35 @@ from .relevant import RelevantSet, grow_site, hamiltonian, initial_set, to_jax
 
 enable_x64()
 
-__all__ = ["light_cone_sites", "fixed_map_isometries", "grow_and_map", "block_expectation", "exact_curve",
-           "olrg_curve", "error_curve", "against_exact", "orbit_tails"]
+__all__ = ["light_cone_sites", "fixed_map_isometries", "grown_blocks", "grow_and_map", "block_expectation",
+           "exact_curve", "olrg_curve", "error_curve", "against_exact", "orbit_tails"]
+
+
+def grown_blocks(
+    model: ChainModel,
+    N: int,
+    omap: OperatorMap,
+    params: Any = None,
+    n0: int = 3,
+    key: Any = None,
+    observable: str = "Z0Z1",
+) -> Iterator[RelevantSet]:
+    """The blocks of ``n0 + 1 .. N`` sites of :func:`grow_and_map`, one per scale, as they are built."""
+    params = {} if params is None else params
+    S = initial_set(model, n0, observable)
+    D = S.dim
+    if not jax.tree_util.tree_leaves(params):
+        for s in range(N - n0):
+            S = omap(params, grow_site(S, model), s, None, dim_keep=D if omap.compresses else None)
+            yield S
+        return
+    key = jax.random.PRNGKey(0) if key is None else key
+    step = _map_step(omap, model, D)
+    S = to_jax(S)
+    keys = jax.random.split(key, max(1, N - n0))
+    for s in range(N - n0):
+        S = step(params, S, jnp.asarray(s), keys[s])
+        yield S.replace(n=n0 + 1 + s)
 
 
 def grow_and_map(
@@ -61,20 +90,9 @@ def grow_and_map(
     Maps without parameters (identity, NRG, DMRG) run in numpy; learned maps run one jitted step per scale
     (compiled once: the shapes are the same at every scale).
     """
-    params = {} if params is None else params
-    S = initial_set(model, n0, observable)
-    D = S.dim
-    if not jax.tree_util.tree_leaves(params):
-        for s in range(N - n0):
-            S = omap(params, grow_site(S, model), s, None, dim_keep=D if omap.compresses else None)
-        return S
-    key = jax.random.PRNGKey(0) if key is None else key
-    step = _map_step(omap, model, D)
-    S = to_jax(S)
-    keys = jax.random.split(key, max(1, N - n0))
-    for s in range(N - n0):
-        S = step(params, S, jnp.asarray(s), keys[s])
-    return jax.tree_util.tree_map(np.asarray, S).replace(n=N)
+    last = functools.reduce(lambda _, block: block, grown_blocks(model, N, omap, params, n0, key, observable),
+                            initial_set(model, n0, observable))
+    return jax.tree_util.tree_map(np.asarray, last).replace(n=N) if jax.tree_util.tree_leaves(params or {}) else last
 
 
 def fixed_map_isometries(model: ChainModel, N: int, omap: OperatorMap, n0: int = 3) -> list[np.ndarray]:

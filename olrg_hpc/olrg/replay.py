@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from olrg_hpc.errors import UserError
@@ -72,19 +73,18 @@ def block_errors(study_file: str | Path, task: str, times: Any) -> dict[str, np.
     ``|C_n(t) - C_n^exact(t)|`` over ``times``, where ``C_n`` is the block's own curve (grown and mapped ``n - n0``
     times, nothing cut) and ``C_n^exact`` that of the exact ``n``-site chain: the growth step at which the error
     enters (a jump from one block to the next) shows without any exact answer in the training."""
-    from olrg_hpc.olrg.evaluate import block_expectation, exact_curve, grow_and_map
+    from olrg_hpc.olrg.evaluate import block_expectation, exact_curve, grown_blocks
     from olrg_hpc.olrg.maps import make_map
     from olrg_hpc.spins.models import make_model
 
     p, params, _ = _trained(study_file, task)
     t = np.asarray(times, float)
-    omap = make_map(p["map_name"], **p["map_options"])
+    model = make_model(p["model"], p["n_final"], **p["couplings"])
     ns = np.arange(p["n0"] + 1, p["n_final"] + 1)
-    errs = []
-    for n in ns:
-        model = make_model(p["model"], int(n), **p["couplings"])
-        block = grow_and_map(model, int(n), omap, params, n0=p["n0"])
-        errs.append(float(np.abs(block_expectation(block, t) - exact_curve(model, int(n), t)).max()))
+    errs = [float(np.abs(block_expectation(jax.tree_util.tree_map(np.asarray, block), t)
+                         - exact_curve(model.with_n(int(n)), int(n), t)).max())
+            for n, block in zip(ns, grown_blocks(model, p["n_final"], make_map(p["map_name"], **p["map_options"]),
+                                                 params, n0=p["n0"]), strict=True)]
     return {"n": ns, "max_abs_err": np.asarray(errs)}
 
 
